@@ -1,0 +1,434 @@
+//! Response bodies in vLLM's wire shape: compact JSON, SSE events for streams.
+//!
+//! Token chunks are the hot path of streaming, so each response pre-serializes its chunk once
+//! with a placeholder word and splits it around the placeholder; a token chunk is then
+//! `head + word + " " + tail` in one allocation, with no JSON serialization per token
+//! (the words are plain ASCII letters and never need escaping).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+/// Which OpenAI endpoint a response belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Completion,
+}
+
+impl Kind {
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            Kind::Chat => "chatcmpl-",
+            Kind::Completion => "cmpl-",
+        }
+    }
+
+    fn chunk_object(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        }
+    }
+}
+
+/// `usage` as vLLM reports it (with `--enable-prompt-tokens-details`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+    pub completion_tokens: u64,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt: u64, completion: u64, cached: u64) -> Self {
+        Self {
+            prompt_tokens: prompt,
+            total_tokens: prompt + completion,
+            completion_tokens: completion,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: cached,
+            },
+        }
+    }
+}
+
+/// Identity fields shared by every body of one response.
+#[derive(Debug, Clone)]
+pub struct Head<'a> {
+    pub id: &'a str,
+    pub created: u64,
+    pub model: &'a str,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, C> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: C,
+    /// Absent without include_usage; `null` on token chunks with it; an object at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<Usage>>,
+}
+
+#[derive(Serialize)]
+struct ChatDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct ChatChunkChoice<'a> {
+    index: u32,
+    delta: ChatDelta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_reason: Option<Option<()>>,
+}
+
+#[derive(Serialize)]
+struct TextChunkChoice<'a> {
+    index: u32,
+    text: &'a str,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+    stop_reason: Option<()>,
+}
+
+const PLACEHOLDER: &str = "\u{1}FAIRGATEWORD\u{1}";
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+fn sse(json: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(json.len() + 8);
+    b.put_slice(b"data: ");
+    b.put_slice(json);
+    b.put_slice(b"\n\n");
+    b.freeze()
+}
+
+/// Builds every SSE event of one streaming response.
+#[derive(Debug, Clone)]
+pub struct ChunkFormat {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    /// `data: {...` up to where the word goes.
+    head: Bytes,
+    /// The rest of a non-final token chunk.
+    tail: Bytes,
+    /// The rest of the final token chunk (finish_reason "length").
+    last_tail: Bytes,
+}
+
+impl ChunkFormat {
+    pub fn new(kind: Kind, head: &Head<'_>, include_usage: bool) -> Self {
+        let plain = token_chunk_json(kind, head, include_usage, false);
+        let last = token_chunk_json(kind, head, include_usage, true);
+        let (start, tail) = split_template(&plain);
+        let (_, last_tail) = split_template(&last);
+        let mut h = BytesMut::with_capacity(start.len() + 6);
+        h.put_slice(b"data: ");
+        h.put_slice(start);
+        let with_nl = |t: &[u8]| {
+            let mut b = BytesMut::with_capacity(t.len() + 2);
+            b.put_slice(t);
+            b.put_slice(b"\n\n");
+            b.freeze()
+        };
+        Self {
+            kind,
+            id: head.id.to_owned(),
+            created: head.created,
+            model: head.model.to_owned(),
+            include_usage,
+            head: h.freeze(),
+            tail: with_nl(tail),
+            last_tail: with_nl(last_tail),
+        }
+    }
+
+    fn head(&self) -> Head<'_> {
+        Head {
+            id: &self.id,
+            created: self.created,
+            model: &self.model,
+        }
+    }
+
+    /// Chat only: the first event, `delta: {"role":"assistant","content":""}`.
+    pub fn role(&self) -> Bytes {
+        let h = self.head();
+        let env = Envelope {
+            id: h.id,
+            object: self.kind.chunk_object(),
+            created: h.created,
+            model: h.model,
+            choices: [ChatChunkChoice {
+                index: 0,
+                delta: ChatDelta {
+                    role: Some("assistant"),
+                    content: "",
+                },
+                logprobs: None,
+                finish_reason: None,
+                stop_reason: None,
+            }],
+            usage: self.include_usage.then_some(None),
+        };
+        sse(&serde_json::to_vec(&env).unwrap_or_default())
+    }
+
+    /// One token: `word` plus a space; `last` carries `finish_reason: "length"`.
+    pub fn token(&self, word: &str, last: bool) -> Bytes {
+        let tail = if last { &self.last_tail } else { &self.tail };
+        let mut b = BytesMut::with_capacity(self.head.len() + word.len() + 1 + tail.len());
+        b.put_slice(&self.head);
+        b.put_slice(word.as_bytes());
+        b.put_u8(b' ');
+        b.put_slice(tail);
+        b.freeze()
+    }
+
+    /// The final `choices: []` event carrying usage (only with include_usage).
+    pub fn usage(&self, usage: Usage) -> Bytes {
+        let h = self.head();
+        let env = Envelope {
+            id: h.id,
+            object: self.kind.chunk_object(),
+            created: h.created,
+            model: h.model,
+            choices: [(); 0],
+            usage: Some(Some(usage)),
+        };
+        sse(&serde_json::to_vec(&env).unwrap_or_default())
+    }
+
+    pub fn done() -> Bytes {
+        Bytes::from_static(DONE)
+    }
+}
+
+fn token_chunk_json(kind: Kind, head: &Head<'_>, include_usage: bool, last: bool) -> Vec<u8> {
+    let finish_reason = last.then_some("length");
+    let usage = include_usage.then_some(None);
+    let r = match kind {
+        Kind::Chat => serde_json::to_vec(&Envelope {
+            id: head.id,
+            object: kind.chunk_object(),
+            created: head.created,
+            model: head.model,
+            choices: [ChatChunkChoice {
+                index: 0,
+                delta: ChatDelta {
+                    role: None,
+                    content: PLACEHOLDER,
+                },
+                logprobs: None,
+                finish_reason,
+                stop_reason: last.then_some(None),
+            }],
+            usage,
+        }),
+        Kind::Completion => serde_json::to_vec(&Envelope {
+            id: head.id,
+            object: kind.chunk_object(),
+            created: head.created,
+            model: head.model,
+            choices: [TextChunkChoice {
+                index: 0,
+                text: PLACEHOLDER,
+                logprobs: None,
+                finish_reason,
+                stop_reason: None,
+            }],
+            usage,
+        }),
+    };
+    r.unwrap_or_default()
+}
+
+/// Splits serialized JSON around the (escaped) placeholder. The placeholder is searched from
+/// the end: the only user-controlled strings (id, model) come before the content field.
+fn split_template(json: &[u8]) -> (&[u8], &[u8]) {
+    let escaped = br"\u0001FAIRGATEWORD\u0001";
+    let pos = json
+        .windows(escaped.len())
+        .rposition(|w| w == escaped)
+        .unwrap_or(json.len());
+    let end = (pos + escaped.len()).min(json.len());
+    (&json[..pos], &json[end..])
+}
+
+#[derive(Serialize)]
+struct ChatMessageOut<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct ChatChoice<'a> {
+    index: u32,
+    message: ChatMessageOut<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+    stop_reason: Option<()>,
+}
+
+#[derive(Serialize)]
+struct TextChoice<'a> {
+    index: u32,
+    text: &'a str,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+    stop_reason: Option<()>,
+}
+
+#[derive(Serialize)]
+struct Full<'a, C> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [C; 1],
+    usage: Usage,
+}
+
+/// A whole non-streaming chat or text completion (always `finish_reason: "length"`).
+pub fn full_response(kind: Kind, head: &Head<'_>, text: &str, usage: Usage) -> Vec<u8> {
+    let r = match kind {
+        Kind::Chat => serde_json::to_vec(&Full {
+            id: head.id,
+            object: "chat.completion",
+            created: head.created,
+            model: head.model,
+            choices: [ChatChoice {
+                index: 0,
+                message: ChatMessageOut {
+                    role: "assistant",
+                    content: text,
+                },
+                logprobs: None,
+                finish_reason: "length",
+                stop_reason: None,
+            }],
+            usage,
+        }),
+        Kind::Completion => serde_json::to_vec(&Full {
+            id: head.id,
+            object: "text_completion",
+            created: head.created,
+            model: head.model,
+            choices: [TextChoice {
+                index: 0,
+                text,
+                logprobs: None,
+                finish_reason: "length",
+                stop_reason: None,
+            }],
+            usage,
+        }),
+    };
+    r.unwrap_or_default()
+}
+
+/// Standard base64 (with padding), for `encoding_format: "base64"` embeddings.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parse_sse(b: &Bytes) -> Value {
+        let s = std::str::from_utf8(b).unwrap();
+        let body = s
+            .strip_prefix("data: ")
+            .unwrap()
+            .strip_suffix("\n\n")
+            .unwrap();
+        serde_json::from_str(body).unwrap()
+    }
+
+    const HEAD: Head<'static> = Head {
+        id: "chatcmpl-1",
+        created: 5,
+        model: "m\"odel",
+    };
+
+    #[test]
+    fn chat_chunks_with_usage() {
+        let f = ChunkFormat::new(Kind::Chat, &HEAD, true);
+        assert_eq!(
+            parse_sse(&f.role()),
+            json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":5,"model":"m\"odel",
+                   "choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"usage":null})
+        );
+        assert_eq!(
+            parse_sse(&f.token("the", false)),
+            json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":5,"model":"m\"odel",
+                   "choices":[{"index":0,"delta":{"content":"the "},"logprobs":null,"finish_reason":null}],"usage":null})
+        );
+        let last = parse_sse(&f.token("a", true));
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        assert_eq!(last["choices"][0]["stop_reason"], Value::Null);
+        let u = parse_sse(&f.usage(Usage::new(3, 2, 1)));
+        assert_eq!(u["choices"], json!([]));
+        assert_eq!(
+            u["usage"],
+            json!({"prompt_tokens":3,"total_tokens":5,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":1}})
+        );
+        // Compact JSON: no spaces outside the word itself.
+        let t = f.token("x", false);
+        let json = std::str::from_utf8(&t[6..]).unwrap().replace("x ", "");
+        assert!(!json.contains(' '), "{json}");
+    }
+
+    #[test]
+    fn completion_chunks_without_usage() {
+        let f = ChunkFormat::new(Kind::Completion, &HEAD, false);
+        let v = parse_sse(&f.token("yes", false));
+        assert_eq!(v["choices"][0]["text"], "yes ");
+        assert_eq!(v["object"], "text_completion");
+        assert!(v.get("usage").is_none());
+        assert_eq!(&ChunkFormat::done()[..], b"data: [DONE]\n\n");
+    }
+
+    #[test]
+    fn base64_matches_reference() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}

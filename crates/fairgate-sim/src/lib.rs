@@ -1,0 +1,221 @@
+//! fairgate-sim: a stand-in for a vLLM OpenAI-compatible server, with no GPU.
+//!
+//! It serves one model like `vllm serve` does, speaks vLLM's HTTP API (`/v1/chat/completions`,
+//! `/v1/completions`, `/v1/embeddings`, `/v1/models`, `/tokenize`, `/health`, `/version`,
+//! `/metrics`) with vLLM's JSON shapes and metric names, and models what a gateway's scheduler
+//! cares about: continuous batching under `max_num_seqs`, a KV-cache budget that makes requests
+//! wait, a block-hash prefix cache, and step times that grow with the batch.
+//!
+//! It is used in-process by `fairgate demo` and integration tests, standalone through
+//! `fairgate sim`, and (with [`SimConfig::instant`]) as the zero-latency backend of the gateway
+//! overhead benchmark.
+//!
+//! Token accounting rule: every request that passes validation counts its prompt tokens and
+//! the output tokens actually produced in `vllm:prompt_tokens_total` /
+//! `vllm:generation_tokens_total`, including requests aborted by a client disconnect; the usage
+//! a response reports equals what that request added. Injected failures (`error`, `hang`)
+//! count nothing. Embeddings count prompt tokens only.
+//!
+//! # Layout
+//! - [`config`]: [`SimConfig`], its defaults and the zero-latency profile.
+//! - [`tokenizer`]: the deterministic stand-in tokenizer and chat-template framing.
+//! - [`engine`]: the continuous-batching step loop (FCFS admission, KV budget, timing).
+//! - [`prefix_cache`]: vLLM-style chained block hashes with LRU eviction.
+//! - `fast`: the zero-latency path that answers without the step loop.
+//! - [`metrics`]: vLLM's Prometheus metrics in a per-simulator registry.
+//! - [`fault`]: the `x-sim-fault` header and the random error/hang rates.
+//! - `textgen`: deterministic output words and embedding vectors.
+//! - `api`: axum routes, request parsing (`api::wire`) and response rendering (`api::render`).
+
+pub mod config;
+pub mod engine;
+pub mod fault;
+pub mod metrics;
+pub mod prefix_cache;
+pub mod tokenizer;
+
+mod api;
+mod fast;
+mod textgen;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use config::SimConfig;
+pub use fault::FAULT_HEADER;
+pub use tokenizer::{count_tokens, tokenize};
+
+use engine::{EngineHandle, SeqEvent, SeqRequest};
+use fast::{FastPath, FastSeq};
+use metrics::Metrics;
+
+/// A snapshot of the simulator's counters and load, for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Prompt tokens of every validated request (see the crate doc's accounting rule).
+    pub prompt_tokens_total: u64,
+    /// Output tokens actually produced.
+    pub generation_tokens_total: u64,
+    /// Requests finished for any reason (length, stop, abort).
+    pub requests_total: u64,
+    /// Sequences in the running batch.
+    pub running: usize,
+    /// Requests queued for admission.
+    pub waiting: usize,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_cache_queries_total: u64,
+    /// Prompt tokens served from the prefix cache.
+    pub prefix_cache_hits_total: u64,
+    /// KV tokens reserved by running sequences.
+    pub kv_tokens_used: u64,
+}
+
+/// A simulated vLLM instance. Cheap to clone: all clones share one engine and one registry.
+#[derive(Clone, Debug)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: SimConfig,
+    metrics: Arc<Metrics>,
+    backend: Backend,
+    sampler: fault::Sampler,
+    started: Instant,
+    /// Unique-per-instance salt and counter for response ids.
+    id_salt: u64,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Engine(EngineHandle),
+    Fast(FastPath),
+}
+
+/// The running sequence behind one response, whichever path serves it.
+#[derive(Debug)]
+pub(crate) enum Generation {
+    Engine(tokio::sync::mpsc::UnboundedReceiver<SeqEvent>),
+    Fast(FastSeq),
+}
+
+impl Generation {
+    /// Next event; `None` when the sequence is over (or the engine dropped it).
+    pub(crate) async fn next(&mut self) -> Option<SeqEvent> {
+        match self {
+            Generation::Engine(rx) => rx.recv().await,
+            Generation::Fast(seq) => seq.next_event(),
+        }
+    }
+}
+
+impl Simulator {
+    /// Builds a simulator; with non-zero latencies it spawns its engine task.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime and the configuration needs the engine task.
+    pub fn new(cfg: SimConfig) -> Self {
+        // Metric names and label names are fixed and covered by tests; the only free-form
+        // input (the model name) is a label value, which the registry accepts as any string.
+        let metrics =
+            Arc::new(Metrics::new(&cfg).expect("static vLLM metric definitions are always valid"));
+        let backend = if cfg.is_instant() {
+            Backend::Fast(FastPath::new(&cfg, metrics.clone()))
+        } else {
+            Backend::Engine(EngineHandle::spawn(&cfg, metrics.clone()))
+        };
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let id_salt = prefix_cache::mix64(nanos ^ INSTANCES.fetch_add(1, Ordering::Relaxed));
+        Self {
+            inner: Arc::new(Inner {
+                sampler: fault::Sampler::new(cfg.seed),
+                cfg,
+                metrics,
+                backend,
+                started: Instant::now(),
+                id_salt,
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Every route of the vLLM OpenAI server that the simulator implements.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone(), CancellationToken::new())
+    }
+
+    /// The configuration this simulator runs with.
+    pub fn config(&self) -> &SimConfig {
+        &self.inner.cfg
+    }
+
+    /// Counters and load right now.
+    pub fn stats(&self) -> SimStats {
+        let m = &self.inner.metrics;
+        SimStats {
+            prompt_tokens_total: m.prompt_tokens.get(),
+            generation_tokens_total: m.generation_tokens.get(),
+            requests_total: m.requests_total(),
+            running: m.load.running.load(Ordering::Relaxed),
+            waiting: m.load.waiting.load(Ordering::Relaxed),
+            prefix_cache_queries_total: m.prefix_queries.get(),
+            prefix_cache_hits_total: m.prefix_hits.get(),
+            kv_tokens_used: m.load.kv_tokens_used.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn sampler(&self) -> &fault::Sampler {
+        &self.inner.sampler
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.inner.started
+    }
+
+    /// A fresh 32-hex-digit response id suffix.
+    pub(crate) fn next_id(&self) -> u128 {
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let hi = prefix_cache::mix64(self.inner.id_salt ^ n);
+        let lo = prefix_cache::mix64(hi ^ n.rotate_left(32));
+        (u128::from(hi) << 64) | u128::from(lo)
+    }
+
+    /// Schedules a validated request on the engine or the fast path.
+    pub(crate) async fn start(&self, req: SeqRequest) -> Generation {
+        match &self.inner.backend {
+            Backend::Engine(e) => Generation::Engine(e.submit(req)),
+            Backend::Fast(f) => Generation::Fast(f.start(req).await),
+        }
+    }
+}
+
+/// Serves `sim` on `listener` until `shutdown` resolves, then shuts down gracefully: in-flight
+/// responses finish, and requests hung by fault injection are cut.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sim: Simulator,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let stop = CancellationToken::new();
+    let app = api::router(sim, stop.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await
+}

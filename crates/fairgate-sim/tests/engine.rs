@@ -1,0 +1,289 @@
+//! Engine behaviour on paused (virtual) time, driving the router in-process: batching limits,
+//! KV waits, prefix-cache TTFT, batch-dependent step time, disconnects, delays.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::{Body, BodyDataStream, Bytes};
+use axum::http::Response;
+use common::{call, chat_body, get, sse, text};
+use fairgate_sim::{SimConfig, Simulator, FAULT_HEADER};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::time::{sleep, Instant};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Whole-millisecond latencies, so virtual timings come out exact.
+fn cfg() -> SimConfig {
+    SimConfig {
+        model: "sim".into(),
+        prefill_overhead: 20 * MS,
+        prefill_per_token: MS,
+        decode_step_base: 10 * MS,
+        decode_step_per_seq: 2 * MS,
+        ..SimConfig::default()
+    }
+}
+
+/// What one streamed request saw, in virtual time since `t0`.
+#[derive(Debug, Clone)]
+struct Seen {
+    first_token: Duration,
+    done: Duration,
+    token_times: Vec<Duration>,
+    events: Vec<Value>,
+}
+
+fn body_stream(resp: Response<Body>) -> BodyDataStream {
+    assert_eq!(resp.status(), 200);
+    resp.into_body().into_data_stream()
+}
+
+async fn next_frame(s: &mut BodyDataStream) -> Option<Bytes> {
+    s.next().await.map(|r| r.unwrap())
+}
+
+/// Streams a chat request to the end, timestamping each token chunk.
+async fn stream_chat(sim: Simulator, t0: Instant, content: String, max_tokens: u64) -> Seen {
+    let mut body = chat_body(&content, max_tokens, true);
+    body["stream_options"] = json!({"include_usage": true});
+    let mut s = body_stream(call(&sim, "/v1/chat/completions", &[], &body).await);
+    let mut raw = Vec::new();
+    let mut token_times = Vec::new();
+    while let Some(b) = next_frame(&mut s).await {
+        if std::str::from_utf8(&b).unwrap().contains("\"content\":\"") {
+            token_times.push(t0.elapsed());
+        }
+        raw.extend_from_slice(&b);
+    }
+    let (events, done) = sse(std::str::from_utf8(&raw).unwrap());
+    assert!(done);
+    // The role chunk also matches `"content":""`; it arrives with the first token.
+    token_times.remove(0);
+    assert_eq!(token_times.len() as u64, max_tokens);
+    Seen {
+        first_token: token_times[0],
+        done: *token_times.last().unwrap(),
+        token_times,
+        events,
+    }
+}
+
+fn usage(seen: &Seen) -> &Value {
+    &seen.events.last().unwrap()["usage"]
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_num_seqs_bounds_the_batch_and_the_rest_wait_in_order() {
+    let sim = Simulator::new(SimConfig {
+        max_num_seqs: 2,
+        ..cfg()
+    });
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(stream_chat(sim.clone(), t0, format!("request {i}"), 5)))
+        .collect();
+    sleep(MS).await;
+    let st = sim.stats();
+    assert_eq!((st.running, st.waiting), (2, 2));
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    let first_batch_done = seen[0].done.min(seen[1].done);
+    for late in &seen[2..] {
+        assert!(late.first_token > first_batch_done, "{seen:?}");
+    }
+    assert_eq!(seen[0].first_token, seen[1].first_token, "admitted in the same step");
+    let st = sim.stats();
+    assert_eq!((st.running, st.waiting, st.requests_total), (0, 0, 4));
+    assert_eq!(st.generation_tokens_total, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn kv_capacity_makes_requests_wait_head_of_line() {
+    let sim = Simulator::new(SimConfig {
+        kv_cache_tokens: 100,
+        ..cfg()
+    });
+    let t0 = Instant::now();
+    // "hi" is an 8-token chat prompt: A and B need 68 KV tokens each, C only 18.
+    let a = tokio::spawn(stream_chat(sim.clone(), t0, "hi".into(), 60));
+    let b = tokio::spawn(stream_chat(sim.clone(), t0, "hi".into(), 60));
+    let c = tokio::spawn(stream_chat(sim.clone(), t0, "hi".into(), 10));
+    sleep(MS).await;
+    let st = sim.stats();
+    assert_eq!((st.running, st.waiting, st.kv_tokens_used), (1, 2, 68));
+    let (a, b, c) = (a.await.unwrap(), b.await.unwrap(), c.await.unwrap());
+    assert!(b.first_token > a.done);
+    // C would fit next to A, but FCFS admission does not let it pass B.
+    assert!(c.first_token >= b.first_token);
+    assert_eq!(sim.stats().kv_tokens_used, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn prefix_cache_hit_shortens_ttft() {
+    let sim = Simulator::new(SimConfig {
+        decode_step_per_seq: Duration::ZERO,
+        ..cfg()
+    });
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(30);
+    let t0 = Instant::now();
+    let first = stream_chat(sim.clone(), t0, long.clone(), 2).await;
+    let t1 = Instant::now();
+    let second = stream_chat(sim.clone(), t1, long.clone(), 2).await;
+
+    let prompt = usage(&first)["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(usage(&first)["prompt_tokens_details"]["cached_tokens"], 0);
+    let cached = usage(&second)["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(cached, (prompt - 1) / 16 * 16, "every full block before the last token");
+    // TTFT = prefill (20 ms + 1 ms per uncached token) + one 10 ms decode step.
+    let ttft = |uncached: u64| (30 + uncached as u32) * MS;
+    assert_eq!(first.first_token, ttft(prompt));
+    assert_eq!(second.first_token, ttft(prompt - cached));
+    assert!(second.first_token < first.first_token);
+    let st = sim.stats();
+    assert_eq!(st.prefix_cache_queries_total, 2 * prompt);
+    assert_eq!(st.prefix_cache_hits_total, cached);
+}
+
+#[tokio::test(start_paused = true)]
+async fn decode_step_time_grows_with_batch_size() {
+    let sim = Simulator::new(cfg());
+    // One sequence alone: 10 steps of 10 ms + 2 ms × 1 between first and last token.
+    let t0 = Instant::now();
+    let alone = stream_chat(sim.clone(), t0, "solo".into(), 11).await;
+    assert_eq!(alone.done - alone.first_token, 10 * 12 * MS);
+    // Eight together: each step is 10 ms + 2 ms × 8.
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(stream_chat(sim.clone(), t0, format!("batch {i}"), 11)))
+        .collect();
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert_eq!(s.done - s.first_token, 10 * 26 * MS);
+        for w in s.token_times.windows(2) {
+            assert_eq!(w[1] - w[0], 26 * MS);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_disconnect_frees_the_slot_and_counts_produced_tokens() {
+    let sim = Simulator::new(SimConfig {
+        max_num_seqs: 1,
+        ..cfg()
+    });
+    let a_body = chat_body("first", 100, true);
+    let mut a = body_stream(call(&sim, "/v1/chat/completions", &[], &a_body).await);
+    let t0 = Instant::now();
+    let b = tokio::spawn(stream_chat(sim.clone(), t0, "second".into(), 3));
+    let c_body = chat_body("third", 3, true);
+    let c = body_stream(call(&sim, "/v1/chat/completions", &[], &c_body).await);
+    // Role chunk + 5 tokens of A.
+    for _ in 0..6 {
+        next_frame(&mut a).await.unwrap();
+    }
+    let st = sim.stats();
+    assert_eq!((st.running, st.waiting), (1, 2));
+    assert_eq!(st.generation_tokens_total, 5);
+    // C leaves while waiting, A while running.
+    drop(c);
+    drop(a);
+    let b = b.await.unwrap();
+    // B ran as soon as A's slot was freed, long before A's 100 tokens would have finished.
+    assert!(b.first_token < 100 * 12 * MS);
+    let st = sim.stats();
+    assert_eq!((st.running, st.waiting, st.kv_tokens_used), (0, 0, 0));
+    assert_eq!(st.generation_tokens_total, 5 + 3);
+    assert_eq!(st.requests_total, 3);
+    // Prompts: first = 2 tokens, second = 2 ("seco" "nd"), third = 2 ("thir" "d"), each + 7.
+    assert_eq!(st.prompt_tokens_total, 3 * 9);
+    let metrics = text(get(&sim, "/metrics").await).await;
+    assert!(metrics.contains(
+        "vllm:request_success_total{engine=\"0\",finished_reason=\"abort\",model_name=\"sim\"} 2"
+    ));
+    assert!(metrics.contains(
+        "vllm:request_success_total{engine=\"0\",finished_reason=\"length\",model_name=\"sim\"} 1"
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_path_respects_max_num_seqs() {
+    let sim = Simulator::new(SimConfig {
+        max_num_seqs: 1,
+        ..SimConfig::instant("sim")
+    });
+    // A holds the only slot while its body is not read.
+    let a = call(&sim, "/v1/chat/completions", &[], &chat_body("a", 4, true)).await;
+    let sim2 = sim.clone();
+    let b = tokio::spawn(async move {
+        text(call(&sim2, "/v1/chat/completions", &[], &chat_body("b", 4, false)).await).await
+    });
+    sleep(MS).await;
+    let st = sim.stats();
+    assert_eq!((st.running, st.waiting), (1, 1));
+    drop(a);
+    let b: Value = serde_json::from_str(&b.await.unwrap()).unwrap();
+    assert_eq!(b["usage"]["completion_tokens"], 4);
+    let st = sim.stats();
+    assert_eq!((st.running, st.waiting, st.requests_total), (0, 0, 2));
+    assert_eq!(st.generation_tokens_total, 4, "A produced nothing before it was dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_fault_and_slow_start_delay_the_first_byte() {
+    let sim = Simulator::new(SimConfig {
+        slow_start: 100 * MS,
+        ..SimConfig::instant("sim")
+    });
+    let t0 = Instant::now();
+    let resp = call(
+        &sim,
+        "/v1/completions",
+        &[(FAULT_HEADER, "slow=400")],
+        &json!({"prompt":"x","max_tokens":1}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(t0.elapsed(), 500 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_is_503_during_startup() {
+    let sim = Simulator::new(SimConfig {
+        startup_delay: Duration::from_secs(2),
+        ..SimConfig::instant("sim")
+    });
+    assert_eq!(get(&sim, "/health").await.status(), 503);
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(&sim, "/health").await.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engine_histograms_use_virtual_time() {
+    let sim = Simulator::new(cfg());
+    let t0 = Instant::now();
+    let s = stream_chat(sim.clone(), t0, "hi".into(), 3).await;
+    // 8 prompt tokens: prefill 28 ms + step 12 ms; then two more 12 ms steps.
+    assert_eq!(s.first_token, 40 * MS);
+    assert_eq!(s.done, 64 * MS);
+    let m = text(get(&sim, "/metrics").await).await;
+    let l = "{engine=\"0\",model_name=\"sim\"}";
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{l} ");
+        m.lines()
+            .find_map(|x| x.strip_prefix(&prefix))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!((value("vllm:time_to_first_token_seconds_sum") - 0.040).abs() < 1e-9);
+    assert!((value("vllm:inter_token_latency_seconds_sum") - 0.024).abs() < 1e-9);
+    assert!((value("vllm:e2e_request_latency_seconds_sum") - 0.064).abs() < 1e-9);
+    assert_eq!(value("vllm:request_queue_time_seconds_sum"), 0.0);
+}

@@ -1,0 +1,300 @@
+//! Ledger SQL: chunked idempotent inserts, usage sums and request listings.
+
+use crate::{Store, StoreError};
+use fairgate_types::{KeyId, LedgerRow, Outcome, RequestId, UnixMillis, UsageRow, UsageSource};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+const LEDGER_COLS: [&str; 20] = [
+    "id",
+    "ts",
+    "tenant",
+    "user_name",
+    "key_id",
+    "model",
+    "backend",
+    "endpoint",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reserved_tokens",
+    "usage_source",
+    "status",
+    "outcome",
+    "error_class",
+    "queue_ms",
+    "ttft_ms",
+    "duration_ms",
+];
+
+/// SQLite allows at most 32766 bind parameters per statement (SQLITE_MAX_VARIABLE_NUMBER since
+/// 3.32; the bundled SQLite is newer), PostgreSQL 65535. Staying under the smaller keeps one
+/// chunk size for both.
+const MAX_BIND_PARAMS: usize = 32_766;
+pub(crate) const ROWS_PER_INSERT: usize = MAX_BIND_PARAMS / LEDGER_COLS.len();
+
+/// Token counts are `u64` but stored as BIGINT. Nothing real reaches 2^63; clamping instead of
+/// failing keeps one absurd row from failing its whole batch forever.
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Ledger text comes from clients; PostgreSQL rejects NUL in text, so replace it on both
+/// backends (keeping results identical) rather than let one row fail its batch forever.
+fn text(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_owned()
+    }
+}
+
+fn opt_text(s: Option<&str>) -> Option<String> {
+    s.map(text)
+}
+
+fn unsigned(row: &AnyRow, col: &str) -> Result<u64, StoreError> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("ledger {col} is {v}")))
+}
+
+fn ledger_from_row(row: &AnyRow) -> Result<LedgerRow, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |what: String| StoreError::Corrupt(format!("ledger row {id}: {what}"));
+    let usage_source: String = row.try_get("usage_source")?;
+    let usage_source = UsageSource::parse(&usage_source)
+        .ok_or_else(|| corrupt(format!("unknown usage_source `{usage_source}`")))?;
+    let outcome: String = row.try_get("outcome")?;
+    let outcome =
+        Outcome::parse(&outcome).ok_or_else(|| corrupt(format!("unknown outcome `{outcome}`")))?;
+    let status: i64 = row.try_get("status")?;
+    let status = u16::try_from(status).map_err(|_| corrupt(format!("status {status}")))?;
+    let stream: i64 = row.try_get("stream")?;
+    let ttft_ms: Option<i64> = row.try_get("ttft_ms")?;
+    let ttft_ms = ttft_ms
+        .map(|v| u64::try_from(v).map_err(|_| corrupt(format!("ttft_ms {v}"))))
+        .transpose()?;
+    let key_id: Option<String> = row.try_get("key_id")?;
+    Ok(LedgerRow {
+        ts: row.try_get("ts")?,
+        tenant: row.try_get("tenant")?,
+        user: row.try_get("user_name")?,
+        key_id: key_id.map(KeyId),
+        model: row.try_get("model")?,
+        backend: row.try_get("backend")?,
+        endpoint: row.try_get("endpoint")?,
+        stream: stream != 0,
+        prompt_tokens: unsigned(row, "prompt_tokens")?,
+        completion_tokens: unsigned(row, "completion_tokens")?,
+        cached_tokens: unsigned(row, "cached_tokens")?,
+        reserved_tokens: unsigned(row, "reserved_tokens")?,
+        usage_source,
+        status,
+        outcome,
+        error_class: row.try_get("error_class")?,
+        queue_ms: unsigned(row, "queue_ms")?,
+        ttft_ms,
+        duration_ms: unsigned(row, "duration_ms")?,
+        id: RequestId(id),
+    })
+}
+
+/// `INSERT INTO ledger (...) VALUES ($1..$20), ($21..$40), ... ON CONFLICT (id) DO NOTHING`.
+fn insert_sql(rows: usize) -> String {
+    let cols = LEDGER_COLS.len();
+    let mut sql = format!("INSERT INTO ledger ({}) VALUES ", LEDGER_COLS.join(", "));
+    sql.reserve(rows * cols * 6);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(r * cols + c + 1).to_string());
+        }
+        sql.push(')');
+    }
+    // Idempotence: a batch retried after an ambiguous failure (commit sent, reply lost), or a
+    // spill file replayed twice, never counts a request twice.
+    sql.push_str(" ON CONFLICT (id) DO NOTHING");
+    sql
+}
+
+impl Store {
+    /// Inserts ledger rows in one transaction, as multi-row INSERTs chunked to stay under
+    /// SQLite's 32766 bind-parameter limit (PostgreSQL's 65535 is larger). Rows whose id is
+    /// already stored are skipped, so retrying a batch is safe.
+    pub async fn insert_ledger_rows(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let per = std::env::var("FG_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(ROWS_PER_INSERT);
+        for chunk in rows.chunks(per) {
+            let sql = insert_sql(chunk.len());
+            // Not cached as a prepared statement: chunk sizes vary with every batch, and a
+            // cache full of one-off multi-kilobyte statements helps nobody.
+            let mut q = sqlx::query(&sql).persistent(chunk.len() == per);
+            for r in chunk {
+                q = q
+                    .bind(text(r.id.as_str()))
+                    .bind(r.ts)
+                    .bind(opt_text(r.tenant.as_deref()))
+                    .bind(opt_text(r.user.as_deref()))
+                    .bind(opt_text(r.key_id.as_ref().map(KeyId::as_str)))
+                    .bind(opt_text(r.model.as_deref()))
+                    .bind(opt_text(r.backend.as_deref()))
+                    .bind(text(&r.endpoint))
+                    .bind(i64::from(r.stream))
+                    .bind(big(r.prompt_tokens))
+                    .bind(big(r.completion_tokens))
+                    .bind(big(r.cached_tokens))
+                    .bind(big(r.reserved_tokens))
+                    .bind(r.usage_source.as_str())
+                    .bind(i64::from(r.status))
+                    .bind(r.outcome.as_str())
+                    .bind(opt_text(r.error_class.as_deref()))
+                    .bind(big(r.queue_ms))
+                    .bind(r.ttft_ms.map(big))
+                    .bind(big(r.duration_ms));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Token sums per (tenant, model) over rows with both set, optionally for one tenant and a
+    /// time window (`since` inclusive, `until` exclusive), ordered by tenant then model.
+    pub async fn usage(
+        &self,
+        tenant: Option<&str>,
+        since: Option<UnixMillis>,
+        until: Option<UnixMillis>,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        // SUM over BIGINT is NUMERIC on PostgreSQL, which Any cannot read; cast it back.
+        let mut sql = String::from(
+            "SELECT tenant, model, COUNT(*) AS requests, \
+             CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
+             CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
+             CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens \
+             FROM ledger WHERE tenant IS NOT NULL AND model IS NOT NULL",
+        );
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if tenant.is_some() {
+            sql.push_str(&format!(" AND tenant = ${}", next()));
+        }
+        if since.is_some() {
+            sql.push_str(&format!(" AND ts >= ${}", next()));
+        }
+        if until.is_some() {
+            sql.push_str(&format!(" AND ts < ${}", next()));
+        }
+        let c = self.backend.text_order();
+        sql.push_str(&format!(
+            " GROUP BY tenant, model ORDER BY tenant{c}, model{c}"
+        ));
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = tenant {
+            q = q.bind(t);
+        }
+        if let Some(s) = since {
+            q = q.bind(s);
+        }
+        if let Some(u) = until {
+            q = q.bind(u);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let prompt_tokens = unsigned(row, "prompt_tokens")?;
+                let completion_tokens = unsigned(row, "completion_tokens")?;
+                Ok(UsageRow {
+                    tenant: row.try_get("tenant")?,
+                    model: row.try_get("model")?,
+                    requests: unsigned(row, "requests")?,
+                    prompt_tokens,
+                    completion_tokens,
+                    cached_tokens: unsigned(row, "cached_tokens")?,
+                    total_tokens: prompt_tokens.saturating_add(completion_tokens),
+                })
+            })
+            .collect()
+    }
+
+    /// The newest `limit` ledger rows (by ts, then id, descending), optionally of one tenant.
+    pub async fn requests(
+        &self,
+        tenant: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        let cols = LEDGER_COLS.join(", ");
+        let c = self.backend.text_order();
+        let rows = match tenant {
+            Some(t) => {
+                let sql = format!(
+                    "SELECT {cols} FROM ledger WHERE tenant = $1 \
+                     ORDER BY ts DESC, id{c} DESC LIMIT $2"
+                );
+                sqlx::query(&sql)
+                    .bind(t)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                let sql =
+                    format!("SELECT {cols} FROM ledger ORDER BY ts DESC, id{c} DESC LIMIT $1");
+                sqlx::query(&sql)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(ledger_from_row).collect()
+    }
+
+    /// Number of ledger rows stored.
+    pub async fn ledger_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger")
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("ledger count {n}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_sql_numbers_placeholders_in_order() {
+        let sql = insert_sql(2);
+        assert!(sql.contains("($1, $2, "));
+        assert!(sql.contains("$20), ($21, "));
+        assert!(sql.ends_with("$40) ON CONFLICT (id) DO NOTHING"));
+    }
+
+    #[test]
+    fn chunks_fit_both_bind_limits() {
+        assert!(ROWS_PER_INSERT * LEDGER_COLS.len() <= 32_766);
+        assert!(ROWS_PER_INSERT >= 1_000);
+    }
+
+    #[test]
+    fn clamping_and_nul_replacement() {
+        assert_eq!(big(u64::MAX), i64::MAX);
+        assert_eq!(big(7), 7);
+        assert_eq!(text("a\0b"), "a\u{FFFD}b");
+        assert_eq!(text("plain"), "plain");
+    }
+}

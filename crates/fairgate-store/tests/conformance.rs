@@ -1,0 +1,965 @@
+//! Conformance suite: every scenario is written once and runs on SQLite and on PostgreSQL
+//! (see `common` for how each backend is set up and isolated), so both backends are held to
+//! exactly the same observable behaviour.
+
+mod common;
+
+use common::{eventually, Db};
+use fairgate_store::{
+    import_spill, spawn_ledger, spill_file_rows, LedgerConfig, LedgerError, Store, StoreError,
+};
+use fairgate_types::{
+    KeyId, KeyRecord, LedgerRow, Outcome, RequestId, Tenant, UsageRow, UsageSource,
+};
+use prometheus::Registry;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
+
+conformance!(
+    basics,
+    tenant_crud,
+    keys_crud,
+    delete_tenant_revokes_keys,
+    ledger_insert_is_idempotent,
+    usage_sums_and_filters,
+    requests_order_and_limit,
+    large_batch_crosses_bind_limits,
+    hostile_values_are_stored_safely,
+    migrations_run_twice_and_concurrently,
+    random_rows_roundtrip,
+    writer_concurrent_records_then_flush,
+    writer_commits_by_size_and_by_interval,
+    writer_shutdown_drains,
+    writer_retries_until_database_recovers,
+    writer_spills_when_database_is_down,
+);
+
+// ---------------------------------------------------------------------------------------------
+// fixtures
+
+fn tenant(name: &str, weight: u32, group: Option<&str>) -> Tenant {
+    Tenant {
+        name: name.into(),
+        weight,
+        group: group.map(Into::into),
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn key(id: &str, tenant: &str, created_at: i64) -> KeyRecord {
+    KeyRecord {
+        id: KeyId::from(id),
+        tenant: tenant.into(),
+        user: None,
+        name: format!("key {id}"),
+        models: None,
+        secret_hash: format!("{:0>64}", id),
+        expires_at: None,
+        enabled: true,
+        created_at,
+        revoked_at: None,
+    }
+}
+
+fn row(id: &str, ts: i64, tenant: Option<&str>, model: Option<&str>, p: u64, c: u64) -> LedgerRow {
+    LedgerRow {
+        id: RequestId::from(id),
+        ts,
+        tenant: tenant.map(Into::into),
+        user: Some("alice".into()),
+        key_id: Some(KeyId::from("k1")),
+        model: model.map(Into::into),
+        backend: Some("http://127.0.0.1:8000".into()),
+        endpoint: "/v1/chat/completions".into(),
+        stream: true,
+        prompt_tokens: p,
+        completion_tokens: c,
+        cached_tokens: p / 2,
+        reserved_tokens: p.saturating_add(c).saturating_add(10),
+        usage_source: UsageSource::Upstream,
+        status: 200,
+        outcome: Outcome::Ok,
+        error_class: None,
+        queue_ms: 3,
+        ttft_ms: Some(40),
+        duration_ms: 900,
+    }
+}
+
+fn usage_row(tenant: &str, model: &str, requests: u64, p: u64, c: u64, cached: u64) -> UsageRow {
+    UsageRow {
+        tenant: tenant.into(),
+        model: model.into(),
+        requests,
+        prompt_tokens: p,
+        completion_tokens: c,
+        cached_tokens: cached,
+        total_tokens: p + c,
+    }
+}
+
+/// Newest first, the order `requests()` promises (ids compared by bytes).
+fn newest_first(rows: &mut [LedgerRow]) {
+    rows.sort_by(|a, b| b.ts.cmp(&a.ts).then_with(|| b.id.0.cmp(&a.id.0)));
+}
+
+fn metric(registry: &Registry, name: &str) -> f64 {
+    let families = registry.gather();
+    let family = families
+        .iter()
+        .find(|f| f.get_name() == name)
+        .unwrap_or_else(|| panic!("metric {name} not registered"));
+    let m = &family.get_metric()[0];
+    match family.get_field_type() {
+        prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+        prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
+        prometheus::proto::MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
+        other => panic!("unexpected metric type {other:?}"),
+    }
+}
+
+fn writer_config(db: &Db) -> LedgerConfig {
+    LedgerConfig {
+        batch_size: 64,
+        flush_interval: Duration::from_millis(20),
+        queue_capacity: 128,
+        spill_dir: Some(db.dir.join("spill")),
+    }
+}
+
+/// Opens a second, raw connection pool to the same database, for fault injection.
+async fn raw_pool(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("raw pool")
+}
+
+// ---------------------------------------------------------------------------------------------
+// scenarios
+
+async fn basics(db: Db) {
+    assert_eq!(db.store.backend(), db.backend);
+    db.store.ping().await.unwrap();
+    assert_eq!(db.store.ledger_count().await.unwrap(), 0);
+    assert!(db.store.list_tenants().await.unwrap().is_empty());
+    assert!(db.store.list_keys(None).await.unwrap().is_empty());
+    assert!(db.store.usage(None, None, None).await.unwrap().is_empty());
+    assert!(db.store.requests(None, 10).await.unwrap().is_empty());
+    db.store.insert_ledger_rows(&[]).await.unwrap();
+    assert!(format!("{:?}", db.store).contains(db.backend));
+
+    let clone = db.store.clone();
+    db.store.close().await;
+    assert!(matches!(clone.ping().await, Err(StoreError::Db(_))));
+}
+
+async fn tenant_crud(db: Db) {
+    let s = &db.store;
+    let alpha = tenant("alpha", 1, None);
+    let beta = tenant("beta", 3, Some("eng"));
+    // Upper case sorts before lower case in byte order, whatever the database locale says.
+    let zed = tenant("Zed", 2, Some("ops"));
+    for t in [&beta, &zed, &alpha] {
+        s.create_tenant(t).await.unwrap();
+    }
+    match s.create_tenant(&tenant("alpha", 9, None)).await {
+        Err(StoreError::Conflict(what)) => assert!(what.contains("alpha"), "{what}"),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert_eq!(s.get_tenant("alpha").await.unwrap(), Some(alpha.clone()));
+    assert_eq!(s.get_tenant("beta").await.unwrap(), Some(beta.clone()));
+    assert_eq!(s.get_tenant("missing").await.unwrap(), None);
+    assert_eq!(
+        s.list_tenants().await.unwrap(),
+        vec![zed.clone(), alpha.clone(), beta.clone()]
+    );
+
+    // update sets weight and group only; created_at is not touched.
+    let mut changed = tenant("beta", 5, None);
+    changed.created_at = 42;
+    assert!(s.update_tenant(&changed).await.unwrap());
+    let stored = s.get_tenant("beta").await.unwrap().unwrap();
+    assert_eq!(
+        stored,
+        Tenant {
+            created_at: beta.created_at,
+            ..changed.clone()
+        }
+    );
+    assert!(!s.update_tenant(&tenant("missing", 1, None)).await.unwrap());
+
+    assert!(s.delete_tenant("alpha").await.unwrap());
+    assert!(!s.delete_tenant("alpha").await.unwrap());
+    assert!(!s.delete_tenant("missing").await.unwrap());
+    assert_eq!(s.get_tenant("alpha").await.unwrap(), None);
+    assert_eq!(s.list_tenants().await.unwrap().len(), 2);
+    // The name is free again.
+    s.create_tenant(&alpha).await.unwrap();
+    assert_eq!(s.get_tenant("alpha").await.unwrap(), Some(alpha));
+
+    // u32::MAX weights survive the BIGINT column.
+    s.create_tenant(&tenant("heavy", u32::MAX, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_tenant("heavy").await.unwrap().unwrap().weight,
+        u32::MAX
+    );
+}
+
+async fn keys_crud(db: Db) {
+    let s = &db.store;
+    s.create_tenant(&tenant("t", 1, None)).await.unwrap();
+    s.create_tenant(&tenant("u", 1, None)).await.unwrap();
+
+    let k1 = KeyRecord {
+        user: Some("alice".into()),
+        models: Some(vec!["llama-3".into(), "qwen \"2.5\"".into()]),
+        expires_at: Some(1_800_000_000_000),
+        ..key("k1", "t", 100)
+    };
+    let k2 = key("k2", "t", 200);
+    let k3 = key("k3", "u", 150);
+    for k in [&k2, &k1, &k3] {
+        s.insert_key(k).await.unwrap();
+    }
+    assert_eq!(
+        s.get_key(&KeyId::from("k1")).await.unwrap(),
+        Some(k1.clone())
+    );
+    assert_eq!(
+        s.get_key(&KeyId::from("k2")).await.unwrap(),
+        Some(k2.clone())
+    );
+    assert_eq!(s.get_key(&KeyId::from("nope")).await.unwrap(), None);
+
+    match s.insert_key(&key("k1", "u", 1)).await {
+        Err(StoreError::Conflict(what)) => assert!(what.contains("k1"), "{what}"),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    match s.insert_key(&key("k9", "ghost", 1)).await {
+        Err(StoreError::NotFound(what)) => assert!(what.contains("ghost"), "{what}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(s.get_key(&KeyId::from("k9")).await.unwrap(), None);
+
+    // Oldest first.
+    assert_eq!(
+        s.list_keys(Some("t")).await.unwrap(),
+        vec![k1.clone(), k2.clone()]
+    );
+    assert_eq!(s.list_keys(Some("u")).await.unwrap(), vec![k3.clone()]);
+    assert!(s.list_keys(Some("nobody")).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_keys(None).await.unwrap(),
+        vec![k1.clone(), k3.clone(), k2.clone()]
+    );
+
+    // Every mutable field changes; tenant and created_at cannot.
+    let updated = KeyRecord {
+        id: k1.id.clone(),
+        tenant: "u".into(),
+        user: None,
+        name: "renamed".into(),
+        // An empty list (no model allowed) must stay distinct from None (every model).
+        models: Some(vec![]),
+        secret_hash: "f".repeat(64),
+        expires_at: None,
+        enabled: false,
+        created_at: 999,
+        revoked_at: Some(1_750_000_000_000),
+    };
+    assert!(s.update_key(&updated).await.unwrap());
+    let expected = KeyRecord {
+        tenant: k1.tenant.clone(),
+        created_at: k1.created_at,
+        ..updated.clone()
+    };
+    assert_eq!(s.get_key(&k1.id).await.unwrap(), Some(expected.clone()));
+
+    // And back: None models, a user, an expiry.
+    let back = KeyRecord {
+        models: None,
+        user: Some("bob".into()),
+        expires_at: Some(5),
+        enabled: true,
+        revoked_at: None,
+        ..expected.clone()
+    };
+    assert!(s.update_key(&back).await.unwrap());
+    assert_eq!(s.get_key(&k1.id).await.unwrap(), Some(back));
+
+    assert!(!s.update_key(&key("ghost", "t", 1)).await.unwrap());
+}
+
+async fn delete_tenant_revokes_keys(db: Db) {
+    let s = &db.store;
+    s.create_tenant(&tenant("t", 1, None)).await.unwrap();
+    s.create_tenant(&tenant("u", 1, None)).await.unwrap();
+    let live = key("t-live", "t", 1);
+    let already = KeyRecord {
+        enabled: false,
+        revoked_at: Some(123),
+        ..key("t-old", "t", 2)
+    };
+    let other = key("u-live", "u", 3);
+    for k in [&live, &already, &other] {
+        s.insert_key(k).await.unwrap();
+    }
+    s.insert_ledger_rows(&[row("r1", 1000, Some("t"), Some("m"), 10, 5)])
+        .await
+        .unwrap();
+
+    let before = fairgate_types::now_millis();
+    assert!(s.delete_tenant("t").await.unwrap());
+    assert_eq!(s.get_tenant("t").await.unwrap(), None);
+
+    let got = s.get_key(&live.id).await.unwrap().unwrap();
+    assert!(!got.enabled);
+    let revoked = got.revoked_at.expect("revoked_at set");
+    assert!(revoked >= before, "revoked_at {revoked} < {before}");
+    assert_eq!(
+        KeyRecord {
+            enabled: true,
+            revoked_at: None,
+            ..got
+        },
+        live
+    );
+
+    // An earlier revocation keeps its time.
+    assert_eq!(s.get_key(&already.id).await.unwrap(), Some(already.clone()));
+    // Other tenants are untouched.
+    assert_eq!(s.get_key(&other.id).await.unwrap(), Some(other.clone()));
+    // Keys stay listed under the old tenant name, revoked.
+    assert_eq!(s.list_keys(Some("t")).await.unwrap().len(), 2);
+    // The ledger keeps its rows.
+    assert_eq!(s.ledger_count().await.unwrap(), 1);
+    assert_eq!(
+        s.usage(Some("t"), None, None).await.unwrap(),
+        vec![usage_row("t", "m", 1, 10, 5, 5)]
+    );
+
+    // Re-creating the name does not resurrect the keys, and new keys work normally.
+    s.create_tenant(&tenant("t", 1, None)).await.unwrap();
+    assert!(!s.get_key(&live.id).await.unwrap().unwrap().enabled);
+    s.insert_key(&key("t-new", "t", 4)).await.unwrap();
+    assert!(
+        s.get_key(&KeyId::from("t-new"))
+            .await
+            .unwrap()
+            .unwrap()
+            .enabled
+    );
+}
+
+async fn ledger_insert_is_idempotent(db: Db) {
+    let s = &db.store;
+    let batch: Vec<LedgerRow> = (0..10)
+        .map(|i| row(&format!("r{i}"), 1000 + i, Some("t"), Some("m"), 10, 1))
+        .collect();
+    s.insert_ledger_rows(&batch).await.unwrap();
+    s.insert_ledger_rows(&batch).await.unwrap();
+    assert_eq!(s.ledger_count().await.unwrap(), 10);
+
+    // A retried batch that overlaps: only the new half counts.
+    let overlap: Vec<LedgerRow> = (5..15)
+        .map(|i| row(&format!("r{i}"), 1000 + i, Some("t"), Some("m"), 10, 1))
+        .collect();
+    s.insert_ledger_rows(&overlap).await.unwrap();
+    assert_eq!(s.ledger_count().await.unwrap(), 15);
+
+    // Duplicates inside one batch count once; the first occurrence wins.
+    let mut dup = row("d", 5000, Some("t"), Some("m"), 10, 1);
+    let mut dup2 = dup.clone();
+    dup2.prompt_tokens = 999_999;
+    s.insert_ledger_rows(&[dup.clone(), dup2]).await.unwrap();
+    assert_eq!(s.ledger_count().await.unwrap(), 16);
+    assert_eq!(
+        s.usage(None, None, None).await.unwrap(),
+        vec![usage_row("t", "m", 16, 160, 16, 80)]
+    );
+    dup.prompt_tokens = 10;
+    assert_eq!(s.requests(None, 1).await.unwrap(), vec![dup]);
+}
+
+async fn usage_sums_and_filters(db: Db) {
+    let s = &db.store;
+    let rows = vec![
+        row("a1", 1000, Some("a"), Some("m1"), 100, 10),
+        row("a2", 2000, Some("a"), Some("m1"), 200, 20),
+        row("a3", 3000, Some("a"), Some("m2"), 300, 30),
+        row("b1", 1000, Some("b"), Some("m1"), 1, 2),
+        row("b2", 2999, Some("b"), Some("m1"), 3, 4),
+        // Excluded from usage: no tenant (auth failed) or no model (rejected early).
+        row("n1", 2000, None, Some("m1"), 5000, 5000),
+        row("n2", 2000, Some("a"), None, 5000, 5000),
+    ];
+    s.insert_ledger_rows(&rows).await.unwrap();
+
+    assert_eq!(
+        s.usage(None, None, None).await.unwrap(),
+        vec![
+            usage_row("a", "m1", 2, 300, 30, 150),
+            usage_row("a", "m2", 1, 300, 30, 150),
+            usage_row("b", "m1", 2, 4, 6, 1),
+        ]
+    );
+    assert_eq!(
+        s.usage(Some("b"), None, None).await.unwrap(),
+        vec![usage_row("b", "m1", 2, 4, 6, 1)]
+    );
+    // since is inclusive, until exclusive.
+    assert_eq!(
+        s.usage(None, Some(2000), Some(3000)).await.unwrap(),
+        vec![
+            usage_row("a", "m1", 1, 200, 20, 100),
+            usage_row("b", "m1", 1, 3, 4, 1),
+        ]
+    );
+    assert_eq!(
+        s.usage(None, Some(3000), None).await.unwrap(),
+        vec![usage_row("a", "m2", 1, 300, 30, 150)]
+    );
+    assert_eq!(
+        s.usage(None, None, Some(1001)).await.unwrap(),
+        vec![
+            usage_row("a", "m1", 1, 100, 10, 50),
+            usage_row("b", "m1", 1, 1, 2, 0),
+        ]
+    );
+    assert_eq!(
+        s.usage(Some("a"), Some(1500), Some(2500)).await.unwrap(),
+        vec![usage_row("a", "m1", 1, 200, 20, 100)]
+    );
+    assert!(s.usage(None, Some(4000), None).await.unwrap().is_empty());
+    assert!(s.usage(Some("zzz"), None, None).await.unwrap().is_empty());
+    assert!(s
+        .usage(None, Some(3000), Some(3000))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn requests_order_and_limit(db: Db) {
+    let s = &db.store;
+    let mut rows = vec![
+        row("r-b", 2000, Some("t"), Some("m"), 1, 1),
+        row("r-a", 2000, Some("t"), Some("m"), 1, 1),
+        // Same ts: "a1" > "Z1" in byte order, whatever the database locale says.
+        row("Z1", 3000, Some("u"), Some("m"), 1, 1),
+        row("a1", 3000, Some("t"), Some("m"), 1, 1),
+        row("old", 1000, None, None, 0, 0),
+        row("new", 4000, Some("u"), None, 0, 0),
+    ];
+    s.insert_ledger_rows(&rows).await.unwrap();
+    newest_first(&mut rows);
+    let ids = |v: &[LedgerRow]| v.iter().map(|r| r.id.0.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&rows), ["new", "a1", "Z1", "r-b", "r-a", "old"]);
+
+    assert_eq!(s.requests(None, 100).await.unwrap(), rows);
+    assert_eq!(s.requests(None, 3).await.unwrap(), rows[..3].to_vec());
+    assert!(s.requests(None, 0).await.unwrap().is_empty());
+    assert_eq!(
+        ids(&s.requests(Some("t"), 100).await.unwrap()),
+        ["a1", "r-b", "r-a"]
+    );
+    assert_eq!(ids(&s.requests(Some("t"), 2).await.unwrap()), ["a1", "r-b"]);
+    assert_eq!(
+        ids(&s.requests(Some("u"), 100).await.unwrap()),
+        ["new", "Z1"]
+    );
+    assert!(s.requests(Some("none"), 100).await.unwrap().is_empty());
+    assert_eq!(s.requests(None, u32::MAX).await.unwrap().len(), 6);
+}
+
+async fn large_batch_crosses_bind_limits(db: Db) {
+    let s = &db.store;
+    // 5,000 rows x 20 columns = 100,000 parameters: more than SQLite's 32,766 and PostgreSQL's
+    // 65,535 per statement, so this only works if inserts are chunked.
+    let rows: Vec<LedgerRow> = (0..5_000u64)
+        .map(|i| {
+            let t = format!("t{}", i % 3);
+            row(
+                &format!("big-{i:05}"),
+                i as i64,
+                Some(&t),
+                Some("m"),
+                i,
+                2 * i,
+            )
+        })
+        .collect();
+    s.insert_ledger_rows(&rows).await.unwrap();
+    assert_eq!(s.ledger_count().await.unwrap(), 5_000);
+    let usage = s.usage(None, None, None).await.unwrap();
+    assert_eq!(usage.len(), 3);
+    for (k, u) in usage.iter().enumerate() {
+        let name = format!("t{k}");
+        let mine: Vec<&LedgerRow> = rows
+            .iter()
+            .filter(|r| r.tenant.as_deref() == Some(name.as_str()))
+            .collect();
+        assert_eq!(u.tenant, name);
+        assert_eq!(u.requests, mine.len() as u64);
+        assert_eq!(
+            u.prompt_tokens,
+            mine.iter().map(|r| r.prompt_tokens).sum::<u64>()
+        );
+        assert_eq!(
+            u.completion_tokens,
+            mine.iter().map(|r| r.completion_tokens).sum::<u64>()
+        );
+        assert_eq!(
+            u.cached_tokens,
+            mine.iter().map(|r| r.cached_tokens).sum::<u64>()
+        );
+    }
+    // Retrying the whole thing (one transaction) changes nothing.
+    s.insert_ledger_rows(&rows).await.unwrap();
+    assert_eq!(s.ledger_count().await.unwrap(), 5_000);
+    let mut expected = rows.clone();
+    newest_first(&mut expected);
+    assert_eq!(s.requests(None, 5_000).await.unwrap(), expected);
+}
+
+async fn hostile_values_are_stored_safely(db: Db) {
+    let s = &db.store;
+    let mut r = row("nul", 1, Some("t"), Some("gpt\0evil"), u64::MAX, 0);
+    r.endpoint = "/v1/\0".into();
+    r.error_class = Some("x'); DROP TABLE ledger; --".into());
+    r.ttft_ms = Some(u64::MAX);
+    r.status = u16::MAX;
+    s.insert_ledger_rows(std::slice::from_ref(&r))
+        .await
+        .unwrap();
+    let got = s.requests(None, 1).await.unwrap().pop().unwrap();
+    // NUL (which PostgreSQL cannot store) becomes U+FFFD on both backends ...
+    assert_eq!(got.model.as_deref(), Some("gpt\u{FFFD}evil"));
+    assert_eq!(got.endpoint, "/v1/\u{FFFD}");
+    // ... counts past i64::MAX are clamped rather than failing the batch ...
+    assert_eq!(got.prompt_tokens, i64::MAX as u64);
+    assert_eq!(got.ttft_ms, Some(i64::MAX as u64));
+    // ... and everything else is verbatim.
+    assert_eq!(got.error_class, r.error_class);
+    assert_eq!(got.status, u16::MAX);
+    assert_eq!(s.ledger_count().await.unwrap(), 1);
+    assert_eq!(
+        s.usage(None, None, None).await.unwrap()[0].prompt_tokens,
+        i64::MAX as u64
+    );
+}
+
+async fn migrations_run_twice_and_concurrently(db: Db) {
+    db.store.create_tenant(&tenant("t", 1, None)).await.unwrap();
+    // Connecting again re-runs the migrator against an up-to-date database.
+    let again = Store::connect(&db.url).await.unwrap();
+    assert_eq!(
+        again.get_tenant("t").await.unwrap(),
+        Some(tenant("t", 1, None))
+    );
+    again.close().await;
+
+    let raw = raw_pool(&db.url).await;
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM fairgate_migrations")
+        .fetch_all(&raw)
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1]);
+    raw.close().await;
+
+    // Several replicas starting at once on an empty database: all succeed, migrated once.
+    let fresh = db.fresh_url().await;
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let url = fresh.clone();
+            tokio::spawn(async move { Store::connect(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for t in tasks {
+        stores.push(t.await.unwrap().unwrap());
+    }
+    stores[0]
+        .create_tenant(&tenant("x", 1, None))
+        .await
+        .unwrap();
+    assert_eq!(stores[3].list_tenants().await.unwrap().len(), 1);
+    let raw = raw_pool(&fresh).await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fairgate_migrations")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    raw.close().await;
+    for s in stores {
+        s.close().await;
+    }
+}
+
+/// Seeded random strings that stress quoting and encoding (no NUL: see the hostile test).
+fn random_text(rng: &mut StdRng) -> String {
+    const PIECES: &[&str] = &[
+        "a", "Z", "0", " ", "'", "\"", "\\", "%", "$1", "?", "é", "ß", "日本", "🦀", "\n", "\t",
+        "-", "_", "/", "{}", "NULL", ";",
+    ];
+    let len = rng.gen_range(0..12);
+    (0..len)
+        .map(|_| PIECES[rng.gen_range(0..PIECES.len())])
+        .collect()
+}
+
+fn random_opt(rng: &mut StdRng) -> Option<String> {
+    rng.gen_bool(0.7).then(|| random_text(rng))
+}
+
+fn random_row(rng: &mut StdRng, i: usize) -> LedgerRow {
+    const OUTCOMES: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Cancelled,
+        Outcome::UpstreamError,
+        Outcome::UpstreamRejected,
+        Outcome::Rejected,
+        Outcome::AuthFailed,
+    ];
+    const SOURCES: [UsageSource; 3] = [
+        UsageSource::Upstream,
+        UsageSource::Counted,
+        UsageSource::None,
+    ];
+    let tokens = |rng: &mut StdRng| -> u64 {
+        match rng.gen_range(0..4) {
+            0 => 0,
+            1 => rng.gen_range(0..10_000),
+            2 => i64::MAX as u64,
+            _ => rng.gen_range(0..=i64::MAX as u64),
+        }
+    };
+    LedgerRow {
+        // Unique by the suffix; the random prefix exercises ordering of odd strings.
+        id: RequestId(format!("{}#{i}", random_text(rng))),
+        // Few distinct timestamps, so ties are broken by id often.
+        ts: match rng.gen_range(0..3) {
+            0 => rng.gen_range(0..5),
+            1 => i64::MIN + rng.gen_range(0..2),
+            _ => rng.gen(),
+        },
+        tenant: random_opt(rng),
+        user: random_opt(rng),
+        key_id: random_opt(rng).map(KeyId),
+        model: random_opt(rng),
+        backend: random_opt(rng),
+        endpoint: random_text(rng),
+        stream: rng.gen(),
+        prompt_tokens: tokens(rng),
+        completion_tokens: tokens(rng),
+        cached_tokens: tokens(rng),
+        reserved_tokens: tokens(rng),
+        usage_source: SOURCES[rng.gen_range(0..SOURCES.len())],
+        status: rng.gen(),
+        outcome: OUTCOMES[rng.gen_range(0..OUTCOMES.len())],
+        error_class: random_opt(rng),
+        queue_ms: tokens(rng),
+        ttft_ms: rng.gen_bool(0.5).then(|| tokens(rng)),
+        duration_ms: tokens(rng),
+    }
+}
+
+async fn random_rows_roundtrip(db: Db) {
+    let s = &db.store;
+    for seed in [1u64, 2, 3] {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let rows: Vec<LedgerRow> = (0..300).map(|i| random_row(&mut rng, i)).collect();
+        // Random batch boundaries.
+        let mut rest = &rows[..];
+        while !rest.is_empty() {
+            let n = rng.gen_range(1..=rest.len().min(97));
+            s.insert_ledger_rows(&rest[..n]).await.unwrap();
+            rest = &rest[n..];
+        }
+        let all = s.requests(None, 1_000).await.unwrap();
+        let mut expected = rows.clone();
+        newest_first(&mut expected);
+        assert_eq!(all.len(), expected.len(), "seed {seed}");
+        for (got, want) in all.iter().zip(&expected) {
+            assert_eq!(got, want, "seed {seed}");
+        }
+        // The tenant filter and limit select exactly the matching prefix.
+        let t = expected
+            .iter()
+            .find_map(|r| r.tenant.clone())
+            .expect("some row has a tenant");
+        let mine: Vec<LedgerRow> = expected
+            .iter()
+            .filter(|r| r.tenant.as_ref() == Some(&t))
+            .take(5)
+            .cloned()
+            .collect();
+        assert_eq!(s.requests(Some(&t), 5).await.unwrap(), mine, "seed {seed}");
+
+        // Clean slate for the next seed.
+        let raw = raw_pool(&db.url).await;
+        sqlx::query("DELETE FROM ledger")
+            .execute(&raw)
+            .await
+            .unwrap();
+        raw.close().await;
+    }
+}
+
+async fn writer_concurrent_records_then_flush(db: Db) {
+    let registry = Registry::new();
+    let (handle, writer) = spawn_ledger(db.store.clone(), writer_config(&db), &registry).unwrap();
+    let tasks: Vec<_> = (0..10u64)
+        .map(|t| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                for i in 0..100u64 {
+                    let tenant = format!("t{t}");
+                    handle
+                        .record(row(
+                            &format!("w{t}-{i}"),
+                            i as i64,
+                            Some(&tenant),
+                            Some("m"),
+                            i,
+                            1,
+                        ))
+                        .await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    handle.flush().await.unwrap();
+    assert_eq!(db.store.ledger_count().await.unwrap(), 1_000);
+    assert_eq!(handle.queued(), 0);
+    let usage = db.store.usage(None, None, None).await.unwrap();
+    let expected: Vec<UsageRow> = (0..10)
+        .map(|t| {
+            usage_row(
+                &format!("t{t}"),
+                "m",
+                100,
+                4_950,
+                100,
+                (0..100u64).map(|i| i / 2).sum(),
+            )
+        })
+        .collect();
+    assert_eq!(usage, expected);
+    assert_eq!(
+        metric(&registry, "fairgate_ledger_rows_written_total"),
+        1_000.0
+    );
+    assert_eq!(metric(&registry, "fairgate_ledger_queue_depth"), 0.0);
+    assert_eq!(metric(&registry, "fairgate_ledger_write_errors_total"), 0.0);
+    assert_eq!(metric(&registry, "fairgate_ledger_rows_spilled_total"), 0.0);
+    assert!(metric(&registry, "fairgate_ledger_batch_seconds") >= 1.0);
+    writer.shutdown().await.unwrap();
+}
+
+async fn writer_commits_by_size_and_by_interval(db: Db) {
+    // By size: with an interval that never fires, full batches still commit on their own.
+    let registry = Registry::new();
+    let cfg = LedgerConfig {
+        batch_size: 10,
+        flush_interval: Duration::from_secs(3600),
+        ..writer_config(&db)
+    };
+    let (handle, writer) = spawn_ledger(db.store.clone(), cfg, &registry).unwrap();
+    for i in 0..25 {
+        handle
+            .record(row(&format!("s{i}"), i, Some("t"), Some("m"), 1, 1))
+            .await;
+    }
+    let store = db.store.clone();
+    eventually("two full batches committed", || {
+        let store = store.clone();
+        async move { store.ledger_count().await.unwrap() == 20 }
+    })
+    .await;
+    // The partial batch waits for its interval (an hour): it is what a crash would lose now.
+    assert_eq!(handle.queued(), 5);
+    assert_eq!(metric(&registry, "fairgate_ledger_queue_depth"), 5.0);
+    handle.flush().await.unwrap();
+    assert_eq!(db.store.ledger_count().await.unwrap(), 25);
+    assert_eq!(handle.queued(), 0);
+    writer.shutdown().await.unwrap();
+
+    // By interval: a lone row commits without any flush.
+    let registry = Registry::new();
+    let cfg = LedgerConfig {
+        batch_size: 1_000,
+        flush_interval: Duration::from_millis(20),
+        ..writer_config(&db)
+    };
+    let (handle, writer) = spawn_ledger(db.store.clone(), cfg, &registry).unwrap();
+    handle
+        .record(row("lone", 99, Some("t"), Some("m"), 1, 1))
+        .await;
+    eventually("the lone row committed by the interval", || {
+        let store = store.clone();
+        async move { store.ledger_count().await.unwrap() == 26 }
+    })
+    .await;
+    eventually("queue depth back to zero", || {
+        let q = handle.queued();
+        async move { q == 0 }
+    })
+    .await;
+    writer.shutdown().await.unwrap();
+}
+
+async fn writer_shutdown_drains(db: Db) {
+    let registry = Registry::new();
+    let cfg = LedgerConfig {
+        batch_size: 1_000,
+        flush_interval: Duration::from_secs(3600),
+        queue_capacity: 10_000,
+        spill_dir: Some(db.dir.join("spill")),
+    };
+    let (handle, writer) = spawn_ledger(db.store.clone(), cfg, &registry).unwrap();
+    for i in 0..2_500 {
+        handle
+            .record(row(&format!("d{i}"), i, Some("t"), Some("m"), 2, 3))
+            .await;
+    }
+    // No flush: shutdown alone must commit everything still queued.
+    writer.shutdown().await.unwrap();
+    assert_eq!(db.store.ledger_count().await.unwrap(), 2_500);
+    assert_eq!(
+        db.store.usage(None, None, None).await.unwrap(),
+        vec![usage_row("t", "m", 2_500, 5_000, 7_500, 2_500)]
+    );
+    assert_eq!(handle.queued(), 0);
+    assert_eq!(
+        metric(&registry, "fairgate_ledger_rows_written_total"),
+        2_500.0
+    );
+
+    // After shutdown nothing is accepted, and nothing panics.
+    assert!(matches!(handle.flush().await, Err(LedgerError::Closed)));
+    handle
+        .record(row("late", 1, Some("t"), Some("m"), 1, 1))
+        .await;
+    assert_eq!(handle.queued(), 0);
+    assert_eq!(db.store.ledger_count().await.unwrap(), 2_500);
+    assert!(!db.dir.join("spill").exists(), "nothing may be spilled");
+}
+
+async fn writer_retries_until_database_recovers(db: Db) {
+    let registry = Registry::new();
+    let (handle, writer) = spawn_ledger(db.store.clone(), writer_config(&db), &registry).unwrap();
+    let raw = raw_pool(&db.url).await;
+    // Make every commit fail, on both backends, without touching the writer's pool.
+    sqlx::query("ALTER TABLE ledger RENAME TO ledger_away")
+        .execute(&raw)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        handle
+            .record(row(&format!("x{i}"), i, Some("t"), Some("m"), 1, 1))
+            .await;
+    }
+    let flushing = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.flush().await })
+    };
+    eventually("the writer to fail and retry", || {
+        let failures = metric(&registry, "fairgate_ledger_write_errors_total");
+        async move { failures >= 2.0 }
+    })
+    .await;
+    assert!(!flushing.is_finished(), "flush must wait for the commit");
+    assert_eq!(handle.queued(), 20, "nothing is dropped while failing");
+
+    sqlx::query("ALTER TABLE ledger_away RENAME TO ledger")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    tokio::time::timeout(Duration::from_secs(60), flushing)
+        .await
+        .expect("flush resolves once the database is back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(db.store.ledger_count().await.unwrap(), 20);
+    assert_eq!(
+        metric(&registry, "fairgate_ledger_rows_written_total"),
+        20.0
+    );
+    assert_eq!(metric(&registry, "fairgate_ledger_rows_spilled_total"), 0.0);
+    writer.shutdown().await.unwrap();
+}
+
+async fn writer_spills_when_database_is_down(db: Db) {
+    // A store whose pool is closed fails every write, the same way on both backends.
+    let dead = Store::connect(&db.url).await.unwrap();
+    dead.close().await;
+    let registry = Registry::new();
+    let spill_dir = db.dir.join("spill");
+    let (handle, writer) = spawn_ledger(dead, writer_config(&db), &registry).unwrap();
+    let rows: Vec<LedgerRow> = (0..50)
+        .map(|i| row(&format!("s{i:02}"), i, Some("t"), Some("m"), 7, 1))
+        .collect();
+    for r in &rows {
+        handle.record(r.clone()).await;
+    }
+    // Poll the flush exactly once: that enqueues its request behind the rows (the queue has
+    // room), so it is certainly waiting on the writer when shutdown begins.
+    let mut flushing = Box::pin(handle.flush());
+    let first = std::future::poll_fn(|cx| Poll::Ready(flushing.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "flush cannot finish while the database is down");
+    let result = writer
+        .shutdown_with_timeout(Duration::from_millis(300))
+        .await;
+    let path = match result {
+        Err(LedgerError::Spilled { path, rows: n }) => {
+            assert_eq!(n, 50);
+            let msg = LedgerError::Spilled {
+                path: path.clone(),
+                rows: n,
+            }
+            .to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            path
+        }
+        other => panic!("expected Spilled, got {other:?}"),
+    };
+    assert_eq!(path.parent(), Some(spill_dir.as_path()));
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("ledger-spill-") && name.ends_with(".jsonl"),
+        "{name}"
+    );
+    // The waiting flush learns where its rows went.
+    match flushing.await {
+        Err(LedgerError::Spilled { path: p, .. }) => assert_eq!(p, path),
+        other => panic!("expected the flush to report the spill, got {other:?}"),
+    }
+    assert_eq!(handle.queued(), 0);
+    assert_eq!(
+        metric(&registry, "fairgate_ledger_rows_spilled_total"),
+        50.0
+    );
+    assert!(metric(&registry, "fairgate_ledger_write_errors_total") >= 1.0);
+    assert_eq!(metric(&registry, "fairgate_ledger_rows_written_total"), 0.0);
+
+    // The file holds exactly the rows, in order, and replays (idempotently) into a live store.
+    assert_eq!(spill_file_rows(&path).unwrap(), rows);
+    assert_eq!(import_spill(&db.store, &path).await.unwrap(), 50);
+    assert_eq!(import_spill(&db.store, &path).await.unwrap(), 50);
+    assert_eq!(db.store.ledger_count().await.unwrap(), 50);
+    let mut expected = rows.clone();
+    newest_first(&mut expected);
+    assert_eq!(db.store.requests(None, 100).await.unwrap(), expected);
+}

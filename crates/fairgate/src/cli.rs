@@ -1,0 +1,464 @@
+//! The `fairgate` command line: `serve`, `demo`, `sim`, `admin` and `bench`.
+//!
+//! `fairgate admin …` is a thin HTTP client of `/admin/v1`: it prints the JSON the API returns,
+//! so scripts can pipe it to `jq`, and exits non-zero with the API's error message on failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::server::{shutdown_signal, Gateway};
+
+#[derive(Parser)]
+#[command(
+    name = "fairgate",
+    version,
+    about = "Fair-share, token-accurate gateway for self-hosted LLM fleets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway against the backends declared in a config file.
+    Serve {
+        /// TOML config file; FAIRGATE_* environment variables override its fields.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the gateway with two simulated models and SQLite, no config needed.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value = "fairgate-data")]
+        data_dir: PathBuf,
+        /// Print one JSON line (base_url, key, admin_url, admin_token, models) instead of the banner.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the vLLM-compatible simulator alone.
+    Sim(SimArgs),
+    /// Administer tenants and keys of a running gateway.
+    Admin(AdminArgs),
+    /// Measure gateway overhead: the same load direct to a backend and through fairgate.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// Served model name.
+    #[arg(long, default_value = "sim-model")]
+    model: String,
+    /// Zero latency everywhere (for overhead benchmarks).
+    #[arg(long)]
+    instant: bool,
+    #[arg(long)]
+    max_num_seqs: Option<usize>,
+    /// KV-cache capacity in tokens.
+    #[arg(long)]
+    kv_cache_tokens: Option<u64>,
+    #[arg(long)]
+    block_size: Option<u64>,
+    #[arg(long)]
+    max_model_len: Option<u64>,
+    #[arg(long)]
+    prefill_overhead_ms: Option<f64>,
+    #[arg(long)]
+    prefill_per_token_us: Option<f64>,
+    #[arg(long)]
+    decode_step_ms: Option<f64>,
+    #[arg(long)]
+    decode_step_per_seq_us: Option<f64>,
+    #[arg(long)]
+    default_max_tokens: Option<u64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Fraction of requests that fail with HTTP 500.
+    #[arg(long)]
+    error_rate: Option<f64>,
+    /// Fraction of requests that never answer.
+    #[arg(long)]
+    hang_rate: Option<f64>,
+    #[arg(long)]
+    slow_start_ms: Option<u64>,
+    #[arg(long)]
+    startup_delay_ms: Option<u64>,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// Gateway root URL.
+    #[arg(long, env = "FAIRGATE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Admin bearer token.
+    #[arg(long, env = "FAIRGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Tenants: list, create, show, update, delete.
+    #[command(subcommand)]
+    Tenants(TenantCmd),
+    /// API keys: create (prints the secret once), list, show, revoke, rotate.
+    #[command(subcommand)]
+    Keys(KeyCmd),
+    /// Token sums per tenant and model.
+    Usage {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Unix ms or RFC 3339.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Recent ledger rows, newest first.
+    Requests {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    List,
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[arg(long)]
+        group: Option<String>,
+    },
+    Show {
+        name: String,
+    },
+    Update {
+        name: String,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        group: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        user: Option<String>,
+        /// Allowed models (repeat or comma-separate); all models when absent.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Expiry as unix ms.
+        #[arg(long)]
+        expires_at: Option<i64>,
+    },
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    Revoke {
+        id: String,
+    },
+    Rotate {
+        id: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fairgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fairgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FAIRGATE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let config = Config::load(config.as_deref(), env)?;
+            init_logging(&config.log_format);
+            if config.models.is_empty() {
+                tracing::warn!("no models configured: every model request will get 404");
+            }
+            if config.admin_token.is_none() {
+                tracing::warn!("no admin token configured: /admin/v1 is disabled");
+            }
+            let addr = config.listen_addr()?;
+            let gateway = Gateway::build(config).await?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            tracing::info!(address = %listener.local_addr()?, "fairgate listening");
+            gateway.serve(listener, shutdown_signal()).await
+        }
+        Command::Demo {
+            listen,
+            data_dir,
+            json,
+        } => {
+            init_logging(&std::env::var("FAIRGATE_LOG_FORMAT").unwrap_or_else(|_| "text".into()));
+            crate::demo::run(crate::demo::DemoOptions {
+                listen,
+                data_dir,
+                json,
+            })
+            .await
+        }
+        Command::Sim(args) => {
+            init_logging("text");
+            run_sim(args).await
+        }
+        Command::Admin(args) => run_admin(args).await,
+        Command::Bench(args) => {
+            init_logging("text");
+            crate::bench::run(args).await
+        }
+    }
+}
+
+fn ms(v: f64) -> Duration {
+    Duration::from_secs_f64((v / 1e3).max(0.0))
+}
+
+async fn run_sim(a: SimArgs) -> anyhow::Result<()> {
+    let mut c = if a.instant {
+        fairgate_sim::SimConfig::instant(&a.model)
+    } else {
+        fairgate_sim::SimConfig {
+            model: a.model.clone(),
+            ..fairgate_sim::SimConfig::default()
+        }
+    };
+    if let Some(v) = a.max_num_seqs {
+        c.max_num_seqs = v;
+    }
+    if let Some(v) = a.kv_cache_tokens {
+        c.kv_cache_tokens = v;
+    }
+    if let Some(v) = a.block_size {
+        c.block_size = v;
+    }
+    if let Some(v) = a.max_model_len {
+        c.max_model_len = v;
+    }
+    if let Some(v) = a.prefill_overhead_ms {
+        c.prefill_overhead = ms(v);
+    }
+    if let Some(v) = a.prefill_per_token_us {
+        c.prefill_per_token = ms(v / 1e3);
+    }
+    if let Some(v) = a.decode_step_ms {
+        c.decode_step_base = ms(v);
+    }
+    if let Some(v) = a.decode_step_per_seq_us {
+        c.decode_step_per_seq = ms(v / 1e3);
+    }
+    if let Some(v) = a.default_max_tokens {
+        c.default_max_tokens = v;
+    }
+    if let Some(v) = a.seed {
+        c.seed = v;
+    }
+    if let Some(v) = a.error_rate {
+        c.error_rate = v;
+    }
+    if let Some(v) = a.hang_rate {
+        c.hang_rate = v;
+    }
+    if let Some(v) = a.slow_start_ms {
+        c.slow_start = Duration::from_millis(v);
+    }
+    if let Some(v) = a.startup_delay_ms {
+        c.startup_delay = Duration::from_millis(v);
+    }
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    tracing::info!(address = %listener.local_addr()?, model = %c.model, "simulator listening");
+    let sim = fairgate_sim::Simulator::new(c);
+    fairgate_sim::serve(listener, sim, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
+    use serde_json::json;
+    let base = format!("{}/admin/v1", a.url.trim_end_matches('/'));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let (method, path, body): (reqwest::Method, String, Option<serde_json::Value>) = match a.command
+    {
+        AdminCommand::Tenants(c) => match c {
+            TenantCmd::List => (reqwest::Method::GET, "/tenants".into(), None),
+            TenantCmd::Create {
+                name,
+                weight,
+                group,
+            } => (
+                reqwest::Method::POST,
+                "/tenants".into(),
+                Some(json!({"name": name, "weight": weight, "group": group})),
+            ),
+            TenantCmd::Show { name } => (reqwest::Method::GET, format!("/tenants/{name}"), None),
+            TenantCmd::Update {
+                name,
+                weight,
+                group,
+            } => {
+                let mut patch = serde_json::Map::new();
+                if let Some(w) = weight {
+                    patch.insert("weight".into(), json!(w));
+                }
+                if let Some(g) = group {
+                    // An empty --group clears it.
+                    patch.insert(
+                        "group".into(),
+                        if g.is_empty() { json!(null) } else { json!(g) },
+                    );
+                }
+                (
+                    reqwest::Method::PATCH,
+                    format!("/tenants/{name}"),
+                    Some(serde_json::Value::Object(patch)),
+                )
+            }
+            TenantCmd::Delete { name } => {
+                (reqwest::Method::DELETE, format!("/tenants/{name}"), None)
+            }
+        },
+        AdminCommand::Keys(c) => match c {
+            KeyCmd::Create {
+                tenant,
+                name,
+                user,
+                models,
+                expires_at,
+            } => (
+                reqwest::Method::POST,
+                "/keys".into(),
+                Some(json!({
+                    "tenant": tenant, "name": name, "user": user,
+                    "models": if models.is_empty() { None } else { Some(models) },
+                    "expires_at": expires_at,
+                })),
+            ),
+            KeyCmd::List { tenant } => (
+                reqwest::Method::GET,
+                match tenant {
+                    Some(t) => format!("/keys?tenant={t}"),
+                    None => "/keys".into(),
+                },
+                None,
+            ),
+            KeyCmd::Show { id } => (reqwest::Method::GET, format!("/keys/{id}"), None),
+            KeyCmd::Revoke { id } => (reqwest::Method::DELETE, format!("/keys/{id}"), None),
+            KeyCmd::Rotate { id } => (reqwest::Method::POST, format!("/keys/{id}/rotate"), None),
+        },
+        AdminCommand::Usage {
+            tenant,
+            since,
+            until,
+        } => {
+            let mut q = Vec::new();
+            for (k, v) in [("tenant", tenant), ("since", since), ("until", until)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={v}"));
+                }
+            }
+            (
+                reqwest::Method::GET,
+                format!("/usage?{}", q.join("&")),
+                None,
+            )
+        }
+        AdminCommand::Requests { tenant, limit } => (
+            reqwest::Method::GET,
+            match tenant {
+                Some(t) => format!("/requests?tenant={t}&limit={limit}"),
+                None => format!("/requests?limit={limit}"),
+            },
+            None,
+        ),
+    };
+    let mut req = http
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(&a.token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {}", a.url))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        bail!("HTTP {status}: {msg}");
+    }
+    if text.is_empty() {
+        println!("{{\"ok\":true}}");
+    } else {
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+            Err(_) => println!("{text}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! Configuration: a TOML file plus `FAIRGATE_*` environment overrides, validated once at start.
+//!
+//! The flow is raw → overlay → typed → validated (`load` returns a [`Config`] whose invariants
+//! hold, so the rest of the gateway never re-checks them). Every error names the field it is
+//! about, with its path (`models[0].backends[1].url`), because a config that fails to load is
+//! the first thing a new operator meets.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration, as written in `fairgate.toml`. Unknown keys are errors.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the gateway listens on.
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    /// `sqlite://path`, `sqlite::memory:` or `postgres://user@host/db`.
+    #[serde(default = "defaults::database")]
+    pub database: String,
+    /// Directory for the SQLite file default, ledger spill files and demo state.
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    /// Bearer token for `/admin/v1`; `FAIRGATE_ADMIN_TOKEN` overrides. Admin API is disabled without one.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Output tokens reserved for a request that sets no `max_tokens`.
+    #[serde(default = "defaults::default_max_tokens")]
+    pub default_max_tokens: u64,
+    /// `text` (default) or `json` log lines.
+    #[serde(default = "defaults::log_format")]
+    pub log_format: String,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+    #[serde(default)]
+    pub ledger: LedgerSettings,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Server root; fairgate calls `{url}/v1/...` and `{url}/metrics`.
+    pub url: String,
+    /// Requests this backend may have in flight through this gateway.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// TCP connect timeout to a backend.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed until the backend's response headers arrive (covers its queue and prefill).
+    #[serde(default = "defaults::first_byte_timeout_ms")]
+    pub first_byte_timeout_ms: u64,
+    /// Longest gap between two body chunks from a backend before the request is failed.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// How long a request may wait for a free backend slot before a 429/503.
+    #[serde(default = "defaults::queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSettings {
+    #[serde(default = "defaults::ledger_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "defaults::ledger_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    #[serde(default = "defaults::ledger_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn listen() -> String {
+        "127.0.0.1:8080".into()
+    }
+    pub fn database() -> String {
+        "sqlite://fairgate-data/fairgate.db".into()
+    }
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("fairgate-data")
+    }
+    pub fn max_body_bytes() -> usize {
+        8 * 1024 * 1024
+    }
+    pub fn default_max_tokens() -> u64 {
+        1024
+    }
+    pub fn log_format() -> String {
+        "text".into()
+    }
+    pub fn max_in_flight() -> usize {
+        32
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn first_byte_timeout_ms() -> u64 {
+        300_000
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        120_000
+    }
+    pub fn queue_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn ledger_batch_size() -> usize {
+        256
+    }
+    pub fn ledger_flush_interval_ms() -> u64 {
+        100
+    }
+    pub fn ledger_queue_capacity() -> usize {
+        65_536
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            first_byte_timeout_ms: defaults::first_byte_timeout_ms(),
+            idle_timeout_ms: defaults::idle_timeout_ms(),
+        }
+    }
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            queue_timeout_ms: defaults::queue_timeout_ms(),
+        }
+    }
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: defaults::ledger_batch_size(),
+            flush_interval_ms: defaults::ledger_flush_interval_ms(),
+            queue_capacity: defaults::ledger_queue_capacity(),
+        }
+    }
+}
+
+/// A config that could not be loaded; the message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Field { field: String, message: String },
+}
+
+fn field_err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Prefix of environment variables that override config fields. `FAIRGATE_LISTEN` sets `listen`,
+/// `FAIRGATE_UPSTREAM__CONNECT_TIMEOUT_MS` sets `upstream.connect_timeout_ms`.
+pub const ENV_PREFIX: &str = "FAIRGATE_";
+
+/// Variables with the prefix that are not config fields (read elsewhere).
+const ENV_NOT_CONFIG: &[&str] = &["FAIRGATE_TEST_POSTGRES_URL", "FAIRGATE_LOG"];
+
+impl Config {
+    /// Loads `path` (if given), overlays `FAIRGATE_*` variables from `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+                p.to_owned(),
+            ),
+            None => (String::new(), PathBuf::from("<defaults>")),
+        };
+        Self::from_toml_str(&text, &origin, env)
+    }
+
+    /// Like [`Config::load`] but from TOML text; `origin` only labels errors.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if ENV_NOT_CONFIG.contains(&name.as_str()) || rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            overlay(&mut table, &path, &value);
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let field = e.path().to_string();
+                field_err(field, e.into_inner().to_string())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the invariants the rest of the gateway relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if !(self.database.starts_with("sqlite:")
+            || self.database.starts_with("postgres://")
+            || self.database.starts_with("postgresql://"))
+        {
+            return Err(field_err(
+                "database",
+                format!(
+                    "`{}` is not a database URL: use sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DB",
+                    self.database
+                ),
+            ));
+        }
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 {
+                return Err(field_err(
+                    "admin_token",
+                    "must be at least 16 characters (it guards every administrative action)",
+                ));
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(field_err("max_body_bytes", "must be at least 1024"));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(field_err("log_format", "must be \"text\" or \"json\""));
+        }
+        if self.ledger.batch_size == 0 {
+            return Err(field_err("ledger.batch_size", "must be at least 1"));
+        }
+        if self.ledger.queue_capacity < self.ledger.batch_size {
+            return Err(field_err(
+                "ledger.queue_capacity",
+                "must be at least ledger.batch_size",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name.is_empty() || m.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(field_err(
+                    format!("models[{i}].name"),
+                    "must be a non-empty name without whitespace",
+                ));
+            }
+            if !seen.insert(m.name.as_str()) {
+                return Err(field_err(
+                    format!("models[{i}].name"),
+                    format!("model `{}` is declared twice", m.name),
+                ));
+            }
+            if m.backends.is_empty() {
+                return Err(field_err(
+                    format!("models[{i}].backends"),
+                    format!("model `{}` needs at least one backend", m.name),
+                ));
+            }
+            for (j, b) in m.backends.iter().enumerate() {
+                let at = format!("models[{i}].backends[{j}]");
+                validate_backend_url(&b.url).map_err(|msg| field_err(format!("{at}.url"), msg))?;
+                if b.max_in_flight == 0 {
+                    return Err(field_err(
+                        format!("{at}.max_in_flight"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            field_err(
+                "listen",
+                format!("`{}` is not an address like 127.0.0.1:8080", self.listen),
+            )
+        })
+    }
+
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.admission.queue_timeout_ms)
+    }
+}
+
+fn validate_backend_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("`{url}` must start with http:// (TLS to backends is not built in yet)")
+    })?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("`{url}` has no host"));
+    }
+    if url.parse::<http::Uri>().is_err() {
+        return Err(format!("`{url}` is not a valid URL"));
+    }
+    if rest.trim_end_matches('/').contains('/') {
+        return Err(format!(
+            "`{url}` must be the server root (fairgate appends /v1/...), without a path"
+        ));
+    }
+    Ok(())
+}
+
+/// Sets `path` in `table` to `raw`, typed as TOML would read it (number, bool), else a string.
+fn overlay(table: &mut toml::Table, path: &[String], raw: &str) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        match entry {
+            toml::Value::Table(t) => cur = t,
+            _ => return,
+        }
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table() && !v.is_array())
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    cur.insert(last.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml_str(
+            text,
+            Path::new("test.toml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    const SAMPLE: &str = r#"
+listen = "127.0.0.1:8080"
+database = "sqlite://fairgate.db"
+[[models]]
+name = "llama"
+[[models.backends]]
+url = "http://127.0.0.1:8000"
+max_in_flight = 32
+"#;
+
+    #[test]
+    fn contract_sample_loads() {
+        let c = load(SAMPLE, &[]).unwrap();
+        assert_eq!(c.models[0].backends[0].max_in_flight, 32);
+        assert_eq!(c.listen_addr().unwrap().port(), 8080);
+    }
+
+    #[test]
+    fn env_overrides_file_and_nested_fields() {
+        let c = load(
+            SAMPLE,
+            &[
+                ("FAIRGATE_LISTEN", "0.0.0.0:9000"),
+                ("FAIRGATE_ADMIN_TOKEN", "0123456789abcdef0123"),
+                ("FAIRGATE_UPSTREAM__CONNECT_TIMEOUT_MS", "1500"),
+                ("FAIRGATE_TEST_POSTGRES_URL", "ignored"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.admin_token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(c.upstream.connect_timeout_ms, 1500);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad_url = SAMPLE.replace("http://127.0.0.1:8000", "ftp://x");
+        let e = load(&bad_url, &[]).unwrap_err().to_string();
+        assert!(e.contains("models[0].backends[0].url"), "{e}");
+
+        let bad_type = SAMPLE.replace("max_in_flight = 32", "max_in_flight = \"lots\"");
+        let e = load(&bad_type, &[]).unwrap_err().to_string();
+        assert!(e.contains("models[0].backends[0].max_in_flight"), "{e}");
+
+        let unknown = format!("{SAMPLE}\nlisten_port = 3\n");
+        let e = load(&unknown, &[]).unwrap_err().to_string();
+        assert!(e.contains("listen_port"), "{e}");
+
+        let e = load(SAMPLE, &[("FAIRGATE_LISTEN", "nowhere")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`listen`"), "{e}");
+
+        let e = load(SAMPLE, &[("FAIRGATE_DATABASE", "mysql://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`database`"), "{e}");
+
+        let e = load("[[models]]\nname = \"a\"\nbackends = []\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("models[0].backends"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_file() {
+        let e = load("listen = ", &[]).unwrap_err().to_string();
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = load("", &[]).unwrap();
+        assert!(c.database.starts_with("sqlite://"));
+        assert!(c.models.is_empty());
+        assert_eq!(c.admission.queue_timeout_ms, 30_000);
+    }
+}

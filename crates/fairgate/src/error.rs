@@ -1,0 +1,267 @@
+//! The one error type of the HTTP boundary and its single mapping to status codes and
+//! OpenAI-shaped bodies (`{"error":{"message","type","param","code"}}`).
+//!
+//! Every refusal the gateway makes is a variant here, so the status, the OpenAI `type`/`code`,
+//! the ledger outcome and the metric label are decided in one place. The official OpenAI SDKs
+//! map statuses to exception classes (400 → BadRequestError, 401 → AuthenticationError,
+//! 403 → PermissionDeniedError, 404 → NotFoundError, 413/422 → APIStatusError, 429 →
+//! RateLimitError, 5xx → InternalServerError), so the statuses matter more than the text.
+
+use axum::response::{IntoResponse, Response};
+use fairgate_relay::RequestError;
+use fairgate_types::Outcome;
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing API key: send it as `Authorization: Bearer <key>`")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("this API key has been revoked")]
+    KeyRevoked,
+    #[error("this API key has expired")]
+    KeyExpired,
+    #[error("this API key is disabled")]
+    KeyDisabled,
+    #[error("this API key may not use model `{0}`")]
+    ModelNotAllowed(String),
+    #[error("the model `{0}` does not exist")]
+    ModelNotFound(String),
+    #[error("{}", .0.message)]
+    BadRequest(RequestError),
+    #[error("request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("{0}")]
+    MissingModel(String),
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("all backends of model `{model}` are busy and the request waited {waited_ms} ms for a slot; retry later")]
+    QueueTimeout { model: String, waited_ms: u64 },
+    #[error("could not connect to the backend of model `{model}`: {detail}")]
+    UpstreamConnect { model: String, detail: String },
+    #[error("the backend of model `{model}` did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { model: String, timeout_ms: u64 },
+    #[error("the backend of model `{model}` failed with HTTP {status}{detail}")]
+    UpstreamStatus {
+        model: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("the backend of model `{model}` is unavailable (HTTP 503){detail}")]
+    UpstreamUnavailable { model: String, detail: String },
+    #[error("admin API: {0}")]
+    AdminUnauthorized(&'static str),
+    #[error("{0}")]
+    AdminBadRequest(String),
+    #[error("{0} not found")]
+    AdminNotFound(String),
+    #[error("{0} already exists")]
+    AdminConflict(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The JSON body every error is sent with.
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            MissingKey | InvalidKey | KeyRevoked | KeyExpired | KeyDisabled => {
+                StatusCode::UNAUTHORIZED
+            }
+            AdminUnauthorized(_) => StatusCode::UNAUTHORIZED,
+            ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            ModelNotFound(_) | RouteNotFound(_) | AdminNotFound(_) => StatusCode::NOT_FOUND,
+            BadRequest(_) | MissingModel(_) | BodyRead(_) | AdminBadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminConflict(_) => StatusCode::CONFLICT,
+            QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
+            UpstreamConnect { .. } | UpstreamStatus { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `type` field.
+    fn kind(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MissingKey | InvalidKey | KeyRevoked | KeyExpired | KeyDisabled
+            | AdminUnauthorized(_) => "authentication_error",
+            ModelNotAllowed(_) => "permission_error",
+            QueueTimeout { .. } => "rate_limit_error",
+            UpstreamConnect { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamStatus { .. }
+            | UpstreamUnavailable { .. }
+            | Internal(_) => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// Low-cardinality class: OpenAI's `code` field, the ledger's `error_class` and a metric label.
+    pub fn class(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MissingKey => "missing_api_key",
+            InvalidKey => "invalid_api_key",
+            KeyRevoked => "api_key_revoked",
+            KeyExpired => "api_key_expired",
+            KeyDisabled => "api_key_disabled",
+            ModelNotAllowed(_) => "model_not_allowed",
+            ModelNotFound(_) => "model_not_found",
+            BadRequest(e) => e.code,
+            BodyTooLarge(_) => "body_too_large",
+            BodyRead(_) => "body_read_error",
+            MissingModel(_) => "missing_field",
+            RouteNotFound(_) => "unknown_url",
+            QueueTimeout { .. } => "queue_timeout",
+            UpstreamConnect { .. } => "upstream_connect",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            UpstreamStatus { .. } => "upstream_status",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
+            AdminUnauthorized(_) => "admin_unauthorized",
+            AdminBadRequest(_) => "invalid_value",
+            AdminNotFound(_) => "not_found",
+            AdminConflict(_) => "conflict",
+            Internal(_) => "internal_error",
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest(e) => e.param.as_deref(),
+            ApiError::ModelNotAllowed(_)
+            | ApiError::ModelNotFound(_)
+            | ApiError::MissingModel(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// How the ledger records a request that ended with this error.
+    pub fn outcome(&self) -> Outcome {
+        use ApiError::*;
+        match self {
+            MissingKey | InvalidKey | KeyRevoked | KeyExpired | KeyDisabled => Outcome::AuthFailed,
+            UpstreamConnect { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamStatus { .. }
+            | UpstreamUnavailable { .. }
+            | Internal(_) => Outcome::UpstreamError,
+            _ => Outcome::Rejected,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for capacity errors.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::QueueTimeout { .. } => Some(1),
+            ApiError::UpstreamUnavailable { .. } => Some(5),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-shaped JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        let body = Body {
+            error: Detail {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
+                code: Some(self.class()),
+            },
+        };
+        serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#.to_vec())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), self.body()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(s) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if matches!(self.status(), StatusCode::UNAUTHORIZED) {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<fairgate_store::StoreError> for ApiError {
+    fn from(e: fairgate_store::StoreError) -> Self {
+        use fairgate_store::StoreError;
+        match e {
+            StoreError::Conflict(what) => ApiError::AdminConflict(what),
+            StoreError::NotFound(what) => ApiError::AdminNotFound(what),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_openai_shaped() {
+        let e = ApiError::ModelNotFound("nope".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(v["error"]["message"], "the model `nope` does not exist");
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn capacity_errors_carry_retry_after() {
+        let r = ApiError::QueueTimeout {
+            model: "m".into(),
+            waited_ms: 10,
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn auth_errors_are_401_and_auth_failed() {
+        for e in [
+            ApiError::MissingKey,
+            ApiError::InvalidKey,
+            ApiError::KeyRevoked,
+            ApiError::KeyExpired,
+            ApiError::KeyDisabled,
+        ] {
+            assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(e.outcome(), Outcome::AuthFailed);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics of the gateway, all in one registry served at `GET /metrics`.
+//!
+//! Names start with `fairgate_`. Load gauges (in flight, queued) are read from the pools at
+//! scrape time rather than updated per request, so the hot path only touches counters and
+//! histograms.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::upstream::Upstreams;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by tenant, model and HTTP status the client received.
+    pub requests: IntCounterVec,
+    pub prompt_tokens: IntCounterVec,
+    pub completion_tokens: IntCounterVec,
+    pub ttft: HistogramVec,
+    pub inter_token: HistogramVec,
+    pub e2e: HistogramVec,
+    pub queue_wait: HistogramVec,
+    /// Time spent inside the gateway itself (request path before the upstream call plus
+    /// response handling), excluding queue wait and upstream time.
+    pub overhead: HistogramVec,
+    in_flight: IntGaugeVec,
+    queued: IntGaugeVec,
+    backend_in_flight: IntGaugeVec,
+    backend_capacity: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5,
+];
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let hist = |name: &str,
+                    help: &str,
+                    buckets: &[f64],
+                    labels: &[&str]|
+         -> Result<HistogramVec, prometheus::Error> {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        Ok(Metrics {
+            requests: counter(
+                "fairgate_requests_total",
+                "Requests by tenant, model and HTTP status returned",
+                &["tenant", "model", "status"],
+            )?,
+            prompt_tokens: counter(
+                "fairgate_prompt_tokens_total",
+                "Prompt tokens served, by tenant and model",
+                &["tenant", "model"],
+            )?,
+            completion_tokens: counter(
+                "fairgate_completion_tokens_total",
+                "Completion tokens served, by tenant and model",
+                &["tenant", "model"],
+            )?,
+            ttft: hist(
+                "fairgate_time_to_first_token_seconds",
+                "Time from request arrival to the first content token (streams) or response headers",
+                LATENCY_BUCKETS,
+                &["model"],
+            )?,
+            inter_token: hist(
+                "fairgate_inter_token_latency_seconds",
+                "Time between consecutive content chunks of a stream",
+                ITL_BUCKETS,
+                &["model"],
+            )?,
+            e2e: hist(
+                "fairgate_request_duration_seconds",
+                "End-to-end request duration as seen by the gateway",
+                LATENCY_BUCKETS,
+                &["model"],
+            )?,
+            queue_wait: hist(
+                "fairgate_queue_wait_seconds",
+                "Time spent waiting for backend capacity",
+                LATENCY_BUCKETS,
+                &["model"],
+            )?,
+            overhead: hist(
+                "fairgate_gateway_overhead_seconds",
+                "Time spent in the gateway itself, excluding queue wait and upstream time",
+                OVERHEAD_BUCKETS,
+                &["model"],
+            )?,
+            in_flight: gauge(
+                "fairgate_in_flight_requests",
+                "Requests holding a backend slot, per model",
+                &["model"],
+            )?,
+            queued: gauge(
+                "fairgate_queued_requests",
+                "Requests waiting for backend capacity, per model (autoscale on this)",
+                &["model"],
+            )?,
+            backend_in_flight: gauge(
+                "fairgate_backend_in_flight_requests",
+                "Requests in flight per backend",
+                &["model", "backend"],
+            )?,
+            backend_capacity: gauge(
+                "fairgate_backend_max_in_flight",
+                "Configured in-flight capacity per backend",
+                &["model", "backend"],
+            )?,
+            registry,
+        })
+    }
+
+    /// Renders the registry, refreshing load gauges from the pools first.
+    pub fn render(&self, upstreams: &Upstreams) -> Vec<u8> {
+        for pool in &upstreams.pools {
+            self.in_flight
+                .with_label_values(&[&pool.name])
+                .set(pool.in_flight() as i64);
+            self.queued
+                .with_label_values(&[&pool.name])
+                .set(pool.queued() as i64);
+            for b in &pool.backends {
+                self.backend_in_flight
+                    .with_label_values(&[&pool.name, &b.url])
+                    .set(b.in_flight() as i64);
+                self.backend_capacity
+                    .with_label_values(&[&pool.name, &b.url])
+                    .set(b.max_in_flight as i64);
+            }
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}

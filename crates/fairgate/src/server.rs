@@ -1,0 +1,243 @@
+//! Composition root: builds the gateway's state from a [`Config`], the router, and runs it
+//! with graceful shutdown.
+//!
+//! Shutdown order matters for "no lost data": stop accepting connections and let in-flight
+//! requests finish (axum's graceful shutdown), then wait for the tracked ledger-recording
+//! tasks, then drain and commit the ledger writer's queue.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::{any, get, post};
+use axum::Router;
+use fairgate_store::{LedgerConfig, LedgerHandle, LedgerWriter, Store};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::upstream::{http_client, HttpClient, Upstreams};
+use crate::{admin, proxy};
+
+/// Everything a request handler needs; shared read-only behind one `Arc`.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub identity: Identity,
+    pub upstreams: Upstreams,
+    pub client: HttpClient,
+    pub ledger: LedgerHandle,
+    pub metrics: Metrics,
+    /// Ledger-recording tasks spawned by finishing requests; shutdown waits for them.
+    pub tasks: TaskTracker,
+    /// Unix seconds when the gateway started (the `created` of `/v1/models` entries).
+    pub started_at: i64,
+}
+
+/// A built gateway, not yet serving.
+pub struct Gateway {
+    state: Arc<AppState>,
+    ledger_writer: LedgerWriter,
+}
+
+/// How often the key/tenant directory is re-read, so changes made on other replicas arrive.
+const DIRECTORY_REFRESH: Duration = Duration::from_secs(5);
+
+impl Gateway {
+    pub async fn build(config: Config) -> anyhow::Result<Gateway> {
+        if config.database.starts_with("sqlite://") {
+            // Make a relative SQLite path's directory exist, as a first run expects.
+            let path = config.database.trim_start_matches("sqlite://");
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+            }
+        }
+        let store = Store::connect(&config.database)
+            .await
+            .with_context(|| format!("opening database {}", redact_url(&config.database)))?;
+        let metrics = Metrics::new().context("registering metrics")?;
+        let ledger_cfg = LedgerConfig {
+            batch_size: config.ledger.batch_size,
+            flush_interval: Duration::from_millis(config.ledger.flush_interval_ms),
+            queue_capacity: config.ledger.queue_capacity,
+            spill_dir: Some(config.data_dir.clone()),
+        };
+        let (ledger, ledger_writer) =
+            fairgate_store::spawn_ledger(store.clone(), ledger_cfg, &metrics.registry)
+                .context("starting the ledger writer")?;
+        let identity = Identity::load(store.clone())
+            .await
+            .context("loading tenants and keys")?;
+        let state = Arc::new(AppState {
+            upstreams: Upstreams::from_config(&config),
+            client: http_client(Duration::from_millis(config.upstream.connect_timeout_ms)),
+            config: Arc::new(config),
+            store,
+            identity,
+            ledger,
+            metrics,
+            tasks: TaskTracker::new(),
+            started_at: chrono::Utc::now().timestamp(),
+        });
+        Ok(Gateway {
+            state,
+            ledger_writer,
+        })
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then drains requests and flushes the ledger.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let refresh = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(DIRECTORY_REFRESH);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = state.identity.reload().await {
+                        tracing::warn!(error = %e, "refreshing the key directory failed; keeping the last one");
+                    }
+                }
+            })
+        };
+        let app = self.router();
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP");
+        refresh.abort();
+        tracing::info!("draining: waiting for ledger records of finished requests");
+        state.tasks.close();
+        state.tasks.wait().await;
+        self.ledger_writer
+            .shutdown()
+            .await
+            .context("flushing the ledger at shutdown")?;
+        tracing::info!("ledger flushed; bye");
+        result
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/completions", post(proxy::completions))
+        .route("/v1/embeddings", post(proxy::embeddings))
+        .route("/v1/models", get(proxy::list_models))
+        .route("/v1/{*rest}", any(proxy::generic))
+        // vLLM serves these at the root as well.
+        .route("/tokenize", post(proxy::generic))
+        .route("/detokenize", post(proxy::generic))
+        .route("/rerank", post(proxy::generic))
+        .route("/score", post(proxy::generic))
+        .route("/pooling", post(proxy::generic))
+        .route("/classify", post(proxy::generic));
+    Router::new()
+        .merge(v1)
+        .nest("/admin/v1", admin::router(state.clone()))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(proxy::not_found)
+        // Body size is enforced by the handlers (to answer with an OpenAI-shaped 413 and a
+        // ledger row), so axum's own default limit is lifted.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn metrics(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(&st.upstreams),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+) -> (http::StatusCode, String) {
+    match st.store.ping().await {
+        Ok(()) => (http::StatusCode::OK, "ready\n".into()),
+        Err(e) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: database: {e}\n"),
+        ),
+    }
+}
+
+/// Hides a password in a database URL for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:*****{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact_url("postgres://u:secret@h/db"),
+            "postgres://u:*****@h/db"
+        );
+        assert_eq!(super::redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}
