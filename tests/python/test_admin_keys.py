@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-from _support import LLAMA, QWEN, http, unique_name
+from _support import LLAMA, QWEN, http, unique_name, wait_for
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -28,7 +28,9 @@ def test_rotate_key(admin, make_client, tenant):
     assert resp.usage.completion_tokens == 2
 
     # The refused attempt with the old secret is attributed to the key (and so to the tenant).
-    failed = [r for r in admin.requests(tenant.name) if r["status"] == 401]
+    failed = wait_for(
+        lambda: [r for r in admin.requests(tenant.name) if r["status"] == 401], timeout=5, what="the 401 row"
+    )
     assert len(failed) == 1, failed
     assert failed[0]["outcome"] == "auth_failed" and failed[0]["key_id"] == old["id"], failed[0]
     assert failed[0]["error_class"] == "invalid_api_key", failed[0]

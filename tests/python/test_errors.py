@@ -116,11 +116,28 @@ def test_malformed_json_is_bad_request(gateway):
     assert r.headers.get("content-type", "").startswith("application/json")
 
 
-def test_body_too_large_is_413(client):
+def test_body_too_large_is_413(gateway, make_client):
+    # A client of its own: the gateway stops reading the body, so this connection is not reused.
+    c = make_client(gateway["key"])
     big = "x" * (9 * 1024 * 1024)  # default limit: 8 MiB
     with pytest.raises(openai.APIStatusError) as ei:
-        client.chat.completions.create(model=LLAMA, messages=[{"role": "user", "content": big}], max_tokens=1)
+        c.chat.completions.create(model=LLAMA, messages=[{"role": "user", "content": big}], max_tokens=1)
     assert_openai_error(ei.value, 413, "invalid_request_error", "body_too_large")
+    c.close()
+
+
+def test_body_too_large_response_says_connection_close(gateway, make_client):
+    """The gateway answers 413 without reading the rest of the body, after which the server side
+    closes the connection. Unless the response says `Connection: close`, the SDK's pool keeps the
+    connection and the client's *next* request on it can fail with `APIConnectionError`
+    ("Server disconnected without sending a response")."""
+    c = make_client(gateway["key"])
+    big = "x" * (9 * 1024 * 1024)
+    with pytest.raises(openai.APIStatusError) as ei:
+        c.chat.completions.create(model=LLAMA, messages=[{"role": "user", "content": big}], max_tokens=1)
+    c.close()
+    assert ei.value.status_code == 413
+    assert ei.value.response.headers.get("connection", "").lower() == "close", dict(ei.value.response.headers)
 
 
 def test_upstream_failure_is_internal_server_error_502(client):

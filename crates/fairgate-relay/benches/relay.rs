@@ -4,7 +4,7 @@
 //! each case runs for about half a second after a warm-up and prints time per operation and
 //! input throughput. Good enough to spot regressions of 2x, not 5%.
 
-use fairgate_relay::{parse_request, with_include_usage, Endpoint, StreamRelay};
+use fairgate_relay::{parse_request, with_include_usage, with_stream_usage, Endpoint, StreamRelay};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,20 @@ fn chat_body(messages: usize, words: usize) -> Vec<u8> {
     body.into_bytes()
 }
 
+/// vLLM with `continuous_usage_stats`: cumulative usage on every chunk.
+fn continuous_stream(events: usize) -> Vec<u8> {
+    let mut s = String::new();
+    for i in 0..events {
+        s.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,\"model\":\"llama\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{i}\"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":{{\"prompt_tokens\":12,\"total_tokens\":{},\"completion_tokens\":{}}}}}\n\n",
+            13 + i,
+            i + 1
+        ));
+    }
+    s.push_str("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,\"model\":\"llama\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"total_tokens\":1012,\"completion_tokens\":1000}}\n\ndata: [DONE]\n\n");
+    s.into_bytes()
+}
+
 fn stream(events: usize) -> Vec<u8> {
     let mut s = String::new();
     for i in 0..events {
@@ -78,6 +92,13 @@ fn main() {
             let _ = black_box(with_include_usage(black_box(&large)));
         },
     );
+    bench(
+        &format!("with_stream_usage {} B", large.len()),
+        large.len(),
+        || {
+            let _ = black_box(with_stream_usage(black_box(&large)));
+        },
+    );
 
     let s = stream(1000);
     let events: Vec<&[u8]> = s.split_inclusive(|&b| b == b'\n').collect();
@@ -109,6 +130,26 @@ fn main() {
                 let mut r = StreamRelay::new(strip);
                 for c in s.chunks(7) {
                     black_box(r.push(black_box(c)));
+                }
+                black_box(r.finish());
+            },
+        );
+    }
+
+    let c = continuous_stream(1000);
+    let lines: Vec<&[u8]> = c.split_inclusive(|&b| b == b'\n').collect();
+    for (strip_usage_chunk, strip_chunk_usage) in
+        [(false, false), (true, false), (false, true), (true, true)]
+    {
+        bench(
+            &format!(
+                "StreamRelay continuous opts=({strip_usage_chunk},{strip_chunk_usage}) per line"
+            ),
+            c.len(),
+            || {
+                let mut r = StreamRelay::with_options(strip_usage_chunk, strip_chunk_usage);
+                for e in &lines {
+                    black_box(r.push(black_box(e)));
                 }
                 black_box(r.finish());
             },

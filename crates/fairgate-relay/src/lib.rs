@@ -29,8 +29,8 @@ mod sse;
 pub mod stream;
 
 pub use request::{
-    estimate_text_tokens, parse_request, reservation_tokens, with_include_usage,
-    with_stream_usage, Endpoint, ParsedRequest, RequestError, NON_TEXT_PART_TOKENS,
+    estimate_text_tokens, parse_request, reservation_tokens, with_include_usage, with_stream_usage,
+    Endpoint, ParsedRequest, RequestError, NON_TEXT_PART_TOKENS,
 };
 pub use response::usage_from_body;
 pub use stream::{Pushed, StreamRelay, MAX_EVENT_BYTES};

@@ -20,7 +20,8 @@
 //! gateway bills and routes exactly the request the upstream will execute).
 //!
 //! Error precedence: syntax errors anywhere beat type errors (the whole body is checked first);
-//! then fields are checked in the order `model`, `stream`, `stream_options`, `max_tokens`,
+//! then fields are checked in the order `model`, `stream`, `stream_options` (itself, then
+//! `include_usage`, then `continuous_usage_stats`), `max_tokens`,
 //! `max_completion_tokens`, payload; within an array the lowest index is reported.
 
 use crate::json::{skip_map, skip_seq, Handler, KeySeed, Seed, Shape, ShapeOf};
@@ -918,6 +919,48 @@ mod tests {
         )
         .unwrap();
         assert!(!p.client_wants_usage);
+        let p = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true,"continuous_usage_stats":null}}"#,
+        )
+        .unwrap();
+        assert!(p.client_wants_usage);
+        assert!(!p.client_wants_continuous_usage);
+    }
+
+    #[test]
+    fn continuous_usage_stats_flag() {
+        let wants = |options: &str| {
+            let p = chat(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"stream":true,"stream_options":{options}}}"#
+            ))
+            .unwrap();
+            (p.client_wants_usage, p.client_wants_continuous_usage)
+        };
+        assert_eq!(
+            wants(r#"{"include_usage":true,"continuous_usage_stats":true}"#),
+            (true, true)
+        );
+        assert_eq!(wants(r#"{"continuous_usage_stats":true}"#), (false, true));
+        assert_eq!(
+            wants(r#"{"continuous_usage_stats":true,"continuous_usage_stats":false}"#),
+            (false, false)
+        );
+        assert_eq!(
+            wants(r#"{"continuous\u005fusage_stats":true}"#),
+            (false, true)
+        );
+        assert_eq!(wants("null"), (false, false));
+        assert_eq!(
+            wants(r#"{"other":{"continuous_usage_stats":true}}"#),
+            (false, false)
+        );
+        // Embeddings do not read stream_options at all.
+        let p = parse_request(
+            Endpoint::Embeddings,
+            br#"{"model":"e","input":"x","stream_options":{"continuous_usage_stats":true}}"#,
+        )
+        .unwrap();
+        assert!(!p.client_wants_continuous_usage);
     }
 
     #[test]
@@ -1114,6 +1157,22 @@ mod tests {
                 "'stream_options.include_usage' must be a boolean, got number"
             )
         );
+        let e = chat_err(
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"continuous_usage_stats":"yes"}}"#,
+        );
+        assert_eq!(
+            triple(&e),
+            (
+                "invalid_type",
+                Some("stream_options.continuous_usage_stats"),
+                "'stream_options.continuous_usage_stats' must be a boolean, got string"
+            )
+        );
+        // include_usage is reported first, whatever the key order.
+        let e = chat_err(
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"continuous_usage_stats":0,"include_usage":{}}}"#,
+        );
+        assert_eq!(e.param.as_deref(), Some("stream_options.include_usage"));
     }
 
     #[test]

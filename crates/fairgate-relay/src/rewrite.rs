@@ -172,7 +172,9 @@ impl<'de, const N: usize> Handler<'de> for FindKeysH<N> {
             entries: 0,
             targets: [None; N],
         };
-        while let Some(hit) = map.next_key_seed(KeySeed(|k: &str| keys.iter().position(|&w| w == k)))? {
+        while let Some(hit) =
+            map.next_key_seed(KeySeed(|k: &str| keys.iter().position(|&w| w == k)))?
+        {
             match hit.and_then(|i| info.targets.get_mut(i)) {
                 Some(slot) => *slot = Some(map.next_value::<&'de RawValue>()?),
                 None => {
@@ -215,7 +217,10 @@ fn splice(body: &[u8], edits: &mut [(usize, usize, &[u8])]) -> Result<Bytes, Req
     let mut out = BytesMut::with_capacity(body.len().saturating_add(added));
     let mut at = 0;
     for &(from, to, insert) in edits.iter() {
-        let kept = body.get(at..from).filter(|_| from <= to).ok_or_else(internal)?;
+        let kept = body
+            .get(at..from)
+            .filter(|_| from <= to)
+            .ok_or_else(internal)?;
         out.put_slice(kept);
         out.put_slice(insert);
         at = to;
@@ -411,7 +416,9 @@ mod tests {
             r#"{"stream_options":{ "continuous_usage_stats" : true, "x":[1], "include_usage":true },"n":2}"#
         );
         assert_eq!(
-            rewrite_both(r#"{"stream_options":{"include_usage":true,"continuous_usage_stats":false}}"#),
+            rewrite_both(
+                r#"{"stream_options":{"include_usage":true,"continuous_usage_stats":false}}"#
+            ),
             r#"{"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#
         );
         let body = r#"{"stream_options":{"continuous_usage_stats":true,"include_usage":true}}"#;

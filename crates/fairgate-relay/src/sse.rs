@@ -151,7 +151,8 @@ pub(crate) fn data_value(line: &[u8]) -> Option<&[u8]> {
     }
 }
 
-const USAGE_NULL: &[u8] = br#""usage":null"#;
+/// The compact `"usage":null` member text.
+pub(crate) const USAGE_NULL: &[u8] = br#""usage":null"#;
 
 /// Appends `line` to `out` with every compact `"usage":null` member removed, together with
 /// its separating comma, so the JSON stays valid:

@@ -1,42 +1,58 @@
 //! [`StreamRelay`]: relays an upstream OpenAI/vLLM SSE stream to the client while counting
-//! tokens and capturing the usage chunk, optionally hiding the usage the gateway asked for.
+//! tokens and capturing usage, optionally hiding the usage the gateway asked for.
 //!
-//! Two modes, chosen per request:
-//! - pass-through (`strip_usage == false`): every input byte is forwarded unchanged at once;
-//!   events are parsed on the side. Only a partial trailing event is copied (to parse it once
-//!   complete); events wholly inside a chunk are parsed where they lie.
-//! - strip (`strip_usage == true`, the gateway injected `include_usage` and the client had not
-//!   asked): only complete events are forwarded, so a partial tail is held back. A usage-only
-//!   event (`"choices":[]` and a non-null `usage` object) is dropped whole, after its usage is
-//!   recorded; other events lose their compact `"usage":null` members (see
-//!   `write_without_null_usage` in `sse.rs` for why that byte-level edit is safe). Every other
-//!   byte is forwarded unchanged.
+//! The gateway asks the upstream for `include_usage` and vLLM's `continuous_usage_stats`
+//! (cumulative usage on every chunk, see [`crate::with_stream_usage`]) and gives the client
+//! only what it asked for. Two independent options, chosen per request with
+//! [`StreamRelay::with_options`]:
+//! - `strip_usage_chunk` (the client did not ask `include_usage`): a usage-only event
+//!   (`"choices":[]` and a non-null `usage` object) is dropped whole, after its usage is
+//!   recorded.
+//! - `strip_chunk_usage` (the client did not ask `continuous_usage_stats`): in every other data
+//!   event, top-level `usage` members whose value is an object are cut out with their
+//!   separating comma (`,"usage":{...}`, or `"usage":{...},` as the first member). The spans
+//!   come from a borrowed parse of the payload (`&RawValue` offsets), never from matching
+//!   braces in the text; when they cannot be established with certainty (unexpected bytes, a
+//!   member spread over several `data` lines) the event is forwarded without that cut.
 //!
-//! Accounting, identical in both modes: a content-bearing chunk is a data event whose JSON has
+//! With either option set, other data events also lose their compact `"usage":null` members
+//! (see `write_without_null_usage` in `sse.rs` for why that byte-level edit is safe): OpenAI
+//! sends them once usage is requested, while vLLM omits the member, and a client that asked
+//! for neither flag gets neither. Only complete events are forwarded then, so a partial tail
+//! is held back; every byte not removed as above is forwarded unchanged. With neither option
+//! set (pass-through) every input byte is forwarded unchanged at once and events are parsed
+//! on the side: only a partial trailing event is copied (to parse it once complete); events
+//! wholly inside a chunk are parsed where they lie.
+//!
+//! Accounting, identical in all modes: a content-bearing chunk is a data event whose JSON has
 //! a choice with non-empty `delta.content`, `delta.reasoning_content`, `delta.reasoning`
 //! (newer vLLM), a non-empty `delta.tool_calls` array, or non-empty `text` (completions). Each
 //! counts as ONE token, however many choices in it carry content: vLLM emits one token per
 //! chunk (and one chunk per choice) by default, so this is close there, and an undercount when
 //! several tokens share a chunk (speculative decoding, SGLang's `--stream-interval`, other
 //! servers that batch). It is only the fallback for streams without usage. The last non-null
-//! `usage` object seen wins. A chunk whose top-level `error` is present and non-null marks a
-//! mid-stream upstream error.
+//! top-level `usage` object seen in any chunk wins, stripped or not: with continuous usage
+//! stats that is the upstream's cumulative count so far, so a stream cut short still bills
+//! its prompt and the completion tokens produced. A chunk whose top-level `error` is present
+//! and non-null marks a mid-stream upstream error.
 //!
 //! Chunks are read with the single-pass visitors of `json.rs`: choices and deltas are
-//! inspected in place and nothing is allocated per chunk.
+//! inspected in place and nothing is allocated per chunk. Cutting usage objects takes a second
+//! pass over the chunks that have one, into reused buffers.
 //!
 //! Memory is bounded: an event longer than [`MAX_EVENT_BYTES`] (counted through its blank
-//! line, except the LF of a final CRLF) is forwarded as-is, without stripping or accounting, and its bytes are not held. The
-//! rule depends only on the event's length, never on how it was split, so output stays
-//! independent of chunking.
+//! line, except the LF of a final CRLF) is forwarded as-is, without stripping or accounting,
+//! and its bytes are not held. The rule depends only on the event's length, never on how it
+//! was split, so output stays independent of chunking.
 
 use crate::json::{skip_seq, Handler, KeySeed, Seed, Shape, ShapeOf};
 use crate::response::UsageH;
-use crate::sse::{data_value, lines, write_without_null_usage, Framer};
+use crate::sse::{data_value, lines, write_without_null_usage, Framer, USAGE_NULL};
 use bytes::{Bytes, BytesMut};
 use fairgate_types::Usage;
 use memchr::memmem;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
+use serde_json::value::RawValue;
 
 /// Longest event the relay holds back or parses; longer ones pass through unprocessed.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
@@ -61,7 +77,8 @@ pub struct Pushed {
 /// the end of the upstream body.
 #[derive(Debug)]
 pub struct StreamRelay {
-    strip_usage: bool,
+    strip_usage_chunk: bool,
+    strip_chunk_usage: bool,
     max_event: usize,
     framer: Framer,
     /// Bytes of the current, incomplete event: held back in strip mode, a parse-only copy
@@ -74,6 +91,10 @@ pub struct StreamRelay {
     prev_forwarded: bool,
     /// Joined payload of events with several `data` lines.
     scratch: Vec<u8>,
+    /// Payload spans of the usage members being cut from the current event.
+    cuts: Vec<(usize, usize)>,
+    /// One data line with its cuts applied, before the `"usage":null` pass.
+    line: Vec<u8>,
     usage: Option<Usage>,
     tokens: u64,
     done: bool,
@@ -81,25 +102,47 @@ pub struct StreamRelay {
 }
 
 impl StreamRelay {
-    /// `strip_usage`: the gateway injected `include_usage` and the client had not asked.
+    /// `strip_usage`: the gateway injected `include_usage` and the client had not asked. Same
+    /// as [`with_options(strip_usage, false)`](Self::with_options).
     pub fn new(strip_usage: bool) -> Self {
-        Self::with_max_event_bytes(strip_usage, MAX_EVENT_BYTES)
+        Self::with_options(strip_usage, false)
     }
 
-    pub(crate) fn with_max_event_bytes(strip_usage: bool, max_event: usize) -> Self {
+    /// `strip_usage_chunk`: the client did not ask for `include_usage`, so the usage-only
+    /// event is dropped. `strip_chunk_usage`: the client did not ask for
+    /// `continuous_usage_stats` (or asked for it without `include_usage`, which vLLM ignores),
+    /// so usage objects are cut from every other event. Both `false` is the zero-rewrite
+    /// pass-through. See the module docs.
+    pub fn with_options(strip_usage_chunk: bool, strip_chunk_usage: bool) -> Self {
+        Self::with_max_event_bytes(strip_usage_chunk, strip_chunk_usage, MAX_EVENT_BYTES)
+    }
+
+    pub(crate) fn with_max_event_bytes(
+        strip_usage_chunk: bool,
+        strip_chunk_usage: bool,
+        max_event: usize,
+    ) -> Self {
         Self {
-            strip_usage,
+            strip_usage_chunk,
+            strip_chunk_usage,
             max_event,
             framer: Framer::default(),
             pending: Vec::new(),
             oversize: false,
             prev_forwarded: true,
             scratch: Vec::new(),
+            cuts: Vec::new(),
+            line: Vec::new(),
             usage: None,
             tokens: 0,
             done: false,
             error: false,
         }
+    }
+
+    /// Whether the client gets an edited copy of the stream rather than the input bytes.
+    fn rewrites(&self) -> bool {
+        self.strip_usage_chunk || self.strip_chunk_usage
     }
 
     /// Feeds upstream bytes as they arrive; they may be split anywhere.
@@ -127,7 +170,7 @@ impl StreamRelay {
                 }
             }
         }
-        acc.forward = if self.strip_usage {
+        acc.forward = if self.rewrites() {
             out.freeze()
         } else {
             Bytes::copy_from_slice(chunk)
@@ -146,6 +189,7 @@ impl StreamRelay {
             self.account(&chunk, &mut Pushed::default());
             self.emit(&mut out, &event);
             self.pending = recycle(event);
+            self.release_large_buffers();
         }
         self.pending.clear();
         self.oversize = false;
@@ -154,7 +198,9 @@ impl StreamRelay {
         out.freeze()
     }
 
-    /// Usage from the upstream's last usage-carrying chunk, if any was seen.
+    /// Usage from the upstream's last usage-carrying chunk, if any was seen: the final usage
+    /// chunk's after a complete stream, the cumulative count so far when continuous usage
+    /// stats were on and the stream ended early.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
     }
@@ -176,7 +222,7 @@ impl StreamRelay {
 
     /// Appends to the client output; a no-op in pass-through mode, which forwards the input.
     fn emit(&self, out: &mut BytesMut, bytes: &[u8]) {
-        if self.strip_usage {
+        if self.rewrites() {
             out.extend_from_slice(bytes);
         }
     }
@@ -216,32 +262,57 @@ impl StreamRelay {
         }
     }
 
-    /// Accounts one complete event and, in strip mode, writes what the client gets of it.
+    /// Accounts one complete event and, when rewriting, writes what the client gets of it.
     /// Returns whether it was forwarded.
     fn process(&mut self, event: &[u8], out: &mut BytesMut, acc: &mut Pushed) -> bool {
         let chunk = analyze(event, &mut self.scratch);
         self.account(&chunk, acc);
-        if !self.strip_usage {
+        let forwarded = self.rewrite(&chunk, event, out);
+        self.release_large_buffers();
+        forwarded
+    }
+
+    fn rewrite(&mut self, chunk: &Event, event: &[u8], out: &mut BytesMut) -> bool {
+        if !self.rewrites() {
             return true;
         }
-        match chunk {
-            Event::Chunk(c) if c.choices_empty && c.usage.is_some() => false,
-            Event::Chunk(_) if memmem::find(event, br#""usage":null"#).is_some() => {
-                for line in lines(event) {
-                    if data_value(line.content).is_some() {
-                        write_without_null_usage(line.content, out);
-                    } else {
-                        out.extend_from_slice(line.content);
-                    }
-                    out.extend_from_slice(line.terminator);
-                }
-                true
+        let Event::Chunk(c) = chunk else {
+            out.extend_from_slice(event);
+            return true;
+        };
+        if c.choices_empty && c.usage.is_some() {
+            // The usage-only chunk: the client asked for it whole or not at all.
+            if self.strip_usage_chunk {
+                return false;
             }
-            _ => {
-                out.extend_from_slice(event);
-                true
-            }
+            out.extend_from_slice(event);
+            return true;
         }
+        if self.strip_chunk_usage
+            && c.usage_object
+            && write_without_usage_objects(
+                event,
+                &mut self.scratch,
+                &mut self.cuts,
+                &mut self.line,
+                out,
+            )
+        {
+            return true;
+        }
+        if memmem::find(event, USAGE_NULL).is_some() {
+            for line in lines(event) {
+                if data_value(line.content).is_some() {
+                    write_without_null_usage(line.content, out);
+                } else {
+                    out.extend_from_slice(line.content);
+                }
+                out.extend_from_slice(line.terminator);
+            }
+        } else {
+            out.extend_from_slice(event);
+        }
+        true
     }
 
     fn account(&mut self, event: &Event, acc: &mut Pushed) {
@@ -262,8 +333,13 @@ impl StreamRelay {
             }
             Event::Other => {}
         }
-        if self.scratch.capacity() > KEEP_CAPACITY {
-            self.scratch = Vec::new();
+    }
+
+    fn release_large_buffers(&mut self) {
+        for buf in [&mut self.scratch, &mut self.line] {
+            if buf.capacity() > KEEP_CAPACITY {
+                *buf = Vec::new();
+            }
         }
     }
 }
@@ -293,12 +369,16 @@ struct Chunk {
     bearing: bool,
     /// `choices` is present and an empty array.
     choices_empty: bool,
+    /// The last top-level `usage`, when it is an object.
     usage: Option<Usage>,
+    /// Some top-level `usage` member (not necessarily the last) is an object.
+    usage_object: bool,
     error: bool,
 }
 
-/// Reads one event: joins its data lines (with `\n`, per the SSE spec) and classifies them.
-fn analyze(event: &[u8], scratch: &mut Vec<u8>) -> Event {
+/// The event's data payload: its only data value where it lies, or all of them joined with
+/// `\n` (per the SSE spec) in `scratch`. `None` for an event without data lines.
+fn payload<'a>(event: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     let mut first = None;
     let mut joined = false;
     for line in lines(event) {
@@ -318,10 +398,17 @@ fn analyze(event: &[u8], scratch: &mut Vec<u8>) -> Event {
             }
         }
     }
-    let payload = match (joined, first) {
-        (true, _) => scratch.as_slice(),
-        (false, Some(value)) => value,
-        (false, None) => return Event::Other,
+    if joined {
+        Some(scratch.as_slice())
+    } else {
+        first
+    }
+}
+
+/// Reads one event's payload and classifies it.
+fn analyze(event: &[u8], scratch: &mut Vec<u8>) -> Event {
+    let Some(payload) = payload(event, scratch) else {
+        return Event::Other;
     };
     let trimmed = payload.trim_ascii();
     if trimmed == b"[DONE]" {
@@ -368,6 +455,7 @@ impl<'de> Handler<'de> for ChunkH {
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Chunk, A::Error> {
         let mut choices = None;
         let mut usage = None;
+        let mut usage_object = false;
         let mut error = false;
         while let Some(key) = map.next_key_seed(KeySeed(|k: &str| match k {
             "choices" => ChunkKey::Choices,
@@ -377,7 +465,10 @@ impl<'de> Handler<'de> for ChunkH {
         }))? {
             match key {
                 ChunkKey::Choices => choices = map.next_value_seed(Seed(ChoicesH))?,
-                ChunkKey::Usage => usage = map.next_value_seed(Seed(UsageH))?,
+                ChunkKey::Usage => {
+                    usage = map.next_value_seed(Seed(UsageH))?;
+                    usage_object |= usage.is_some();
+                }
                 ChunkKey::Error => error = map.next_value_seed(Seed(ShapeOf))? != Shape::Null,
                 ChunkKey::Other => {
                     map.next_value::<IgnoredAny>()?;
@@ -388,6 +479,7 @@ impl<'de> Handler<'de> for ChunkH {
             bearing: choices.is_some_and(|c: Choices| c.bearing),
             choices_empty: choices.is_some_and(|c| c.count == 0),
             usage,
+            usage_object,
             error,
         })
     }
@@ -514,6 +606,182 @@ impl<'de> Handler<'de> for NonEmptyArrayH {
         let any = seq.next_element::<IgnoredAny>()?.is_some();
         skip_seq(&mut seq)?;
         Ok(any)
+    }
+}
+
+/// Writes `event` to `out` with the top-level `usage` members whose value is an object cut
+/// out of its data payload (see [`usage_object_cuts`]) and compact `"usage":null` members
+/// removed from its data lines, every other byte unchanged. Returns `false`, having written
+/// nothing, when there is nothing to cut or the cuts cannot be made with certainty: the payload
+/// is not what [`usage_object_cuts`] expects, or a cut would span two `data` lines (a JSON
+/// string cannot, but the members between them can; no server splits a chunk that way).
+fn write_without_usage_objects(
+    event: &[u8],
+    scratch: &mut Vec<u8>,
+    cuts: &mut Vec<(usize, usize)>,
+    line_buf: &mut Vec<u8>,
+    out: &mut BytesMut,
+) -> bool {
+    let Some(payload) = payload(event, scratch) else {
+        return false;
+    };
+    // Cut offsets are into the trimmed payload, as parsed; `lead` maps them to the payload.
+    let lead = payload.len() - payload.trim_ascii_start().len();
+    cuts.clear();
+    if !usage_object_cuts(payload.trim_ascii(), cuts) || cuts.is_empty() {
+        return false;
+    }
+    let mark = out.len();
+    let mut pending = cuts
+        .iter()
+        .map(|&(from, to)| (from + lead, to + lead))
+        .peekable();
+    // Offset of the current data line's value within the payload.
+    let mut value_at = 0;
+    for line in lines(event) {
+        let Some(value) = data_value(line.content) else {
+            out.extend_from_slice(line.content);
+            out.extend_from_slice(line.terminator);
+            continue;
+        };
+        // `value` is a suffix of the line: payload offset `p` within this value is line byte
+        // `p - value_at + in_line`.
+        let in_line = line.content.len() - value.len();
+        let value_end = value_at + value.len();
+        line_buf.clear();
+        let mut copied = 0;
+        while let Some(&(from, to)) = pending.peek() {
+            if from > value_end {
+                break;
+            }
+            // A cut starting in this value must end in it too.
+            let kept = (from >= value_at && to <= value_end)
+                .then(|| line.content.get(copied..from - value_at + in_line))
+                .flatten();
+            let Some(kept) = kept else {
+                out.truncate(mark);
+                return false;
+            };
+            line_buf.extend_from_slice(kept);
+            copied = to - value_at + in_line;
+            pending.next();
+        }
+        line_buf.extend_from_slice(line.content.get(copied..).unwrap_or_default());
+        write_without_null_usage(line_buf, out);
+        out.extend_from_slice(line.terminator);
+        value_at = value_end + 1;
+    }
+    if pending.next().is_some() {
+        out.truncate(mark);
+        return false;
+    }
+    true
+}
+
+/// Collects into `cuts` the byte ranges of `json` (a whole JSON object text, no surrounding
+/// whitespace) that remove every top-level `usage` member whose value is an object, keeping
+/// the object valid: `[end of previous value, end of usage value)` (the comma before and the
+/// member) when an earlier member is kept, otherwise `[usage key, next kept key)` (the member
+/// and the comma after it), or up to the last removed value when no member after it is kept.
+/// Ranges are sorted and disjoint. Returns `false` if `json` is not such an object or a value
+/// is not where its span says (which a borrowed parse rules out; checked, not assumed).
+fn usage_object_cuts(json: &[u8], cuts: &mut Vec<(usize, usize)>) -> bool {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let found = Seed(UsageCutsH { json, cuts })
+        .deserialize(&mut de)
+        .and_then(|ok| de.end().map(|()| ok));
+    matches!(found, Ok(true))
+}
+
+struct UsageCutsH<'j, 'c> {
+    json: &'j [u8],
+    cuts: &'c mut Vec<(usize, usize)>,
+}
+
+impl<'de> Handler<'de> for UsageCutsH<'_, '_> {
+    type Out = bool;
+
+    fn scalar(self, _: Shape) -> bool {
+        false
+    }
+
+    fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let Self { json, cuts } = self;
+        if json.first() != Some(&b'{') {
+            return Ok(false);
+        }
+        // End of the previous member's value, or just past the `{`.
+        let mut boundary = 1;
+        let mut first = true;
+        let mut kept_before = false;
+        // Start of a run of removed members that no kept member precedes.
+        let mut open_run = None;
+        while let Some(is_usage) = map.next_key_seed(KeySeed(|k: &str| k == "usage"))? {
+            let value: &'de RawValue = map.next_value()?;
+            let (Some(key_at), Some((value_at, value_end))) = (
+                member_start(json, boundary, first),
+                span_in(json, value.get().as_bytes()),
+            ) else {
+                return Ok(false);
+            };
+            if key_at >= value_at {
+                return Ok(false);
+            }
+            if is_usage && value.get().starts_with('{') {
+                if kept_before {
+                    push_cut(cuts, boundary, value_end);
+                } else if open_run.is_none() {
+                    open_run = Some(key_at);
+                }
+            } else {
+                if let Some(from) = open_run.take() {
+                    push_cut(cuts, from, key_at);
+                }
+                kept_before = true;
+            }
+            boundary = value_end;
+            first = false;
+        }
+        if let Some(from) = open_run {
+            push_cut(cuts, from, boundary);
+        }
+        Ok(true)
+    }
+}
+
+/// Where the member after `boundary` starts (its key's `"`): JSON allows only whitespace and,
+/// after the first member, one comma in between.
+fn member_start(json: &[u8], boundary: usize, first: bool) -> Option<usize> {
+    let mut at = skip_ws(json, boundary);
+    if !first {
+        (json.get(at) == Some(&b',')).then_some(())?;
+        at = skip_ws(json, at + 1);
+    }
+    (json.get(at) == Some(&b'"')).then_some(at)
+}
+
+fn skip_ws(json: &[u8], from: usize) -> usize {
+    let rest = json.get(from..).unwrap_or_default();
+    from + rest
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .unwrap_or(rest.len())
+}
+
+/// `(start, end)` of `inner` within `outer`, if it is a sub-slice of it.
+fn span_in(outer: &[u8], inner: &[u8]) -> Option<(usize, usize)> {
+    let at = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = at.checked_add(inner.len())?;
+    // Identity check: a value serde_json copied rather than borrowed cannot mislead us.
+    let same = outer.get(at..end)?.as_ptr() == inner.as_ptr();
+    same.then_some((at, end))
+}
+
+/// Appends `[from, to)`, merged with the previous range when they touch.
+fn push_cut(cuts: &mut Vec<(usize, usize)>, from: usize, to: usize) {
+    match cuts.last_mut() {
+        Some(last) if last.1 == from => last.1 = to,
+        _ => cuts.push((from, to)),
     }
 }
 

@@ -6,8 +6,11 @@
 //! - `abort-after=N`: produce N tokens, then break the response body so the client sees a
 //!   truncated stream (for non-streaming requests: a 200 head followed by a broken body);
 //!   the prompt and the N tokens are counted, `finished_reason="abort"`;
-//! - `slow=MS`: wait MS milliseconds before the first byte (added to `slow_start`).
+//! - `slow=MS`: wait MS milliseconds before the first byte (added to `slow_start`); the wait
+//!   comes first, so `slow=100,error` answers 500 after 100 ms.
 //!
+//! `abort-after` applies to chat and text completions; embeddings ignore it. With N at or above
+//! the output length the request simply completes.
 //! Example: `x-sim-fault: slow=200, abort-after=5`. An unknown directive is a 400.
 //! `error_rate` / `hang_rate` draw from a counter-based generator seeded with `seed`, so a given
 //! sequence of requests fails the same way on every run.

@@ -19,23 +19,24 @@
 //! # Layout
 //! - [`config`]: [`SimConfig`], its defaults and the zero-latency profile.
 //! - [`tokenizer`]: the deterministic stand-in tokenizer and chat-template framing.
-//! - [`engine`]: the continuous-batching step loop (FCFS admission, KV budget, timing).
-//! - [`prefix_cache`]: vLLM-style chained block hashes with LRU eviction.
+//! - [`fault`]: the `x-sim-fault` header syntax and the random error/hang rates.
+//! - `engine`: the continuous-batching step loop (FCFS admission, KV budget, step timing).
+//! - `prefix_cache`: vLLM-style chained block hashes with LRU eviction.
 //! - `fast`: the zero-latency path that answers without the step loop.
-//! - [`metrics`]: vLLM's Prometheus metrics in a per-simulator registry.
-//! - [`fault`]: the `x-sim-fault` header and the random error/hang rates.
+//! - `metrics`: vLLM's Prometheus metrics in a per-simulator registry.
 //! - `textgen`: deterministic output words and embedding vectors.
-//! - `api`: axum routes, request parsing (`api::wire`) and response rendering (`api::render`).
+//! - `api`: the axum routes and handlers; `api::wire` parses requests and builds vLLM error
+//!   bodies; `api::render` builds response bodies and SSE chunks.
 
 pub mod config;
-pub mod engine;
 pub mod fault;
-pub mod metrics;
-pub mod prefix_cache;
 pub mod tokenizer;
 
 mod api;
+mod engine;
 mod fast;
+mod metrics;
+mod prefix_cache;
 mod textgen;
 
 use std::future::Future;

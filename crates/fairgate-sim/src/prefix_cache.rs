@@ -58,16 +58,6 @@ impl PrefixCache {
         }
     }
 
-    /// Number of blocks currently cached.
-    pub fn len(&self) -> usize {
-        self.blocks.len()
-    }
-
-    /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-    }
-
     /// Looks `ids` up, then records all of its full blocks as most recently used (the prefill
     /// that follows computes them). Returns the number of cached prompt tokens.
     pub fn lookup_and_insert(&mut self, ids: &[u32]) -> u64 {
@@ -150,13 +140,13 @@ mod tests {
         let a = ids(65, 1);
         let b = ids(65, 2);
         c.lookup_and_insert(&a);
-        assert_eq!(c.len(), 4);
+        assert_eq!(c.blocks.len(), 4);
         c.lookup_and_insert(&b);
-        assert_eq!(c.len(), 4);
+        assert_eq!(c.blocks.len(), 4);
         assert_eq!(c.lookup_and_insert(&a), 0, "a was evicted by b");
         let mut zero = PrefixCache::new(16, 0);
         zero.lookup_and_insert(&a);
-        assert!(zero.is_empty());
+        assert!(zero.blocks.is_empty());
         assert_eq!(zero.lookup_and_insert(&a), 0);
     }
 }

@@ -96,7 +96,10 @@ async fn max_num_seqs_bounds_the_batch_and_the_rest_wait_in_order() {
     for late in &seen[2..] {
         assert!(late.first_token > first_batch_done, "{seen:?}");
     }
-    assert_eq!(seen[0].first_token, seen[1].first_token, "admitted in the same step");
+    assert_eq!(
+        seen[0].first_token, seen[1].first_token,
+        "admitted in the same step"
+    );
     let st = sim.stats();
     assert_eq!((st.running, st.waiting, st.requests_total), (0, 0, 4));
     assert_eq!(st.generation_tokens_total, 20);
@@ -140,7 +143,11 @@ async fn prefix_cache_hit_shortens_ttft() {
     let cached = usage(&second)["prompt_tokens_details"]["cached_tokens"]
         .as_u64()
         .unwrap();
-    assert_eq!(cached, (prompt - 1) / 16 * 16, "every full block before the last token");
+    assert_eq!(
+        cached,
+        (prompt - 1) / 16 * 16,
+        "every full block before the last token"
+    );
     // TTFT = prefill (20 ms + 1 ms per uncached token) + one 10 ms decode step.
     let ttft = |uncached: u64| (30 + uncached as u32) * MS;
     assert_eq!(first.first_token, ttft(prompt));
@@ -222,7 +229,16 @@ async fn fast_path_respects_max_num_seqs() {
     let a = call(&sim, "/v1/chat/completions", &[], &chat_body("a", 4, true)).await;
     let sim2 = sim.clone();
     let b = tokio::spawn(async move {
-        text(call(&sim2, "/v1/chat/completions", &[], &chat_body("b", 4, false)).await).await
+        text(
+            call(
+                &sim2,
+                "/v1/chat/completions",
+                &[],
+                &chat_body("b", 4, false),
+            )
+            .await,
+        )
+        .await
     });
     sleep(MS).await;
     let st = sim.stats();
@@ -232,7 +248,10 @@ async fn fast_path_respects_max_num_seqs() {
     assert_eq!(b["usage"]["completion_tokens"], 4);
     let st = sim.stats();
     assert_eq!((st.running, st.waiting, st.requests_total), (0, 0, 2));
-    assert_eq!(st.generation_tokens_total, 4, "A produced nothing before it was dropped");
+    assert_eq!(
+        st.generation_tokens_total, 4,
+        "A produced nothing before it was dropped"
+    );
 }
 
 #[tokio::test(start_paused = true)]

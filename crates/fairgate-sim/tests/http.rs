@@ -64,7 +64,11 @@ async fn models_list_has_vllm_shape() {
 async fn chat_non_stream_shape_and_usage() {
     for cfg in [instant(), engine()] {
         let s = serve(cfg).await;
-        let resp = post(&s.url("/v1/chat/completions"), &chat_body("Hello there, simulator!", 7, false)).await;
+        let resp = post(
+            &s.url("/v1/chat/completions"),
+            &chat_body("Hello there, simulator!", 7, false),
+        )
+        .await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/json");
         let v: Value = resp.json().await.unwrap();
@@ -108,12 +112,18 @@ async fn chat_stream_with_and_without_include_usage() {
         let body = resp.text().await.unwrap();
         for ev in body.split("\n\n").filter(|e| !e.is_empty()) {
             let json = ev.strip_prefix("data: ").unwrap();
-            assert!(!json.contains("\": ") && !json.contains(", \""), "compact JSON: {json}");
+            assert!(
+                !json.contains("\": ") && !json.contains(", \""),
+                "compact JSON: {json}"
+            );
         }
         let (events, done) = sse(&body);
         assert!(done);
         assert_eq!(events.len(), 5, "role chunk + 4 token chunks");
-        assert_eq!(events[0]["choices"][0]["delta"], json!({"role":"assistant","content":""}));
+        assert_eq!(
+            events[0]["choices"][0]["delta"],
+            json!({"role":"assistant","content":""})
+        );
         for e in &events {
             assert!(e.get("usage").is_none());
             assert_eq!(e["object"], "chat.completion.chunk");
@@ -129,7 +139,11 @@ async fn chat_stream_with_and_without_include_usage() {
         // With include_usage: `usage: null` on every chunk, then a choices-less usage chunk.
         let mut body = chat_body("hi", 4, true);
         body["stream_options"] = json!({"include_usage": true});
-        let text = post(&s.url("/v1/chat/completions"), &body).await.text().await.unwrap();
+        let text = post(&s.url("/v1/chat/completions"), &body)
+            .await
+            .text()
+            .await
+            .unwrap();
         let (events, done) = sse(&text);
         assert!(done);
         assert_eq!(events.len(), 6);
@@ -157,7 +171,11 @@ async fn completions_stream_and_non_stream() {
         let s = serve(cfg).await;
         let body = json!({"model":"sim","prompt":"Once upon a time","max_tokens":3,"stream":true,
                           "stream_options":{"include_usage":true}});
-        let text = post(&s.url("/v1/completions"), &body).await.text().await.unwrap();
+        let text = post(&s.url("/v1/completions"), &body)
+            .await
+            .text()
+            .await
+            .unwrap();
         let (events, done) = sse(&text);
         assert!(done);
         assert_eq!(events.len(), 4);
@@ -182,7 +200,14 @@ async fn completions_stream_and_non_stream() {
         .unwrap();
         assert_eq!(v["object"], "text_completion");
         assert_eq!(v["choices"][0]["finish_reason"], "length");
-        assert_eq!(v["choices"][0]["text"].as_str().unwrap().split_whitespace().count(), 2);
+        assert_eq!(
+            v["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .count(),
+            2
+        );
         assert_eq!(v["usage"]["prompt_tokens"], 5);
         s.shutdown().await.unwrap();
     }
@@ -196,7 +221,11 @@ async fn embeddings_are_deterministic_unit_vectors() {
     })
     .await;
     let body = json!({"model":"sim","input":["hello world","hello world","other"]});
-    let v: Value = post(&s.url("/v1/embeddings"), &body).await.json().await.unwrap();
+    let v: Value = post(&s.url("/v1/embeddings"), &body)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["object"], "list");
     assert_eq!(v["model"], "sim");
     let data = v["data"].as_array().unwrap();
@@ -283,20 +312,36 @@ async fn error_shapes() {
         let v = error_of(post(&chat, &bad).await, 400).await;
         assert_eq!(v["error"]["type"], "BadRequestError", "{bad}");
     }
-    let v = error_of(post(&s.url("/v1/completions"), &json!({"model":"sim"})).await, 400).await;
+    let v = error_of(
+        post(&s.url("/v1/completions"), &json!({"model":"sim"})).await,
+        400,
+    )
+    .await;
     assert!(v["error"]["message"].as_str().unwrap().contains("prompt"));
 
-    let v = error_of(post(&chat, &json!({"model":"nope","messages":[]})).await, 400).await;
+    let v = error_of(
+        post(&chat, &json!({"model":"nope","messages":[]})).await,
+        400,
+    )
+    .await;
     assert_eq!(v["error"]["type"], "BadRequestError", "empty messages");
     let v = error_of(
-        post(&chat, &json!({"model":"nope","messages":[{"role":"user","content":"x"}]})).await,
+        post(
+            &chat,
+            &json!({"model":"nope","messages":[{"role":"user","content":"x"}]}),
+        )
+        .await,
         404,
     )
     .await;
     assert_eq!(v["error"]["type"], "NotFoundError");
     assert_eq!(v["error"]["message"], "The model `nope` does not exist.");
 
-    let v = error_of(client.get(s.url("/no/such/path")).send().await.unwrap(), 404).await;
+    let v = error_of(
+        client.get(s.url("/no/such/path")).send().await.unwrap(),
+        404,
+    )
+    .await;
     assert_eq!(v["error"]["type"], "NotFoundError");
 
     let bad_fault = client
@@ -315,26 +360,65 @@ async fn error_shapes() {
 
 #[tokio::test]
 async fn same_seed_same_output() {
-    let a = serve(SimConfig { seed: 42, ..instant() }).await;
-    let b = serve(SimConfig { seed: 42, ..engine() }).await;
-    let c = serve(SimConfig { seed: 43, ..instant() }).await;
+    let a = serve(SimConfig {
+        seed: 42,
+        ..instant()
+    })
+    .await;
+    let b = serve(SimConfig {
+        seed: 42,
+        ..engine()
+    })
+    .await;
+    let c = serve(SimConfig {
+        seed: 43,
+        ..instant()
+    })
+    .await;
     let body = chat_body("determinism please", 12, false);
     let mut texts = Vec::new();
     for s in [&a, &b, &c, &a] {
-        let v: Value = post(&s.url("/v1/chat/completions"), &body).await.json().await.unwrap();
-        texts.push(v["choices"][0]["message"]["content"].as_str().unwrap().to_owned());
+        let v: Value = post(&s.url("/v1/chat/completions"), &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        texts.push(
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
-    assert_eq!(texts[0], texts[1], "same seed and body, engine or fast path");
+    assert_eq!(
+        texts[0], texts[1],
+        "same seed and body, engine or fast path"
+    );
     assert_eq!(texts[0], texts[3]);
     assert_ne!(texts[0], texts[2], "another seed");
     let mut stream_body = body.clone();
     stream_body["stream"] = json!(true);
-    let text = post(&a.url("/v1/chat/completions"), &stream_body).await.text().await.unwrap();
-    let other = post(&a.url("/v1/chat/completions"), &stream_body).await.text().await.unwrap();
+    let text = post(&a.url("/v1/chat/completions"), &stream_body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let other = post(&a.url("/v1/chat/completions"), &stream_body)
+        .await
+        .text()
+        .await
+        .unwrap();
     assert_eq!(streamed_text(&sse(&text).0), streamed_text(&sse(&other).0));
     let other_body = chat_body("something else", 12, false);
-    let v: Value = post(&a.url("/v1/chat/completions"), &other_body).await.json().await.unwrap();
-    assert_ne!(v["choices"][0]["message"]["content"].as_str().unwrap(), texts[0]);
+    let v: Value = post(&a.url("/v1/chat/completions"), &other_body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(
+        v["choices"][0]["message"]["content"].as_str().unwrap(),
+        texts[0]
+    );
 }
 
 #[tokio::test]
@@ -365,7 +449,11 @@ async fn error_rate_one_fails_everything() {
     })
     .await;
     for _ in 0..3 {
-        let r = post(&s.url("/v1/completions"), &json!({"prompt":"x","max_tokens":1})).await;
+        let r = post(
+            &s.url("/v1/completions"),
+            &json!({"prompt":"x","max_tokens":1}),
+        )
+        .await;
         assert_eq!(r.status(), 500);
     }
     assert_eq!(s.sim.stats().requests_total, 0);
@@ -393,7 +481,10 @@ async fn fault_abort_after_breaks_the_stream_and_counts_the_sent_tokens() {
                 Err(e) => break e,
             }
         };
-        assert!(err.is_body() || err.is_decode() || err.is_request(), "{err:?}");
+        assert!(
+            err.is_body() || err.is_decode() || err.is_request(),
+            "{err:?}"
+        );
         let text = String::from_utf8(received).unwrap();
         assert!(!text.contains("[DONE]"));
         let (events, _) = sse(&text);
@@ -403,7 +494,12 @@ async fn fault_abort_after_breaks_the_stream_and_counts_the_sent_tokens() {
         assert_eq!(st.prompt_tokens_total, 10);
         assert_eq!(st.generation_tokens_total, 3);
         assert_eq!(st.requests_total, 1);
-        let metrics = reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap();
+        let metrics = reqwest::get(s.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(metrics.contains(
             "vllm:request_success_total{engine=\"0\",finished_reason=\"abort\",model_name=\"sim\"} 1"
         ));
@@ -445,7 +541,7 @@ async fn hang_answers_nothing_and_shutdown_still_completes() {
             .json(&chat_body("x", 3, false))
             .send()
             .await
-            .and_then(|r| Ok(r.status()))
+            .map(|r| r.status())
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let sim = s.sim.clone();
@@ -458,11 +554,14 @@ async fn hang_answers_nothing_and_shutdown_still_completes() {
 #[tokio::test]
 async fn tokenize_health_version() {
     let s = serve(instant()).await;
-    let v: Value = post(&s.url("/tokenize"), &json!({"model":"sim","prompt":"abcdefgh!"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post(
+        &s.url("/tokenize"),
+        &json!({"model":"sim","prompt":"abcdefgh!"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(v["count"], 3);
     assert_eq!(v["max_model_len"], 8192);
     assert_eq!(v["tokens"], json!(fairgate_sim::tokenize("abcdefgh!")));
@@ -478,7 +577,12 @@ async fn tokenize_health_version() {
     let h = reqwest::get(s.url("/health")).await.unwrap();
     assert_eq!(h.status(), 200);
     assert!(h.bytes().await.unwrap().is_empty());
-    let v: Value = reqwest::get(s.url("/version")).await.unwrap().json().await.unwrap();
+    let v: Value = reqwest::get(s.url("/version"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v, json!({"version":"0.0.0-fairgate-sim"}));
 }
 
@@ -505,7 +609,11 @@ async fn metrics_have_vllm_names_and_match_reported_usage() {
             if stream {
                 body["stream_options"] = json!({"include_usage": true});
             }
-            let text = post(&s.url("/v1/chat/completions"), &body).await.text().await.unwrap();
+            let text = post(&s.url("/v1/chat/completions"), &body)
+                .await
+                .text()
+                .await
+                .unwrap();
             let usage = if stream {
                 sse(&text).0.last().unwrap()["usage"].clone()
             } else {
@@ -513,10 +621,20 @@ async fn metrics_have_vllm_names_and_match_reported_usage() {
             };
             prompt += usage["prompt_tokens"].as_u64().unwrap();
             completion += usage["completion_tokens"].as_u64().unwrap();
-            cached += usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+            cached += usage["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap();
         }
-        assert!(cached > 0, "the shared system text is served from the prefix cache");
-        let text = reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap();
+        assert!(
+            cached > 0,
+            "the shared system text is served from the prefix cache"
+        );
+        let text = reqwest::get(s.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         for name in [
             "vllm:num_requests_running",
             "vllm:num_requests_waiting",
@@ -540,17 +658,35 @@ async fn metrics_have_vllm_names_and_match_reported_usage() {
                 .lines()
                 .find(|l| l.starts_with(&format!("{name}{{")))
                 .unwrap_or_else(|| panic!("missing {name}"));
-            assert!(line.contains("model_name=\"sim\"") && line.contains("engine=\"0\""), "{line}");
+            assert!(
+                line.contains("model_name=\"sim\"") && line.contains("engine=\"0\""),
+                "{line}"
+            );
         }
         let l = "{engine=\"0\",model_name=\"sim\"}";
-        assert_eq!(metric(&text, &format!("vllm:prompt_tokens_total{l}")), prompt as f64);
-        assert_eq!(metric(&text, &format!("vllm:generation_tokens_total{l}")), completion as f64);
-        assert_eq!(metric(&text, &format!("vllm:prefix_cache_hits_total{l}")), cached as f64);
-        assert_eq!(metric(&text, &format!("vllm:prefix_cache_queries_total{l}")), prompt as f64);
+        assert_eq!(
+            metric(&text, &format!("vllm:prompt_tokens_total{l}")),
+            prompt as f64
+        );
+        assert_eq!(
+            metric(&text, &format!("vllm:generation_tokens_total{l}")),
+            completion as f64
+        );
+        assert_eq!(
+            metric(&text, &format!("vllm:prefix_cache_hits_total{l}")),
+            cached as f64
+        );
+        assert_eq!(
+            metric(&text, &format!("vllm:prefix_cache_queries_total{l}")),
+            prompt as f64
+        );
         assert_eq!(metric(&text, &format!("vllm:num_requests_running{l}")), 0.0);
         assert_eq!(metric(&text, &format!("vllm:num_requests_waiting{l}")), 0.0);
         assert_eq!(metric(&text, &format!("vllm:kv_cache_usage_perc{l}")), 0.0);
-        assert_eq!(metric(&text, &format!("vllm:num_preemptions_total{l}")), 0.0);
+        assert_eq!(
+            metric(&text, &format!("vllm:num_preemptions_total{l}")),
+            0.0
+        );
         assert_eq!(
             metric(
                 &text,
@@ -558,21 +694,40 @@ async fn metrics_have_vllm_names_and_match_reported_usage() {
             ),
             4.0
         );
-        assert_eq!(metric(&text, &format!("vllm:time_to_first_token_seconds_count{l}")), 4.0);
+        assert_eq!(
+            metric(&text, &format!("vllm:time_to_first_token_seconds_count{l}")),
+            4.0
+        );
         assert_eq!(
             metric(&text, &format!("vllm:inter_token_latency_seconds_count{l}")),
             (completion - 4) as f64
         );
-        assert_eq!(metric(&text, &format!("vllm:e2e_request_latency_seconds_count{l}")), 4.0);
-        assert_eq!(metric(&text, &format!("vllm:request_queue_time_seconds_count{l}")), 4.0);
-        assert_eq!(metric(&text, &format!("vllm:request_prompt_tokens_sum{l}")), prompt as f64);
+        assert_eq!(
+            metric(&text, &format!("vllm:e2e_request_latency_seconds_count{l}")),
+            4.0
+        );
+        assert_eq!(
+            metric(&text, &format!("vllm:request_queue_time_seconds_count{l}")),
+            4.0
+        );
+        assert_eq!(
+            metric(&text, &format!("vllm:request_prompt_tokens_sum{l}")),
+            prompt as f64
+        );
         assert_eq!(
             metric(&text, &format!("vllm:request_generation_tokens_sum{l}")),
             completion as f64
         );
-        let info = text.lines().find(|l| l.starts_with("vllm:cache_config_info{")).unwrap();
-        for label in ["block_size=\"16\"", "cache_dtype=\"auto\"", "enable_prefix_caching=\"True\"",
-                      "gpu_memory_utilization=\"0.9\""] {
+        let info = text
+            .lines()
+            .find(|l| l.starts_with("vllm:cache_config_info{"))
+            .unwrap();
+        for label in [
+            "block_size=\"16\"",
+            "cache_dtype=\"auto\"",
+            "enable_prefix_caching=\"True\"",
+            "gpu_memory_utilization=\"0.9\"",
+        ] {
             assert!(info.contains(label), "{info}");
         }
         assert!(info.ends_with(" 1"));
@@ -618,4 +773,43 @@ async fn many_concurrent_fast_requests_account_exactly() {
     assert_eq!((st.prompt_tokens_total, st.generation_tokens_total), (p, c));
     assert_eq!(st.requests_total, 40);
     assert_eq!((st.running, st.waiting, st.kv_tokens_used), (0, 0, 0));
+}
+
+/// Reads a body until it breaks; panics if it ends cleanly instead.
+async fn read_until_break(mut resp: reqwest::Response) -> Vec<u8> {
+    let mut received = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => received.extend_from_slice(&c),
+            Ok(None) => panic!("the body must break, not end"),
+            Err(_) => return received,
+        }
+    }
+}
+
+#[tokio::test]
+async fn abort_after_delivers_every_token_before_the_break() {
+    for cfg in [instant(), engine()] {
+        let s = serve(cfg).await;
+        let client = reqwest::Client::new();
+        for round in 0..20 {
+            let resp = client
+                .post(s.url("/v1/chat/completions"))
+                .header(FAULT_HEADER, "abort-after=3")
+                .json(&chat_body("race me", 20, true))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let text = String::from_utf8(read_until_break(resp).await).unwrap();
+            let (events, done) = sse(&text);
+            assert!(!done);
+            assert_eq!(
+                events.len(),
+                4,
+                "round {round}: role + 3 tokens, got {text:?}"
+            );
+        }
+        s.shutdown().await.unwrap();
+    }
 }

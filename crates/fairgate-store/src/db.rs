@@ -298,6 +298,37 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn memory_store_is_one_database_and_each_is_private() {
+        let a = Store::connect("sqlite::memory:").await.unwrap();
+        let b = Store::connect("sqlite::memory:").await.unwrap();
+        assert_eq!(a.backend(), "sqlite");
+        let t = fairgate_types::Tenant {
+            name: "t".into(),
+            weight: 1,
+            group: None,
+            created_at: 0,
+        };
+        a.create_tenant(&t).await.unwrap();
+        // Many calls, one connection, one database.
+        for _ in 0..3 {
+            assert_eq!(a.list_tenants().await.unwrap(), vec![t.clone()]);
+        }
+        assert!(b.list_tenants().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn connect_reports_bad_urls_before_touching_anything() {
+        assert!(matches!(
+            Store::connect("mysql://localhost/x").await,
+            Err(StoreError::BadUrl(_))
+        ));
+        assert!(matches!(
+            Store::connect("postgres://u:pw@host:notaport/db").await,
+            Err(StoreError::BadUrl(msg)) if !msg.contains("pw")
+        ));
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

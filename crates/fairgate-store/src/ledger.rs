@@ -20,12 +20,14 @@
 //! spill file cannot be written, every row is logged at error level as JSON, the last place left.
 //!
 //! # What a crash can lose
-//! A crash (SIGKILL, OOM kill, power loss of the gateway host) loses at most the rows that were
-//! queued in memory and not yet committed: never more than `queue_capacity` rows plus one batch,
-//! and in steady state about `flush_interval` worth of traffic (plus any backlog if the database
-//! was slow or down at that moment). Committed batches are durable as the database makes them
-//! (SQLite runs with its default `synchronous=FULL`). [`LedgerHandle::queued`] and the
-//! `fairgate_ledger_queue_depth` gauge show that exposure at any moment.
+//! A crash (SIGKILL, OOM kill, a panic that aborts) loses at most the rows recorded but not yet
+//! committed, all of which are in memory: the queue (at most `queue_capacity` rows) plus what the
+//! writer task holds (at most two batches: the one being committed and the rest of the messages
+//! it last received). In steady state that is about `flush_interval` worth of traffic; more only
+//! while the database is slow or down and a backlog builds. Committed batches are as durable as
+//! the database makes them (this crate leaves SQLite's `synchronous` setting at its default).
+//! [`LedgerHandle::queued`] and the `fairgate_ledger_queue_depth` gauge show that exposure at
+//! any moment.
 //!
 //! Metrics, registered in the registry given to [`spawn_ledger`]:
 //! `fairgate_ledger_rows_written_total`, `fairgate_ledger_write_errors_total` (failed commit
@@ -127,6 +129,9 @@ impl Fate {
     }
 }
 
+// Rows are nearly every message: boxing them would cost an allocation per request just to
+// shrink the rare flush message.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Row(LedgerRow),
     Flush(oneshot::Sender<Fate>),
@@ -291,6 +296,23 @@ impl LedgerHandle {
                     "ledger writer has shut down; ledger row not recorded"
                 );
             }
+        }
+    }
+
+    /// Enqueues a row without waiting; gives it back if the queue is full (or the writer is
+    /// gone), so the caller can fall back to [`LedgerHandle::record`]. Rows enqueued this way
+    /// are ordered before any later [`LedgerHandle::flush`], which is what lets a reader see a
+    /// request's row as soon as its response has completed.
+    // The row comes back by value so the fallback costs no allocation on the request path.
+    #[allow(clippy::result_large_err)]
+    pub fn try_record(&self, row: LedgerRow) -> Result<(), LedgerRow> {
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                self.depth.add(1);
+                permit.send(Msg::Row(row));
+                Ok(())
+            }
+            Err(_) => Err(row),
         }
     }
 
@@ -524,7 +546,7 @@ impl Writer {
                     return Ok(());
                 }
                 Err(error) => {
-                    self.metrics.errors.inc(); eprintln!("DEBUG commit error: {error}");
+                    self.metrics.errors.inc();
                     if let Some(deadline) = self.ctl.deadline {
                         if Instant::now() >= deadline {
                             tracing::warn!(%error, rows, attempt, "ledger batch write failed; giving up");

@@ -8,9 +8,12 @@
 //! which no real token count reaches). Placeholders are `$1, $2, ...` in increasing order, which
 //! both SQLite and PostgreSQL accept.
 //!
-//! The one per-backend difference in query text is the collation used for ORDER BY on text
-//! columns: PostgreSQL sorts with the database's locale, SQLite by bytes, so PostgreSQL queries
-//! add `COLLATE "C"` and both backends return rows in the same (byte) order.
+//! Per-backend differences are few and deliberate, none in the migrations:
+//! - ORDER BY on text: PostgreSQL sorts by the database's locale, SQLite by bytes, so PostgreSQL
+//!   queries add `COLLATE "C"` and both backends return rows in the same (byte) order.
+//! - Rows per multi-row INSERT (see `rows`): SQLite's cost per statement grows with the square
+//!   of its parameter count, PostgreSQL's with round trips.
+//! - Setup: SQLite gets WAL and a busy timeout; PostgreSQL migrations hold an advisory lock.
 //!
 //! Ledger strings come from clients (a model name is whatever the request said), so before
 //! writing a ledger row NUL characters are replaced by U+FFFD on both backends: PostgreSQL
@@ -53,4 +56,67 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fairgate_types::{KeyId, KeyRecord, LedgerRow, Tenant};
+
+    fn is_send<T: Send>(_: T) {}
+
+    /// The server spawns tasks around these calls; a future that is not `Send` (easy to cause
+    /// by accident with sqlx executors, see `migrate`) would only fail to compile over there.
+    #[tokio::test]
+    async fn store_futures_are_send() {
+        is_send(Store::connect("sqlite::memory:"));
+        let s = Store::connect("sqlite::memory:").await.unwrap();
+        let t: Option<Tenant> = None;
+        let k: Option<KeyRecord> = None;
+        let rows: Vec<LedgerRow> = Vec::new();
+        if let (Some(t), Some(k)) = (&t, &k) {
+            is_send(s.create_tenant(t));
+            is_send(s.update_tenant(t));
+            is_send(s.insert_key(k));
+            is_send(s.update_key(k));
+        }
+        is_send(s.ping());
+        is_send(s.close());
+        is_send(s.get_tenant("x"));
+        is_send(s.list_tenants());
+        is_send(s.delete_tenant("x"));
+        is_send(s.get_key(&KeyId::from("x")));
+        is_send(s.list_keys(None));
+        is_send(s.insert_ledger_rows(&rows));
+        is_send(s.usage(None, None, None));
+        is_send(s.requests(None, 1));
+        is_send(s.ledger_count());
+        is_send(import_spill(&s, "x"));
+        let registry = prometheus::Registry::new();
+        let (h, w) = spawn_ledger(s.clone(), LedgerConfig::default(), &registry).unwrap();
+        is_send(h.flush());
+        is_send(h.record(LedgerRow {
+            id: fairgate_types::RequestId::from("x"),
+            ts: 0,
+            tenant: None,
+            user: None,
+            key_id: None,
+            model: None,
+            backend: None,
+            endpoint: String::new(),
+            stream: false,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            reserved_tokens: 0,
+            usage_source: fairgate_types::UsageSource::None,
+            status: 0,
+            outcome: fairgate_types::Outcome::Rejected,
+            error_class: None,
+            queue_ms: 0,
+            ttft_ms: None,
+            duration_ms: 0,
+        }));
+        w.shutdown().await.unwrap();
+    }
 }

@@ -722,16 +722,22 @@ async fn writer_concurrent_records_then_flush(db: Db) {
             tokio::spawn(async move {
                 for i in 0..100u64 {
                     let tenant = format!("t{t}");
-                    handle
-                        .record(row(
-                            &format!("w{t}-{i}"),
-                            i as i64,
-                            Some(&tenant),
-                            Some("m"),
-                            i,
-                            1,
-                        ))
-                        .await;
+                    let r = row(
+                        &format!("w{t}-{i}"),
+                        i as i64,
+                        Some(&tenant),
+                        Some("m"),
+                        i,
+                        1,
+                    );
+                    // Half the tasks use the non-waiting path, falling back when the queue is full.
+                    if t % 2 == 0 {
+                        if let Err(back) = handle.try_record(r) {
+                            handle.record(back).await;
+                        }
+                    } else {
+                        handle.record(r).await;
+                    }
                 }
             })
         })
@@ -782,12 +788,15 @@ async fn writer_commits_by_size_and_by_interval(db: Db) {
             .await;
     }
     let store = db.store.clone();
+    // (The writer updates its count just after the database confirms, so wait for both.)
     eventually("two full batches committed", || {
         let store = store.clone();
-        async move { store.ledger_count().await.unwrap() == 20 }
+        let queued = handle.queued();
+        async move { store.ledger_count().await.unwrap() == 20 && queued == 5 }
     })
     .await;
     // The partial batch waits for its interval (an hour): it is what a crash would lose now.
+    assert_eq!(db.store.ledger_count().await.unwrap(), 20);
     assert_eq!(handle.queued(), 5);
     assert_eq!(metric(&registry, "fairgate_ledger_queue_depth"), 5.0);
     handle.flush().await.unwrap();
@@ -918,7 +927,10 @@ async fn writer_spills_when_database_is_down(db: Db) {
     // room), so it is certainly waiting on the writer when shutdown begins.
     let mut flushing = Box::pin(handle.flush());
     let first = std::future::poll_fn(|cx| Poll::Ready(flushing.as_mut().poll(cx))).await;
-    assert!(first.is_pending(), "flush cannot finish while the database is down");
+    assert!(
+        first.is_pending(),
+        "flush cannot finish while the database is down"
+    );
     let result = writer
         .shutdown_with_timeout(Duration::from_millis(300))
         .await;

@@ -445,7 +445,8 @@ fn parse_time(field: &str, s: &str) -> Result<UnixMillis, ApiError> {
 }
 
 async fn flush_ledger(st: &AppState) -> Result<(), ApiError> {
-    // Finished requests may still be on their way to the writer; wait for those first.
+    // Finished requests enqueue their rows before their responses complete, so a flush
+    // issued now is ordered after them (unless the queue was full; see `Tracker::record`).
     st.ledger
         .flush()
         .await

@@ -74,6 +74,12 @@ pub struct UpstreamConfig {
     /// Longest gap between two body chunks from a backend before the request is failed.
     #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Ask streaming backends for cumulative usage on every chunk
+    /// (`stream_options.continuous_usage_stats`, a vLLM feature), so a stream that ends early
+    /// is still charged exactly. Turn off for backends that reject unknown stream options;
+    /// early-ended streams are then charged an estimated prompt plus counted chunks.
+    #[serde(default = "defaults::yes")]
+    pub continuous_usage: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -127,6 +133,9 @@ mod defaults {
     pub fn idle_timeout_ms() -> u64 {
         120_000
     }
+    pub fn yes() -> bool {
+        true
+    }
     pub fn queue_timeout_ms() -> u64 {
         30_000
     }
@@ -147,6 +156,7 @@ impl Default for UpstreamConfig {
             connect_timeout_ms: defaults::connect_timeout_ms(),
             first_byte_timeout_ms: defaults::first_byte_timeout_ms(),
             idle_timeout_ms: defaults::idle_timeout_ms(),
+            continuous_usage: defaults::yes(),
         }
     }
 }
@@ -194,8 +204,20 @@ fn field_err(field: impl Into<String>, message: impl Into<String>) -> ConfigErro
 /// `FAIRGATE_UPSTREAM__CONNECT_TIMEOUT_MS` sets `upstream.connect_timeout_ms`.
 pub const ENV_PREFIX: &str = "FAIRGATE_";
 
-/// Variables with the prefix that are not config fields (read elsewhere).
-const ENV_NOT_CONFIG: &[&str] = &["FAIRGATE_TEST_POSTGRES_URL", "FAIRGATE_LOG"];
+/// Top-level config fields that `FAIRGATE_*` variables may set. Other variables with the
+/// prefix (`FAIRGATE_URL` for the admin CLI, `FAIRGATE_LOG`, test settings) are not config.
+const ENV_FIELDS: &[&str] = &[
+    "listen",
+    "database",
+    "data_dir",
+    "admin_token",
+    "max_body_bytes",
+    "default_max_tokens",
+    "log_format",
+    "upstream",
+    "admission",
+    "ledger",
+];
 
 impl Config {
     /// Loads `path` (if given), overlays `FAIRGATE_*` variables from `env`, and validates.
@@ -232,10 +254,13 @@ impl Config {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if ENV_NOT_CONFIG.contains(&name.as_str()) || rest.is_empty() {
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if !path
+                .first()
+                .is_some_and(|f| ENV_FIELDS.contains(&f.as_str()))
+            {
                 continue;
             }
-            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             overlay(&mut table, &path, &value);
         }
         let config: Config =
@@ -416,6 +441,8 @@ max_in_flight = 32
                 ("FAIRGATE_ADMIN_TOKEN", "0123456789abcdef0123"),
                 ("FAIRGATE_UPSTREAM__CONNECT_TIMEOUT_MS", "1500"),
                 ("FAIRGATE_TEST_POSTGRES_URL", "ignored"),
+                ("FAIRGATE_URL", "http://elsewhere"),
+                ("FAIRGATE_BIN", "ignored"),
                 ("OTHER", "x"),
             ],
         )

@@ -8,8 +8,9 @@
 //! 3. The body is read under the size limit and parsed once ([`fairgate_relay::parse_request`]).
 //! 4. Model lookup and key scope.
 //! 5. Admission: a lease on a backend slot ([`crate::upstream::ModelPool::acquire`]).
-//! 6. Upstream call; streams get `stream_options.include_usage` injected when the client did
-//!    not ask, so usage is always known, and the relay strips it again on the way back.
+//! 6. Upstream call; streams get `stream_options.include_usage` and `continuous_usage_stats`
+//!    injected when the client did not ask, so usage is always known (even for a stream cut
+//!    short), and the relay strips what the client did not ask for on the way back.
 //! 7. Relay: non-streams are read whole (they are one JSON document); streams are forwarded
 //!    event by event through [`fairgate_relay::StreamRelay`], which counts tokens as they pass.
 //! 8. Settle: the row gets the real usage and goes to the batched ledger writer off-path.
@@ -184,9 +185,13 @@ impl Tracker {
                 .observe(self.overhead_before.as_secs_f64());
         }
         let row = std::mem::replace(&mut self.row, placeholder_row());
+        // Enqueue in order right now (so a later admin read that flushes sees the row); only
+        // when the queue is full does recording wait, in a tracked task that shutdown awaits,
+        // so the response is never held up by the ledger.
+        let Err(row) = self.st.ledger.try_record(row) else {
+            return;
+        };
         let ledger = self.st.ledger.clone();
-        // Recording may wait for queue space, so it runs in a tracked task: the response is
-        // never held up, and shutdown waits for these tasks before flushing the ledger.
         if tokio::runtime::Handle::try_current().is_ok() {
             self.st.tasks.spawn(async move { ledger.record(row).await });
         } else {
@@ -234,7 +239,10 @@ impl Drop for Tracker {
 /// What the typed endpoints and the generic relay share once a request is understood.
 struct Plan {
     model: String,
-    client_wants_usage: bool,
+    /// The client did not ask for the final usage chunk (the gateway did).
+    strip_usage_chunk: bool,
+    /// The client did not ask for usage on every chunk (the gateway did).
+    strip_chunk_usage: bool,
     reservation: u64,
     prompt_estimate: u64,
     /// Body to send upstream.
@@ -262,9 +270,9 @@ pub async fn generic(State(st): State<Arc<AppState>>, req: Request) -> Response 
         Err(resp) => return resp,
     };
     let (parts, body) = req.into_parts();
-    let bytes = match read_body(body, st.config.max_body_bytes).await {
+    let bytes = match read_body_checked(&parts.headers, body, st.config.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return t.fail(e),
+        Err(e) => return close_after(t.fail(e)),
     };
     let model = match find_model_generic(&st, &parts.headers, parts.uri.query(), &bytes) {
         Some(m) => m,
@@ -276,7 +284,8 @@ pub async fn generic(State(st): State<Arc<AppState>>, req: Request) -> Response 
     };
     let plan = Plan {
         model,
-        client_wants_usage: true,
+        strip_usage_chunk: false,
+        strip_chunk_usage: false,
         reservation: 0,
         prompt_estimate: 0,
         body: bytes,
@@ -291,9 +300,9 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
         Err(resp) => return resp,
     };
     let (parts, body) = req.into_parts();
-    let bytes = match read_body(body, st.config.max_body_bytes).await {
+    let bytes = match read_body_checked(&parts.headers, body, st.config.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return t.fail(e),
+        Err(e) => return close_after(t.fail(e)),
     };
     let parsed = match fairgate_relay::parse_request(ep, &bytes) {
         Ok(p) => p,
@@ -301,18 +310,25 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
     };
     t.row.stream = parsed.stream;
     let reservation = fairgate_relay::reservation_tokens(&parsed, st.config.default_max_tokens);
-    let inject = parsed.stream && !parsed.client_wants_usage;
-    let body = if inject {
-        match fairgate_relay::with_include_usage(&bytes) {
-            Ok(b) => b,
-            Err(e) => return t.fail(ApiError::BadRequest(e)),
-        }
-    } else {
-        bytes
+    // Streams always ask the backend for usage, cumulatively on every chunk where the backend
+    // supports it (vLLM), so even a stream that ends early is charged exactly.
+    let continuous = st.config.upstream.continuous_usage;
+    let wants_continuous = parsed.client_wants_usage && parsed.client_wants_continuous_usage;
+    let body = match (parsed.stream, continuous) {
+        (false, _) => Ok(bytes),
+        (true, true) if parsed.client_wants_usage && wants_continuous => Ok(bytes),
+        (true, true) => fairgate_relay::with_stream_usage(&bytes),
+        (true, false) if parsed.client_wants_usage => Ok(bytes),
+        (true, false) => fairgate_relay::with_include_usage(&bytes),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return t.fail(ApiError::BadRequest(e)),
     };
     let plan = Plan {
         model: parsed.model,
-        client_wants_usage: parsed.client_wants_usage,
+        strip_usage_chunk: !parsed.client_wants_usage,
+        strip_chunk_usage: continuous && !wants_continuous,
         reservation,
         prompt_estimate: parsed.prompt_tokens_estimate,
         body,
@@ -344,6 +360,32 @@ fn authenticate(
             Err(t.fail(f.error))
         }
     }
+}
+
+/// Reads the body under `limit`, refusing at once when `Content-Length` already says too much.
+async fn read_body_checked(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    read_body(body, limit).await
+}
+
+/// The connection cannot be reused after an unread body, so say so: otherwise a client
+/// sends its next request into a socket the server is closing.
+fn close_after(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -552,7 +594,8 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if status.is_success() && is_sse {
-        return relay_stream(st, t, lease, resp, plan.client_wants_usage);
+        let relay = StreamRelay::with_options(plan.strip_usage_chunk, plan.strip_chunk_usage);
+        return relay_stream(st, t, lease, resp, relay);
     }
     relay_whole(st, t, lease, resp).await
 }
@@ -721,7 +764,7 @@ fn relay_stream(
     mut t: Tracker,
     lease: Lease,
     resp: http::Response<Incoming>,
-    client_wants_usage: bool,
+    relay: StreamRelay,
 ) -> Response {
     let (parts, body) = resp.into_parts();
     t.row.status = parts.status.as_u16();
@@ -730,7 +773,7 @@ fn relay_stream(
     t.decorate(&mut out_headers);
     let state = Relay {
         upstream: body,
-        relay: StreamRelay::new(!client_wants_usage),
+        relay,
         tracker: t,
         lease: Some(lease),
         idle: Duration::from_millis(st.config.upstream.idle_timeout_ms),

@@ -81,13 +81,22 @@ struct Outcome {
     error: bool,
 }
 
+/// `(strip_usage_chunk, strip_chunk_usage)`, as passed to [`StreamRelay::with_options`].
+type Opts = (bool, bool);
+
+const ALL_OPTS: [Opts; 4] = [(false, false), (true, false), (false, true), (true, true)];
+
 fn relay(strip: bool, max_event: usize, pieces: &[&[u8]]) -> Outcome {
-    let mut r = StreamRelay::with_max_event_bytes(strip, max_event);
+    relay_opts((strip, false), max_event, pieces)
+}
+
+fn relay_opts(opts: Opts, max_event: usize, pieces: &[&[u8]]) -> Outcome {
+    let mut r = StreamRelay::with_max_event_bytes(opts.0, opts.1, max_event);
     let mut out = Vec::new();
     let (mut new_tokens, mut first_token_pushes) = (0, 0);
     for piece in pieces {
         let p = r.push(piece);
-        if !strip {
+        if opts == (false, false) {
             assert_eq!(
                 &p.forward[..],
                 *piece,
@@ -118,16 +127,32 @@ fn whole(strip: bool, input: &str) -> Outcome {
     relay(strip, MAX_EVENT_BYTES, &[input.as_bytes()])
 }
 
+fn whole_opts(opts: Opts, input: &str) -> Outcome {
+    relay_opts(opts, MAX_EVENT_BYTES, &[input.as_bytes()])
+}
+
 /// Asserts that splitting `input` at every byte boundary, and into 1-byte pushes, changes
 /// nothing observable.
 fn assert_split_invariant(strip: bool, max_event: usize, input: &[u8]) {
-    let reference = relay(strip, max_event, &[input]);
+    assert_split_invariant_opts((strip, false), max_event, input);
+}
+
+fn assert_split_invariant_opts(opts: Opts, max_event: usize, input: &[u8]) {
+    let reference = relay_opts(opts, max_event, &[input]);
     for i in 0..=input.len() {
         let (a, b) = input.split_at(i);
-        assert_eq!(relay(strip, max_event, &[a, b]), reference, "split at {i}");
+        assert_eq!(
+            relay_opts(opts, max_event, &[a, b]),
+            reference,
+            "split at {i}, {opts:?}"
+        );
     }
     let bytes: Vec<&[u8]> = input.chunks(1).collect();
-    assert_eq!(relay(strip, max_event, &bytes), reference, "1-byte pushes");
+    assert_eq!(
+        relay_opts(opts, max_event, &bytes),
+        reference,
+        "1-byte pushes, {opts:?}"
+    );
 }
 
 fn usage(prompt: u64, completion: u64, cached: u64) -> Option<Usage> {
@@ -477,6 +502,335 @@ fn bare_newlines_and_garbage_are_forwarded() {
     assert_split_invariant(true, MAX_EVENT_BYTES, input);
 }
 
+/// vLLM chat stream with `include_usage` and `continuous_usage_stats`: cumulative usage on
+/// every chunk (cached tokens only where vLLM reports them), then the usage-only chunk.
+const CONT: &str = r#"data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":12,"completion_tokens":0}}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":13,"completion_tokens":1}}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":" wörld \",\"usage\":{\"x\":1}}"},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":14,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":8}}}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":14,"completion_tokens":2}}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[],"usage":{"prompt_tokens":12,"total_tokens":14,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":8}}}
+
+data: [DONE]
+
+"#;
+
+/// [`CONT`] for a client that asked `include_usage` only: per-chunk usage cut, usage chunk kept.
+const CONT_FINAL_ONLY: &str = r#"data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":" wörld \",\"usage\":{\"x\":1}}"},"logprobs":null,"finish_reason":null}]}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}]}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[],"usage":{"prompt_tokens":12,"total_tokens":14,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":8}}}
+
+data: [DONE]
+
+"#;
+
+/// [`CONT`] for a client that asked `continuous_usage_stats` without `include_usage` (which
+/// the server should not ask for, as vLLM ignores it): per-chunk usage kept, usage chunk gone.
+const CONT_CHUNKS_ONLY: &str = r#"data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":12,"completion_tokens":0}}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":13,"completion_tokens":1}}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":" wörld \",\"usage\":{\"x\":1}}"},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":14,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":8}}}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":14,"completion_tokens":2}}
+
+data: [DONE]
+
+"#;
+
+/// [`CONT`] for a client that asked for no usage at all.
+const CONT_NONE: &str = r#"data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":" wörld \",\"usage\":{\"x\":1}}"},"logprobs":null,"finish_reason":null}]}
+
+data: {"id":"chatcmpl-3","object":"chat.completion.chunk","created":1718000000,"model":"llama","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}]}
+
+data: [DONE]
+
+"#;
+
+/// The client output for [`CONT`] under `opts`.
+fn cont_expected(opts: Opts) -> &'static str {
+    match opts {
+        (false, false) => CONT,
+        (false, true) => CONT_FINAL_ONLY,
+        (true, false) => CONT_CHUNKS_ONLY,
+        (true, true) => CONT_NONE,
+    }
+}
+
+#[test]
+fn continuous_usage_all_four_modes_are_byte_exact() {
+    for opts in ALL_OPTS {
+        let o = whole_opts(opts, CONT);
+        assert_eq!(text(&o.out), cont_expected(opts), "{opts:?}");
+        assert_eq!(o.usage, usage(12, 2, 8), "{opts:?}");
+        assert_eq!(
+            (o.counted, o.new_tokens, o.first_token_pushes),
+            (2, 2, 1),
+            "{opts:?}"
+        );
+        assert!(o.done && !o.error);
+    }
+}
+
+#[test]
+fn new_is_with_options_without_chunk_stripping() {
+    for strip in [false, true] {
+        for input in [CHAT, CONT, COMPLETIONS] {
+            let mut a = StreamRelay::new(strip);
+            let mut b = StreamRelay::with_options(strip, false);
+            assert_eq!(a.push(input.as_bytes()), b.push(input.as_bytes()));
+            assert_eq!(a.usage(), b.usage());
+        }
+    }
+}
+
+#[test]
+fn continuous_usage_every_split_and_line_ending() {
+    for opts in ALL_OPTS {
+        for eol in ["\n", "\r\n", "\r"] {
+            let input = CONT.replace('\n', eol);
+            let o = whole_opts(opts, &input);
+            assert_eq!(
+                text(&o.out),
+                cont_expected(opts).replace('\n', eol),
+                "{opts:?} {eol:?}"
+            );
+            assert_split_invariant_opts(opts, MAX_EVENT_BYTES, input.as_bytes());
+        }
+    }
+}
+
+#[test]
+fn usage_after_a_truncated_stream_is_the_last_cumulative_usage() {
+    // Upstream broke after the third chunk: no finish chunk, no usage chunk, no [DONE].
+    let events: Vec<&str> = CONT.split_inclusive("\n\n").collect();
+    let cut: String = events[..3].concat();
+    for opts in ALL_OPTS {
+        let o = whole_opts(opts, &cut);
+        assert_eq!(o.usage, usage(12, 2, 8), "{opts:?}");
+        assert_eq!(o.counted, 2);
+        assert!(!o.done);
+        // Client gone after the second chunk: usage so far is that chunk's.
+        let mut r = StreamRelay::with_options(opts.0, opts.1);
+        r.push(events[0].as_bytes());
+        r.push(events[1].as_bytes());
+        assert_eq!(r.usage(), usage(12, 1, 0), "{opts:?}");
+        // A chunk cut off mid-event and then flushed is still accounted (finish).
+        r.push(&events[2].as_bytes()[..events[2].len() - 2]);
+        assert_eq!(r.usage(), usage(12, 1, 0));
+        let tail = r.finish();
+        assert_eq!(r.usage(), usage(12, 2, 8), "{opts:?}");
+        if opts != (false, false) {
+            assert_eq!(&tail[..], &events[2].as_bytes()[..events[2].len() - 2]);
+        }
+    }
+    // Later chunks without usage, or with null usage, do not erase it.
+    let input = format!(
+        "{}data: {{\"choices\":[{{\"text\":\"a\"}}],\"usage\":null}}\n\ndata: {{\"choices\":[{{\"text\":\"b\"}}]}}\n\n",
+        events[1]
+    );
+    for opts in ALL_OPTS {
+        assert_eq!(whole_opts(opts, &input).usage, usage(12, 1, 0));
+    }
+}
+
+#[test]
+fn usage_object_members_are_cut_wherever_they_sit() {
+    let cut = |payload: &str| {
+        let o = whole_opts((false, true), &format!("data: {payload}\n\n"));
+        let out = text(&o.out).to_owned();
+        out.strip_prefix("data: ")
+            .and_then(|s| s.strip_suffix("\n\n"))
+            .unwrap()
+            .to_owned()
+    };
+    let u = r#"{"prompt_tokens":1,"total_tokens":2,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":0}}"#;
+    let choices = r#""choices":[{"index":0,"text":"x"}]"#;
+    assert_eq!(
+        cut(&format!(r#"{{{choices},"usage":{u}}}"#)),
+        format!("{{{choices}}}")
+    );
+    assert_eq!(
+        cut(&format!(r#"{{"usage":{u},{choices}}}"#)),
+        format!("{{{choices}}}")
+    );
+    assert_eq!(
+        cut(&format!(
+            r#"{{"id":"a",{choices},"usage":{u},"model":"m"}}"#
+        )),
+        format!(r#"{{"id":"a",{choices},"model":"m"}}"#)
+    );
+    // A usage member alone leaves an empty object; spacing around it is kept verbatim.
+    assert_eq!(cut(&format!(r#"{{"usage":{u}}}"#)), "{}");
+    assert_eq!(
+        cut(&format!("{{ {choices} ,\t\"usage\" : {u} }}")),
+        format!("{{ {choices} }}")
+    );
+    assert_eq!(
+        cut(&format!("{{ \"usage\" : {u} , {choices} }}")),
+        format!("{{ {choices} }}")
+    );
+    // Duplicates: every object-valued member goes, nulls go as before.
+    assert_eq!(
+        cut(&format!(
+            r#"{{"usage":{u},"usage":{{}},{choices},"usage":null,"usage":{u}}}"#
+        )),
+        format!("{{{choices}}}")
+    );
+    assert_eq!(
+        cut(&format!(r#"{{"usage":null,{choices},"usage":{u}}}"#)),
+        format!("{{{choices}}}")
+    );
+    // Escaped key: it is `usage` to every JSON parser, so it goes too.
+    assert_eq!(
+        cut(&format!(r#"{{{choices},"us\u0061ge":{u}}}"#)),
+        format!("{{{choices}}}")
+    );
+    // Only top-level members, never nested ones or text in strings.
+    let kept = format!(
+        r#"{{"choices":[{{"index":0,"text":"\",\"usage\":{{}}","usage":{u}}}],"meta":{{"usage":{u}}}}}"#
+    );
+    assert_eq!(cut(&kept), kept);
+    // Usage values that are not objects are not ours to cut.
+    for odd in [r#""n/a""#, "7", "[]", "true"] {
+        let payload = format!(r#"{{{choices},"usage":{odd}}}"#);
+        assert_eq!(cut(&payload), payload);
+    }
+}
+
+#[test]
+fn cut_chunks_keep_their_accounting() {
+    let input = concat!(
+        "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1}}\n\n",
+        "data: {\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2},\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n",
+    );
+    let o = whole_opts((false, true), input);
+    assert_eq!(
+        text(&o.out),
+        concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n",
+        )
+    );
+    assert_eq!(
+        (o.usage, o.counted, o.first_token_pushes),
+        (usage(5, 2, 0), 2, 1)
+    );
+}
+
+#[test]
+fn comments_and_fields_survive_cuts() {
+    let input = "id: 7\r\n: note\r\nevent: message\r\ndata:{\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1}}\r\n\r\n";
+    let expected =
+        "id: 7\r\n: note\r\nevent: message\r\ndata:{\"choices\":[{\"text\":\"a\"}]}\r\n\r\n";
+    for opts in [(false, true), (true, true)] {
+        assert_eq!(text(&whole_opts(opts, input).out), expected);
+        assert_split_invariant_opts(opts, MAX_EVENT_BYTES, input.as_bytes());
+    }
+}
+
+#[test]
+fn multi_line_data_is_cut_only_within_a_line() {
+    // The member and its comma sit on one data line: cut there, the other lines untouched.
+    let input = "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":3}\ndata: ,\"id\":\"x\"}\n\n";
+    let o = whole_opts((false, true), input);
+    assert_eq!(
+        text(&o.out),
+        "data: {\"choices\":[{\"text\":\"a\"}]\ndata: ,\"id\":\"x\"}\n\n"
+    );
+    assert_eq!((o.usage, o.counted), (usage(3, 0, 0), 1));
+    // The comma before the member is on the previous line: forwarded unchanged, since the
+    // cut would have to join the lines.
+    let input =
+        "data: {\"choices\":[{\"text\":\"a\"}],\ndata: \"usage\":{\"prompt_tokens\":3}}\n\n";
+    assert_eq!(text(&whole_opts((false, true), input).out), input);
+    // The same with a compact null elsewhere: the null removal still applies.
+    let input = "data: {\"usage\":null,\"choices\":[{\"text\":\"a\"}],\ndata: \"usage\":{\"prompt_tokens\":3}}\n\n";
+    assert_eq!(
+        text(&whole_opts((false, true), input).out),
+        "data: {\"choices\":[{\"text\":\"a\"}],\ndata: \"usage\":{\"prompt_tokens\":3}}\n\n"
+    );
+}
+
+#[test]
+fn unexpected_payloads_are_forwarded_unchanged() {
+    // Invalid UTF-8 in a skipped string: the chunk is accounted, but the borrowed span parse
+    // refuses it, so nothing is cut rather than something guessed.
+    let input: &[u8] =
+        b"data: {\"x\":\"\xff\",\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":3}}\n\n";
+    let o = relay_opts((false, true), MAX_EVENT_BYTES, &[input]);
+    assert_eq!(o.out, input);
+    assert_eq!((o.usage, o.counted), (usage(3, 0, 0), 1));
+    // Not JSON, or not an object: never touched.
+    for input in [
+        "data: {\"usage\":{\"prompt_tokens\":3},}\n\n",
+        "data: [{\"usage\":{\"prompt_tokens\":3}}]\n\n",
+        "data: \"usage\":{}\n\n",
+    ] {
+        for opts in ALL_OPTS {
+            assert_eq!(text(&whole_opts(opts, input).out), input, "{opts:?}");
+        }
+    }
+}
+
+#[test]
+fn usage_chunk_is_kept_verbatim_when_only_chunk_usage_is_stripped() {
+    // Even with a compact null inside, the usage-only chunk the client asked for is untouched.
+    let input = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"prompt_tokens_details\":null},\"x\":{\"usage\":null}}\n\n";
+    assert_eq!(text(&whole_opts((false, true), input).out), input);
+    assert_eq!(text(&whole_opts((true, true), input).out), "");
+}
+
+#[test]
+fn oversized_continuous_chunks_pass_through() {
+    let small = "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":1}}\n\n";
+    let big = format!(
+        "data: {{\"choices\":[{{\"text\":\"{}\"}}],\"usage\":{{\"prompt_tokens\":2}}}}\n\n",
+        "b".repeat(100)
+    );
+    let input = format!("{small}{big}{small}");
+    let o = relay_opts((true, true), 80, &[input.as_bytes()]);
+    let cut_small = "data: {\"choices\":[{\"text\":\"a\"}]}\n\n";
+    assert_eq!(text(&o.out), format!("{cut_small}{big}{cut_small}"));
+    assert_eq!((o.usage, o.counted), (usage(1, 0, 0), 2));
+    for opts in ALL_OPTS {
+        assert_split_invariant_opts(opts, 80, input.as_bytes());
+    }
+}
+
+#[test]
+fn cut_buffers_are_released() {
+    let big = format!(
+        "data: {{\"choices\":[{{\"text\":\"{}\"}}],\"usage\":{{\"prompt_tokens\":2}}}}\n\n",
+        "y".repeat(300_000)
+    );
+    let mut r = StreamRelay::with_options(true, true);
+    let mut out = Vec::new();
+    for piece in big.as_bytes().chunks(4096) {
+        out.extend_from_slice(&r.push(piece).forward);
+    }
+    assert_eq!(
+        out.len(),
+        big.len() - r#","usage":{"prompt_tokens":2}"#.len()
+    );
+    assert_eq!(r.usage(), usage(2, 0, 0));
+    assert!(r.line.capacity() <= KEEP_CAPACITY);
+    assert!(r.pending.capacity() <= KEEP_CAPACITY);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -493,7 +847,7 @@ proptest! {
         ),
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
         cap in 1usize..64,
-        strip in any::<bool>(),
+        opts in any::<(bool, bool)>(),
     ) {
         let mut points: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
         points.sort_unstable();
@@ -504,7 +858,7 @@ proptest! {
             last = p;
         }
         pieces.push(&input[last..]);
-        let reference = relay(strip, cap, &[&input]);
-        prop_assert_eq!(relay(strip, cap, &pieces), reference);
+        let reference = relay_opts(opts, cap, &[&input]);
+        prop_assert_eq!(relay_opts(opts, cap, &pieces), reference);
     }
 }

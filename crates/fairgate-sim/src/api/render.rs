@@ -3,7 +3,8 @@
 //! Token chunks are the hot path of streaming, so each response pre-serializes its chunk once
 //! with a placeholder word and splits it around the placeholder; a token chunk is then
 //! `head + word + " " + tail` in one allocation, with no JSON serialization per token
-//! (the words are plain ASCII letters and never need escaping).
+//! (the words are plain ASCII letters and never need escaping). With continuous usage stats
+//! the tail stops before the closing brace and each chunk appends its own `"usage":{..}}`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
@@ -58,6 +59,43 @@ impl Usage {
     }
 }
 
+/// How the chunks of one stream carry `usage`, from vLLM's `stream_options`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamUsage {
+    /// No `include_usage`: no `usage` field at all, no usage chunk.
+    Off,
+    /// `include_usage`: `"usage":null` on every chunk, then a `choices: []` usage chunk.
+    Final,
+    /// `include_usage` + `continuous_usage_stats`: cumulative usage on every chunk (the tokens
+    /// sent so far, that chunk's included), then the same usage chunk as [`StreamUsage::Final`].
+    Continuous,
+}
+
+impl StreamUsage {
+    /// vLLM applies `continuous_usage_stats` only together with `include_usage`.
+    pub fn new(include_usage: bool, continuous_usage_stats: bool) -> Self {
+        match (include_usage, continuous_usage_stats) {
+            (false, _) => StreamUsage::Off,
+            (true, false) => StreamUsage::Final,
+            (true, true) => StreamUsage::Continuous,
+        }
+    }
+
+    /// Whether the stream ends with a usage chunk.
+    pub fn final_chunk(self) -> bool {
+        self != StreamUsage::Off
+    }
+
+    /// The `usage` field of a chunk that is not the final usage chunk.
+    fn field(self, usage: Usage) -> Option<Option<Usage>> {
+        match self {
+            StreamUsage::Off => None,
+            StreamUsage::Final => Some(None),
+            StreamUsage::Continuous => Some(Some(usage)),
+        }
+    }
+}
+
 /// Identity fields shared by every body of one response.
 #[derive(Debug, Clone)]
 pub struct Head<'a> {
@@ -73,7 +111,8 @@ struct Envelope<'a, C> {
     created: u64,
     model: &'a str,
     choices: C,
-    /// Absent without include_usage; `null` on token chunks with it; an object at the end.
+    /// Absent without include_usage; `null` on token chunks with it (an object with continuous
+    /// usage stats); an object on the final usage chunk.
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Option<Usage>>,
 }
@@ -122,28 +161,37 @@ pub struct ChunkFormat {
     id: String,
     created: u64,
     model: String,
-    include_usage: bool,
+    usage: StreamUsage,
     /// `data: {...` up to where the word goes.
     head: Bytes,
-    /// The rest of a non-final token chunk.
+    /// The rest of a non-final token chunk: through `\n\n`, or with continuous usage up to
+    /// (not including) the envelope's closing brace.
     tail: Bytes,
-    /// The rest of the final token chunk (finish_reason "length").
+    /// The same for the final token chunk (finish_reason "length").
     last_tail: Bytes,
 }
 
 impl ChunkFormat {
-    pub fn new(kind: Kind, head: &Head<'_>, include_usage: bool) -> Self {
-        let plain = token_chunk_json(kind, head, include_usage, false);
-        let last = token_chunk_json(kind, head, include_usage, true);
+    pub fn new(kind: Kind, head: &Head<'_>, usage: StreamUsage) -> Self {
+        // Continuous usage: the template has no usage field, and each chunk appends it where
+        // the closing brace was (`usage` is the envelope's last field, as in vLLM).
+        let null_usage = usage == StreamUsage::Final;
+        let plain = token_chunk_json(kind, head, null_usage, false);
+        let last = token_chunk_json(kind, head, null_usage, true);
         let (start, tail) = split_template(&plain);
         let (_, last_tail) = split_template(&last);
         let mut h = BytesMut::with_capacity(start.len() + 6);
         h.put_slice(b"data: ");
         h.put_slice(start);
-        let with_nl = |t: &[u8]| {
+        let finish = |t: &[u8]| {
             let mut b = BytesMut::with_capacity(t.len() + 2);
-            b.put_slice(t);
-            b.put_slice(b"\n\n");
+            if usage == StreamUsage::Continuous {
+                // Serialized JSON objects always end in `}`; the fallback is unreachable.
+                b.put_slice(t.strip_suffix(b"}").unwrap_or(t));
+            } else {
+                b.put_slice(t);
+                b.put_slice(b"\n\n");
+            }
             b.freeze()
         };
         Self {
@@ -151,11 +199,16 @@ impl ChunkFormat {
             id: head.id.to_owned(),
             created: head.created,
             model: head.model.to_owned(),
-            include_usage,
+            usage,
             head: h.freeze(),
-            tail: with_nl(tail),
-            last_tail: with_nl(last_tail),
+            tail: finish(tail),
+            last_tail: finish(last_tail),
         }
+    }
+
+    /// How this stream carries usage.
+    pub fn stream_usage(&self) -> StreamUsage {
+        self.usage
     }
 
     fn head(&self) -> Head<'_> {
@@ -166,8 +219,9 @@ impl ChunkFormat {
         }
     }
 
-    /// Chat only: the first event, `delta: {"role":"assistant","content":""}`.
-    pub fn role(&self) -> Bytes {
+    /// Chat only: the first event, `delta: {"role":"assistant","content":""}`. `usage` (no
+    /// completion tokens yet) is written only with continuous usage stats.
+    pub fn role(&self, usage: Usage) -> Bytes {
         let h = self.head();
         let env = Envelope {
             id: h.id,
@@ -184,19 +238,30 @@ impl ChunkFormat {
                 finish_reason: None,
                 stop_reason: None,
             }],
-            usage: self.include_usage.then_some(None),
+            usage: self.usage.field(usage),
         };
         sse(&serde_json::to_vec(&env).unwrap_or_default())
     }
 
-    /// One token: `word` plus a space; `last` carries `finish_reason: "length"`.
-    pub fn token(&self, word: &str, last: bool) -> Bytes {
+    /// One token: `word` plus a space; `last` carries `finish_reason: "length"`. `usage` (this
+    /// token included) is written only with continuous usage stats.
+    pub fn token(&self, word: &str, last: bool, usage: Usage) -> Bytes {
+        /// `,"usage":` + the largest usage object + `}\n\n`, with room to spare.
+        const USAGE_ROOM: usize = 160;
         let tail = if last { &self.last_tail } else { &self.tail };
-        let mut b = BytesMut::with_capacity(self.head.len() + word.len() + 1 + tail.len());
+        let continuous = self.usage == StreamUsage::Continuous;
+        let room = if continuous { USAGE_ROOM } else { 0 };
+        let mut b = BytesMut::with_capacity(self.head.len() + word.len() + 1 + tail.len() + room);
         b.put_slice(&self.head);
         b.put_slice(word.as_bytes());
         b.put_u8(b' ');
         b.put_slice(tail);
+        if continuous {
+            b.put_slice(b",\"usage\":");
+            // Integers into memory: serialization cannot fail.
+            let _ = serde_json::to_writer((&mut b).writer(), &usage);
+            b.put_slice(b"}\n\n");
+        }
         b.freeze()
     }
 
@@ -219,9 +284,11 @@ impl ChunkFormat {
     }
 }
 
-fn token_chunk_json(kind: Kind, head: &Head<'_>, include_usage: bool, last: bool) -> Vec<u8> {
+/// A token chunk with the placeholder word; `null_usage` adds `"usage":null`, otherwise the
+/// field is absent.
+fn token_chunk_json(kind: Kind, head: &Head<'_>, null_usage: bool, last: bool) -> Vec<u8> {
     let finish_reason = last.then_some("length");
-    let usage = include_usage.then_some(None);
+    let usage = null_usage.then_some(None);
     let r = match kind {
         Kind::Chat => serde_json::to_vec(&Envelope {
             id: head.id,

@@ -2,7 +2,7 @@
 //!
 //! Bodies are parsed with borrowed strings where the JSON allows it (no copy of the prompt).
 //! Unknown fields are ignored, as vLLM does for sampling knobs the simulator does not model
-//! (`stop`, `temperature`, `logprobs`, `echo`, `stream_options.continuous_usage_stats`, ...).
+//! (`stop`, `temperature`, `logprobs`, `echo`, ...).
 //! Accepted shapes:
 //! - chat `messages[].content`: string, `null`, or an array of parts; `{"type":"text","text":..}`
 //!   parts are counted, other part types count 0 tokens;
@@ -98,11 +98,16 @@ pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))
 }
 
-/// `stream_options`.
+/// `stream_options`. Both fields are optional booleans (`null` reads as absent); any other
+/// type is a 400.
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
+    /// vLLM's extension: cumulative usage on every chunk. Like vLLM, it only takes effect
+    /// together with `include_usage`.
+    #[serde(default)]
+    pub continuous_usage_stats: Option<bool>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -268,8 +273,12 @@ mod tests {
         assert_eq!(r.model.as_deref(), Some("m"));
         // The prompt text is not copied out of the body.
         assert!(matches!(r.messages[0].role, Cow::Borrowed("user")));
-        let plain: ChatRequest = parse(br#"{"messages":[{"role":"user","content":"long text"}]}"#).unwrap();
-        assert!(matches!(plain.messages[0].content, Some(Content::Text(Cow::Borrowed(_)))));
+        let plain: ChatRequest =
+            parse(br#"{"messages":[{"role":"user","content":"long text"}]}"#).unwrap();
+        assert!(matches!(
+            plain.messages[0].content,
+            Some(Content::Text(Cow::Borrowed(_)))
+        ));
         assert_eq!(r.messages.len(), 2);
         let ids = tokenizer::chat_prompt_ids(&r.messages);
         // user: 1 + 1 + 3, assistant: 3 + 0 + 3, generation prompt 3
@@ -287,6 +296,31 @@ mod tests {
         ] {
             let e = parse::<ChatRequest>(body).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn stream_options_are_optional_bools() {
+        let opts = |b: &'static [u8]| parse::<ChatRequest>(b).map(|r| r.stream_options);
+        let both = opts(
+            br#"{"messages":[],"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (both.include_usage, both.continuous_usage_stats),
+            (Some(true), Some(true))
+        );
+        let null = opts(br#"{"messages":[],"stream_options":{"continuous_usage_stats":null}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(null.continuous_usage_stats, None);
+        for bad in [
+            &br#"{"messages":[],"stream_options":{"continuous_usage_stats":"yes"}}"#[..],
+            br#"{"messages":[],"stream_options":{"continuous_usage_stats":1}}"#,
+            br#"{"messages":[],"stream_options":{"include_usage":"true"}}"#,
+        ] {
+            assert_eq!(opts(bad).unwrap_err().status, StatusCode::BAD_REQUEST);
         }
     }
 

@@ -57,7 +57,9 @@ pub async fn call(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Body::from(serde_json::to_vec(body).unwrap())).unwrap();
+    let req = req
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
     sim.router().oneshot(req).await.unwrap()
 }
 
@@ -79,7 +81,9 @@ pub fn sse(text: &str) -> (Vec<Value>, bool) {
     let mut events = Vec::new();
     let mut done = false;
     for ev in text.split("\n\n").filter(|e| !e.is_empty()) {
-        let data = ev.strip_prefix("data: ").expect("every event is `data: ...`");
+        let data = ev
+            .strip_prefix("data: ")
+            .expect("every event is `data: ...`");
         assert!(!done, "nothing may follow [DONE]");
         if data == "[DONE]" {
             done = true;

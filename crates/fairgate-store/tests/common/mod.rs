@@ -15,6 +15,7 @@
 use fairgate_store::Store;
 use sqlx::{Connection, Executor, PgConnection};
 use std::future::Future;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -176,7 +177,12 @@ fn unavailable(name: &str, url: &str, error: &str) {
              (start it, or point FAIRGATE_TEST_POSTGRES_URL at one)"
         );
     }
-    eprintln!("SKIPPED: postgres unavailable at {url} ({error}); {name} did not run on postgres");
+    // Written to the real stderr, not through eprintln!, which the test harness captures and
+    // hides for passing tests: a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: postgres unavailable at {url} ({error}); {name} did not run on postgres"
+    );
 }
 
 /// Waits until `check` holds, polling; fails after a generous bound so a broken writer fails
