@@ -5,7 +5,9 @@
 //! - `hang`: never answer, until the client disconnects (or the server shuts down); counts nothing;
 //! - `abort-after=N`: produce N tokens, then break the response body so the client sees a
 //!   truncated stream (for non-streaming requests: a 200 head followed by a broken body);
-//!   the prompt and the N tokens are counted, `finished_reason="abort"`;
+//!   the prompt and the N tokens are counted, `finished_reason="abort"`. The client receives
+//!   all N token chunks (with continuous usage stats the last one says N): the break comes
+//!   50 ms after them, so the transport has flushed them (over HTTP/1.1 and HTTP/2 alike);
 //! - `slow=MS`: wait MS milliseconds before the first byte (added to `slow_start`); the wait
 //!   comes first, so `slow=100,error` answers 500 after 100 ms.
 //!

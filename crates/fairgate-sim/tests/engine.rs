@@ -255,6 +255,54 @@ async fn fast_path_respects_max_num_seqs() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn fast_path_disconnect_counts_the_sent_tokens_once() {
+    let sim = Simulator::new(SimConfig::instant("sim"));
+    let mut body = chat_body("leave early", 100, true);
+    body["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
+    // In-process, the body produces a chunk only when it is read: role + 5 tokens.
+    let mut s = body_stream(call(&sim, "/v1/chat/completions", &[], &body).await);
+    let mut raw = Vec::new();
+    for _ in 0..6 {
+        raw.extend_from_slice(&next_frame(&mut s).await.unwrap());
+    }
+    let (events, done) = sse(std::str::from_utf8(&raw).unwrap());
+    assert!(!done);
+    let seen = events.last().unwrap()["usage"]["completion_tokens"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(seen, 5);
+    assert_eq!(sim.stats().running, 1);
+    drop(s);
+    let st = sim.stats();
+    assert_eq!(st.generation_tokens_total, seen, "what the client saw");
+    assert_eq!(
+        (st.running, st.kv_tokens_used, st.requests_total),
+        (0, 0, 1)
+    );
+    let m = text(get(&sim, "/metrics").await).await;
+    let l = "{engine=\"0\",model_name=\"sim\"}";
+    for series in [
+        "vllm:request_success_total{engine=\"0\",finished_reason=\"abort\",model_name=\"sim\"} 1"
+            .to_owned(),
+        format!("vllm:request_generation_tokens_sum{l} 5"),
+        format!("vllm:request_generation_tokens_count{l} 1"),
+    ] {
+        assert!(m.lines().any(|x| x == series), "{series}");
+    }
+    // A later request adds only its own tokens: the dropped one is not counted again.
+    let done = call(
+        &sim,
+        "/v1/completions",
+        &[],
+        &json!({"prompt":"x","max_tokens":4}),
+    )
+    .await;
+    text(done).await;
+    let st = sim.stats();
+    assert_eq!((st.generation_tokens_total, st.requests_total), (5 + 4, 2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_fault_and_slow_start_delay_the_first_byte() {
     let sim = Simulator::new(SimConfig {
         slow_start: 100 * MS,

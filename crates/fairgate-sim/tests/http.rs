@@ -213,6 +213,155 @@ async fn completions_stream_and_non_stream() {
     }
 }
 
+fn continuous(mut body: Value) -> Value {
+    body["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
+    body
+}
+
+/// `"usage":{...}` as the simulator writes it (vLLM's field order).
+fn usage_json(prompt: u64, completion: u64) -> String {
+    format!(
+        r#""usage":{{"prompt_tokens":{prompt},"total_tokens":{},"completion_tokens":{completion},"prompt_tokens_details":{{"cached_tokens":0}}}}"#,
+        prompt + completion
+    )
+}
+
+#[tokio::test]
+async fn continuous_usage_stats_exact_bytes() {
+    for cfg in [instant(), engine()] {
+        let s = serve(cfg).await;
+        // Chat: "hi" is an 8-token prompt. The role chunk counts 0 completion tokens.
+        let body = continuous(chat_body("hi", 2, true));
+        let text = post(&s.url("/v1/chat/completions"), &body)
+            .await
+            .text()
+            .await
+            .unwrap();
+        let (events, done) = sse(&text);
+        assert!(done);
+        let id = events[0]["id"].as_str().unwrap();
+        let created = events[0]["created"].as_u64().unwrap();
+        let word = |i: usize| {
+            events[i]["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap()
+        };
+        let env = format!(
+            r#"{{"id":"{id}","object":"chat.completion.chunk","created":{created},"model":"sim","choices":"#
+        );
+        let expected = [
+            format!(
+                r#"{env}[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}],{}}}"#,
+                usage_json(8, 0)
+            ),
+            format!(
+                r#"{env}[{{"index":0,"delta":{{"content":"{}"}},"logprobs":null,"finish_reason":null}}],{}}}"#,
+                word(1),
+                usage_json(8, 1)
+            ),
+            format!(
+                r#"{env}[{{"index":0,"delta":{{"content":"{}"}},"logprobs":null,"finish_reason":"length","stop_reason":null}}],{}}}"#,
+                word(2),
+                usage_json(8, 2)
+            ),
+            format!(r#"{env}[],{}}}"#, usage_json(8, 2)),
+            "[DONE]".to_owned(),
+        ]
+        .map(|e| format!("data: {e}\n\n"))
+        .concat();
+        assert_eq!(text, expected);
+
+        // Completions: "Once upon a time" is a 4-token prompt.
+        let body = continuous(
+            json!({"model":"sim","prompt":"Once upon a time","max_tokens":2,"stream":true}),
+        );
+        let text = post(&s.url("/v1/completions"), &body)
+            .await
+            .text()
+            .await
+            .unwrap();
+        let (events, _) = sse(&text);
+        let id = events[0]["id"].as_str().unwrap();
+        let created = events[0]["created"].as_u64().unwrap();
+        let word = |i: usize| events[i]["choices"][0]["text"].as_str().unwrap();
+        let env = format!(
+            r#"{{"id":"{id}","object":"text_completion","created":{created},"model":"sim","choices":"#
+        );
+        let expected = [
+            format!(
+                r#"{env}[{{"index":0,"text":"{}","logprobs":null,"finish_reason":null,"stop_reason":null}}],{}}}"#,
+                word(0),
+                usage_json(4, 1)
+            ),
+            format!(
+                r#"{env}[{{"index":0,"text":"{}","logprobs":null,"finish_reason":"length","stop_reason":null}}],{}}}"#,
+                word(1),
+                usage_json(4, 2)
+            ),
+            format!(r#"{env}[],{}}}"#, usage_json(4, 2)),
+            "[DONE]".to_owned(),
+        ]
+        .map(|e| format!("data: {e}\n\n"))
+        .concat();
+        assert_eq!(text, expected);
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn continuous_usage_counts_up_to_max_tokens_and_matches_the_counters() {
+    for cfg in [instant(), engine()] {
+        let s = serve(cfg).await;
+        let text = post(
+            &s.url("/v1/chat/completions"),
+            &continuous(chat_body("count with me", 7, true)),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+        let (events, done) = sse(&text);
+        assert!(done);
+        assert_eq!(events.len(), 1 + 7 + 1, "role, 7 tokens, usage");
+        for (k, e) in events[..8].iter().enumerate() {
+            assert_eq!(e["usage"]["completion_tokens"], k as u64, "chunk {k}");
+            assert_eq!(
+                e["usage"]["prompt_tokens"],
+                events[8]["usage"]["prompt_tokens"]
+            );
+        }
+        let last_token = &events[7];
+        assert_eq!(last_token["choices"][0]["finish_reason"], "length");
+        assert_eq!(last_token["usage"], events[8]["usage"]);
+        assert_eq!(events[8]["choices"], json!([]));
+        let st = s.sim.stats();
+        assert_eq!(st.generation_tokens_total, 7);
+        assert_eq!(
+            st.prompt_tokens_total,
+            events[8]["usage"]["prompt_tokens"].as_u64().unwrap()
+        );
+
+        // Without include_usage, continuous_usage_stats does nothing (as in vLLM).
+        for opts in [
+            json!({"continuous_usage_stats": true}),
+            json!({"include_usage": false, "continuous_usage_stats": true}),
+        ] {
+            let mut body = chat_body("hi", 3, true);
+            body["stream_options"] = opts;
+            let text = post(&s.url("/v1/chat/completions"), &body)
+                .await
+                .text()
+                .await
+                .unwrap();
+            let (events, done) = sse(&text);
+            assert!(done);
+            assert_eq!(events.len(), 4, "role + 3 tokens, no usage chunk");
+            assert!(events.iter().all(|e| e.get("usage").is_none()), "{text}");
+        }
+        s.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn embeddings_are_deterministic_unit_vectors() {
     let s = serve(SimConfig {
@@ -308,6 +457,10 @@ async fn error_shapes() {
         json!({"model":"sim","messages":[{"role":"user","content":"x"}],"max_tokens":0}),
         json!({"model":"sim","messages":[{"role":"user","content":"x"}],"max_tokens":100}),
         json!({"model":"sim","messages":[{"role":"user","content":"x ".repeat(100)}]}),
+        json!({"model":"sim","messages":[{"role":"user","content":"x"}],"stream":true,
+               "stream_options":{"include_usage":true,"continuous_usage_stats":"yes"}}),
+        json!({"model":"sim","messages":[{"role":"user","content":"x"}],
+               "stream_options":{"continuous_usage_stats":true}}),
     ] {
         let v = error_of(post(&chat, &bad).await, 400).await;
         assert_eq!(v["error"]["type"], "BadRequestError", "{bad}");
@@ -515,6 +668,82 @@ async fn fault_abort_after_breaks_the_stream_and_counts_the_sent_tokens() {
         assert_eq!(r.status(), 200);
         assert!(r.bytes().await.is_err());
         assert_eq!(s.sim.stats().generation_tokens_total, 5);
+    }
+}
+
+/// Reads a body until it breaks; panics if it ends cleanly instead.
+async fn read_until_break(mut resp: reqwest::Response) -> Vec<u8> {
+    assert_eq!(resp.status(), 200);
+    let mut received = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => received.extend_from_slice(&c),
+            Ok(None) => panic!("the body must break, not end"),
+            Err(_) => return received,
+        }
+    }
+}
+
+/// `abort-after=N` must deliver all N tokens before the break, or a gateway's ledger cannot be
+/// checked against the simulator. Breaking the body right after the last chunk lost chunks
+/// (over HTTP/2 even whole responses), so this runs 20 aborts at once over HTTP/1.1 and h2c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_after_delivers_every_token_before_the_break() {
+    const N: u64 = 3;
+    const ROUNDS: usize = 20;
+    for cfg in [instant(), engine()] {
+        let s = serve(cfg).await;
+        for h2 in [false, true] {
+            let builder = reqwest::Client::builder();
+            let builder = if h2 {
+                builder.http2_prior_knowledge()
+            } else {
+                builder
+            };
+            let client = builder.build().unwrap();
+            let send = |body: Value| {
+                let req = client
+                    .post(s.url("/v1/chat/completions"))
+                    .header(FAULT_HEADER, format!("abort-after={N}"))
+                    .json(&body);
+                async move {
+                    let resp = req.send().await.expect("the response head must arrive");
+                    read_until_break(resp).await
+                }
+            };
+            let streams = (0..ROUNDS).map(|_| send(continuous(chat_body("race me", 20, true))));
+            for (round, raw) in futures_util::future::join_all(streams)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                let text = String::from_utf8(raw).unwrap();
+                let (events, done) = sse(&text);
+                assert!(!done);
+                assert_eq!(
+                    events.len() as u64,
+                    1 + N,
+                    "h2 {h2} round {round}: {text:?}"
+                );
+                assert_eq!(streamed_text(&events).split_whitespace().count() as u64, N);
+                let last = events.last().unwrap();
+                assert_eq!(
+                    last["usage"]["completion_tokens"], N,
+                    "h2 {h2} round {round}"
+                );
+            }
+            // Non-streaming: the first half of the body arrives before the break.
+            let bodies = (0..ROUNDS).map(|_| send(chat_body("race me", 20, false)));
+            for raw in futures_util::future::join_all(bodies).await {
+                let text = String::from_utf8(raw).unwrap();
+                assert!(text.starts_with(r#"{"id":"chatcmpl-"#), "h2 {h2}: {text:?}");
+            }
+        }
+        let st = s.sim.stats();
+        assert_eq!(st.generation_tokens_total, 2 * 2 * ROUNDS as u64 * N);
+        assert_eq!(st.requests_total, 2 * 2 * ROUNDS as u64);
+        assert_eq!((st.running, st.waiting, st.kv_tokens_used), (0, 0, 0));
+        s.shutdown().await.unwrap();
     }
 }
 
@@ -773,43 +1002,4 @@ async fn many_concurrent_fast_requests_account_exactly() {
     assert_eq!((st.prompt_tokens_total, st.generation_tokens_total), (p, c));
     assert_eq!(st.requests_total, 40);
     assert_eq!((st.running, st.waiting, st.kv_tokens_used), (0, 0, 0));
-}
-
-/// Reads a body until it breaks; panics if it ends cleanly instead.
-async fn read_until_break(mut resp: reqwest::Response) -> Vec<u8> {
-    let mut received = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(c)) => received.extend_from_slice(&c),
-            Ok(None) => panic!("the body must break, not end"),
-            Err(_) => return received,
-        }
-    }
-}
-
-#[tokio::test]
-async fn abort_after_delivers_every_token_before_the_break() {
-    for cfg in [instant(), engine()] {
-        let s = serve(cfg).await;
-        let client = reqwest::Client::new();
-        for round in 0..20 {
-            let resp = client
-                .post(s.url("/v1/chat/completions"))
-                .header(FAULT_HEADER, "abort-after=3")
-                .json(&chat_body("race me", 20, true))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            let text = String::from_utf8(read_until_break(resp).await).unwrap();
-            let (events, done) = sse(&text);
-            assert!(!done);
-            assert_eq!(
-                events.len(),
-                4,
-                "round {round}: role + 3 tokens, got {text:?}"
-            );
-        }
-        s.shutdown().await.unwrap();
-    }
 }

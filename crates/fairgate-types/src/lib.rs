@@ -205,6 +205,35 @@ pub struct LedgerRow {
     pub duration_ms: u64,
 }
 
+impl LedgerRow {
+    /// A row for a request that has just arrived: nothing known yet, and `cancelled` until
+    /// something better is recorded (a request that vanishes without a word was cancelled).
+    pub fn new(id: RequestId, ts: UnixMillis, endpoint: String) -> LedgerRow {
+        LedgerRow {
+            id,
+            ts,
+            tenant: None,
+            user: None,
+            key_id: None,
+            model: None,
+            backend: None,
+            endpoint,
+            stream: false,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            reserved_tokens: 0,
+            usage_source: UsageSource::None,
+            status: 0,
+            outcome: Outcome::Cancelled,
+            error_class: None,
+            queue_ms: 0,
+            ttft_ms: None,
+            duration_ms: 0,
+        }
+    }
+}
+
 /// Per-tenant, per-model token sums, as returned by `GET /admin/v1/usage`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRow {

@@ -63,26 +63,8 @@ impl Tracker {
         Tracker {
             st: st.clone(),
             row: LedgerRow {
-                id: RequestId::new(),
-                ts: now_millis(),
-                tenant: None,
-                user: None,
-                key_id: None,
-                model: None,
-                backend: None,
-                endpoint: endpoint.to_owned(),
-                stream: false,
-                prompt_tokens: 0,
-                completion_tokens: 0,
-                cached_tokens: 0,
-                reserved_tokens: 0,
-                usage_source: UsageSource::None,
                 status: CLIENT_CLOSED,
-                outcome: Outcome::Cancelled,
-                error_class: None,
-                queue_ms: 0,
-                ttft_ms: None,
-                duration_ms: 0,
+                ..LedgerRow::new(RequestId::new(), now_millis(), endpoint.to_owned())
             },
             start: Instant::now(),
             upstream_sent: None,
@@ -201,28 +183,7 @@ impl Tracker {
 }
 
 fn placeholder_row() -> LedgerRow {
-    LedgerRow {
-        id: RequestId(String::new()),
-        ts: 0,
-        tenant: None,
-        user: None,
-        key_id: None,
-        model: None,
-        backend: None,
-        endpoint: String::new(),
-        stream: false,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        cached_tokens: 0,
-        reserved_tokens: 0,
-        usage_source: UsageSource::None,
-        status: 0,
-        outcome: Outcome::Cancelled,
-        error_class: None,
-        queue_ms: 0,
-        ttft_ms: None,
-        duration_ms: 0,
-    }
+    LedgerRow::new(RequestId(String::new()), 0, String::new())
 }
 
 impl Drop for Tracker {

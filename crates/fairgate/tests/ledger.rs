@@ -42,7 +42,9 @@ async fn concurrent_mixed_load(db: Db) {
             let mut req = http
                 .post(format!("{base}/v1/chat/completions"))
                 .bearer_auth(&key);
-            if i % 11 == 0 {
+            if i % 11 == 0 && i % 3 != 0 {
+                // Streams only: a non-stream body that breaks half-way has no readable usage
+                // and is recorded with zero tokens (README, "The ledger").
                 req = req.header("x-sim-fault", "abort-after=1");
             }
             if i % 13 == 0 {

@@ -7,6 +7,12 @@
 //! Without `max_tokens`, the output length is `default_max_tokens`, clipped to what fits in
 //! `max_model_len`. The `content-type` header is not checked. `/detokenize` is not offered:
 //! token ids are hashes and cannot be turned back into text.
+//!
+//! Streams follow vLLM's `stream_options`: `include_usage` adds `"usage":null` to every chunk
+//! and a final `choices: []` chunk with the usage; `continuous_usage_stats` (honoured only with
+//! `include_usage`, as in vLLM) puts the cumulative usage on every chunk instead of `null`: the
+//! chat role chunk carries 0 completion tokens, the k-th token chunk k. Unlike vLLM, these
+//! per-chunk objects also carry `prompt_tokens_details`, like every usage object here.
 
 mod render;
 mod wire;
@@ -31,7 +37,7 @@ use crate::textgen::{self, WordRng};
 use crate::tokenizer;
 use crate::{Generation, Simulator};
 
-use render::{ChunkFormat, Head, Kind, Usage};
+use render::{ChunkFormat, Head, Kind, StreamUsage, Usage};
 use wire::{
     ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, StreamOptions, TokenizeRequest,
 };
@@ -74,11 +80,19 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The error that breaks a body. It is returned only after one yield: hyper flushes what it
-/// has buffered when the body is pending, but drops the buffer when the body fails, and the
-/// client must see the chunks sent before the break.
+/// How long a body stays pending before it breaks; see [`body_break`].
+const BREAK_GRACE: Duration = Duration::from_millis(50);
+
+/// The error that breaks a body, returned only after [`BREAK_GRACE`]. A body error makes hyper
+/// drop what it has not yet written: over HTTP/1 it closes the connection without flushing its
+/// buffer, over HTTP/2 the RST_STREAM discards the stream's queued DATA (and even its HEADERS
+/// when they are still queued). A single yield was not enough: over HTTP/2 clients saw 2 of 3
+/// chunks, or no response at all. While the body is pending, hyper writes and flushes what it
+/// holds, so the client receives every chunk sent before the break and the usage it saw
+/// matches the tokens counted. 50 ms costs nothing in tests (the fault is opt-in) and under
+/// paused time it elapses instantly.
 async fn body_break(why: &'static str) -> std::io::Error {
-    tokio::task::yield_now().await;
+    tokio::time::sleep(BREAK_GRACE).await;
     std::io::Error::other(why)
 }
 
@@ -123,7 +137,7 @@ struct Job {
     prompt_ids: Vec<u32>,
     max_tokens: u64,
     stream: bool,
-    include_usage: bool,
+    usage: StreamUsage,
     fault: Fault,
     body_hash: u64,
 }
@@ -197,10 +211,14 @@ fn validate(
         prompt_ids: spec.prompt_ids,
         max_tokens,
         stream,
-        include_usage: spec
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        usage: StreamUsage::new(
+            spec.stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            spec.stream_options
+                .and_then(|o| o.continuous_usage_stats)
+                .unwrap_or(false),
+        ),
         fault: fault_of(headers)?,
         body_hash: textgen::hash_bytes(body),
     })
@@ -300,13 +318,12 @@ async fn run(st: &AppState, job: Job, arrival: Instant) -> Response {
     };
     let rng = WordRng::new(cfg.seed, job.body_hash);
     if job.stream {
-        let fmt = ChunkFormat::new(job.kind, &head, job.include_usage);
+        let fmt = ChunkFormat::new(job.kind, &head, job.usage);
         stream_response(StreamState {
             gen,
             fmt,
             rng,
             kind: job.kind,
-            include_usage: job.include_usage,
             prompt_tokens,
             cached_tokens: 0,
             completion_tokens: 0,
@@ -376,9 +393,9 @@ struct StreamState {
     fmt: ChunkFormat,
     rng: WordRng,
     kind: Kind,
-    include_usage: bool,
     prompt_tokens: u64,
     cached_tokens: u64,
+    /// Tokens produced so far, each of which is in a chunk sent or about to be sent.
     completion_tokens: u64,
     /// A chunk to send before asking the sequence for more (the first token after the role).
     pending: Option<Bytes>,
@@ -386,6 +403,10 @@ struct StreamState {
 }
 
 impl StreamState {
+    fn usage(&self, completion_tokens: u64) -> Usage {
+        Usage::new(self.prompt_tokens, completion_tokens, self.cached_tokens)
+    }
+
     /// The next SSE event; an `Err` breaks the body (abort-after fault, engine loss).
     async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
         if let Some(b) = self.pending.take() {
@@ -402,11 +423,13 @@ impl StreamState {
                         if last {
                             self.phase = Phase::Usage;
                         }
-                        let chunk = self.fmt.token(self.rng.next_word(), last);
+                        let usage = self.usage(self.completion_tokens);
+                        let chunk = self.fmt.token(self.rng.next_word(), last, usage);
                         // vLLM opens a chat stream with the role, together with the first token.
+                        // The role chunk carries no token, so its usage counts none.
                         if self.kind == Kind::Chat && self.completion_tokens == 1 {
                             self.pending = Some(chunk);
-                            return Some(Ok(self.fmt.role()));
+                            return Some(Ok(self.fmt.role(self.usage(0))));
                         }
                         return Some(Ok(chunk));
                     }
@@ -423,12 +446,8 @@ impl StreamState {
                 },
                 Phase::Usage => {
                     self.phase = Phase::Done;
-                    if self.include_usage {
-                        let u = Usage::new(
-                            self.prompt_tokens,
-                            self.completion_tokens,
-                            self.cached_tokens,
-                        );
+                    if self.fmt.stream_usage().final_chunk() {
+                        let u = self.usage(self.completion_tokens);
                         return Some(Ok(self.fmt.usage(u)));
                     }
                 }

@@ -454,18 +454,19 @@ mod tests {
 
     #[test]
     fn chat_chunks_with_usage() {
-        let f = ChunkFormat::new(Kind::Chat, &HEAD, true);
+        let f = ChunkFormat::new(Kind::Chat, &HEAD, StreamUsage::Final);
+        let u0 = Usage::new(3, 0, 1);
         assert_eq!(
-            parse_sse(&f.role()),
+            parse_sse(&f.role(u0)),
             json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":5,"model":"m\"odel",
                    "choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"usage":null})
         );
         assert_eq!(
-            parse_sse(&f.token("the", false)),
+            parse_sse(&f.token("the", false, u0)),
             json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":5,"model":"m\"odel",
                    "choices":[{"index":0,"delta":{"content":"the "},"logprobs":null,"finish_reason":null}],"usage":null})
         );
-        let last = parse_sse(&f.token("a", true));
+        let last = parse_sse(&f.token("a", true, u0));
         assert_eq!(last["choices"][0]["finish_reason"], "length");
         assert_eq!(last["choices"][0]["stop_reason"], Value::Null);
         let u = parse_sse(&f.usage(Usage::new(3, 2, 1)));
@@ -475,15 +476,62 @@ mod tests {
             json!({"prompt_tokens":3,"total_tokens":5,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":1}})
         );
         // Compact JSON: no spaces outside the word itself.
-        let t = f.token("x", false);
+        let t = f.token("x", false, u0);
         let json = std::str::from_utf8(&t[6..]).unwrap().replace("x ", "");
         assert!(!json.contains(' '), "{json}");
     }
 
     #[test]
+    fn continuous_usage_on_every_chunk() {
+        let f = ChunkFormat::new(Kind::Chat, &HEAD, StreamUsage::Continuous);
+        let usage = r#""usage":{"prompt_tokens":3,"total_tokens":3,"completion_tokens":0,"prompt_tokens_details":{"cached_tokens":1}}"#;
+        assert_eq!(
+            std::str::from_utf8(&f.role(Usage::new(3, 0, 1))).unwrap(),
+            format!(
+                r#"data: {{"id":"chatcmpl-1","object":"chat.completion.chunk","created":5,"model":"m\"odel","choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}],{usage}}}"#
+            ) + "\n\n"
+        );
+        assert_eq!(
+            std::str::from_utf8(&f.token("the", false, Usage::new(3, 1, 1))).unwrap(),
+            r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":5,"model":"m\"odel","choices":[{"index":0,"delta":{"content":"the "},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens":3,"total_tokens":4,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":1}}}"#
+                .to_owned()
+                + "\n\n"
+        );
+        let last = parse_sse(&f.token("a", true, Usage::new(3, 2, 1)));
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        assert_eq!(last["usage"]["completion_tokens"], 2);
+        assert_eq!(last["usage"]["total_tokens"], 5);
+        // The final usage chunk is the same as without continuous stats.
+        let plain = ChunkFormat::new(Kind::Chat, &HEAD, StreamUsage::Final);
+        assert_eq!(
+            f.usage(Usage::new(3, 2, 1)),
+            plain.usage(Usage::new(3, 2, 1))
+        );
+
+        let c = ChunkFormat::new(Kind::Completion, &HEAD, StreamUsage::Continuous);
+        let v = parse_sse(&c.token("yes", true, Usage::new(7, 9, 0)));
+        assert_eq!(v["choices"][0]["text"], "yes ");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            v["usage"],
+            json!({"prompt_tokens":7,"total_tokens":16,"completion_tokens":9,"prompt_tokens_details":{"cached_tokens":0}})
+        );
+    }
+
+    #[test]
+    fn continuous_stats_need_include_usage() {
+        assert_eq!(StreamUsage::new(false, true), StreamUsage::Off);
+        assert_eq!(StreamUsage::new(false, false), StreamUsage::Off);
+        assert_eq!(StreamUsage::new(true, false), StreamUsage::Final);
+        assert_eq!(StreamUsage::new(true, true), StreamUsage::Continuous);
+        assert!(!StreamUsage::Off.final_chunk());
+        assert!(StreamUsage::Continuous.final_chunk());
+    }
+
+    #[test]
     fn completion_chunks_without_usage() {
-        let f = ChunkFormat::new(Kind::Completion, &HEAD, false);
-        let v = parse_sse(&f.token("yes", false));
+        let f = ChunkFormat::new(Kind::Completion, &HEAD, StreamUsage::Off);
+        let v = parse_sse(&f.token("yes", false, Usage::new(1, 1, 0)));
         assert_eq!(v["choices"][0]["text"], "yes ");
         assert_eq!(v["object"], "text_completion");
         assert!(v.get("usage").is_none());
