@@ -573,12 +573,27 @@ async fn full_pool_queues_then_429s_and_a_disconnected_waiter_leaves_the_queue()
 }
 
 #[tokio::test]
-async fn client_disconnect_mid_stream_aborts_upstream_and_settles() {
-    let cfg = SimConfig {
+async fn client_disconnect_mid_stream_aborts_upstream_and_settles_sqlite() {
+    client_disconnect_mid_stream(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_aborts_upstream_and_settles_postgres() {
+    client_disconnect_mid_stream(Db::Postgres).await;
+}
+
+async fn client_disconnect_mid_stream(db: Db) {
+    let Some(dbh) = fresh_db(db).await else {
+        return;
+    };
+    let sim = Sim::start(SimConfig {
         decode_step_base: Duration::from_millis(20),
         ..SimConfig::instant("m")
-    };
-    let (sim, gw, _db, _, key) = setup_one(cfg, 8).await;
+    })
+    .await;
+    let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &dbh.url).await;
+    gw.tenant("t", 1).await;
+    let (_, key) = gw.key("t", None).await;
     let r = gw
         .post(&key, "/v1/chat/completions", chat("m", 500, true))
         .await;
@@ -626,6 +641,7 @@ async fn client_disconnect_mid_stream_aborts_upstream_and_settles() {
         stats.generation_tokens_total
     );
     gw.shutdown().await;
+    dbh.cleanup().await;
 }
 
 #[tokio::test]
