@@ -1,28 +1,78 @@
-//! Tenant and key CRUD. Admin traffic is low, so clarity wins over batching here.
+//! Tenant, key and group CRUD. Admin traffic is low, so clarity wins over batching here.
 //!
 //! Existence checks are folded into single statements (`ON CONFLICT DO NOTHING`,
 //! `INSERT ... SELECT ... WHERE EXISTS`) rather than read-then-write transactions: on SQLite a
 //! transaction that reads first and writes later can fail with SQLITE_BUSY without waiting,
 //! while one statement simply waits its turn for the write lock.
+//!
+//! Policies are stored as JSON text, NULL for the default policy (so a database written before
+//! policies existed needs no backfill). Stored JSON that does not parse is reported as
+//! [`StoreError::Corrupt`] naming the tenant or key: silently falling back to "no limits" would
+//! lift a budget without anyone noticing.
 
 use crate::{Store, StoreError};
-use fairgate_types::{now_millis, KeyId, KeyRecord, Tenant};
+use fairgate_types::{now_millis, Group, KeyId, KeyPolicy, KeyRecord, Tenant, TenantPolicy};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-const TENANT_COLS: &str = "name, weight, grp, created_at";
-const KEY_COLS: &str =
-    "id, tenant, user_name, name, models_json, secret_hash, expires_at, enabled, created_at, revoked_at";
+const TENANT_COLS: &str = "name, weight, grp, created_at, policy_json";
+const KEY_COLS: &str = "id, tenant, user_name, name, models_json, secret_hash, expires_at, \
+                        enabled, created_at, revoked_at, policy_json";
+const GROUP_COLS: &str = "name, weight";
+
+/// How often an upsert retries when a concurrent create or delete of the same name slips in
+/// between its insert and its update. Each retry means someone else's write succeeded, so a
+/// handful is plenty; running out is reported rather than looping forever.
+const UPSERT_ATTEMPTS: usize = 8;
+
+/// `None` (stored as NULL) for the default policy, else its JSON.
+fn policy_json<P: Serialize + Default + PartialEq>(
+    policy: &P,
+    owner: &str,
+) -> Result<Option<String>, StoreError> {
+    if *policy == P::default() {
+        return Ok(None);
+    }
+    serde_json::to_string(policy)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("{owner} policy not encodable: {e}")))
+}
+
+fn policy_from_row<P: DeserializeOwned + Default>(
+    row: &AnyRow,
+    owner: &str,
+) -> Result<P, StoreError> {
+    let json: Option<String> = row.try_get("policy_json")?;
+    match json {
+        None => Ok(P::default()),
+        Some(j) => serde_json::from_str(&j)
+            .map_err(|e| StoreError::Corrupt(format!("{owner} has unreadable policy: {e}"))),
+    }
+}
+
+fn weight_from_row(row: &AnyRow, owner: &str) -> Result<u32, StoreError> {
+    let weight: i64 = row.try_get("weight")?;
+    u32::try_from(weight).map_err(|_| StoreError::Corrupt(format!("{owner} has weight {weight}")))
+}
 
 fn tenant_from_row(row: &AnyRow) -> Result<Tenant, StoreError> {
     let name: String = row.try_get("name")?;
-    let weight: i64 = row.try_get("weight")?;
-    let weight = u32::try_from(weight)
-        .map_err(|_| StoreError::Corrupt(format!("tenant `{name}` has weight {weight}")))?;
+    let owner = format!("tenant `{name}`");
     Ok(Tenant {
-        weight,
+        weight: weight_from_row(row, &owner)?,
         group: row.try_get("grp")?,
         created_at: row.try_get("created_at")?,
+        policy: policy_from_row::<TenantPolicy>(row, &owner)?,
+        name,
+    })
+}
+
+fn group_from_row(row: &AnyRow) -> Result<Group, StoreError> {
+    let name: String = row.try_get("name")?;
+    Ok(Group {
+        weight: weight_from_row(row, &format!("group `{name}`"))?,
         name,
     })
 }
@@ -35,6 +85,7 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         .transpose()
         .map_err(|e| StoreError::Corrupt(format!("key `{id}` has unreadable models: {e}")))?;
     let enabled: i64 = row.try_get("enabled")?;
+    let policy = policy_from_row::<KeyPolicy>(row, &format!("key `{id}`"))?;
     Ok(KeyRecord {
         tenant: row.try_get("tenant")?,
         user: row.try_get("user_name")?,
@@ -45,8 +96,13 @@ fn key_from_row(row: &AnyRow) -> Result<KeyRecord, StoreError> {
         enabled: enabled != 0,
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        policy,
         id: KeyId(id),
     })
+}
+
+fn key_policy_json(k: &KeyRecord) -> Result<Option<String>, StoreError> {
+    policy_json(&k.policy, &format!("key `{}`", k.id))
 }
 
 fn models_json(k: &KeyRecord) -> Result<Option<String>, StoreError> {
@@ -57,24 +113,57 @@ fn models_json(k: &KeyRecord) -> Result<Option<String>, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("key `{}` models not encodable: {e}", k.id)))
 }
 
+fn tenant_policy_json(t: &Tenant) -> Result<Option<String>, StoreError> {
+    policy_json(&t.policy, &format!("tenant `{}`", t.name))
+}
+
 impl Store {
     /// Creates a tenant; `Conflict` if the name is taken.
     pub async fn create_tenant(&self, t: &Tenant) -> Result<(), StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO tenants (name, weight, grp, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&t.name)
-        .bind(i64::from(t.weight))
-        .bind(&t.group)
-        .bind(t.created_at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Err(StoreError::Conflict(format!("tenant `{}`", t.name)));
+        if self.insert_tenant(t).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!("tenant `{}`", t.name)))
         }
-        Ok(())
+    }
+
+    /// Inserts the tenant unless the name exists; whether it did.
+    async fn insert_tenant(&self, t: &Tenant) -> Result<bool, StoreError> {
+        let sql = format!(
+            "INSERT INTO tenants ({TENANT_COLS}) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name) DO NOTHING"
+        );
+        let inserted = sqlx::query(&sql)
+            .bind(&t.name)
+            .bind(i64::from(t.weight))
+            .bind(&t.group)
+            .bind(t.created_at)
+            .bind(tenant_policy_json(t)?)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(inserted > 0)
+    }
+
+    /// Creates the tenant, or sets weight, group and policy of the existing one (keeping its
+    /// `created_at`), as a config-file reload wants. `true` if it was created.
+    pub async fn upsert_tenant(&self, t: &Tenant) -> Result<bool, StoreError> {
+        // Insert-else-update rather than one `ON CONFLICT DO UPDATE`, because only this way
+        // tells created from updated identically on both backends. A concurrent delete between
+        // the two makes the update miss, and a concurrent create makes the insert miss; either
+        // way the next attempt sees the new state.
+        for _ in 0..UPSERT_ATTEMPTS {
+            if self.insert_tenant(t).await? {
+                return Ok(true);
+            }
+            if self.update_tenant(t).await? {
+                return Ok(false);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "tenant `{}` (created and deleted concurrently {UPSERT_ATTEMPTS} times)",
+            t.name
+        )))
     }
 
     pub async fn get_tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
@@ -102,15 +191,19 @@ impl Store {
             .collect()
     }
 
-    /// Sets weight and group of the tenant with `t.name`; `false` if there is none.
+    /// Sets weight, group and policy of the tenant with `t.name` (`created_at` never changes);
+    /// `false` if there is none.
     pub async fn update_tenant(&self, t: &Tenant) -> Result<bool, StoreError> {
-        let n = sqlx::query("UPDATE tenants SET weight = $1, grp = $2 WHERE name = $3")
-            .bind(i64::from(t.weight))
-            .bind(&t.group)
-            .bind(&t.name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE tenants SET weight = $1, grp = $2, policy_json = $3 WHERE name = $4",
+        )
+        .bind(i64::from(t.weight))
+        .bind(&t.group)
+        .bind(tenant_policy_json(t)?)
+        .bind(&t.name)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(n > 0)
     }
 
@@ -148,8 +241,8 @@ impl Store {
         // an INSERT ... SELECT with an upsert clause; it is there.)
         let sql = format!(
             "INSERT INTO keys ({KEY_COLS}) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
-             WHERE EXISTS (SELECT 1 FROM tenants WHERE name = $11) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+             WHERE EXISTS (SELECT 1 FROM tenants WHERE name = $12) \
              ON CONFLICT (id) DO NOTHING"
         );
         let inserted = sqlx::query(&sql)
@@ -163,6 +256,7 @@ impl Store {
             .bind(i64::from(k.enabled))
             .bind(k.created_at)
             .bind(k.revoked_at)
+            .bind(key_policy_json(k)?)
             .bind(&k.tenant)
             .execute(&self.pool)
             .await?
@@ -205,11 +299,12 @@ impl Store {
     }
 
     /// Writes every mutable field of the key with `k.id` (user, name, models, secret_hash,
-    /// expires_at, enabled, revoked_at); tenant and created_at never change. `false` if absent.
+    /// expires_at, enabled, revoked_at, policy); tenant and created_at never change. `false` if
+    /// absent.
     pub async fn update_key(&self, k: &KeyRecord) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "UPDATE keys SET user_name = $1, name = $2, models_json = $3, secret_hash = $4, \
-             expires_at = $5, enabled = $6, revoked_at = $7 WHERE id = $8",
+             expires_at = $5, enabled = $6, revoked_at = $7, policy_json = $8 WHERE id = $9",
         )
         .bind(&k.user)
         .bind(&k.name)
@@ -218,10 +313,80 @@ impl Store {
         .bind(k.expires_at)
         .bind(i64::from(k.enabled))
         .bind(k.revoked_at)
+        .bind(key_policy_json(k)?)
         .bind(k.id.as_str())
         .execute(&self.pool)
         .await?
         .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Creates the group or sets its weight; `true` if it was created. (Same insert-else-update
+    /// as [`Store::upsert_tenant`], for the same reason.)
+    pub async fn upsert_group(&self, g: &Group) -> Result<bool, StoreError> {
+        for _ in 0..UPSERT_ATTEMPTS {
+            let inserted = sqlx::query(
+                "INSERT INTO groups (name, weight, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&g.name)
+            .bind(i64::from(g.weight))
+            .bind(now_millis())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if inserted > 0 {
+                return Ok(true);
+            }
+            let updated = sqlx::query("UPDATE groups SET weight = $1 WHERE name = $2")
+                .bind(i64::from(g.weight))
+                .bind(&g.name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            if updated > 0 {
+                return Ok(false);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "group `{}` (created and deleted concurrently {UPSERT_ATTEMPTS} times)",
+            g.name
+        )))
+    }
+
+    pub async fn get_group(&self, name: &str) -> Result<Option<Group>, StoreError> {
+        let sql = format!("SELECT {GROUP_COLS} FROM groups WHERE name = $1");
+        sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(group_from_row)
+            .transpose()
+    }
+
+    /// Every group, ordered by name (byte order on both backends).
+    pub async fn list_groups(&self) -> Result<Vec<Group>, StoreError> {
+        let sql = format!(
+            "SELECT {GROUP_COLS} FROM groups ORDER BY name{}",
+            self.backend.text_order()
+        );
+        sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(group_from_row)
+            .collect()
+    }
+
+    /// Deletes a group; `false` if there is none. Tenants that name it keep their `group`: the
+    /// store does not tie the two together (no foreign keys, see `0001_init.sql`).
+    pub async fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query("DELETE FROM groups WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(n > 0)
     }
 }

@@ -308,6 +308,7 @@ mod tests {
             weight: 1,
             group: None,
             created_at: 0,
+            policy: Default::default(),
         };
         a.create_tenant(&t).await.unwrap();
         // Many calls, one connection, one database.

@@ -748,6 +748,9 @@ mod tests {
             queue_ms: 1,
             ttft_ms: Some(5),
             duration_ms: 9,
+            cost: fairgate_types::Micros(i),
+            cache_hit: i % 3 == 0,
+            priority: fairgate_types::Priority::Batch,
         }
     }
 

@@ -1,10 +1,10 @@
-//! Persistence for fairgate: tenants, API keys and the request ledger, on SQLite (the default)
+//! Persistence for fairgate: tenants, groups, API keys and the request ledger, on SQLite (the default)
 //! or PostgreSQL (chosen by URL), with the same code, the same SQL and the same migrations.
 //!
 //! Everything goes through sqlx's `Any` driver with runtime (non-macro) queries, so one
 //! statement text serves both databases. That limits column types to what `Any` reads back
 //! identically everywhere: times are BIGINT unix milliseconds, booleans BIGINT 0/1, model lists
-//! JSON text, token counts BIGINT (`u64` in Rust; values above `i64::MAX` are clamped on write,
+//! and policies JSON text, money BIGINT micros, token counts BIGINT (`u64` in Rust; values above `i64::MAX` are clamped on write,
 //! which no real token count reaches). Placeholders are `$1, $2, ...` in increasing order, which
 //! both SQLite and PostgreSQL accept.
 //!
@@ -22,8 +22,8 @@
 //! # Layout
 //! - [`db`]: URL parsing, connecting (pool sizing, SQLite file/WAL setup), [`Store`] itself.
 //! - [`migrate`]: the tiny migration runner over `migrations/NNNN_name.sql`.
-//! - `admin`: tenant and key CRUD.
-//! - `rows`: ledger SQL: chunked idempotent inserts, usage sums, request listings.
+//! - `admin`: tenant, key and group CRUD (policies included).
+//! - `rows`: ledger SQL: chunked idempotent inserts, usage and spend sums, request listings.
 //! - [`ledger`]: the batched writer task that keeps ledger writes off the request path, and
 //!   spill-file replay.
 
@@ -39,6 +39,7 @@ pub use ledger::{
     import_spill, spawn_ledger, spill_file_rows, LedgerConfig, LedgerError, LedgerHandle,
     LedgerWriter,
 };
+pub use rows::{Spend, SpendScope};
 
 /// Everything the store can fail with. `Conflict` and `NotFound` are the caller's fault and map
 /// to 409/404 in the admin API; the rest are operational.
@@ -61,7 +62,7 @@ pub enum StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fairgate_types::{KeyId, KeyRecord, LedgerRow, Tenant};
+    use fairgate_types::{Group, KeyId, KeyRecord, LedgerRow, Tenant};
 
     fn is_send<T: Send>(_: T) {}
 
@@ -73,10 +74,13 @@ mod tests {
         let s = Store::connect("sqlite::memory:").await.unwrap();
         let t: Option<Tenant> = None;
         let k: Option<KeyRecord> = None;
+        let g: Option<Group> = None;
         let rows: Vec<LedgerRow> = Vec::new();
-        if let (Some(t), Some(k)) = (&t, &k) {
+        if let (Some(t), Some(k), Some(g)) = (&t, &k, &g) {
             is_send(s.create_tenant(t));
             is_send(s.update_tenant(t));
+            is_send(s.upsert_tenant(t));
+            is_send(s.upsert_group(g));
             is_send(s.insert_key(k));
             is_send(s.update_key(k));
         }
@@ -87,6 +91,10 @@ mod tests {
         is_send(s.delete_tenant("x"));
         is_send(s.get_key(&KeyId::from("x")));
         is_send(s.list_keys(None));
+        is_send(s.get_group("x"));
+        is_send(s.list_groups());
+        is_send(s.delete_group("x"));
+        is_send(s.spend(SpendScope::Tenant("x"), 0));
         is_send(s.insert_ledger_rows(&rows));
         is_send(s.usage(None, None, None));
         is_send(s.requests(None, 1));
@@ -95,28 +103,11 @@ mod tests {
         let registry = prometheus::Registry::new();
         let (h, w) = spawn_ledger(s.clone(), LedgerConfig::default(), &registry).unwrap();
         is_send(h.flush());
-        is_send(h.record(LedgerRow {
-            id: fairgate_types::RequestId::from("x"),
-            ts: 0,
-            tenant: None,
-            user: None,
-            key_id: None,
-            model: None,
-            backend: None,
-            endpoint: String::new(),
-            stream: false,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cached_tokens: 0,
-            reserved_tokens: 0,
-            usage_source: fairgate_types::UsageSource::None,
-            status: 0,
-            outcome: fairgate_types::Outcome::Rejected,
-            error_class: None,
-            queue_ms: 0,
-            ttft_ms: None,
-            duration_ms: 0,
-        }));
+        is_send(h.record(LedgerRow::new(
+            fairgate_types::RequestId::from("x"),
+            0,
+            String::new(),
+        )));
         w.shutdown().await.unwrap();
     }
 }

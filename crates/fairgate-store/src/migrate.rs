@@ -26,11 +26,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "policy",
+        sql: include_str!("../migrations/0002_policy.sql"),
+    },
+];
 
 /// Advisory lock key: "fairgate" in ASCII, so it is recognisable in `pg_locks`.
 const PG_LOCK_KEY: i64 = 0x6661_6972_6761_7465;
@@ -123,5 +130,28 @@ mod tests {
         let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
         assert!(versions.windows(2).all(|w| w[0] < w[1]));
         assert!(versions.first().is_some_and(|v| *v >= 1));
+    }
+
+    /// A file added to `migrations/` but not to `MIGRATIONS` would silently never run.
+    #[test]
+    fn every_migration_file_is_listed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+            .collect();
+        assert_eq!(files, listed);
+        for m in MIGRATIONS {
+            let text =
+                std::fs::read_to_string(dir.join(format!("{:04}_{}.sql", m.version, m.name)))
+                    .unwrap();
+            assert_eq!(text, m.sql, "migration {} embeds another file", m.version);
+        }
     }
 }

@@ -1,12 +1,14 @@
-//! Ledger SQL: chunked idempotent inserts, usage sums and request listings.
+//! Ledger SQL: chunked idempotent inserts, usage and spend sums, and request listings.
 
 use crate::db::Backend;
 use crate::{Store, StoreError};
-use fairgate_types::{KeyId, LedgerRow, Outcome, RequestId, UnixMillis, UsageRow, UsageSource};
+use fairgate_types::{
+    KeyId, LedgerRow, Micros, Outcome, Priority, RequestId, UnixMillis, UsageRow, UsageSource,
+};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-const LEDGER_COLS: [&str; 20] = [
+const LEDGER_COLS: [&str; 23] = [
     "id",
     "ts",
     "tenant",
@@ -27,6 +29,9 @@ const LEDGER_COLS: [&str; 20] = [
     "queue_ms",
     "ttft_ms",
     "duration_ms",
+    "cost",
+    "cache_hit",
+    "priority",
 ];
 
 /// Bind parameters per statement: SQLite allows 32766 (SQLITE_MAX_VARIABLE_NUMBER since 3.32;
@@ -95,6 +100,10 @@ fn ledger_from_row(row: &AnyRow) -> Result<LedgerRow, StoreError> {
         .map(|v| u64::try_from(v).map_err(|_| corrupt(format!("ttft_ms {v}"))))
         .transpose()?;
     let key_id: Option<String> = row.try_get("key_id")?;
+    let cache_hit: i64 = row.try_get("cache_hit")?;
+    let priority: String = row.try_get("priority")?;
+    let priority = Priority::parse(&priority)
+        .ok_or_else(|| corrupt(format!("unknown priority `{priority}`")))?;
     Ok(LedgerRow {
         ts: row.try_get("ts")?,
         tenant: row.try_get("tenant")?,
@@ -115,11 +124,14 @@ fn ledger_from_row(row: &AnyRow) -> Result<LedgerRow, StoreError> {
         queue_ms: unsigned(row, "queue_ms")?,
         ttft_ms,
         duration_ms: unsigned(row, "duration_ms")?,
+        cost: Micros(unsigned(row, "cost")?),
+        cache_hit: cache_hit != 0,
+        priority,
         id: RequestId(id),
     })
 }
 
-/// `INSERT INTO ledger (...) VALUES ($1..$20), ($21..$40), ... ON CONFLICT (id) DO NOTHING`.
+/// `INSERT INTO ledger (...) VALUES ($1..$23), ($24..$46), ... ON CONFLICT (id) DO NOTHING`.
 fn insert_sql(rows: usize) -> String {
     let cols = LEDGER_COLS.len();
     let mut sql = format!("INSERT INTO ledger ({}) VALUES ", LEDGER_COLS.join(", "));
@@ -142,6 +154,46 @@ fn insert_sql(rows: usize) -> String {
     // spill file replayed twice, never counts a request twice.
     sql.push_str(" ON CONFLICT (id) DO NOTHING");
     sql
+}
+
+/// Whose spend [`Store::spend`] sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpendScope<'a> {
+    /// Every ledger row of the tenant, whichever key made it.
+    Tenant(&'a str),
+    Key(&'a KeyId),
+}
+
+/// Tokens and money spent, as budgets count them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spend {
+    /// Prompt plus completion tokens.
+    pub tokens: u64,
+    pub cost: Micros,
+}
+
+/// Sums of BIGINT columns are split as `SUM(v / 2^32)` and `SUM(v % 2^32)` and joined in Rust.
+/// A plain SUM overflows on both backends (an error, not a wrap) once the total passes
+/// `i64::MAX`, which one clamped absurd row plus any other row does; a budget check that errors
+/// forever for that tenant is worse than a saturated total. Each half stays below `i64::MAX`
+/// for up to 2^31 rows, and values are never negative (everything is written through `big`).
+const SPLIT: i64 = 1 << 32;
+
+fn split_sum(col: &str) -> String {
+    // SUM over BIGINT is NUMERIC on PostgreSQL, which Any cannot read; cast it back. COALESCE
+    // turns the NULL of an empty sum into 0.
+    format!(
+        "CAST(COALESCE(SUM({col} / {SPLIT}), 0) AS BIGINT) AS {col}_hi, \
+         CAST(COALESCE(SUM({col} % {SPLIT}), 0) AS BIGINT) AS {col}_lo"
+    )
+}
+
+/// Joins the halves of [`split_sum`], saturating at `u64::MAX`.
+fn joined_sum(row: &AnyRow, col: &str) -> Result<u64, StoreError> {
+    let hi = unsigned(row, &format!("{col}_hi"))?;
+    let lo = unsigned(row, &format!("{col}_lo"))?;
+    let total = u128::from(hi) * (SPLIT as u128) + u128::from(lo);
+    Ok(u64::try_from(total).unwrap_or(u64::MAX))
 }
 
 impl Store {
@@ -180,7 +232,10 @@ impl Store {
                     .bind(opt_text(r.error_class.as_deref()))
                     .bind(big(r.queue_ms))
                     .bind(r.ttft_ms.map(big))
-                    .bind(big(r.duration_ms));
+                    .bind(big(r.duration_ms))
+                    .bind(big(r.cost.0))
+                    .bind(i64::from(r.cache_hit))
+                    .bind(r.priority.as_str());
             }
             q.execute(&mut *tx).await?;
         }
@@ -282,6 +337,37 @@ impl Store {
         rows.iter().map(ledger_from_row).collect()
     }
 
+    /// Tokens (prompt + completion) and cost of the scope's ledger rows with `ts >= since`,
+    /// saturating at `u64::MAX`. Every row counts, whatever its outcome and including cache
+    /// hits: what a request is charged is decided when its row is written, not here.
+    pub async fn spend(
+        &self,
+        scope: SpendScope<'_>,
+        since: UnixMillis,
+    ) -> Result<Spend, StoreError> {
+        let (col, value) = match scope {
+            SpendScope::Tenant(t) => ("tenant", t),
+            SpendScope::Key(k) => ("key_id", k.as_str()),
+        };
+        // Served by the (tenant, ts) and (key_id, ts) indexes.
+        let sql = format!(
+            "SELECT {}, {}, {} FROM ledger WHERE {col} = $1 AND ts >= $2",
+            split_sum("prompt_tokens"),
+            split_sum("completion_tokens"),
+            split_sum("cost"),
+        );
+        let row = sqlx::query(&sql)
+            .bind(value)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Spend {
+            tokens: joined_sum(&row, "prompt_tokens")?
+                .saturating_add(joined_sum(&row, "completion_tokens")?),
+            cost: Micros(joined_sum(&row, "cost")?),
+        })
+    }
+
     /// Number of ledger rows stored.
     pub async fn ledger_count(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger")
@@ -299,8 +385,8 @@ mod tests {
     fn insert_sql_numbers_placeholders_in_order() {
         let sql = insert_sql(2);
         assert!(sql.contains("($1, $2, "));
-        assert!(sql.contains("$20), ($21, "));
-        assert!(sql.ends_with("$40) ON CONFLICT (id) DO NOTHING"));
+        assert!(sql.contains("$23), ($24, "));
+        assert!(sql.ends_with("$46) ON CONFLICT (id) DO NOTHING"));
     }
 
     #[test]
@@ -309,5 +395,14 @@ mod tests {
         assert_eq!(big(7), 7);
         assert_eq!(text("a\0b"), "a\u{FFFD}b");
         assert_eq!(text("plain"), "plain");
+    }
+
+    #[test]
+    fn split_sums_name_their_halves() {
+        assert_eq!(
+            split_sum("cost"),
+            "CAST(COALESCE(SUM(cost / 4294967296), 0) AS BIGINT) AS cost_hi, \
+             CAST(COALESCE(SUM(cost % 4294967296), 0) AS BIGINT) AS cost_lo"
+        );
     }
 }

@@ -5,11 +5,14 @@
 mod common;
 
 use common::{eventually, Db};
+use fairgate_store::migrate::MIGRATIONS;
 use fairgate_store::{
-    import_spill, spawn_ledger, spill_file_rows, LedgerConfig, LedgerError, Store, StoreError,
+    import_spill, spawn_ledger, spill_file_rows, LedgerConfig, LedgerError, Spend, SpendScope,
+    Store, StoreError,
 };
 use fairgate_types::{
-    KeyId, KeyRecord, LedgerRow, Outcome, RequestId, Tenant, UsageRow, UsageSource,
+    Budget, BudgetPeriod, Group, KeyId, KeyPolicy, KeyRecord, LedgerRow, Micros, OnLimit, Outcome,
+    Priority, RateLimits, RequestId, Tenant, TenantPolicy, UsageRow, UsageSource,
 };
 use prometheus::Registry;
 use rand::rngs::StdRng;
@@ -29,6 +32,14 @@ conformance!(
     large_batch_crosses_bind_limits,
     hostile_values_are_stored_safely,
     migrations_run_twice_and_concurrently,
+    upgrade_from_v1_keeps_rows,
+    policies_roundtrip,
+    corrupt_policies_are_errors,
+    upsert_tenant_creates_then_updates,
+    groups_crud,
+    ledger_pricing_fields_roundtrip,
+    spend_by_tenant_and_key,
+    spend_saturates_instead_of_failing,
     random_rows_roundtrip,
     writer_concurrent_records_then_flush,
     writer_commits_by_size_and_by_interval,
@@ -46,6 +57,7 @@ fn tenant(name: &str, weight: u32, group: Option<&str>) -> Tenant {
         weight,
         group: group.map(Into::into),
         created_at: 1_700_000_000_000,
+        policy: TenantPolicy::default(),
     }
 }
 
@@ -61,6 +73,7 @@ fn key(id: &str, tenant: &str, created_at: i64) -> KeyRecord {
         enabled: true,
         created_at,
         revoked_at: None,
+        policy: KeyPolicy::default(),
     }
 }
 
@@ -86,6 +99,59 @@ fn row(id: &str, ts: i64, tenant: Option<&str>, model: Option<&str>, p: u64, c: 
         queue_ms: 3,
         ttft_ms: Some(40),
         duration_ms: 900,
+        cost: Micros(0),
+        cache_hit: false,
+        priority: Priority::Interactive,
+    }
+}
+
+/// A policy with every field set to something other than its default.
+fn tenant_policy() -> TenantPolicy {
+    TenantPolicy {
+        limits: RateLimits {
+            rpm: Some(60),
+            tpm: Some(100_000),
+            max_concurrent: Some(4),
+        },
+        budgets: vec![
+            Budget {
+                period: BudgetPeriod::Day,
+                tokens: Some(1_000_000),
+                cost: None,
+            },
+            Budget {
+                period: BudgetPeriod::Month,
+                tokens: None,
+                cost: Some(Micros(25_000_000)),
+            },
+        ],
+        max_queue: Some(32),
+        max_wait_ms: Some(30_000),
+        on_limit: Some(OnLimit::Reject),
+        hard_cap: true,
+    }
+}
+
+fn key_policy() -> KeyPolicy {
+    KeyPolicy {
+        limits: RateLimits {
+            rpm: Some(5),
+            ..RateLimits::default()
+        },
+        // u64::MAX must survive the JSON text (it would not as a BIGINT).
+        budgets: vec![Budget {
+            period: BudgetPeriod::Month,
+            tokens: Some(u64::MAX),
+            cost: Some(Micros(u64::MAX)),
+        }],
+        priority: Some(Priority::Batch),
+    }
+}
+
+fn group(name: &str, weight: u32) -> Group {
+    Group {
+        name: name.into(),
+        weight,
     }
 }
 
@@ -274,6 +340,7 @@ async fn keys_crud(db: Db) {
         enabled: false,
         created_at: 999,
         revoked_at: Some(1_750_000_000_000),
+        policy: key_policy(),
     };
     assert!(s.update_key(&updated).await.unwrap());
     let expected = KeyRecord {
@@ -481,7 +548,7 @@ async fn requests_order_and_limit(db: Db) {
 
 async fn large_batch_crosses_bind_limits(db: Db) {
     let s = &db.store;
-    // 5,000 rows x 20 columns = 100,000 parameters: more than SQLite's 32,766 and PostgreSQL's
+    // 5,000 rows x 23 columns = 115,000 parameters: more than SQLite's 32,766 and PostgreSQL's
     // 65,535 per statement, so this only works if inserts are chunked.
     let rows: Vec<LedgerRow> = (0..5_000u64)
         .map(|i| {
@@ -536,6 +603,7 @@ async fn hostile_values_are_stored_safely(db: Db) {
     r.error_class = Some("x'); DROP TABLE ledger; --".into());
     r.ttft_ms = Some(u64::MAX);
     r.status = u16::MAX;
+    r.cost = Micros(u64::MAX);
     s.insert_ledger_rows(std::slice::from_ref(&r))
         .await
         .unwrap();
@@ -546,6 +614,7 @@ async fn hostile_values_are_stored_safely(db: Db) {
     // ... counts past i64::MAX are clamped rather than failing the batch ...
     assert_eq!(got.prompt_tokens, i64::MAX as u64);
     assert_eq!(got.ttft_ms, Some(i64::MAX as u64));
+    assert_eq!(got.cost, Micros(i64::MAX as u64));
     // ... and everything else is verbatim.
     assert_eq!(got.error_class, r.error_class);
     assert_eq!(got.status, u16::MAX);
@@ -571,7 +640,8 @@ async fn migrations_run_twice_and_concurrently(db: Db) {
         .fetch_all(&raw)
         .await
         .unwrap();
-    assert_eq!(versions, vec![1]);
+    let known: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(versions, known);
     raw.close().await;
 
     // Several replicas starting at once on an empty database: all succeed, migrated once.
@@ -596,11 +666,412 @@ async fn migrations_run_twice_and_concurrently(db: Db) {
         .fetch_one(&raw)
         .await
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n, MIGRATIONS.len() as i64);
     raw.close().await;
     for s in stores {
         s.close().await;
     }
+}
+
+/// A database as a fairgate with only migration 1 left it, holding rows of that era.
+async fn v1_database(db: &Db) -> String {
+    let url = db.fresh_url().await;
+    // The store creates SQLite's directory and file itself; this raw pool has to be told to.
+    let raw_url = match url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let parent = std::path::Path::new(path)
+                .parent()
+                .expect("file in a directory");
+            std::fs::create_dir_all(parent).unwrap();
+            format!("{url}?mode=rwc")
+        }
+        None => url.clone(),
+    };
+    let raw = raw_pool(&raw_url).await;
+    sqlx::query(
+        "CREATE TABLE fairgate_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    sqlx::raw_sql(MIGRATIONS[0].sql)
+        .execute(&raw)
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO fairgate_migrations (version, applied_at) VALUES (1, 0)",
+        "INSERT INTO tenants (name, weight, grp, created_at) VALUES ('old', 2, 'eng', 5)",
+        "INSERT INTO keys (id, tenant, user_name, name, models_json, secret_hash, expires_at, \
+         enabled, created_at, revoked_at) VALUES ('k-old', 'old', NULL, 'n', NULL, 'h', NULL, 1, 6, NULL)",
+        "INSERT INTO ledger (id, ts, tenant, user_name, key_id, model, backend, endpoint, stream, \
+         prompt_tokens, completion_tokens, cached_tokens, reserved_tokens, usage_source, status, \
+         outcome, error_class, queue_ms, ttft_ms, duration_ms) VALUES ('r-old', 7, 'old', NULL, \
+         'k-old', 'm', NULL, '/v1/completions', 0, 10, 20, 0, 30, 'upstream', 200, 'ok', NULL, \
+         0, NULL, 100)",
+    ] {
+        sqlx::query(sql).execute(&raw).await.unwrap();
+    }
+    raw.close().await;
+    url
+}
+
+async fn upgrade_from_v1_keeps_rows(db: Db) {
+    let url = v1_database(&db).await;
+    let s = Store::connect(&url).await.unwrap();
+    // Rows from before policies and prices read back with the defaults.
+    assert_eq!(
+        s.get_tenant("old").await.unwrap(),
+        Some(Tenant {
+            created_at: 5,
+            ..tenant("old", 2, Some("eng"))
+        })
+    );
+    let k = s.get_key(&KeyId::from("k-old")).await.unwrap().unwrap();
+    assert_eq!(k.policy, KeyPolicy::default());
+    let r = s.requests(None, 10).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (r.cost, r.cache_hit, r.priority),
+        (Micros(0), false, Priority::Interactive)
+    );
+    assert_eq!(
+        s.spend(SpendScope::Key(&KeyId::from("k-old")), 0)
+            .await
+            .unwrap(),
+        Spend {
+            tokens: 30,
+            cost: Micros(0)
+        }
+    );
+    assert!(s.list_groups().await.unwrap().is_empty());
+    // And the old rows take the new fields.
+    let mut t = s.get_tenant("old").await.unwrap().unwrap();
+    t.policy = tenant_policy();
+    assert!(s.update_tenant(&t).await.unwrap());
+    assert_eq!(s.get_tenant("old").await.unwrap(), Some(t));
+    s.close().await;
+}
+
+/// What the policy column holds, read past the store.
+async fn stored_policy(url: &str, table: &str, id_col: &str, id: &str) -> Option<String> {
+    let raw = raw_pool(url).await;
+    let sql = format!("SELECT policy_json FROM {table} WHERE {id_col} = $1");
+    let v: Option<String> = sqlx::query_scalar(&sql)
+        .bind(id)
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    v
+}
+
+async fn policies_roundtrip(db: Db) {
+    let s = &db.store;
+    let t = Tenant {
+        policy: tenant_policy(),
+        ..tenant("t", 2, Some("eng"))
+    };
+    let plain = tenant("plain", 1, None);
+    s.create_tenant(&t).await.unwrap();
+    s.create_tenant(&plain).await.unwrap();
+    assert_eq!(s.get_tenant("t").await.unwrap(), Some(t.clone()));
+    assert_eq!(
+        s.list_tenants().await.unwrap(),
+        vec![plain.clone(), t.clone()]
+    );
+    // The default policy is stored as NULL, so pre-policy rows and new plain rows agree.
+    assert_eq!(
+        stored_policy(&db.url, "tenants", "name", "plain").await,
+        None
+    );
+    assert!(stored_policy(&db.url, "tenants", "name", "t")
+        .await
+        .is_some());
+
+    // Update replaces the policy, to the default and back.
+    let cleared = Tenant {
+        policy: TenantPolicy::default(),
+        ..t.clone()
+    };
+    assert!(s.update_tenant(&cleared).await.unwrap());
+    assert_eq!(s.get_tenant("t").await.unwrap(), Some(cleared));
+    assert_eq!(stored_policy(&db.url, "tenants", "name", "t").await, None);
+    let partial = Tenant {
+        policy: TenantPolicy {
+            hard_cap: true,
+            ..TenantPolicy::default()
+        },
+        ..t.clone()
+    };
+    assert!(s.update_tenant(&partial).await.unwrap());
+    assert_eq!(s.get_tenant("t").await.unwrap(), Some(partial));
+
+    // Keys: insert, get, list and update all carry the policy.
+    let k = KeyRecord {
+        policy: key_policy(),
+        ..key("k1", "t", 10)
+    };
+    let k2 = key("k2", "t", 20);
+    s.insert_key(&k).await.unwrap();
+    s.insert_key(&k2).await.unwrap();
+    assert_eq!(s.get_key(&k.id).await.unwrap(), Some(k.clone()));
+    assert_eq!(
+        s.list_keys(Some("t")).await.unwrap(),
+        vec![k.clone(), k2.clone()]
+    );
+    assert_eq!(stored_policy(&db.url, "keys", "id", "k2").await, None);
+    let batch_only = KeyRecord {
+        policy: KeyPolicy {
+            priority: Some(Priority::Batch),
+            ..KeyPolicy::default()
+        },
+        ..k2.clone()
+    };
+    assert!(s.update_key(&batch_only).await.unwrap());
+    assert_eq!(s.get_key(&k2.id).await.unwrap(), Some(batch_only));
+    let cleared = KeyRecord {
+        policy: KeyPolicy::default(),
+        ..k.clone()
+    };
+    assert!(s.update_key(&cleared).await.unwrap());
+    assert_eq!(s.get_key(&k.id).await.unwrap(), Some(cleared));
+    assert_eq!(stored_policy(&db.url, "keys", "id", "k1").await, None);
+}
+
+async fn corrupt_policies_are_errors(db: Db) {
+    let s = &db.store;
+    s.create_tenant(&tenant("t", 1, None)).await.unwrap();
+    s.create_tenant(&tenant("fine", 1, None)).await.unwrap();
+    s.insert_key(&key("k1", "fine", 1)).await.unwrap();
+    let raw = raw_pool(&db.url).await;
+    // Valid JSON of the wrong shape (a field this version does not know) counts as corrupt too:
+    // reading it as "no limits" would silently lift them.
+    sqlx::query("UPDATE tenants SET policy_json = '{\"rpm\": 5}' WHERE name = 't'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE keys SET policy_json = 'not json' WHERE id = 'k1'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+
+    for result in [
+        s.get_tenant("t").await.map(|_| ()),
+        s.list_tenants().await.map(|_| ()),
+    ] {
+        match result {
+            Err(StoreError::Corrupt(what)) => assert!(what.contains("tenant `t`"), "{what}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    for result in [
+        s.get_key(&KeyId::from("k1")).await.map(|_| ()),
+        s.list_keys(None).await.map(|_| ()),
+    ] {
+        match result {
+            Err(StoreError::Corrupt(what)) => assert!(what.contains("key `k1`"), "{what}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    // Other rows are unaffected, and writing a policy repairs the row.
+    assert_eq!(
+        s.get_tenant("fine").await.unwrap(),
+        Some(tenant("fine", 1, None))
+    );
+    assert!(s.update_tenant(&tenant("t", 1, None)).await.unwrap());
+    assert_eq!(s.get_tenant("t").await.unwrap(), Some(tenant("t", 1, None)));
+}
+
+async fn upsert_tenant_creates_then_updates(db: Db) {
+    let s = &db.store;
+    let first = Tenant {
+        policy: tenant_policy(),
+        ..tenant("t", 2, Some("eng"))
+    };
+    assert!(s.upsert_tenant(&first).await.unwrap());
+    assert_eq!(s.get_tenant("t").await.unwrap(), Some(first.clone()));
+
+    // Weight, group and policy change; created_at stays the first one.
+    let second = Tenant {
+        created_at: 42,
+        policy: TenantPolicy {
+            max_queue: Some(1),
+            ..TenantPolicy::default()
+        },
+        ..tenant("t", 7, None)
+    };
+    assert!(!s.upsert_tenant(&second).await.unwrap());
+    assert_eq!(
+        s.get_tenant("t").await.unwrap(),
+        Some(Tenant {
+            created_at: first.created_at,
+            ..second.clone()
+        })
+    );
+    // Unchanged values: still an update, still fine.
+    assert!(!s.upsert_tenant(&second).await.unwrap());
+    assert_eq!(s.list_tenants().await.unwrap().len(), 1);
+
+    // After a delete the name is created afresh, with the new created_at.
+    assert!(s.delete_tenant("t").await.unwrap());
+    assert!(s.upsert_tenant(&second).await.unwrap());
+    assert_eq!(s.get_tenant("t").await.unwrap(), Some(second));
+
+    // Concurrent upserts of one new name: exactly one creates it.
+    let tasks: Vec<_> = (0..8u32)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.upsert_tenant(&tenant("race", i + 1, None)).await })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        created += usize::from(t.await.unwrap().unwrap());
+    }
+    assert_eq!(created, 1);
+    assert!(s.get_tenant("race").await.unwrap().is_some());
+}
+
+async fn groups_crud(db: Db) {
+    let s = &db.store;
+    assert!(s.list_groups().await.unwrap().is_empty());
+    assert_eq!(s.get_group("eng").await.unwrap(), None);
+
+    assert!(s.upsert_group(&group("eng", 3)).await.unwrap());
+    // Upper case sorts first in byte order, whatever the database locale says.
+    assert!(s.upsert_group(&group("Ops", 1)).await.unwrap());
+    assert!(s.upsert_group(&group("big", u32::MAX)).await.unwrap());
+    assert!(!s.upsert_group(&group("eng", 5)).await.unwrap());
+    assert_eq!(s.get_group("eng").await.unwrap(), Some(group("eng", 5)));
+    assert_eq!(
+        s.get_group("big").await.unwrap(),
+        Some(group("big", u32::MAX))
+    );
+    assert_eq!(
+        s.list_groups().await.unwrap(),
+        vec![group("Ops", 1), group("big", u32::MAX), group("eng", 5)]
+    );
+
+    assert!(s.delete_group("eng").await.unwrap());
+    assert!(!s.delete_group("eng").await.unwrap());
+    assert!(!s.delete_group("missing").await.unwrap());
+    assert_eq!(s.get_group("eng").await.unwrap(), None);
+    assert_eq!(
+        s.list_groups().await.unwrap(),
+        vec![group("Ops", 1), group("big", u32::MAX)]
+    );
+    // The name is free again.
+    assert!(s.upsert_group(&group("eng", 2)).await.unwrap());
+    assert_eq!(s.get_group("eng").await.unwrap(), Some(group("eng", 2)));
+}
+
+async fn ledger_pricing_fields_roundtrip(db: Db) {
+    let s = &db.store;
+    let cut = LedgerRow {
+        outcome: Outcome::CutOff,
+        error_class: Some("budget_exhausted".into()),
+        cost: Micros(1_234_567),
+        priority: Priority::Batch,
+        ..row("cut", 3000, Some("t"), Some("m"), 100, 50)
+    };
+    let hit = LedgerRow {
+        cache_hit: true,
+        cost: Micros(0),
+        ..row("hit", 2000, Some("t"), Some("m"), 100, 50)
+    };
+    let fresh = LedgerRow::new(RequestId::from("new"), 1000, "/v1/chat/completions".into());
+    s.insert_ledger_rows(&[cut.clone(), hit.clone(), fresh.clone()])
+        .await
+        .unwrap();
+    assert_eq!(s.requests(None, 10).await.unwrap(), vec![cut, hit, fresh]);
+}
+
+async fn spend_by_tenant_and_key(db: Db) {
+    let s = &db.store;
+    let k1 = KeyId::from("k1");
+    let k2 = KeyId::from("k2");
+    let priced = |id: &str, ts: i64, t: &str, k: &KeyId, p: u64, c: u64, cost: u64| LedgerRow {
+        key_id: Some(k.clone()),
+        cost: Micros(cost),
+        ..row(id, ts, Some(t), Some("m"), p, c)
+    };
+    s.insert_ledger_rows(&[
+        priced("a1", 1000, "a", &k1, 100, 10, 5),
+        priced("a2", 2000, "a", &k2, 200, 20, 7),
+        LedgerRow {
+            outcome: Outcome::CutOff,
+            ..priced("a3", 3000, "a", &k1, 1, 2, 3)
+        },
+        priced("b1", 2500, "b", &KeyId::from("kb"), 1_000, 1_000, 1_000),
+        // No model (rejected early): still spend, unlike `usage`.
+        LedgerRow {
+            model: None,
+            ..priced("a4", 2500, "a", &k2, 4, 0, 0)
+        },
+    ])
+    .await
+    .unwrap();
+    let spend = |tokens: u64, cost: u64| Spend {
+        tokens,
+        cost: Micros(cost),
+    };
+    let tenant = |t: &'static str, since: i64| {
+        let s = s.clone();
+        async move { s.spend(SpendScope::Tenant(t), since).await.unwrap() }
+    };
+    assert_eq!(tenant("a", i64::MIN).await, spend(337, 15));
+    assert_eq!(tenant("a", 0).await, spend(337, 15));
+    // `since` is inclusive.
+    assert_eq!(tenant("a", 2000).await, spend(227, 10));
+    assert_eq!(tenant("a", 2001).await, spend(7, 3));
+    assert_eq!(tenant("a", 3001).await, Spend::default());
+    assert_eq!(tenant("b", 0).await, spend(2_000, 1_000));
+    assert_eq!(tenant("nobody", 0).await, Spend::default());
+
+    assert_eq!(
+        s.spend(SpendScope::Key(&k1), 0).await.unwrap(),
+        spend(113, 8)
+    );
+    assert_eq!(
+        s.spend(SpendScope::Key(&k1), 1001).await.unwrap(),
+        spend(3, 3)
+    );
+    assert_eq!(
+        s.spend(SpendScope::Key(&k2), 2000).await.unwrap(),
+        spend(224, 7)
+    );
+    assert_eq!(
+        s.spend(SpendScope::Key(&KeyId::from("none")), 0)
+            .await
+            .unwrap(),
+        Spend::default()
+    );
+}
+
+async fn spend_saturates_instead_of_failing(db: Db) {
+    let s = &db.store;
+    // Each count is clamped to i64::MAX on write; a plain SQL SUM of two would overflow.
+    let huge = |id: &str| LedgerRow {
+        cost: Micros(u64::MAX),
+        ..row(id, 1, Some("t"), Some("m"), u64::MAX, u64::MAX)
+    };
+    s.insert_ledger_rows(&[huge("h1"), huge("h2")])
+        .await
+        .unwrap();
+    let got = s.spend(SpendScope::Tenant("t"), 0).await.unwrap();
+    // Exact while it fits in u64 (2 x (2^63 - 1)), saturated beyond.
+    assert_eq!(got.cost, Micros(u64::MAX - 1));
+    assert_eq!(got.tokens, u64::MAX);
+    s.insert_ledger_rows(&[huge("h3")]).await.unwrap();
+    assert_eq!(
+        s.spend(SpendScope::Key(&KeyId::from("k1")), 0)
+            .await
+            .unwrap(),
+        Spend {
+            tokens: u64::MAX,
+            cost: Micros(u64::MAX)
+        }
+    );
 }
 
 /// Seeded random strings that stress quoting and encoding (no NUL: see the hostile test).
@@ -620,12 +1091,13 @@ fn random_opt(rng: &mut StdRng) -> Option<String> {
 }
 
 fn random_row(rng: &mut StdRng, i: usize) -> LedgerRow {
-    const OUTCOMES: [Outcome; 6] = [
+    const OUTCOMES: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::Cancelled,
         Outcome::UpstreamError,
         Outcome::UpstreamRejected,
         Outcome::Rejected,
+        Outcome::CutOff,
         Outcome::AuthFailed,
     ];
     const SOURCES: [UsageSource; 3] = [
@@ -668,6 +1140,9 @@ fn random_row(rng: &mut StdRng, i: usize) -> LedgerRow {
         queue_ms: tokens(rng),
         ttft_ms: rng.gen_bool(0.5).then(|| tokens(rng)),
         duration_ms: tokens(rng),
+        cost: Micros(tokens(rng)),
+        cache_hit: rng.gen(),
+        priority: Priority::ALL[rng.gen_range(0..Priority::ALL.len())],
     }
 }
 

@@ -70,6 +70,9 @@ pub struct Tenant {
     /// Optional group (for example a department) for two-level fair share.
     pub group: Option<String>,
     pub created_at: UnixMillis,
+    /// Limits, budgets and queueing settings; the default is "no limits, gateway defaults".
+    #[serde(default)]
+    pub policy: TenantPolicy,
 }
 
 /// An API key as stored: never the secret itself, only its SHA-256.
@@ -89,6 +92,9 @@ pub struct KeyRecord {
     pub enabled: bool,
     pub created_at: UnixMillis,
     pub revoked_at: Option<UnixMillis>,
+    /// Per-key limits, budgets and default priority class.
+    #[serde(default)]
+    pub policy: KeyPolicy,
 }
 
 /// How a request ended, one per ledger row. Stored as its snake_case name.
@@ -105,6 +111,8 @@ pub enum Outcome {
     UpstreamRejected,
     /// The gateway refused the request (bad input, scope, capacity, limits).
     Rejected,
+    /// The gateway ended an answer early because a hard budget ran out mid-stream.
+    CutOff,
     /// Authentication failed (unknown, revoked, expired or disabled key).
     AuthFailed,
 }
@@ -117,6 +125,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamRejected => "upstream_rejected",
             Outcome::Rejected => "rejected",
+            Outcome::CutOff => "cut_off",
             Outcome::AuthFailed => "auth_failed",
         }
     }
@@ -128,6 +137,7 @@ impl Outcome {
             "upstream_error" => Outcome::UpstreamError,
             "upstream_rejected" => Outcome::UpstreamRejected,
             "rejected" => Outcome::Rejected,
+            "cut_off" => Outcome::CutOff,
             "auth_failed" => Outcome::AuthFailed,
             _ => return None,
         })
@@ -203,6 +213,15 @@ pub struct LedgerRow {
     pub queue_ms: u64,
     pub ttft_ms: Option<u64>,
     pub duration_ms: u64,
+    /// Price of the tokens served, from the model's prices at the time (0 without prices).
+    #[serde(default)]
+    pub cost: Micros,
+    /// Answered from the response cache: no backend work, not charged to fair share.
+    #[serde(default)]
+    pub cache_hit: bool,
+    /// Priority class the request was admitted under.
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 impl LedgerRow {
@@ -230,6 +249,9 @@ impl LedgerRow {
             queue_ms: 0,
             ttft_ms: None,
             duration_ms: 0,
+            cost: Micros(0),
+            cache_hit: false,
+            priority: Priority::Interactive,
         }
     }
 }
@@ -244,4 +266,164 @@ pub struct UsageRow {
     pub completion_tokens: u64,
     pub cached_tokens: u64,
     pub total_tokens: u64,
+}
+
+/// Money as integer micro-units of the operator's currency (1 USD = 1 000 000 micros).
+/// Integers only: sums over millions of requests must add up exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Micros(pub u64);
+
+/// Per-model prices, in micros per million tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub input_per_mtok: u64,
+    #[serde(default)]
+    pub output_per_mtok: u64,
+}
+
+impl Price {
+    /// Cost of one request, rounded up to a whole micro (never undercharges).
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Micros {
+        let n = prompt_tokens as u128 * self.input_per_mtok as u128
+            + completion_tokens as u128 * self.output_per_mtok as u128;
+        Micros(n.div_ceil(1_000_000).min(u64::MAX as u128) as u64)
+    }
+}
+
+/// Priority class inside a tenant: `interactive` requests of a tenant go before its `batch`
+/// requests, but never ahead of other tenants' turns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 2] = [Priority::Interactive, Priority::Batch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "interactive" => Some(Priority::Interactive),
+            "batch" => Some(Priority::Batch),
+            _ => None,
+        }
+    }
+
+    /// Queue index: lower is served first.
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+}
+
+/// Rate and concurrency limits; `None` means unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once (queued requests do not count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+}
+
+impl RateLimits {
+    pub fn is_empty(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none() && self.max_concurrent.is_none()
+    }
+}
+
+/// The period a budget covers; periods start at 00:00 UTC (day) or on the 1st (month).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+}
+
+/// A spending cap over a period, in tokens, money, or both (whichever runs out first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub period: BudgetPeriod,
+    /// Prompt + completion tokens allowed per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    /// Money allowed per period, in micros, priced with the models' prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Micros>,
+}
+
+/// What to do with a request over its rate limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// Wait for the bucket to refill, within the request's wait budget (default).
+    #[default]
+    Queue,
+    /// Refuse at once with 429 and `Retry-After`.
+    Reject,
+}
+
+/// A tenant's admission settings. Every field is optional: absent means the gateway default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPolicy {
+    #[serde(default, skip_serializing_if = "RateLimits::is_empty")]
+    pub limits: RateLimits,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<Budget>,
+    /// Most requests this tenant may have queued per model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<u32>,
+    /// Longest a request may wait for admission, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_limit: Option<OnLimit>,
+    /// Cut streams off when a budget runs out mid-answer (otherwise the answer completes and
+    /// the overrun is charged).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hard_cap: bool,
+}
+
+/// A key's own settings, applied on top of its tenant's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPolicy {
+    #[serde(default, skip_serializing_if = "RateLimits::is_empty")]
+    pub limits: RateLimits,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<Budget>,
+    /// Priority class for this key's requests unless a request header says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+}
+
+impl KeyPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == KeyPolicy::default()
+    }
+}
+
+/// A group of tenants (a department, a faculty) sharing capacity by group weight first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub weight: u32,
 }

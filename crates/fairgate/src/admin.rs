@@ -132,6 +132,7 @@ async fn create_tenant(State(st): State<Arc<AppState>>, body: Bytes) -> Result<R
         weight: valid_weight(req.weight)?,
         group: req.group,
         created_at: now_millis(),
+        policy: Default::default(),
     };
     st.store.create_tenant(&tenant).await?;
     reload(&st).await?;
@@ -307,6 +308,7 @@ async fn create_key(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         enabled: true,
         created_at: now_millis(),
         revoked_at: None,
+        policy: Default::default(),
     };
     st.store.insert_key(&rec).await?;
     reload(&st).await?;

@@ -85,9 +85,21 @@ pub struct UpstreamConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionConfig {
+    /// `fair` (default): weighted token fair share between tenants. `fifo`: first come, first
+    /// served, as a plain proxy does (for comparison).
+    #[serde(default)]
+    pub mode: SchedulerMode,
     /// How long a request may wait for a free backend slot before a 429/503.
     #[serde(default = "defaults::queue_timeout_ms")]
     pub queue_timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerMode {
+    #[default]
+    Fair,
+    Fifo,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -164,6 +176,7 @@ impl Default for UpstreamConfig {
 impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
+            mode: SchedulerMode::Fair,
             queue_timeout_ms: defaults::queue_timeout_ms(),
         }
     }

@@ -163,6 +163,7 @@ async fn ensure_demo_key(gateway: &Gateway, data_dir: &Path) -> anyhow::Result<S
                 weight: 1,
                 group: None,
                 created_at: now_millis(),
+                policy: Default::default(),
             })
             .await?;
     }
@@ -192,6 +193,7 @@ async fn ensure_demo_key(gateway: &Gateway, data_dir: &Path) -> anyhow::Result<S
             enabled: true,
             created_at: now_millis(),
             revoked_at: None,
+            policy: Default::default(),
         })
         .await?;
     st.identity.reload().await?;

@@ -267,6 +267,7 @@ mod tests {
             enabled: true,
             created_at: 0,
             revoked_at: None,
+            policy: Default::default(),
         }
     }
 
@@ -276,6 +277,7 @@ mod tests {
             weight: 1,
             group: None,
             created_at: 0,
+            policy: Default::default(),
         }
     }
 

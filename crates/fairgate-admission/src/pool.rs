@@ -1,0 +1,762 @@
+//! One model pool's capacity and its waiters: the async front of [`crate::fair::FairQueue`].
+//!
+//! A pool admits a request at once while it has room (max in-flight requests and, optionally,
+//! max in-flight tokens), whoever sends it: that is what makes it work-conserving. When it is
+//! full the request queues under its tenant and [`Pool::admit`] waits until the queue hands it
+//! a slot, its deadline passes, or its caller goes away (the future is dropped and the entry
+//! leaves the queue at once).
+//!
+//! The [`Permit`] a request gets carries the charge for its service: the prompt estimate is
+//! charged when it is admitted (VTC charges prefill at admission), completion tokens are
+//! charged as they stream through the relay, and the prompt is corrected to the real count at
+//! the end. Dropping the permit frees the slot and dispatches the next waiter.
+//!
+//! The lock is a plain mutex held for a few microseconds and never across an `.await`;
+//! grants are sent after it is released.
+//!
+//! Replicas: counters are local, but [`Pool::take_local_service`] and
+//! [`Pool::absorb_remote_service`] let a background task exchange the service each replica
+//! delivered, so dispatch order reflects global service without the request path waiting on
+//! a shared store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fairgate_types::Priority;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::fair::{FairQueue, Mode, TenantId, TenantView, Ticket};
+
+/// Costs per token class, in raw cost units (VTC uses 1 and 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CostWeights {
+    pub input: u64,
+    pub output: u64,
+}
+
+impl Default for CostWeights {
+    fn default() -> Self {
+        CostWeights {
+            input: 1,
+            output: 2,
+        }
+    }
+}
+
+/// Capacity and queue bounds of one pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Requests in flight at once (the sum of the backends' slots).
+    pub max_in_flight: usize,
+    /// Reserved tokens (prompt estimate + max output) in flight at once, if bounded.
+    pub max_tokens_in_flight: Option<u64>,
+    /// Requests queued across all tenants before new ones get 503.
+    pub max_queued: usize,
+    pub mode: Mode,
+    pub cost: CostWeights,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_in_flight: 32,
+            max_tokens_in_flight: None,
+            max_queued: 10_000,
+            mode: Mode::Fair,
+            cost: CostWeights::default(),
+        }
+    }
+}
+
+/// What one request asks of the pool.
+#[derive(Clone, Debug)]
+pub struct AdmitRequest<'a> {
+    pub tenant: &'a str,
+    pub weight: u32,
+    pub group: Option<&'a str>,
+    pub group_weight: u32,
+    pub priority: Priority,
+    /// Tokens this request may occupy (prompt estimate + max output), for the token bound.
+    pub tokens: u64,
+    /// Prompt tokens as estimated, charged at admission and corrected at the end.
+    pub prompt_estimate: u64,
+    /// Most requests this tenant may have queued in this pool.
+    pub max_queued: usize,
+    pub deadline: Instant,
+}
+
+/// Why a request was not admitted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("tenant `{tenant}` already has {limit} requests queued for this model")]
+    TenantQueueFull {
+        tenant: String,
+        limit: usize,
+        retry_after: Duration,
+    },
+    #[error("the model's queue is full ({queued} requests waiting)")]
+    PoolFull {
+        queued: usize,
+        retry_after: Duration,
+    },
+    /// Waited until the deadline. `overloaded` is true when the request was next in line the
+    /// whole pool is short of capacity, false when other tenants' shares held it back.
+    #[error("no capacity within {waited:?}")]
+    Timeout {
+        waited: Duration,
+        overloaded: bool,
+        retry_after: Duration,
+    },
+}
+
+impl AdmitError {
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            AdmitError::TenantQueueFull { retry_after, .. }
+            | AdmitError::PoolFull { retry_after, .. }
+            | AdmitError::Timeout { retry_after, .. } => *retry_after,
+        }
+    }
+
+    /// Low-cardinality reason, for metrics and the ledger.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdmitError::TenantQueueFull { .. } => "tenant_queue_full",
+            AdmitError::PoolFull { .. } => "pool_queue_full",
+            AdmitError::Timeout {
+                overloaded: true, ..
+            } => "pool_overloaded",
+            AdmitError::Timeout { .. } => "queue_timeout",
+        }
+    }
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Grant>,
+    tokens: u64,
+    prompt_cost: u64,
+}
+
+/// A grant and the waiter it goes to.
+type Dispatched = (oneshot::Sender<Grant>, Grant);
+
+/// A slot handed to a waiter; becomes a [`Permit`] on the waiter's side.
+struct Grant {
+    tenant: TenantId,
+    tokens: u64,
+    prompt_cost: u64,
+}
+
+/// Service delivered per tenant in the last minute, in one-second buckets.
+struct Window {
+    /// (second, cost) per bucket; index = second % 60.
+    buckets: [(u64, u64); 60],
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            buckets: [(u64::MAX, 0); 60],
+        }
+    }
+}
+
+impl Window {
+    fn add(&mut self, sec: u64, cost: u64) {
+        let b = &mut self.buckets[(sec % 60) as usize];
+        if b.0 != sec {
+            *b = (sec, 0);
+        }
+        b.1 = b.1.saturating_add(cost);
+    }
+
+    fn sum(&self, now_sec: u64) -> u64 {
+        self.buckets
+            .iter()
+            .filter(|(s, _)| *s != u64::MAX && s + 60 > now_sec && *s <= now_sec)
+            .map(|(_, c)| *c)
+            .sum()
+    }
+}
+
+struct Inner {
+    cfg: PoolConfig,
+    queue: FairQueue<Waiter>,
+    in_flight: usize,
+    tokens_in_flight: u64,
+    windows: HashMap<TenantId, Window>,
+    /// Service delivered here and not yet published to other replicas.
+    unpublished: HashMap<TenantId, u64>,
+    /// Moving average of how long a permit is held, for Retry-After.
+    hold_ewma_ms: f64,
+    epoch: Instant,
+}
+
+/// One model pool. Cheap to share: `Arc<Pool>`.
+pub struct Pool {
+    name: String,
+    inner: Mutex<Inner>,
+    epoch: Instant,
+    admitted: AtomicU64,
+}
+
+/// Live state of one tenant in a pool, for the admin API and gauges.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantState {
+    pub view: TenantView,
+    /// Raw cost served in the last 60 s.
+    pub service_last_minute: u64,
+    /// Share of the pool's service in the last 60 s, 0..1.
+    pub share_last_minute: f64,
+}
+
+/// Live state of a pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolState {
+    pub name: String,
+    pub mode: Mode,
+    pub max_in_flight: usize,
+    pub max_tokens_in_flight: Option<u64>,
+    pub in_flight: usize,
+    pub tokens_in_flight: u64,
+    pub queued: usize,
+    pub tenants: Vec<TenantState>,
+}
+
+impl Pool {
+    pub fn new(name: impl Into<String>, cfg: PoolConfig) -> Arc<Pool> {
+        Arc::new(Pool {
+            name: name.into(),
+            inner: Mutex::new(Inner {
+                queue: FairQueue::new(cfg.mode),
+                cfg,
+                in_flight: 0,
+                tokens_in_flight: 0,
+                windows: HashMap::new(),
+                unpublished: HashMap::new(),
+                hold_ewma_ms: 1_000.0,
+                epoch: Instant::now(),
+            }),
+            epoch: Instant::now(),
+            admitted: AtomicU64::new(0),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves counts consistent enough to keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_sec(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    /// Changes capacity, queue bound, mode or costs live; waiters are dispatched if the
+    /// pool grew.
+    pub fn reconfigure(self: &Arc<Self>, cfg: PoolConfig) {
+        let grants = {
+            let mut g = self.lock();
+            g.queue.set_mode(cfg.mode);
+            g.cfg = cfg;
+            g.dispatch()
+        };
+        self.send(grants);
+    }
+
+    /// Updates a tenant's weight and group (live: the next dispatch uses them).
+    pub fn set_tenant(&self, name: &str, weight: u32, group: Option<&str>, group_weight: u32) {
+        self.lock()
+            .queue
+            .set_tenant(name, weight, group, group_weight);
+    }
+
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
+    /// Requests admitted since start.
+    pub fn admitted_total(&self) -> u64 {
+        self.admitted.load(Ordering::Relaxed)
+    }
+
+    /// Waits for a slot. Cancel-safe: dropping the future leaves the queue at once.
+    pub async fn admit(self: &Arc<Self>, req: AdmitRequest<'_>) -> Result<Permit, AdmitError> {
+        let started = Instant::now();
+        let (rx, ticket, tenant) = {
+            let mut g = self.lock();
+            let tenant =
+                g.queue
+                    .set_tenant(req.tenant, req.weight, req.group, req.group_weight);
+            let tokens = g.clamp_tokens(req.tokens);
+            let prompt_cost = req.prompt_estimate.saturating_mul(g.cfg.cost.input);
+            if g.queue.is_empty() && g.fits(tokens) {
+                g.take(tenant, tokens, prompt_cost, self.now_sec());
+                g.queue.start(tenant);
+                drop(g);
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+                return Ok(self.permit(tenant, tokens, prompt_cost));
+            }
+            if g.queue.queued(tenant) >= req.max_queued {
+                return Err(AdmitError::TenantQueueFull {
+                    tenant: req.tenant.to_owned(),
+                    limit: req.max_queued,
+                    retry_after: g.retry_after(),
+                });
+            }
+            if g.queue.len() >= g.cfg.max_queued {
+                return Err(AdmitError::PoolFull {
+                    queued: g.queue.len(),
+                    retry_after: g.retry_after(),
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            let ticket = g.queue.push(
+                tenant,
+                req.priority,
+                Waiter {
+                    tx,
+                    tokens,
+                    prompt_cost,
+                },
+            );
+            // Room may exist when only the token bound blocked someone else.
+            let grants = g.dispatch();
+            drop(g);
+            self.send(grants);
+            (rx, ticket, tenant)
+        };
+        let mut leave = LeaveQueue {
+            pool: self,
+            ticket,
+            rx: Some(rx),
+            armed: true,
+        };
+        let res = match leave.rx.as_mut() {
+            Some(rx) => tokio::time::timeout_at(req.deadline, rx).await,
+            None => unreachable!("receiver is set above"),
+        };
+        match res {
+            Ok(Ok(grant)) => {
+                leave.armed = false;
+                Ok(self.permit(grant.tenant, grant.tokens, grant.prompt_cost))
+            }
+            // The pool never drops a waiter's sender without sending; treat it like a timeout.
+            Ok(Err(_)) | Err(_) => {
+                leave.armed = false;
+                let mut g = self.lock();
+                if g.queue.remove(ticket).is_none() {
+                    // Dispatched in the same instant the deadline fired: take the slot.
+                    drop(g);
+                    if let Some(Ok(grant)) = leave.rx.as_mut().map(|rx| rx.try_recv()) {
+                        return Ok(self.permit(grant.tenant, grant.tokens, grant.prompt_cost));
+                    }
+                    g = self.lock();
+                }
+                let overloaded = g.queue.is_empty() || g.queue.is_next_in_line(tenant);
+                Err(AdmitError::Timeout {
+                    waited: started.elapsed(),
+                    overloaded,
+                    retry_after: g.retry_after(),
+                })
+            }
+        }
+    }
+
+    fn permit(self: &Arc<Self>, tenant: TenantId, tokens: u64, prompt_cost: u64) -> Permit {
+        Permit {
+            pool: self.clone(),
+            tenant,
+            tokens,
+            prompt_cost,
+            completion_charged: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Sends grants outside the lock; a waiter that vanished gives its slot straight back.
+    fn send(self: &Arc<Self>, mut grants: Vec<Dispatched>) {
+        while !grants.is_empty() {
+            let mut returned = Vec::new();
+            for (tx, grant) in grants.drain(..) {
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+                if let Err(grant) = tx.send(grant) {
+                    returned.push(grant);
+                }
+            }
+            if returned.is_empty() {
+                return;
+            }
+            let mut g = self.lock();
+            for r in returned {
+                g.queue.refund(r.tenant, r.prompt_cost);
+                g.release(r.tenant, r.tokens);
+            }
+            grants = g.dispatch();
+        }
+    }
+
+    /// Live state of the pool and every tenant it has seen.
+    pub fn state(&self) -> PoolState {
+        let now = self.now_sec();
+        let g = self.lock();
+        let views: Vec<TenantView> = g.queue.tenants().collect();
+        let sums: Vec<u64> = views
+            .iter()
+            .map(|v| {
+                g.queue
+                    .tenant_id(&v.name)
+                    .and_then(|t| g.windows.get(&t))
+                    .map_or(0, |w| w.sum(now))
+            })
+            .collect();
+        let total: u64 = sums.iter().sum();
+        PoolState {
+            name: self.name.clone(),
+            mode: g.cfg.mode,
+            max_in_flight: g.cfg.max_in_flight,
+            max_tokens_in_flight: g.cfg.max_tokens_in_flight,
+            in_flight: g.in_flight,
+            tokens_in_flight: g.tokens_in_flight,
+            queued: g.queue.len(),
+            tenants: views
+                .into_iter()
+                .zip(sums)
+                .map(|(view, s)| TenantState {
+                    view,
+                    service_last_minute: s,
+                    share_last_minute: if total == 0 {
+                        0.0
+                    } else {
+                        s as f64 / total as f64
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Service delivered by this replica since the last call, per tenant, for publishing to
+    /// the other replicas.
+    pub fn take_local_service(&self) -> Vec<(Arc<str>, u64)> {
+        let mut g = self.lock();
+        let taken = std::mem::take(&mut g.unpublished);
+        taken
+            .into_iter()
+            .map(|(t, c)| (g.queue.name(t).clone(), c))
+            .collect()
+    }
+
+    /// Charges service that other replicas delivered, so local dispatch sees global service.
+    pub fn absorb_remote_service(&self, tenant: &str, weight: u32, cost: u64) {
+        let mut g = self.lock();
+        let t = match g.queue.tenant_id(tenant) {
+            Some(t) => t,
+            None => g.queue.set_tenant(tenant, weight, None, weight),
+        };
+        g.queue.charge(t, cost);
+    }
+}
+
+/// Removes a waiter whose future was dropped while queued.
+struct LeaveQueue<'a> {
+    pool: &'a Arc<Pool>,
+    ticket: Ticket,
+    rx: Option<oneshot::Receiver<Grant>>,
+    armed: bool,
+}
+
+impl Drop for LeaveQueue<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // If it was granted just before the caller left, the grant sits in the receiver being
+        // dropped with this future; the receiver's drop does not release it, so do it here.
+        let removed = self.pool.lock().queue.remove(self.ticket);
+        if removed.is_none() {
+            if let Some(rx) = self.rx.as_mut() {
+                if let Ok(grant) = rx.try_recv() {
+                    drop(self.pool.permit(grant.tenant, grant.tokens, grant.prompt_cost));
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn clamp_tokens(&self, tokens: u64) -> u64 {
+        // A request larger than the whole token bound could never run; let it run alone.
+        self.cfg
+            .max_tokens_in_flight
+            .map_or(tokens, |m| tokens.min(m))
+    }
+
+    fn fits(&self, tokens: u64) -> bool {
+        self.in_flight < self.cfg.max_in_flight
+            && self
+                .cfg
+                .max_tokens_in_flight
+                .is_none_or(|m| self.tokens_in_flight + tokens <= m)
+    }
+
+    fn take(&mut self, tenant: TenantId, tokens: u64, prompt_cost: u64, sec: u64) {
+        self.in_flight += 1;
+        self.tokens_in_flight += tokens;
+        self.account(tenant, prompt_cost, sec);
+    }
+
+    fn account(&mut self, tenant: TenantId, cost: u64, sec: u64) {
+        self.queue.charge(tenant, cost);
+        self.windows.entry(tenant).or_default().add(sec, cost);
+        *self.unpublished.entry(tenant).or_default() += cost;
+    }
+
+    fn release(&mut self, tenant: TenantId, tokens: u64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.tokens_in_flight = self.tokens_in_flight.saturating_sub(tokens);
+        self.queue.finish(tenant);
+    }
+
+    /// Hands free slots to waiters in queue order. Head-of-line: when the next entry does not
+    /// fit the token bound, nobody behind it jumps ahead (that would starve large requests).
+    fn dispatch(&mut self) -> Vec<Dispatched> {
+        let mut out = Vec::new();
+        while let Some((_, w)) = self.queue.peek() {
+            if !self.fits(w.tokens) {
+                break;
+            }
+            let Some((tenant, w)) = self.queue.pop() else {
+                break;
+            };
+            self.in_flight += 1;
+            self.tokens_in_flight += w.tokens;
+            let sec = self.epoch.elapsed().as_secs();
+            self.account(tenant, w.prompt_cost, sec);
+            out.push((
+                w.tx,
+                Grant {
+                    tenant,
+                    tokens: w.tokens,
+                    prompt_cost: w.prompt_cost,
+                },
+            ));
+        }
+        out
+    }
+
+    fn retry_after(&self) -> Duration {
+        let cap = self.cfg.max_in_flight.max(1) as f64;
+        let rounds = (self.queue.len() as f64 / cap).ceil().max(1.0);
+        let secs = (self.hold_ewma_ms * rounds / 1000.0).ceil();
+        Duration::from_secs(secs.clamp(1.0, 60.0) as u64)
+    }
+}
+
+/// A granted slot. Charges served tokens while held; frees the slot when dropped.
+pub struct Permit {
+    pool: Arc<Pool>,
+    tenant: TenantId,
+    tokens: u64,
+    prompt_cost: u64,
+    completion_charged: u64,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("pool", &self.pool.name)
+            .field("tokens", &self.tokens)
+            .finish()
+    }
+}
+
+impl Permit {
+    /// Charges completion tokens as they are served (streams call this per chunk).
+    pub fn add_completion_tokens(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let sec = self.pool.now_sec();
+        let mut g = self.pool.lock();
+        let cost = n.saturating_mul(g.cfg.cost.output);
+        g.account(self.tenant, cost, sec);
+        self.completion_charged += n;
+    }
+
+    /// Completion tokens charged so far.
+    pub fn completion_tokens(&self) -> u64 {
+        self.completion_charged
+    }
+
+    /// Corrects the charges to the real usage once it is known: the prompt estimate becomes
+    /// the real prompt, and completion tokens not yet charged are charged.
+    pub fn settle(&mut self, prompt_tokens: u64, completion_tokens: u64) {
+        let sec = self.pool.now_sec();
+        let mut g = self.pool.lock();
+        let real_prompt = prompt_tokens.saturating_mul(g.cfg.cost.input);
+        if real_prompt > self.prompt_cost {
+            g.account(self.tenant, real_prompt - self.prompt_cost, sec);
+        } else {
+            g.queue.refund(self.tenant, self.prompt_cost - real_prompt);
+        }
+        self.prompt_cost = real_prompt;
+        if completion_tokens > self.completion_charged {
+            let cost = (completion_tokens - self.completion_charged).saturating_mul(g.cfg.cost.output);
+            g.account(self.tenant, cost, sec);
+            self.completion_charged = completion_tokens;
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let held_ms = self.since.elapsed().as_secs_f64() * 1000.0;
+        let grants = {
+            let mut g = self.pool.lock();
+            g.hold_ewma_ms = g.hold_ewma_ms * 0.9 + held_ms * 0.1;
+            g.release(self.tenant, self.tokens);
+            g.dispatch()
+        };
+        self.pool.send(grants);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(tenant: &str, secs: u64) -> AdmitRequest<'_> {
+        AdmitRequest {
+            tenant,
+            weight: 1,
+            group: None,
+            group_weight: 1,
+            priority: Priority::Interactive,
+            tokens: 10,
+            prompt_estimate: 5,
+            max_queued: 100,
+            deadline: Instant::now() + Duration::from_secs(secs),
+        }
+    }
+
+    fn pool(n: usize) -> Arc<Pool> {
+        Pool::new(
+            "m",
+            PoolConfig {
+                max_in_flight: n,
+                ..PoolConfig::default()
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admits_at_once_while_there_is_room() {
+        let p = pool(2);
+        let a = p.admit(req("a", 1)).await.unwrap();
+        let b = p.admit(req("a", 1)).await.unwrap();
+        assert_eq!(p.in_flight(), 2);
+        drop((a, b));
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_when_full_and_cancel_leaves_queue() {
+        let p = pool(1);
+        let held = p.admit(req("a", 1)).await.unwrap();
+        let e = p.admit(req("b", 1)).await.unwrap_err();
+        assert!(matches!(e, AdmitError::Timeout { .. }), "{e:?}");
+        assert_eq!(p.queued(), 0);
+
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.admit(req("b", 60)).await.map(drop) });
+        tokio::task::yield_now().await;
+        assert_eq!(p.queued(), 1);
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(p.queued(), 0);
+        drop(held);
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn freed_slot_goes_to_the_tenant_behind_on_service() {
+        let p = pool(1);
+        let mut held = p.admit(req("heavy", 1)).await.unwrap();
+        held.add_completion_tokens(1_000);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for name in ["heavy", "heavy", "light"] {
+            let (p, order) = (p.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let permit = p.admit(req(name, 60)).await.unwrap();
+                order.lock().unwrap().push(name);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(permit);
+            }));
+            tokio::task::yield_now().await;
+        }
+        // The light tenant was lifted to heavy's counter on arrival (no banked credit), and
+        // heavy's running stream keeps being charged while light waits.
+        held.add_completion_tokens(1);
+        drop(held);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(order.lock().unwrap()[0], "light");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tenant_queue_limit_and_pool_limit() {
+        let p = Pool::new(
+            "m",
+            PoolConfig {
+                max_in_flight: 1,
+                max_queued: 2,
+                ..PoolConfig::default()
+            },
+        );
+        let _held = p.admit(req("a", 1)).await.unwrap();
+        let mut r = req("a", 60);
+        r.max_queued = 1;
+        let p1 = p.clone();
+        let r1 = r.clone();
+        let _w = tokio::spawn(async move { p1.admit(r1).await.map(drop) });
+        tokio::task::yield_now().await;
+        let e = p.admit(r).await.unwrap_err();
+        assert_eq!(e.reason(), "tenant_queue_full");
+        let p2 = p.clone();
+        let _w2 = tokio::spawn(async move { p2.admit(req("b", 60)).await.map(drop) });
+        tokio::task::yield_now().await;
+        let e = p.admit(req("c", 60)).await.unwrap_err();
+        assert_eq!(e.reason(), "pool_queue_full");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bound_limits_concurrency() {
+        let p = Pool::new(
+            "m",
+            PoolConfig {
+                max_in_flight: 10,
+                max_tokens_in_flight: Some(25),
+                ..PoolConfig::default()
+            },
+        );
+        let a = p.admit(req("a", 1)).await.unwrap();
+        let b = p.admit(req("a", 1)).await.unwrap();
+        assert!(p.admit(req("a", 1)).await.is_err());
+        drop(a);
+        let c = p.admit(req("a", 1)).await.unwrap();
+        drop((b, c));
+    }
+}
