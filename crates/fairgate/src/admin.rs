@@ -76,8 +76,11 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
+/// After every change: the directory, the pools' weights and the budget accounts follow.
 async fn reload(st: &AppState) -> Result<(), ApiError> {
-    st.identity.reload().await.map_err(ApiError::from)
+    crate::server::refresh_directory(st)
+        .await
+        .map_err(ApiError::from)
 }
 
 fn valid_name(kind: &str, name: &str) -> Result<(), ApiError> {

@@ -46,8 +46,41 @@ enum Command {
     Sim(SimArgs),
     /// Administer tenants and keys of a running gateway.
     Admin(AdminArgs),
-    /// Measure gateway overhead: the same load direct to a backend and through fairgate.
-    Bench(crate::bench::BenchArgs),
+    /// Measure gateway overhead (the same load direct to a backend and through fairgate), or
+    /// with `--scenario`, fair-share admission against a timed simulator.
+    Bench(BenchCmd),
+}
+
+#[derive(Args)]
+struct BenchCmd {
+    /// Fair-share scenario (`fair` vs `fifo` admission); without it, the overhead benchmark.
+    #[arg(long, value_enum)]
+    scenario: Option<crate::fairbench::Scenario>,
+    /// Admission modes to run (scenarios only).
+    #[arg(long, value_enum, default_value_t = crate::fairbench::ModeSel::Both)]
+    mode: crate::fairbench::ModeSel,
+    /// Write scenario results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seed of the simulator and the prompt text (scenarios only).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds per closed-loop phase (overhead, default 5) or of load per run (scenarios,
+    /// default 25).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Concurrent connections in the closed-loop phase (overhead).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Request rate of the open-loop latency phase (overhead).
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// `max_tokens` of each request (overhead; the simulator answers with exactly this many).
+    #[arg(long, default_value_t = 16)]
+    max_tokens: u64,
+    /// Also measure streamed requests (overhead).
+    #[arg(long)]
+    stream: bool,
 }
 
 #[derive(Args)]
@@ -230,6 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let env: Vec<(String, String)> = std::env::vars().collect();
+            let path_for_reload = config.clone();
             let config = Config::load(config.as_deref(), env)?;
             init_logging(&config.log_format);
             if config.models.is_empty() {
@@ -239,7 +273,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!("no admin token configured: /admin/v1 is disabled");
             }
             let addr = config.listen_addr()?;
-            let gateway = Gateway::build(config).await?;
+            let config_for_reload = config;
+            let gateway = Gateway::build_with_path(config_for_reload, path_for_reload).await?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding {addr}"))?;
@@ -264,9 +299,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             run_sim(args).await
         }
         Command::Admin(args) => run_admin(args).await,
-        Command::Bench(args) => {
+        Command::Bench(b) => {
             init_logging("text");
-            crate::bench::run(args).await
+            match b.scenario {
+                Some(scenario) => {
+                    crate::fairbench::run(crate::fairbench::FairBenchArgs {
+                        scenario,
+                        mode: b.mode,
+                        seconds: b.seconds.unwrap_or(25),
+                        seed: b.seed,
+                        json: b.json,
+                    })
+                    .await
+                }
+                None => {
+                    crate::bench::run(crate::bench::BenchArgs {
+                        seconds: b.seconds.unwrap_or(5),
+                        concurrency: b.concurrency,
+                        rate: b.rate,
+                        max_tokens: b.max_tokens,
+                        stream: b.stream,
+                    })
+                    .await
+                }
+            }
         }
     }
 }

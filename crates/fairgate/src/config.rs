@@ -5,6 +5,7 @@
 //! about, with its path (`models[0].backends[1].url`), because a config that fails to load is
 //! the first thing a new operator meets.
 
+use fairgate_types::{Group, OnLimit, Price, TenantPolicy};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,41 @@ pub struct Config {
     #[serde(default)]
     pub ledger: LedgerSettings,
     #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Groups declared in the file; upserted into the database at start and on reload.
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    /// Tenants declared in the file; upserted at start and on reload (the file wins over
+    /// admin-API changes to the same tenant at the next reload).
+    #[serde(default)]
+    pub tenants: Vec<TenantDecl>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantDecl {
+    pub name: String,
+    #[serde(default = "defaults::one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub policy: TenantPolicy,
+}
+
+/// The response cache's size; models opt in with `cache = true`, requests with the
+/// `x-fairgate-cache: on` header.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default = "defaults::cache_ttl_s")]
+    pub ttl_s: u64,
+    #[serde(default = "defaults::cache_max_entries")]
+    pub max_entries: usize,
+    #[serde(default = "defaults::cache_max_bytes")]
+    pub max_bytes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -50,6 +85,12 @@ pub struct Config {
 pub struct ModelConfig {
     pub name: String,
     pub backends: Vec<BackendConfig>,
+    /// Prices for cost accounting and money budgets (micros per million tokens).
+    #[serde(default)]
+    pub price: Price,
+    /// Serve repeated deterministic requests (temperature 0) from the response cache.
+    #[serde(default)]
+    pub cache: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -60,6 +101,10 @@ pub struct BackendConfig {
     /// Requests this backend may have in flight through this gateway.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
+    /// Reserved tokens (prompt estimate + max output) this backend may hold at once; bounds
+    /// KV-cache pressure. Unbounded when absent.
+    #[serde(default)]
+    pub max_tokens_in_flight: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -89,9 +134,25 @@ pub struct AdmissionConfig {
     /// served, as a plain proxy does (for comparison).
     #[serde(default)]
     pub mode: SchedulerMode,
-    /// How long a request may wait for a free backend slot before a 429/503.
+    /// How long a request may wait for a free backend slot before a 429/503 (a tenant's
+    /// `max_wait_ms` overrides it).
     #[serde(default = "defaults::queue_timeout_ms")]
     pub queue_timeout_ms: u64,
+    /// Requests one tenant may have queued per model (a tenant's `max_queue` overrides it).
+    #[serde(default = "defaults::max_queue_per_tenant")]
+    pub max_queue_per_tenant: usize,
+    /// Requests queued per model across all tenants before new ones get 503.
+    #[serde(default = "defaults::max_queued")]
+    pub max_queued: usize,
+    /// Fair-share cost of a prompt token (VTC's w_in).
+    #[serde(default = "defaults::one_u64")]
+    pub input_token_cost: u64,
+    /// Fair-share cost of a completion token (VTC's w_out); decode is dearer than prefill.
+    #[serde(default = "defaults::two_u64")]
+    pub output_token_cost: u64,
+    /// What a request over its rate limit does, unless its tenant says otherwise.
+    #[serde(default)]
+    pub on_limit: OnLimit,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -151,6 +212,30 @@ mod defaults {
     pub fn queue_timeout_ms() -> u64 {
         30_000
     }
+    pub fn max_queue_per_tenant() -> usize {
+        1_000
+    }
+    pub fn max_queued() -> usize {
+        10_000
+    }
+    pub fn one() -> u32 {
+        1
+    }
+    pub fn one_u64() -> u64 {
+        1
+    }
+    pub fn two_u64() -> u64 {
+        2
+    }
+    pub fn cache_ttl_s() -> u64 {
+        300
+    }
+    pub fn cache_max_entries() -> usize {
+        10_000
+    }
+    pub fn cache_max_bytes() -> usize {
+        64 * 1024 * 1024
+    }
     pub fn ledger_batch_size() -> usize {
         256
     }
@@ -178,6 +263,21 @@ impl Default for AdmissionConfig {
         Self {
             mode: SchedulerMode::Fair,
             queue_timeout_ms: defaults::queue_timeout_ms(),
+            max_queue_per_tenant: defaults::max_queue_per_tenant(),
+            max_queued: defaults::max_queued(),
+            input_token_cost: 1,
+            output_token_cost: 2,
+            on_limit: OnLimit::Queue,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_s: defaults::cache_ttl_s(),
+            max_entries: defaults::cache_max_entries(),
+            max_bytes: defaults::cache_max_bytes(),
         }
     }
 }
@@ -230,6 +330,7 @@ const ENV_FIELDS: &[&str] = &[
     "upstream",
     "admission",
     "ledger",
+    "cache",
 ];
 
 impl Config {
@@ -323,6 +424,55 @@ impl Config {
                 "must be at least ledger.batch_size",
             ));
         }
+        let a = &self.admission;
+        if a.max_queue_per_tenant == 0 || a.max_queued == 0 {
+            return Err(field_err(
+                "admission.max_queued",
+                "queue bounds must be at least 1",
+            ));
+        }
+        if a.input_token_cost == 0 && a.output_token_cost == 0 {
+            return Err(field_err(
+                "admission.output_token_cost",
+                "at least one token cost must be positive, or fair share has nothing to measure",
+            ));
+        }
+        let mut seen_groups = std::collections::HashSet::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            if !valid_name(&g.name) || !seen_groups.insert(g.name.as_str()) {
+                return Err(field_err(
+                    format!("groups[{i}].name"),
+                    format!("`{}` is invalid (1-64 characters from A-Z a-z 0-9 - _ . @) or declared twice", g.name),
+                ));
+            }
+            if !(1..=MAX_WEIGHT).contains(&g.weight) {
+                return Err(field_err(
+                    format!("groups[{i}].weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}"),
+                ));
+            }
+        }
+        let mut seen_tenants = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            if !valid_name(&t.name) || !seen_tenants.insert(t.name.as_str()) {
+                return Err(field_err(
+                    format!("tenants[{i}].name"),
+                    format!("`{}` is invalid (1-64 characters from A-Z a-z 0-9 - _ . @) or declared twice", t.name),
+                ));
+            }
+            if !(1..=MAX_WEIGHT).contains(&t.weight) {
+                return Err(field_err(
+                    format!("tenants[{i}].weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}"),
+                ));
+            }
+            if t.group.as_deref().is_some_and(|g| !valid_name(g)) {
+                return Err(field_err(
+                    format!("tenants[{i}].group"),
+                    "must be 1-64 characters from A-Z a-z 0-9 - _ . @",
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
             if m.name.is_empty() || m.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -346,6 +496,12 @@ impl Config {
             for (j, b) in m.backends.iter().enumerate() {
                 let at = format!("models[{i}].backends[{j}]");
                 validate_backend_url(&b.url).map_err(|msg| field_err(format!("{at}.url"), msg))?;
+                if b.max_tokens_in_flight == Some(0) {
+                    return Err(field_err(
+                        format!("{at}.max_tokens_in_flight"),
+                        "must be at least 1 (leave it out for no token bound)",
+                    ));
+                }
                 if b.max_in_flight == 0 {
                     return Err(field_err(
                         format!("{at}.max_in_flight"),
@@ -369,6 +525,21 @@ impl Config {
     pub fn queue_timeout(&self) -> Duration {
         Duration::from_millis(self.admission.queue_timeout_ms)
     }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+/// Largest tenant or group weight; keeps counter arithmetic far from overflow.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+/// Tenant and group names: the same rule as the admin API's.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
 }
 
 fn validate_backend_url(url: &str) -> Result<(), String> {

@@ -55,8 +55,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             }
         });
         models.push(ModelConfig {
+            price: Default::default(),
+            cache: false,
             name: name.to_owned(),
             backends: vec![BackendConfig {
+                max_tokens_in_flight: None,
                 url: format!("http://{addr}"),
                 max_in_flight: 64,
             }],

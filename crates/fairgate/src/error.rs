@@ -39,8 +39,42 @@ pub enum ApiError {
     MissingModel(String),
     #[error("no route for {0}")]
     RouteNotFound(String),
-    #[error("all backends of model `{model}` are busy and the request waited {waited_ms} ms for a slot; retry later")]
-    QueueTimeout { model: String, waited_ms: u64 },
+    #[error("{}", queue_timeout_message(model, *waited_ms, *overloaded))]
+    QueueTimeout {
+        model: String,
+        waited_ms: u64,
+        /// The request was next in line: the whole model is short of capacity (503), rather
+        /// than other tenants' shares holding this one back (429).
+        overloaded: bool,
+        retry_after_s: u64,
+    },
+    #[error("tenant `{tenant}` already has {limit} requests queued for model `{model}`; wait for some to finish")]
+    TenantQueueFull {
+        tenant: String,
+        model: String,
+        limit: usize,
+        retry_after_s: u64,
+    },
+    #[error("model `{model}` is overloaded: {queued} requests are already queued; retry later")]
+    PoolFull {
+        model: String,
+        queued: usize,
+        retry_after_s: u64,
+    },
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        /// `rpm`, `tpm` or `max_concurrent`.
+        limit: &'static str,
+        retry_after_s: u64,
+    },
+    #[error("{0}")]
+    BudgetExceeded(String),
+    #[error("{message}")]
+    InvalidHeader {
+        message: String,
+        header: &'static str,
+    },
     #[error("could not connect to the backend of model `{model}`: {detail}")]
     UpstreamConnect { model: String, detail: String },
     #[error("the backend of model `{model}` did not answer within {timeout_ms} ms")]
@@ -95,7 +129,15 @@ impl ApiError {
             }
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AdminConflict(_) => StatusCode::CONFLICT,
-            QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
+            QueueTimeout {
+                overloaded: true, ..
+            }
+            | PoolFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            QueueTimeout { .. } | TenantQueueFull { .. } | RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
+            InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             UpstreamConnect { .. } | UpstreamStatus { .. } => StatusCode::BAD_GATEWAY,
             UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -110,7 +152,13 @@ impl ApiError {
             MissingKey | InvalidKey | KeyRevoked | KeyExpired | KeyDisabled
             | AdminUnauthorized(_) => "authentication_error",
             ModelNotAllowed(_) => "permission_error",
-            QueueTimeout { .. } => "rate_limit_error",
+            QueueTimeout {
+                overloaded: true, ..
+            }
+            | PoolFull { .. } => "server_error",
+            QueueTimeout { .. } | TenantQueueFull { .. } | RateLimited { .. } => "rate_limit_error",
+            // What OpenAI sends when an account is out of credit.
+            BudgetExceeded(_) => "insufficient_quota",
             UpstreamConnect { .. }
             | UpstreamTimeout { .. }
             | UpstreamStatus { .. }
@@ -136,7 +184,19 @@ impl ApiError {
             BodyRead(_) => "body_read_error",
             MissingModel(_) => "missing_field",
             RouteNotFound(_) => "unknown_url",
+            QueueTimeout {
+                overloaded: true, ..
+            } => "pool_overloaded",
             QueueTimeout { .. } => "queue_timeout",
+            TenantQueueFull { .. } => "tenant_queue_full",
+            PoolFull { .. } => "pool_queue_full",
+            RateLimited { limit, .. } => match *limit {
+                "rpm" => "rpm_limit_exceeded",
+                "tpm" => "tpm_limit_exceeded",
+                _ => "concurrency_limit_exceeded",
+            },
+            BudgetExceeded(_) => "budget_exceeded",
+            InvalidHeader { .. } => "invalid_header",
             UpstreamConnect { .. } => "upstream_connect",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamStatus { .. } => "upstream_status",
@@ -155,6 +215,7 @@ impl ApiError {
             ApiError::ModelNotAllowed(_)
             | ApiError::ModelNotFound(_)
             | ApiError::MissingModel(_) => Some("model"),
+            ApiError::InvalidHeader { header, .. } => Some(header),
             _ => None,
         }
     }
@@ -176,7 +237,10 @@ impl ApiError {
     /// Seconds a client should wait before retrying, for capacity errors.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::QueueTimeout { .. } => Some(1),
+            ApiError::QueueTimeout { retry_after_s, .. }
+            | ApiError::TenantQueueFull { retry_after_s, .. }
+            | ApiError::PoolFull { retry_after_s, .. }
+            | ApiError::RateLimited { retry_after_s, .. } => Some((*retry_after_s).max(1)),
             ApiError::UpstreamUnavailable { .. } => Some(5),
             _ => None,
         }
@@ -193,6 +257,14 @@ impl ApiError {
             },
         };
         serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#.to_vec())
+    }
+}
+
+fn queue_timeout_message(model: &str, waited_ms: u64, overloaded: bool) -> String {
+    if overloaded {
+        format!("model `{model}` is overloaded: the request waited {waited_ms} ms at the front of the queue and no backend slot freed up; retry later")
+    } else {
+        format!("the request waited {waited_ms} ms for model `{model}` while other tenants with less service went first (fair share); retry later or lower your request rate")
     }
 }
 
@@ -245,10 +317,24 @@ mod tests {
         let r = ApiError::QueueTimeout {
             model: "m".into(),
             waited_ms: 10,
+            overloaded: false,
+            retry_after_s: 3,
         }
         .into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let r = ApiError::QueueTimeout {
+            model: "m".into(),
+            waited_ms: 10,
+            overloaded: true,
+            retry_after_s: 0,
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let e = ApiError::BudgetExceeded("budget exhausted".into());
+        assert_eq!(e.status(), StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(e.outcome(), Outcome::Rejected);
     }
 
     #[test]

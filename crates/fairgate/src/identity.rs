@@ -11,7 +11,7 @@
 
 use arc_swap::ArcSwap;
 use fairgate_store::{Store, StoreError};
-use fairgate_types::{now_millis, KeyId, KeyRecord, Tenant};
+use fairgate_types::{now_millis, Group, KeyId, KeyPolicy, KeyRecord, Tenant};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -101,6 +101,7 @@ pub struct KeyEntry {
     pub user: Option<String>,
     /// `None`: every model.
     pub models: Option<HashSet<String>>,
+    pub policy: KeyPolicy,
     secret_hash: [u8; 32],
     expires_at: Option<i64>,
     enabled: bool,
@@ -120,6 +121,9 @@ impl Principal {
     pub fn may_use(&self, model: &str) -> bool {
         self.0.models.as_ref().is_none_or(|m| m.contains(model))
     }
+    pub fn policy(&self) -> &KeyPolicy {
+        &self.0.policy
+    }
 }
 
 /// An authentication failure, with the key id when the key's id part was recognised, so the
@@ -134,6 +138,7 @@ pub struct AuthFailure {
 pub struct Directory {
     keys: HashMap<String, Arc<KeyEntry>>,
     tenants: HashMap<String, Tenant>,
+    groups: HashMap<String, u32>,
 }
 
 fn decode_hash(hex: &str) -> Option<[u8; 32]> {
@@ -165,6 +170,7 @@ impl Directory {
                     tenant: k.tenant,
                     user: k.user,
                     models: k.models.map(|m| m.into_iter().collect()),
+                    policy: k.policy,
                     secret_hash: hash,
                     expires_at: k.expires_at,
                     enabled: k.enabled,
@@ -173,11 +179,38 @@ impl Directory {
                 Some((k.id.0, Arc::new(entry)))
             })
             .collect();
-        Directory { keys, tenants }
+        Directory {
+            keys,
+            tenants,
+            groups: HashMap::new(),
+        }
+    }
+
+    /// Sets the group weights (groups not listed weigh 1).
+    pub fn with_groups(mut self, groups: Vec<Group>) -> Directory {
+        self.groups = groups.into_iter().map(|g| (g.name, g.weight)).collect();
+        self
     }
 
     pub fn tenant(&self, name: &str) -> Option<&Tenant> {
         self.tenants.get(name)
+    }
+
+    pub fn tenants(&self) -> impl Iterator<Item = &Tenant> {
+        self.tenants.values()
+    }
+
+    /// Weight of a group; an undeclared group weighs 1.
+    pub fn group_weight(&self, group: &str) -> u32 {
+        self.groups.get(group).copied().unwrap_or(1)
+    }
+
+    /// Every key with its own policy, for seeding key budgets.
+    pub fn keys_with_policy(&self) -> impl Iterator<Item = &KeyEntry> {
+        self.keys
+            .values()
+            .filter(|k| !k.policy.is_default())
+            .map(|k| k.as_ref())
     }
 
     /// Resolves an `Authorization` header value.
@@ -237,13 +270,20 @@ impl Identity {
     pub async fn reload(&self) -> Result<(), StoreError> {
         let tenants = self.store.list_tenants().await?;
         let keys = self.store.list_keys(None).await?;
-        self.current
-            .store(Arc::new(Directory::build(tenants, keys)));
+        let groups = self.store.list_groups().await?;
+        self.current.store(Arc::new(
+            Directory::build(tenants, keys).with_groups(groups),
+        ));
         Ok(())
     }
 
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Directory>> {
         self.current.load()
+    }
+
+    /// An owned snapshot, for holding across `.await`.
+    pub fn snapshot_arc(&self) -> Arc<Directory> {
+        self.current.load_full()
     }
 
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthFailure> {

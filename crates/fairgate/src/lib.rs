@@ -19,11 +19,14 @@
 //! `fairgate-sim` (the vLLM-compatible simulator).
 
 pub mod admin;
+pub mod admission;
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fairbench;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;

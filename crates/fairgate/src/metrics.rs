@@ -23,8 +23,15 @@ pub struct Metrics {
     /// Time spent inside the gateway itself (request path before the upstream call plus
     /// response handling), excluding queue wait and upstream time.
     pub overhead: HistogramVec,
+    /// Admission decisions by model, tenant, result (`admitted`, `rejected`, `cache_hit`) and
+    /// rejection reason.
+    pub admissions: IntCounterVec,
     in_flight: IntGaugeVec,
     queued: IntGaugeVec,
+    tenant_queued: IntGaugeVec,
+    tenant_in_flight: IntGaugeVec,
+    tenant_service: IntCounterVec,
+    tenant_weight: IntGaugeVec,
     backend_in_flight: IntGaugeVec,
     backend_capacity: IntGaugeVec,
 }
@@ -103,9 +110,34 @@ impl Metrics {
             )?,
             queue_wait: hist(
                 "fairgate_queue_wait_seconds",
-                "Time spent waiting for backend capacity",
+                "Time spent waiting for admission (limits and fair-share queue), per model and tenant",
                 LATENCY_BUCKETS,
-                &["model"],
+                &["model", "tenant"],
+            )?,
+            admissions: counter(
+                "fairgate_admission_decisions_total",
+                "Admission decisions by model, tenant, result and rejection reason",
+                &["model", "tenant", "result", "reason"],
+            )?,
+            tenant_queued: gauge(
+                "fairgate_tenant_queued_requests",
+                "Requests queued for fair-share admission, per model and tenant",
+                &["model", "tenant"],
+            )?,
+            tenant_in_flight: gauge(
+                "fairgate_tenant_in_flight_requests",
+                "Admitted requests in flight, per model and tenant",
+                &["model", "tenant"],
+            )?,
+            tenant_service: counter(
+                "fairgate_tenant_weighted_service_total",
+                "Weighted token service received (input_token_cost x prompt + output_token_cost x completion tokens), per model and tenant",
+                &["model", "tenant"],
+            )?,
+            tenant_weight: gauge(
+                "fairgate_tenant_weight",
+                "Fair-share weight in effect, per model and tenant",
+                &["model", "tenant"],
             )?,
             overhead: hist(
                 "fairgate_gateway_overhead_seconds",
@@ -146,6 +178,24 @@ impl Metrics {
             self.queued
                 .with_label_values(&[&pool.name])
                 .set(pool.queued() as i64);
+            for t in pool.fair.state().tenants {
+                let labels = [pool.name.as_str(), &t.view.name];
+                self.tenant_queued
+                    .with_label_values(&labels)
+                    .set(t.view.queued as i64);
+                self.tenant_in_flight
+                    .with_label_values(&labels)
+                    .set(t.view.in_flight as i64);
+                self.tenant_weight
+                    .with_label_values(&labels)
+                    .set(t.view.weight as i64);
+                // The pool keeps the running total; the counter follows it upwards (a refund
+                // of an over-estimated prompt can lower the total slightly; counters may not).
+                let c = self.tenant_service.with_label_values(&labels);
+                if t.view.service > c.get() {
+                    c.inc_by(t.view.service - c.get());
+                }
+            }
             for b in &pool.backends {
                 self.backend_in_flight
                     .with_label_values(&[&pool.name, &b.url])

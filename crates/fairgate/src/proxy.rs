@@ -23,22 +23,29 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use fairgate_relay::{Endpoint, StreamRelay};
-use fairgate_types::{now_millis, LedgerRow, Outcome, RequestId, Usage, UsageSource};
+use fairgate_types::{now_millis, LedgerRow, Outcome, Priority, RequestId, Usage, UsageSource};
 use futures_util::stream;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use crate::admission::{Admitted, Ask};
+use crate::cache::{CacheKey, CachedResponse};
 use crate::error::ApiError;
 use crate::identity::Principal;
 use crate::server::AppState;
-use crate::upstream::{Lease, ModelPool};
+use crate::upstream::ModelPool;
 
 /// Largest upstream body the gateway reads whole (non-stream answers, error bodies).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const QUEUE_WAIT_HEADER: &str = "x-fairgate-queue-wait-ms";
+/// Request header choosing the priority class (`interactive` or `batch`).
+pub const PRIORITY_HEADER: &str = "x-fairgate-priority";
+/// Request header `on`/`off` to opt into or out of the response cache; response header
+/// `hit`/`miss` on cacheable requests.
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-fairgate-cache");
 
 /// Status recorded for a client that went away before any response status was sent
 /// (nginx's "client closed request").
@@ -55,6 +62,9 @@ pub(crate) struct Tracker {
     overhead_before: Duration,
     /// Prompt tokens as estimated from the request, used when the upstream reports no usage.
     prompt_estimate: u64,
+    /// The admission (backend slot, limits, budget) this request holds; settled with the
+    /// real usage when the row is recorded, which also frees the slot.
+    admitted: Option<Admitted>,
     done: bool,
 }
 
@@ -70,6 +80,7 @@ impl Tracker {
             upstream_sent: None,
             overhead_before: Duration::ZERO,
             prompt_estimate: 0,
+            admitted: None,
             done: false,
         }
     }
@@ -136,6 +147,14 @@ impl Tracker {
             return;
         }
         self.done = true;
+        if let Some(a) = self.admitted.take() {
+            let usage = Usage {
+                prompt_tokens: self.row.prompt_tokens,
+                completion_tokens: self.row.completion_tokens,
+                cached_tokens: self.row.cached_tokens,
+            };
+            self.row.cost = a.settle(&usage);
+        }
         self.row.duration_ms = self.elapsed_ms();
         let m = &self.st.metrics;
         let tenant = self.row.tenant.as_deref().unwrap_or("");
@@ -206,6 +225,8 @@ struct Plan {
     strip_chunk_usage: bool,
     reservation: u64,
     prompt_estimate: u64,
+    /// A parsed, non-streamed request whose answer may be cached.
+    cache_candidate: bool,
     /// Body to send upstream.
     body: Bytes,
 }
@@ -249,6 +270,7 @@ pub async fn generic(State(st): State<Arc<AppState>>, req: Request) -> Response 
         strip_chunk_usage: false,
         reservation: 0,
         prompt_estimate: 0,
+        cache_candidate: false,
         body: bytes,
     };
     forward(st, t, principal, parts, plan).await
@@ -292,6 +314,7 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
         strip_chunk_usage: continuous && !wants_continuous,
         reservation,
         prompt_estimate: parsed.prompt_tokens_estimate,
+        cache_candidate: !parsed.stream,
         body,
     };
     forward(st, t, principal, parts, plan).await
@@ -452,31 +475,104 @@ async fn forward(
         return t.fail(ApiError::ModelNotAllowed(plan.model));
     }
 
-    let queued_at = Instant::now();
-    let lease = match pool.acquire(st.config.queue_timeout()).await {
-        Ok(l) => l,
-        Err(_) => {
-            t.row.queue_ms = queued_at.elapsed().as_millis() as u64;
-            return t.fail(ApiError::QueueTimeout {
-                model: plan.model,
-                waited_ms: t.row.queue_ms,
-            });
-        }
+    let live = st.live.load();
+    let dir = st.identity.snapshot();
+    let Some(tenant) = dir.tenant(principal.tenant()) else {
+        // Authentication checked the tenant a moment ago; it was deleted in between.
+        return t.fail(ApiError::KeyDisabled);
     };
+    let priority = match parts.headers.get(PRIORITY_HEADER) {
+        None => principal.policy().priority.unwrap_or_default(),
+        Some(v) => match v.to_str().ok().and_then(Priority::parse) {
+            Some(p) => p,
+            None => {
+                return t.fail(ApiError::InvalidHeader {
+                    message: format!("header `{PRIORITY_HEADER}` must be `interactive` or `batch`"),
+                    header: PRIORITY_HEADER,
+                })
+            }
+        },
+    };
+    t.row.priority = priority;
+    let model_cfg = live.model(&plan.model);
+    let price = model_cfg.map(|m| m.price).unwrap_or_default();
+
+    // Response cache: before admission, so hits touch neither fair share nor a backend.
+    let cache_key = match cache_wanted(&parts.headers, model_cfg.is_some_and(|m| m.cache)) {
+        Ok(false) => None,
+        Ok(true) if !plan.cache_candidate => None,
+        Ok(true) => match crate::cache::uncacheable_reason(&plan.body) {
+            Some(_) => None,
+            None => Some(crate::cache::cache_key(
+                &plan.model,
+                parts.uri.path(),
+                &plan.body,
+            )),
+        },
+        Err(e) => return t.fail(e),
+    };
+    if let Some(key) = &cache_key {
+        if let Some(hit) = st.admission.cache.get(key, std::time::Instant::now()) {
+            return cache_hit(&st, t, hit);
+        }
+    }
+
+    let policy = &tenant.policy;
+    let wait = policy
+        .max_wait_ms
+        .unwrap_or(live.admission.queue_timeout_ms);
+    let queued_at = Instant::now();
+    let ask = Ask {
+        principal: &principal,
+        tenant,
+        group_weight: tenant
+            .group
+            .as_deref()
+            .map_or(tenant.weight, |g| dir.group_weight(g)),
+        price,
+        priority,
+        reservation: plan.reservation,
+        prompt_estimate: plan.prompt_estimate,
+        deadline: tokio::time::Instant::now() + Duration::from_millis(wait),
+        on_limit: policy.on_limit.unwrap_or(live.admission.on_limit),
+        max_queue: policy
+            .max_queue
+            .map_or(live.admission.max_queue_per_tenant, |q| q as usize),
+    };
+    let admitted = st.admission.admit(&pool, ask).await;
     let waited = queued_at.elapsed();
     t.row.queue_ms = waited.as_millis() as u64;
+    let tenant_name = tenant.name.clone();
+    drop(dir);
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(e) => {
+            st.metrics
+                .admissions
+                .with_label_values(&[&plan.model, &tenant_name, "rejected", e.class()])
+                .inc();
+            return t.fail(e);
+        }
+    };
+    st.metrics
+        .admissions
+        .with_label_values(&[&plan.model, &tenant_name, "admitted", ""])
+        .inc();
     st.metrics
         .queue_wait
-        .with_label_values(&[&plan.model])
+        .with_label_values(&[&plan.model, &tenant_name])
         .observe(waited.as_secs_f64());
-    t.row.backend = Some(lease.backend.url.clone());
+    let backend = admitted.lease.backend.clone();
+    t.row.backend = Some(backend.url.clone());
+    t.admitted = Some(admitted);
+    let lease = &backend;
 
     let path_q = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let uri = format!("{}{}", lease.backend.url, path_q);
+    let uri = format!("{}{}", lease.url, path_q);
     let mut builder = http::Request::builder()
         .method(parts.method.clone())
         .uri(uri);
@@ -505,7 +601,7 @@ async fn forward(
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 let detail = if e.is_connect() {
-                    format!("connection failed ({})", lease.backend.url)
+                    format!("connection failed ({})", lease.url)
                 } else {
                     format!("request failed: {e}")
                 };
@@ -556,9 +652,9 @@ async fn forward(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if status.is_success() && is_sse {
         let relay = StreamRelay::with_options(plan.strip_usage_chunk, plan.strip_chunk_usage);
-        return relay_stream(st, t, lease, resp, relay);
+        return relay_stream(st, t, resp, relay);
     }
-    relay_whole(st, t, lease, resp).await
+    relay_whole(st, t, resp, cache_key).await
 }
 
 fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
@@ -600,12 +696,52 @@ fn upstream_error_message(body: &[u8]) -> Option<String> {
     })
 }
 
+/// Whether this request uses the response cache: the header `x-fairgate-cache: on|off`
+/// overrides the model's setting.
+fn cache_wanted(headers: &HeaderMap, model_default: bool) -> Result<bool, ApiError> {
+    match headers.get(&CACHE_HEADER) {
+        None => Ok(model_default),
+        Some(v) => match v.to_str().unwrap_or("") {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(ApiError::InvalidHeader {
+                message: "header `x-fairgate-cache` must be `on` or `off`".into(),
+                header: "x-fairgate-cache",
+            }),
+        },
+    }
+}
+
+/// Answers from the cache: no backend, no fair-share charge, no tokens billed.
+fn cache_hit(st: &AppState, mut t: Tracker, hit: CachedResponse) -> Response {
+    t.row.cache_hit = true;
+    t.row.status = hit.status;
+    t.row.outcome = Outcome::Ok;
+    t.mark_first_token();
+    let model = t.row.model.clone().unwrap_or_default();
+    let tenant = t.row.tenant.clone().unwrap_or_default();
+    st.metrics
+        .admissions
+        .with_label_values(&[&model, &tenant, "cache_hit", ""])
+        .inc();
+    let mut out = Response::new(Body::from(hit.body));
+    *out.status_mut() = StatusCode::from_u16(hit.status).unwrap_or(StatusCode::OK);
+    if let Some(ct) = hit.content_type {
+        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    out.headers_mut()
+        .insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    t.decorate(out.headers_mut());
+    t.record();
+    out
+}
+
 /// Non-stream answer: read whole, take usage, pass the bytes through unchanged.
 async fn relay_whole(
     st: Arc<AppState>,
     mut t: Tracker,
-    lease: Lease,
     resp: http::Response<Incoming>,
+    cache_key: Option<CacheKey>,
 ) -> Response {
     let (parts, body) = resp.into_parts();
     let idle = Duration::from_millis(st.config.upstream.idle_timeout_ms);
@@ -620,11 +756,23 @@ async fn relay_whole(
             });
         }
     };
-    drop(lease);
     let after = Instant::now();
     t.mark_first_token();
-    if let Some(u) = fairgate_relay::usage_from_body(&bytes) {
+    let usage = fairgate_relay::usage_from_body(&bytes);
+    if let Some(u) = usage {
         t.set_usage(u, UsageSource::Upstream);
+    }
+    if let (Some(key), true) = (cache_key, parts.status == StatusCode::OK) {
+        st.admission.cache.insert(
+            key,
+            CachedResponse {
+                status: 200,
+                content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+                body: bytes.clone(),
+                usage,
+            },
+            std::time::Instant::now(),
+        );
     }
     t.row.status = parts.status.as_u16();
     if parts.status.is_success() {
@@ -637,6 +785,10 @@ async fn relay_whole(
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     t.decorate(out.headers_mut());
+    if cache_key.is_some() {
+        out.headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+    }
     t.overhead_before += after.elapsed();
     t.record();
     out
@@ -647,10 +799,9 @@ struct Relay {
     upstream: Incoming,
     relay: StreamRelay,
     tracker: Tracker,
-    /// Held until the stream ends or is dropped, so the backend slot is busy exactly as long
-    /// as the backend is working for us.
-    lease: Option<Lease>,
     idle: Duration,
+    /// Completion tokens reported to admission so far.
+    completion_seen: u64,
     last_token: Option<Instant>,
     finished: bool,
 }
@@ -680,8 +831,26 @@ impl Relay {
         self.tracker.set_usage(usage, source);
         self.tracker.row.outcome = outcome;
         self.tracker.row.error_class = error_class.map(str::to_owned);
-        self.lease = None;
+        // Recording settles the admission, so the backend slot is busy exactly as long as
+        // the backend is working for us.
         self.tracker.record();
+    }
+
+    /// Charges new tokens to fair share; `Err` when a hard budget says to stop here.
+    fn charge(&mut self) -> Result<(), String> {
+        let usage = self.relay.usage();
+        let completion = usage
+            .map(|u| u.completion_tokens)
+            .unwrap_or(0)
+            .max(self.relay.completion_tokens_counted());
+        if completion == self.completion_seen {
+            return Ok(());
+        }
+        self.completion_seen = completion;
+        match self.tracker.admitted.as_mut() {
+            Some(a) => a.progress(usage.map(|u| u.prompt_tokens), completion),
+            None => Ok(()),
+        }
     }
 
     fn on_push(&mut self, p: &fairgate_relay::Pushed) {
@@ -723,7 +892,6 @@ fn sse_error_event(err: &ApiError) -> Bytes {
 fn relay_stream(
     st: Arc<AppState>,
     mut t: Tracker,
-    lease: Lease,
     resp: http::Response<Incoming>,
     relay: StreamRelay,
 ) -> Response {
@@ -736,8 +904,8 @@ fn relay_stream(
         upstream: body,
         relay,
         tracker: t,
-        lease: Some(lease),
         idle: Duration::from_millis(st.config.upstream.idle_timeout_ms),
+        completion_seen: 0,
         last_token: None,
         finished: false,
     };
@@ -753,6 +921,19 @@ fn relay_stream(
                     };
                     let p = s.relay.push(&data);
                     s.on_push(&p);
+                    if let Err(why) = s.charge() {
+                        // A hard budget ran out: end the answer cleanly here. Dropping the
+                        // upstream body closes the backend connection, which stops generation.
+                        s.finished = true;
+                        let mut out = bytes::BytesMut::from(&p.forward[..]);
+                        out.extend_from_slice(&s.relay.finish());
+                        let err =
+                            ApiError::BudgetExceeded(format!("the answer was cut off: {why}"));
+                        out.extend_from_slice(&sse_error_event(&err));
+                        out.extend_from_slice(b"data: [DONE]\n\n");
+                        s.settle(Outcome::CutOff, Some("budget_exceeded"));
+                        return Some((Ok(out.freeze()), s));
+                    }
                     if !p.forward.is_empty() {
                         return Some((Ok::<Bytes, std::convert::Infallible>(p.forward), s));
                     }

@@ -5,8 +5,10 @@
 //! requests finish (axum's graceful shutdown), then wait for the tracked ledger-recording
 //! tasks, then drain and commit the ledger writer's queue.
 
+use arc_swap::ArcSwap;
 use axum::serve::ListenerExt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use fairgate_store::{LedgerConfig, LedgerHandle, LedgerWriter, Store};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -25,7 +28,14 @@ use crate::{admin, proxy};
 
 /// Everything a request handler needs; shared read-only behind one `Arc`.
 pub struct AppState {
+    /// The config the gateway started with: listen address, database, models and backends.
     pub config: Arc<Config>,
+    /// The reloadable view of the config (admission settings, prices, cache opt-ins,
+    /// file-declared tenants): swapped whole on SIGHUP or `POST /admin/v1/reload`.
+    pub live: ArcSwap<Config>,
+    /// Where `live` is re-read from; `None` when started without a file.
+    pub config_path: Option<PathBuf>,
+    pub admission: Admission,
     pub store: Store,
     pub identity: Identity,
     pub upstreams: Upstreams,
@@ -49,6 +59,11 @@ const DIRECTORY_REFRESH: Duration = Duration::from_secs(5);
 
 impl Gateway {
     pub async fn build(config: Config) -> anyhow::Result<Gateway> {
+        Self::build_with_path(config, None).await
+    }
+
+    /// Like [`Gateway::build`]; `path` is the file SIGHUP re-reads.
+    pub async fn build_with_path(config: Config, path: Option<PathBuf>) -> anyhow::Result<Gateway> {
         if config.database.starts_with("sqlite://") {
             // Make a relative SQLite path's directory exist, as a first run expects.
             let path = config.database.trim_start_matches("sqlite://");
@@ -72,10 +87,16 @@ impl Gateway {
         let (ledger, ledger_writer) =
             fairgate_store::spawn_ledger(store.clone(), ledger_cfg, &metrics.registry)
                 .context("starting the ledger writer")?;
+        apply_declared(&store, &config)
+            .await
+            .context("applying tenants and groups declared in the config file")?;
         let identity = Identity::load(store.clone())
             .await
             .context("loading tenants and keys")?;
         let state = Arc::new(AppState {
+            live: ArcSwap::from_pointee(config.clone()),
+            config_path: path,
+            admission: Admission::new(&config),
             upstreams: Upstreams::from_config(&config),
             client: http_client(Duration::from_millis(config.upstream.connect_timeout_ms)),
             config: Arc::new(config),
@@ -86,6 +107,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             started_at: chrono::Utc::now().timestamp(),
         });
+        sync_directory(&state).await;
         Ok(Gateway {
             state,
             ledger_writer,
@@ -114,11 +136,15 @@ impl Gateway {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    if let Err(e) = state.identity.reload().await {
+                    if let Err(e) = refresh_directory(&state).await {
                         tracing::warn!(error = %e, "refreshing the key directory failed; keeping the last one");
                     }
                 }
             })
+        };
+        let hangup = {
+            let state = state.clone();
+            tokio::spawn(async move { reload_on_hangup(state).await })
         };
         let app = self.router();
         let result = axum::serve(listener.tap_io(no_delay), app)
@@ -126,6 +152,7 @@ impl Gateway {
             .await
             .context("serving HTTP");
         refresh.abort();
+        hangup.abort();
         tracing::info!("draining: waiting for ledger records of finished requests");
         state.tasks.close();
         state.tasks.wait().await;
@@ -137,6 +164,135 @@ impl Gateway {
         result
     }
 }
+
+/// Re-reads tenants, keys and groups, then brings the pools and budgets up to date.
+pub async fn refresh_directory(st: &AppState) -> Result<(), fairgate_store::StoreError> {
+    st.identity.reload().await?;
+    sync_directory(st).await;
+    Ok(())
+}
+
+/// Pushes weights and groups to every pool (so queued requests are ordered by the new
+/// weights at the next dispatch) and seeds budget accounts from the ledger.
+async fn sync_directory(st: &AppState) {
+    let dir = st.identity.snapshot_arc();
+    for pool in &st.upstreams.pools {
+        for t in dir.tenants() {
+            let gw = t.group.as_deref().map_or(t.weight, |g| dir.group_weight(g));
+            pool.fair
+                .set_tenant(&t.name, t.weight, t.group.as_deref(), gw);
+        }
+    }
+    st.admission.seed_budgets(&st.store, &dir).await;
+}
+
+/// Upserts the groups and tenants the config file declares.
+async fn apply_declared(store: &Store, config: &Config) -> Result<(), fairgate_store::StoreError> {
+    for g in &config.groups {
+        store.upsert_group(g).await?;
+    }
+    for t in &config.tenants {
+        let created_at = store
+            .get_tenant(&t.name)
+            .await?
+            .map_or_else(fairgate_types::now_millis, |old| old.created_at);
+        store
+            .upsert_tenant(&fairgate_types::Tenant {
+                name: t.name.clone(),
+                weight: t.weight,
+                group: t.group.clone(),
+                created_at,
+                policy: t.policy.clone(),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// A backend as far as a reload can tell whether it changed.
+type BackendShape = (String, usize, Option<u64>);
+
+/// What a reload changed, for the admin API and logs.
+#[derive(Debug, serde::Serialize)]
+pub struct ReloadReport {
+    pub path: Option<String>,
+    pub tenants_declared: usize,
+    pub groups_declared: usize,
+    /// Settings that changed in the file but need a restart (listen address, database,
+    /// models and backends).
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Re-reads the config file and applies its live parts: admission settings (mode, queue
+/// bounds, token costs), model prices and cache opt-ins, declared groups and tenants. Requests
+/// in flight and queued are kept; the next dispatch uses the new settings.
+pub async fn reload_config(st: &AppState) -> anyhow::Result<ReloadReport> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let new = Config::load(st.config_path.as_deref(), env)?;
+    let old = st.config.as_ref();
+    let mut needs_restart = Vec::new();
+    if new.listen != old.listen {
+        needs_restart.push("listen");
+    }
+    if new.database != old.database {
+        needs_restart.push("database");
+    }
+    let backends = |c: &Config| -> Vec<(String, Vec<BackendShape>)> {
+        c.models
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.backends
+                        .iter()
+                        .map(|b| (b.url.clone(), b.max_in_flight, b.max_tokens_in_flight))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    if backends(&new) != backends(old) {
+        needs_restart.push("models");
+    }
+    apply_declared(&st.store, &new).await?;
+    for pool in &st.upstreams.pools {
+        // Backends are fixed until restart, so capacity comes from the running config.
+        if let Some(m) = old.model(&pool.name) {
+            pool.fair
+                .reconfigure(crate::upstream::pool_config(m, &new.admission));
+        }
+    }
+    let report = ReloadReport {
+        path: st.config_path.as_ref().map(|p| p.display().to_string()),
+        tenants_declared: new.tenants.len(),
+        groups_declared: new.groups.len(),
+        needs_restart,
+    };
+    st.live.store(Arc::new(new));
+    refresh_directory(st).await?;
+    if !report.needs_restart.is_empty() {
+        tracing::warn!(fields = ?report.needs_restart, "config reloaded; these changes need a restart to apply");
+    }
+    tracing::info!(?report, "config reloaded");
+    Ok(report)
+}
+
+#[cfg(unix)]
+async fn reload_on_hangup(st: Arc<AppState>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/v1/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config file");
+        if let Err(e) = reload_config(&st).await {
+            tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the running config");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_st: Arc<AppState>) {}
 
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()

@@ -1,22 +1,24 @@
 //! Backends and their capacity: which backend serves a model, and how many requests each may
 //! have in flight.
 //!
-//! Each model has a [`ModelPool`] whose semaphore holds the sum of its backends' `max_in_flight`.
-//! A request takes a permit (waiting in FIFO order when the pool is full: this is the seam the
-//! fair-share admitter replaces), then the least-loaded backend with room. The [`Lease`] gives
-//! both back when dropped, so every exit path (error, cancel, panic) frees capacity.
+//! Each model has a [`ModelPool`] whose admission pool ([`fairgate_admission::pool::Pool`])
+//! holds the sum of its backends' `max_in_flight`. A request is admitted (at once while there
+//! is room, by weighted fair share when there is not), then takes the least-loaded backend with
+//! room. The [`Lease`] gives both back when dropped, so every exit path (error, cancel, panic)
+//! frees capacity.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fairgate_admission::fair::Mode;
+use fairgate_admission::pool::{AdmitError, AdmitRequest, CostWeights, Permit, Pool, PoolConfig};
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, ModelConfig};
+use crate::config::{AdmissionConfig, Config, ModelConfig, SchedulerMode};
 
 /// Request body type sent upstream.
 pub type UpBody = BoxBody<Bytes, std::convert::Infallible>;
@@ -57,21 +59,27 @@ impl Backend {
     }
 }
 
-/// All backends of one model and the permits that bound their total load.
-#[derive(Debug)]
+/// All backends of one model and the fair-share pool that bounds their total load.
 pub struct ModelPool {
     pub name: String,
     pub backends: Vec<Arc<Backend>>,
-    permits: Arc<Semaphore>,
-    /// Requests waiting for a permit right now.
-    queued: AtomicUsize,
+    /// Admission: capacity = the sum of the backends' slots (and token bounds, if all set).
+    pub fair: Arc<Pool>,
 }
 
-/// A granted slot on one backend; dropping it frees the slot.
+impl std::fmt::Debug for ModelPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelPool")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// A granted slot on one backend; dropping it frees the slot and admits the next waiter.
 #[derive(Debug)]
 pub struct Lease {
     pub backend: Arc<Backend>,
-    _permit: OwnedSemaphorePermit,
+    pub permit: Permit,
 }
 
 impl Drop for Lease {
@@ -80,14 +88,32 @@ impl Drop for Lease {
     }
 }
 
-/// Why no lease was granted.
-#[derive(Debug, PartialEq, Eq)]
-pub enum AcquireError {
-    Timeout,
+/// The admission pool settings a model's config and the admission section imply.
+pub fn pool_config(cfg: &ModelConfig, adm: &AdmissionConfig) -> PoolConfig {
+    let max_in_flight = cfg.backends.iter().map(|b| b.max_in_flight).sum();
+    // A token bound holds only if every backend declares one.
+    let max_tokens_in_flight = cfg
+        .backends
+        .iter()
+        .map(|b| b.max_tokens_in_flight)
+        .sum::<Option<u64>>();
+    PoolConfig {
+        max_in_flight,
+        max_tokens_in_flight,
+        max_queued: adm.max_queued,
+        mode: match adm.mode {
+            SchedulerMode::Fair => Mode::Fair,
+            SchedulerMode::Fifo => Mode::Fifo,
+        },
+        cost: CostWeights {
+            input: adm.input_token_cost,
+            output: adm.output_token_cost,
+        },
+    }
 }
 
 impl ModelPool {
-    pub fn new(cfg: &ModelConfig) -> ModelPool {
+    pub fn new(cfg: &ModelConfig, adm: &AdmissionConfig) -> ModelPool {
         let backends: Vec<Arc<Backend>> = cfg
             .backends
             .iter()
@@ -99,41 +125,28 @@ impl ModelPool {
                 })
             })
             .collect();
-        let total = backends.iter().map(|b| b.max_in_flight).sum();
         ModelPool {
             name: cfg.name.clone(),
             backends,
-            permits: Arc::new(Semaphore::new(total)),
-            queued: AtomicUsize::new(0),
+            fair: Pool::new(cfg.name.clone(), pool_config(cfg, adm)),
         }
     }
 
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.fair.queued()
     }
 
     pub fn in_flight(&self) -> usize {
         self.backends.iter().map(|b| b.in_flight()).sum()
     }
 
-    /// Waits (FIFO) up to `timeout` for a slot. Cancel-safe: a caller that is dropped while
-    /// waiting leaves the queue at once.
-    pub async fn acquire(&self, timeout: Duration) -> Result<Lease, AcquireError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                self.queued.fetch_add(1, Ordering::Relaxed);
-                let _unqueue = Unqueue(&self.queued);
-                match tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    // The semaphore is never closed; treat it like a timeout all the same.
-                    Ok(Err(_)) | Err(_) => return Err(AcquireError::Timeout),
-                }
-            }
-        };
+    /// Waits for admission, then claims the least-loaded backend. Cancel-safe: a caller that
+    /// is dropped while waiting leaves the queue at once.
+    pub async fn acquire(&self, req: AdmitRequest<'_>) -> Result<Lease, AdmitError> {
+        let permit = self.fair.admit(req).await?;
         Ok(Lease {
             backend: self.pick(),
-            _permit: permit,
+            permit,
         })
     }
 
@@ -153,14 +166,6 @@ impl ModelPool {
     }
 }
 
-struct Unqueue<'a>(&'a AtomicUsize);
-
-impl Drop for Unqueue<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Every model's pool, as declared in the config.
 #[derive(Debug, Default)]
 pub struct Upstreams {
@@ -173,7 +178,7 @@ impl Upstreams {
             pools: cfg
                 .models
                 .iter()
-                .map(|m| Arc::new(ModelPool::new(m)))
+                .map(|m| Arc::new(ModelPool::new(m, &cfg.admission)))
                 .collect(),
         }
     }
@@ -187,58 +192,56 @@ impl Upstreams {
 mod tests {
     use super::*;
     use crate::config::BackendConfig;
+    use fairgate_types::Priority;
+    use std::time::Duration;
 
     fn pool(caps: &[usize]) -> ModelPool {
-        ModelPool::new(&ModelConfig {
-            name: "m".into(),
-            backends: caps
-                .iter()
-                .enumerate()
-                .map(|(i, c)| BackendConfig {
-                    url: format!("http://127.0.0.1:{}", 9000 + i),
-                    max_in_flight: *c,
-                })
-                .collect(),
-        })
+        ModelPool::new(
+            &ModelConfig {
+                name: "m".into(),
+                backends: caps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| BackendConfig {
+                        url: format!("http://127.0.0.1:{}", 9000 + i),
+                        max_in_flight: *c,
+                        max_tokens_in_flight: None,
+                    })
+                    .collect(),
+                price: Default::default(),
+                cache: false,
+            },
+            &AdmissionConfig::default(),
+        )
+    }
+
+    fn req(wait: Duration) -> AdmitRequest<'static> {
+        AdmitRequest {
+            tenant: "t",
+            weight: 1,
+            group: None,
+            group_weight: 1,
+            priority: Priority::Interactive,
+            tokens: 1,
+            prompt_estimate: 1,
+            max_queued: 10,
+            deadline: tokio::time::Instant::now() + wait,
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn leases_spread_and_respect_capacity() {
         let p = pool(&[2, 1]);
-        let a = p.acquire(Duration::from_secs(1)).await.unwrap();
-        let b = p.acquire(Duration::from_secs(1)).await.unwrap();
-        let c = p.acquire(Duration::from_secs(1)).await.unwrap();
+        let s = Duration::from_secs(1);
+        let a = p.acquire(req(s)).await.unwrap();
+        let b = p.acquire(req(s)).await.unwrap();
+        let c = p.acquire(req(s)).await.unwrap();
         assert_eq!(p.backends[0].in_flight(), 2);
         assert_eq!(p.backends[1].in_flight(), 1);
-        assert_eq!(
-            p.acquire(Duration::from_millis(50)).await.unwrap_err(),
-            AcquireError::Timeout
-        );
+        assert!(p.acquire(req(Duration::from_millis(50))).await.is_err());
         assert_eq!(p.queued(), 0);
         drop((a, b, c));
         assert_eq!(p.in_flight(), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn waiter_gets_slot_when_freed_and_cancel_leaves_queue() {
-        let p = Arc::new(pool(&[1]));
-        let held = p.acquire(Duration::from_secs(1)).await.unwrap();
-        let p2 = p.clone();
-        let waiter = tokio::spawn(async move { p2.acquire(Duration::from_secs(10)).await.is_ok() });
-        tokio::task::yield_now().await;
-        assert_eq!(p.queued(), 1);
-        drop(held);
-        assert!(waiter.await.unwrap());
-
-        let held = p.acquire(Duration::from_secs(1)).await.unwrap();
-        let p3 = p.clone();
-        let cancelled =
-            tokio::spawn(async move { p3.acquire(Duration::from_secs(10)).await.is_ok() });
-        tokio::task::yield_now().await;
-        assert_eq!(p.queued(), 1);
-        cancelled.abort();
-        let _ = cancelled.await;
-        assert_eq!(p.queued(), 0);
-        drop(held);
+        assert_eq!(p.fair.in_flight(), 0);
     }
 }

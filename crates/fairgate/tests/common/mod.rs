@@ -140,15 +140,23 @@ pub struct Setup {
     pub queue_timeout_ms: u64,
     pub first_byte_timeout_ms: u64,
     pub max_body_bytes: usize,
+    /// Last-minute config changes (admission mode, prices, declared tenants, ...).
+    pub tweak: Option<Box<dyn Fn(&mut Config) + Send + Sync>>,
 }
 
 impl Setup {
+    pub fn with(mut self, f: impl Fn(&mut Config) + Send + Sync + 'static) -> Setup {
+        self.tweak = Some(Box::new(f));
+        self
+    }
+
     pub fn one(model: &str, url: &str, max_in_flight: usize) -> Setup {
         Setup {
             models: vec![(model.to_owned(), vec![(url.to_owned(), max_in_flight)])],
             queue_timeout_ms: 5_000,
             first_byte_timeout_ms: 10_000,
             max_body_bytes: 1024 * 1024,
+            tweak: None,
         }
     }
 }
@@ -174,10 +182,16 @@ impl TestGateway {
                     .map(|(url, n)| BackendConfig {
                         url: url.clone(),
                         max_in_flight: *n,
+                        max_tokens_in_flight: None,
                     })
                     .collect(),
+                price: Default::default(),
+                cache: false,
             })
             .collect();
+        if let Some(f) = &setup.tweak {
+            f(&mut config);
+        }
         config.validate().unwrap();
         let gw = Gateway::build(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
