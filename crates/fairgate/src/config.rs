@@ -666,6 +666,46 @@ max_in_flight = 32
         assert!(e.contains("models[0].backends"), "{e}");
     }
 
+    /// The policy example in README.md, verbatim in shape.
+    #[test]
+    fn readme_policy_example_loads() {
+        let text = format!(
+            "{SAMPLE}{}",
+            r#"
+[admission]
+mode = "fifo"
+[[groups]]
+name = "physics"
+weight = 3
+
+[[tenants]]
+name = "lab-a"
+weight = 2
+group = "physics"
+[tenants.policy]
+max_queue = 200
+max_wait_ms = 20000
+on_limit = "queue"
+hard_cap = true
+limits = { rpm = 600, tpm = 200000, max_concurrent = 32 }
+budgets = [ { period = "day", tokens = 5000000 }, { period = "month", cost = 250000000 } ]
+"#
+        );
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(c.admission.mode, SchedulerMode::Fifo);
+        let t = &c.tenants[0];
+        assert_eq!(t.policy.limits.tpm, Some(200_000));
+        assert_eq!(t.policy.budgets.len(), 2);
+        assert!(t.policy.hard_cap);
+        assert_eq!(c.groups[0].weight, 3);
+        let bad = text.replace("weight = 3", "weight = 0");
+        let e = load(&bad, &[]).unwrap_err().to_string();
+        assert!(e.contains("groups[0].weight"), "{e}");
+        let bad = text.replace("tpm = 200000", "tpn = 200000");
+        let e = load(&bad, &[]).unwrap_err().to_string();
+        assert!(e.contains("tenants[0].policy.limits"), "{e}");
+    }
+
     #[test]
     fn syntax_error_names_file() {
         let e = load("listen = ", &[]).unwrap_err().to_string();

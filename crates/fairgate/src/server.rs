@@ -143,8 +143,10 @@ impl Gateway {
             })
         };
         let hangup = {
+            // Registered before serving: SIGHUP's default action would end the process.
+            let signals = hangup_signals();
             let state = state.clone();
-            tokio::spawn(async move { reload_on_hangup(state).await })
+            tokio::spawn(async move { reload_on_hangup(state, signals).await })
         };
         let app = self.router();
         let result = axum::serve(listener.tap_io(no_delay), app)
@@ -278,9 +280,29 @@ pub async fn reload_config(st: &AppState) -> anyhow::Result<ReloadReport> {
 }
 
 #[cfg(unix)]
-async fn reload_on_hangup(st: Arc<AppState>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/v1/reload");
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signals() -> Hangups {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /admin/v1/reload");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signals() -> Hangups {
+    None
+}
+
+#[cfg(unix)]
+async fn reload_on_hangup(st: Arc<AppState>, signals: Hangups) {
+    let Some(mut hup) = signals else {
         return;
     };
     while hup.recv().await.is_some() {
@@ -292,7 +314,7 @@ async fn reload_on_hangup(st: Arc<AppState>) {
 }
 
 #[cfg(not(unix))]
-async fn reload_on_hangup(_st: Arc<AppState>) {}
+async fn reload_on_hangup(_st: Arc<AppState>, _signals: Hangups) {}
 
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
