@@ -400,7 +400,10 @@ impl<T> FairQueue<T> {
         }
         let t = tenant.0;
         let (dt, dg, g) = self.deltas(t, cost);
-        let (tc, gc) = (self.tenants[t as usize].counter, self.groups[g as usize].counter);
+        let (tc, gc) = (
+            self.tenants[t as usize].counter,
+            self.groups[g as usize].counter,
+        );
         self.set_tenant_counter(t, tc.saturating_add(dt));
         self.set_group_counter(g, gc.saturating_add(dg));
         self.tenants[t as usize].service = self.tenants[t as usize].service.saturating_add(cost);
@@ -416,7 +419,10 @@ impl<T> FairQueue<T> {
         }
         let t = tenant.0;
         let (dt, dg, g) = self.deltas(t, cost);
-        let (tc, gc) = (self.tenants[t as usize].counter, self.groups[g as usize].counter);
+        let (tc, gc) = (
+            self.tenants[t as usize].counter,
+            self.groups[g as usize].counter,
+        );
         self.set_tenant_counter(t, tc.saturating_sub(dt));
         self.set_group_counter(g, gc.saturating_sub(dg));
         self.tenants[t as usize].service = self.tenants[t as usize].service.saturating_sub(cost);
@@ -428,7 +434,11 @@ impl<T> FairQueue<T> {
         let ts = &self.tenants[t as usize];
         let g = ts.group;
         let scaled = cost.saturating_mul(SCALE);
-        (scaled / ts.weight, scaled / self.groups[g as usize].weight, g)
+        (
+            scaled / ts.weight,
+            scaled / self.groups[g as usize].weight,
+            g,
+        )
     }
 
     pub fn queued(&self, tenant: TenantId) -> usize {
@@ -460,8 +470,7 @@ impl<T> FairQueue<T> {
             Mode::Fair => {
                 let g = self.tenants[tenant.0 as usize].group;
                 self.backlogged_groups.first().map(|&(_, x)| x) == Some(g)
-                    && self.groups[g as usize].backlogged.first().map(|&(_, x)| x)
-                        == Some(tenant.0)
+                    && self.groups[g as usize].backlogged.first().map(|&(_, x)| x) == Some(tenant.0)
             }
         }
     }

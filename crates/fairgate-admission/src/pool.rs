@@ -295,9 +295,9 @@ impl Pool {
         let started = Instant::now();
         let (rx, ticket, tenant) = {
             let mut g = self.lock();
-            let tenant =
-                g.queue
-                    .set_tenant(req.tenant, req.weight, req.group, req.group_weight);
+            let tenant = g
+                .queue
+                .set_tenant(req.tenant, req.weight, req.group, req.group_weight);
             let tokens = g.clamp_tokens(req.tokens);
             let prompt_cost = req.prompt_estimate.saturating_mul(g.cfg.cost.input);
             if g.queue.is_empty() && g.fits(tokens) {
@@ -486,7 +486,10 @@ impl Drop for LeaveQueue<'_> {
         if removed.is_none() {
             if let Some(rx) = self.rx.as_mut() {
                 if let Ok(grant) = rx.try_recv() {
-                    drop(self.pool.permit(grant.tenant, grant.tokens, grant.prompt_cost));
+                    drop(
+                        self.pool
+                            .permit(grant.tenant, grant.tokens, grant.prompt_cost),
+                    );
                 }
             }
         }
@@ -612,7 +615,8 @@ impl Permit {
         }
         self.prompt_cost = real_prompt;
         if completion_tokens > self.completion_charged {
-            let cost = (completion_tokens - self.completion_charged).saturating_mul(g.cfg.cost.output);
+            let cost =
+                (completion_tokens - self.completion_charged).saturating_mul(g.cfg.cost.output);
             g.account(self.tenant, cost, sec);
             self.completion_charged = completion_tokens;
         }

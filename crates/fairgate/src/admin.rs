@@ -1,10 +1,12 @@
-//! The admin API under `/admin/v1`: tenants, keys, usage and ledger rows, as JSON.
+//! The admin API under `/admin/v1`: tenants, groups, keys and their policies, usage and ledger
+//! rows, live scheduler and budget state, and config reload, as JSON.
 //!
 //! Every route requires `Authorization: Bearer <admin token>` (compared in constant time); with
 //! no token configured the whole API answers 401, so a forgotten token never means an open
 //! API. Handlers are thin: validation here, persistence in the store, and after every change
 //! the in-memory key directory is rebuilt so the change applies to the next request.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
@@ -13,7 +15,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use fairgate_types::{now_millis, KeyId, KeyRecord, Tenant, UnixMillis};
+use fairgate_admission::budget::{next_period_start, period_start, BudgetScope};
+use fairgate_admission::fair::Mode;
+use fairgate_types::{
+    now_millis, Budget, Group, KeyId, KeyPolicy, KeyRecord, RateLimits, Tenant, TenantPolicy,
+    UnixMillis,
+};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -34,9 +41,17 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             "/keys/{id}",
             get(get_key).patch(update_key).delete(revoke_key),
         )
+        .route("/tenants/{name}/budgets", get(tenant_budgets))
+        .route("/groups", get(list_groups))
+        .route(
+            "/groups/{name}",
+            get(get_group).put(put_group).delete(delete_group),
+        )
         .route("/keys/{id}/rotate", post(rotate_key))
         .route("/usage", get(usage))
         .route("/requests", get(requests))
+        .route("/scheduler", get(scheduler))
+        .route("/reload", post(reload_config))
         .fallback(|req: Request| async move {
             ApiError::RouteNotFound(format!("{} {}", req.method(), req.uri().path()))
         })
@@ -110,6 +125,85 @@ fn valid_weight(w: u32) -> Result<u32, ApiError> {
     }
 }
 
+/// Longest admission wait a policy may ask for: one hour.
+const MAX_WAIT_MS: u64 = 3_600_000;
+
+fn bad(field: &str, msg: impl std::fmt::Display) -> ApiError {
+    ApiError::AdminBadRequest(format!("{field}: {msg}"))
+}
+
+fn check_limits(field: &str, l: &RateLimits) -> Result<(), ApiError> {
+    let checks = [
+        ("rpm", l.rpm),
+        ("tpm", l.tpm),
+        ("max_concurrent", l.max_concurrent.map(u64::from)),
+    ];
+    for (name, v) in checks {
+        if v == Some(0) {
+            return Err(bad(
+                &format!("{field}.{name}"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_budgets(field: &str, budgets: &[Budget]) -> Result<(), ApiError> {
+    for (i, b) in budgets.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        if b.tokens.is_none() && b.cost.is_none() {
+            return Err(bad(&at, "set `tokens` or `cost` (or both)"));
+        }
+        if b.tokens == Some(0) {
+            return Err(bad(&format!("{at}.tokens"), "must be at least 1"));
+        }
+        if b.cost.is_some_and(|c| c.0 == 0) {
+            return Err(bad(&format!("{at}.cost"), "must be at least 1 micro"));
+        }
+        if budgets[..i].iter().any(|o| o.period == b.period) {
+            // Accounts are kept per scope and period, so a second line would share the first's.
+            return Err(bad(
+                &format!("{at}.period"),
+                format!(
+                    "a `{}` budget is already set; put both caps in one budget",
+                    period_name(b.period)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn period_name(p: fairgate_types::BudgetPeriod) -> &'static str {
+    match p {
+        fairgate_types::BudgetPeriod::Day => "day",
+        fairgate_types::BudgetPeriod::Month => "month",
+    }
+}
+
+fn check_tenant_policy(p: &TenantPolicy) -> Result<(), ApiError> {
+    check_limits("policy.limits", &p.limits)?;
+    check_budgets("policy.budgets", &p.budgets)?;
+    if p.max_queue == Some(0) {
+        return Err(bad("policy.max_queue", "must be at least 1"));
+    }
+    if let Some(w) = p.max_wait_ms {
+        if w > MAX_WAIT_MS {
+            return Err(bad(
+                "policy.max_wait_ms",
+                format!("must be at most {MAX_WAIT_MS} (one hour), got {w}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_key_policy(p: &KeyPolicy) -> Result<(), ApiError> {
+    check_limits("policy.limits", &p.limits)?;
+    check_budgets("policy.budgets", &p.budgets)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewTenant {
@@ -118,6 +212,8 @@ struct NewTenant {
     weight: u32,
     #[serde(default)]
     group: Option<String>,
+    #[serde(default)]
+    policy: Option<TenantPolicy>,
 }
 
 fn one() -> u32 {
@@ -130,12 +226,14 @@ async fn create_tenant(State(st): State<Arc<AppState>>, body: Bytes) -> Result<R
     if let Some(g) = &req.group {
         valid_name("group", g)?;
     }
+    let policy = req.policy.unwrap_or_default();
+    check_tenant_policy(&policy)?;
     let tenant = Tenant {
         name: req.name,
         weight: valid_weight(req.weight)?,
         group: req.group,
         created_at: now_millis(),
-        policy: Default::default(),
+        policy,
     };
     st.store.create_tenant(&tenant).await?;
     reload(&st).await?;
@@ -165,7 +263,8 @@ async fn get_tenant(
         .ok_or_else(|| ApiError::AdminNotFound(format!("tenant `{name}`")))
 }
 
-/// PATCH body: absent fields stay; `"group": null` clears the group.
+/// PATCH body: absent fields stay; `"group": null` clears the group; `policy` replaces the
+/// whole policy and `"policy": null` resets it to the default.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TenantPatch {
@@ -173,6 +272,8 @@ struct TenantPatch {
     weight: Option<u32>,
     #[serde(default, with = "double_option")]
     group: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    policy: Option<Option<TenantPolicy>>,
 }
 
 mod double_option {
@@ -205,11 +306,17 @@ async fn update_tenant(
         }
         t.group = g;
     }
+    let policy_changed = patch.policy.is_some();
+    if let Some(p) = patch.policy {
+        let p = p.unwrap_or_default();
+        check_tenant_policy(&p)?;
+        t.policy = p;
+    }
     if !st.store.update_tenant(&t).await? {
         return Err(ApiError::AdminNotFound(format!("tenant `{name}`")));
     }
     reload(&st).await?;
-    tracing::info!(tenant = %name, ?before, after = ?(t.weight, &t.group), "tenant updated");
+    tracing::info!(tenant = %name, ?before, after = ?(t.weight, &t.group), policy_changed, "tenant updated");
     Ok(Json(t))
 }
 
@@ -237,6 +344,8 @@ struct NewKeyReq {
     /// Unix milliseconds.
     #[serde(default)]
     expires_at: Option<UnixMillis>,
+    #[serde(default)]
+    policy: Option<KeyPolicy>,
 }
 
 /// A key as the admin API shows it; `key` only in the one response that mints a secret.
@@ -253,6 +362,7 @@ struct KeyView {
     enabled: bool,
     created_at: UnixMillis,
     revoked_at: Option<UnixMillis>,
+    policy: KeyPolicy,
 }
 
 impl KeyView {
@@ -268,6 +378,7 @@ impl KeyView {
             enabled: k.enabled,
             created_at: k.created_at,
             revoked_at: k.revoked_at,
+            policy: k.policy,
         }
     }
 }
@@ -296,6 +407,8 @@ async fn create_key(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         valid_name("user", u)?;
     }
     check_models(&st, &req.models)?;
+    let policy = req.policy.unwrap_or_default();
+    check_key_policy(&policy)?;
     if st.store.get_tenant(&req.tenant).await?.is_none() {
         return Err(ApiError::AdminNotFound(format!("tenant `{}`", req.tenant)));
     }
@@ -311,7 +424,7 @@ async fn create_key(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         enabled: true,
         created_at: now_millis(),
         revoked_at: None,
-        policy: Default::default(),
+        policy,
     };
     st.store.insert_key(&rec).await?;
     reload(&st).await?;
@@ -363,6 +476,9 @@ struct KeyPatch {
     models: Option<Option<Vec<String>>>,
     #[serde(default, with = "double_option")]
     expires_at: Option<Option<UnixMillis>>,
+    /// Replaces the whole policy; `null` resets it to the default.
+    #[serde(default, with = "double_option")]
+    policy: Option<Option<KeyPolicy>>,
 }
 
 async fn update_key(
@@ -389,6 +505,11 @@ async fn update_key(
     }
     if let Some(e) = patch.expires_at {
         k.expires_at = e;
+    }
+    if let Some(p) = patch.policy {
+        let p = p.unwrap_or_default();
+        check_key_policy(&p)?;
+        k.policy = p;
     }
     st.store.update_key(&k).await?;
     reload(&st).await?;
@@ -493,4 +614,234 @@ async fn requests(
     Ok(Json(List {
         data: st.store.requests(q.tenant.as_deref(), limit).await?,
     }))
+}
+
+async fn list_groups(State(st): State<Arc<AppState>>) -> Result<Json<List<Group>>, ApiError> {
+    Ok(Json(List {
+        data: st.store.list_groups().await?,
+    }))
+}
+
+async fn get_group(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Group>, ApiError> {
+    st.store
+        .get_group(&name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::AdminNotFound(format!("group `{name}`")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupBody {
+    weight: u32,
+}
+
+/// Creates the group or sets its weight. Tenants name groups freely; a group without a row
+/// weighs 1.
+async fn put_group(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Group>, ApiError> {
+    valid_name("group", &name)?;
+    let req: GroupBody = parse(&body)?;
+    let g = Group {
+        name,
+        weight: valid_weight(req.weight)?,
+    };
+    let created = st.store.upsert_group(&g).await?;
+    reload(&st).await?;
+    tracing::info!(group = %g.name, weight = g.weight, created, "group set");
+    Ok(Json(g))
+}
+
+async fn delete_group(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !st.store.delete_group(&name).await? {
+        return Err(ApiError::AdminNotFound(format!("group `{name}`")));
+    }
+    reload(&st).await?;
+    tracing::info!(group = %name, "group deleted; its tenants now share weight 1");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct SchedulerQuery {
+    model: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SchedulerView {
+    models: Vec<PoolView>,
+}
+
+#[derive(Serialize)]
+struct PoolView {
+    model: String,
+    mode: &'static str,
+    max_in_flight: usize,
+    max_tokens_in_flight: Option<u64>,
+    in_flight: usize,
+    tokens_in_flight: u64,
+    queued: usize,
+    tenants: Vec<SchedTenantView>,
+}
+
+#[derive(Serialize)]
+struct SchedTenantView {
+    tenant: String,
+    group: Option<String>,
+    weight: u64,
+    group_weight: u64,
+    /// Virtual counter, in weighted cost units.
+    counter: f64,
+    queued: usize,
+    in_flight: usize,
+    /// Raw cost served since the gateway started.
+    service_total: u64,
+    service_last_minute: u64,
+    share_last_minute: f64,
+}
+
+fn pool_view(pool: &crate::upstream::ModelPool) -> PoolView {
+    let s = pool.fair.state();
+    let mut tenants: Vec<SchedTenantView> = s
+        .tenants
+        .into_iter()
+        .map(|t| SchedTenantView {
+            tenant: t.view.name.to_string(),
+            group: t.view.group.as_deref().map(str::to_owned),
+            weight: t.view.weight,
+            group_weight: t.view.group_weight,
+            counter: t.view.counter,
+            queued: t.view.queued,
+            in_flight: t.view.in_flight,
+            service_total: t.view.service,
+            service_last_minute: t.service_last_minute,
+            share_last_minute: t.share_last_minute,
+        })
+        .collect();
+    tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+    PoolView {
+        model: pool.name.clone(),
+        mode: match s.mode {
+            Mode::Fair => "fair",
+            Mode::Fifo => "fifo",
+        },
+        max_in_flight: s.max_in_flight,
+        max_tokens_in_flight: s.max_tokens_in_flight,
+        in_flight: s.in_flight,
+        tokens_in_flight: s.tokens_in_flight,
+        queued: s.queued,
+        tenants,
+    }
+}
+
+/// Live fair-share state of every model pool (or of `?model=`).
+async fn scheduler(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<SchedulerQuery>,
+) -> Result<Json<SchedulerView>, ApiError> {
+    let models = match q.model {
+        Some(m) => {
+            let pool = st
+                .upstreams
+                .get(&m)
+                .ok_or_else(|| ApiError::AdminNotFound(format!("model `{m}`")))?;
+            vec![pool_view(pool)]
+        }
+        None => st.upstreams.pools.iter().map(|p| pool_view(p)).collect(),
+    };
+    Ok(Json(SchedulerView { models }))
+}
+
+/// One budget line: the cap from the live policy, usage from the budget accounts.
+#[derive(Serialize)]
+struct BudgetLine {
+    period: fairgate_types::BudgetPeriod,
+    tokens_cap: Option<u64>,
+    cost_cap: Option<fairgate_types::Micros>,
+    spent_tokens: u64,
+    spent_cost: u64,
+    reserved_tokens: u64,
+    reserved_cost: u64,
+    /// Unix ms.
+    period_start: i64,
+    /// Unix ms.
+    resets_at: i64,
+}
+
+fn budget_lines(st: &AppState, scope: BudgetScope, budgets: &[Budget]) -> Vec<BudgetLine> {
+    let now = now_millis();
+    let status = st.admission.budgets.status_at(&scope, now);
+    budgets
+        .iter()
+        .map(|b| {
+            let s = status.iter().find(|s| s.period == b.period);
+            let start = s.map_or_else(|| period_start(b.period, now), |s| s.period_start);
+            BudgetLine {
+                period: b.period,
+                tokens_cap: b.tokens,
+                cost_cap: b.cost,
+                spent_tokens: s.map_or(0, |s| s.spent.tokens),
+                spent_cost: s.map_or(0, |s| s.spent.cost.0),
+                reserved_tokens: s.map_or(0, |s| s.reserved.tokens),
+                reserved_cost: s.map_or(0, |s| s.reserved.cost.0),
+                period_start: start,
+                resets_at: s.map_or_else(|| next_period_start(b.period, start), |s| s.resets_at),
+            }
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct TenantBudgets {
+    tenant: Vec<BudgetLine>,
+    keys: BTreeMap<String, Vec<BudgetLine>>,
+}
+
+/// Budget status of a tenant and of each of its keys that has budgets of its own.
+async fn tenant_budgets(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantBudgets>, ApiError> {
+    let t = st
+        .store
+        .get_tenant(&name)
+        .await?
+        .ok_or_else(|| ApiError::AdminNotFound(format!("tenant `{name}`")))?;
+    let keys = st.store.list_keys(Some(&name)).await?;
+    Ok(Json(TenantBudgets {
+        tenant: budget_lines(&st, BudgetScope::Tenant(t.name.clone()), &t.policy.budgets),
+        keys: keys
+            .into_iter()
+            .filter(|k| !k.policy.budgets.is_empty())
+            .map(|k| {
+                let lines = budget_lines(&st, BudgetScope::Key(k.id.0.clone()), &k.policy.budgets);
+                (k.id.0, lines)
+            })
+            .collect(),
+    }))
+}
+
+/// Re-reads the config file (or, without one, the defaults and `FAIRGATE_*` variables) and
+/// applies its live parts, as SIGHUP does. A config that does not load changes nothing.
+async fn reload_config(
+    State(st): State<Arc<AppState>>,
+) -> Result<Json<crate::server::ReloadReport>, ApiError> {
+    crate::server::reload_config(&st)
+        .await
+        .map(Json)
+        .map_err(|e| match e.downcast::<fairgate_store::StoreError>() {
+            Ok(store) => ApiError::from(store),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "config reload refused");
+                ApiError::AdminBadRequest(format!("config reload failed: {e:#}"))
+            }
+        })
 }

@@ -44,7 +44,7 @@ enum Command {
     },
     /// Run the vLLM-compatible simulator alone.
     Sim(SimArgs),
-    /// Administer tenants and keys of a running gateway.
+    /// Administer tenants, groups, keys and policies of a running gateway.
     Admin(AdminArgs),
     /// Measure gateway overhead (the same load direct to a backend and through fairgate), or
     /// with `--scenario`, fair-share admission against a timed simulator.
@@ -140,12 +140,23 @@ struct AdminArgs {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Tenants: list, create, show, update, delete.
-    #[command(subcommand)]
+    /// Tenants: list, create, show, update, policy, budgets, delete.
+    #[command(subcommand, visible_alias = "tenant")]
     Tenants(TenantCmd),
-    /// API keys: create (prints the secret once), list, show, revoke, rotate.
-    #[command(subcommand)]
+    /// API keys: create (prints the secret once), list, show, policy, revoke, rotate.
+    #[command(subcommand, visible_alias = "key")]
     Keys(KeyCmd),
+    /// Tenant groups (two-level fair share): list, show, set, delete.
+    #[command(subcommand, visible_alias = "groups")]
+    Group(GroupCmd),
+    /// Live fair-share state of every model pool.
+    Scheduler {
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Re-read the gateway's config file and apply its live parts.
+    Reload,
     /// Token sums per tenant and model.
     Usage {
         #[arg(long)]
@@ -185,9 +196,54 @@ enum TenantCmd {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Replace a tenant's whole policy (limits, budgets, queueing); `--json null` resets it.
+    Policy {
+        name: String,
+        /// Policy JSON, e.g. '{"limits":{"rpm":60},"budgets":[{"period":"day","tokens":100000}]}'.
+        #[arg(long)]
+        json: String,
+    },
+    /// Budget status of a tenant and of its keys.
+    Budgets {
+        name: String,
+    },
     Delete {
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    List,
+    Show {
+        name: String,
+    },
+    /// Create the group or set its weight.
+    Set {
+        name: String,
+        #[arg(long)]
+        weight: u32,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+/// Percent-encodes a query value (model names may hold `/`, `+`, `&` and the like).
+fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Parses a `--json` policy argument, so a typo fails before anything is sent.
+fn policy_arg(json: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(json).context("--json is not valid JSON")
 }
 
 #[derive(Subcommand)]
@@ -212,6 +268,13 @@ enum KeyCmd {
     },
     Show {
         id: String,
+    },
+    /// Replace a key's whole policy (limits, budgets, priority); `--json null` resets it.
+    Policy {
+        id: String,
+        /// Policy JSON, e.g. '{"priority":"batch","limits":{"max_concurrent":4}}'.
+        #[arg(long)]
+        json: String,
     },
     Revoke {
         id: String,
@@ -433,10 +496,39 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
                     Some(serde_json::Value::Object(patch)),
                 )
             }
+            TenantCmd::Policy { name, json } => (
+                reqwest::Method::PATCH,
+                format!("/tenants/{name}"),
+                Some(json!({ "policy": policy_arg(&json)? })),
+            ),
+            TenantCmd::Budgets { name } => (
+                reqwest::Method::GET,
+                format!("/tenants/{name}/budgets"),
+                None,
+            ),
             TenantCmd::Delete { name } => {
                 (reqwest::Method::DELETE, format!("/tenants/{name}"), None)
             }
         },
+        AdminCommand::Group(c) => match c {
+            GroupCmd::List => (reqwest::Method::GET, "/groups".into(), None),
+            GroupCmd::Show { name } => (reqwest::Method::GET, format!("/groups/{name}"), None),
+            GroupCmd::Set { name, weight } => (
+                reqwest::Method::PUT,
+                format!("/groups/{name}"),
+                Some(json!({ "weight": weight })),
+            ),
+            GroupCmd::Delete { name } => (reqwest::Method::DELETE, format!("/groups/{name}"), None),
+        },
+        AdminCommand::Scheduler { model } => (
+            reqwest::Method::GET,
+            match model {
+                Some(m) => format!("/scheduler?model={}", query_escape(&m)),
+                None => "/scheduler".into(),
+            },
+            None,
+        ),
+        AdminCommand::Reload => (reqwest::Method::POST, "/reload".into(), None),
         AdminCommand::Keys(c) => match c {
             KeyCmd::Create {
                 tenant,
@@ -462,6 +554,11 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
                 None,
             ),
             KeyCmd::Show { id } => (reqwest::Method::GET, format!("/keys/{id}"), None),
+            KeyCmd::Policy { id, json } => (
+                reqwest::Method::PATCH,
+                format!("/keys/{id}"),
+                Some(json!({ "policy": policy_arg(&json)? })),
+            ),
             KeyCmd::Revoke { id } => (reqwest::Method::DELETE, format!("/keys/{id}"), None),
             KeyCmd::Rotate { id } => (reqwest::Method::POST, format!("/keys/{id}/rotate"), None),
         },

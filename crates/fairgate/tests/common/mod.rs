@@ -135,13 +135,16 @@ pub struct TestGateway {
     join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// A config change applied just before the gateway starts.
+pub type Tweak = Box<dyn Fn(&mut Config) + Send + Sync>;
+
 pub struct Setup {
     pub models: Vec<(String, Vec<(String, usize)>)>,
     pub queue_timeout_ms: u64,
     pub first_byte_timeout_ms: u64,
     pub max_body_bytes: usize,
     /// Last-minute config changes (admission mode, prices, declared tenants, ...).
-    pub tweak: Option<Box<dyn Fn(&mut Config) + Send + Sync>>,
+    pub tweak: Option<Tweak>,
 }
 
 impl Setup {
