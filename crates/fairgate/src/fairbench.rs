@@ -24,8 +24,9 @@
 //!   tenants; reported at 20/40/60/80/100 % of the run, with its least-squares slope (cost/s)
 //!   over the steady window. Bounded (slope ≈ 0) under a fair scheduler, growing under FIFO;
 //! - steady window = [max(20 % of the run, end of the start ramp), end of the run]: shares,
-//!   throughput use service inside it, TTFT percentiles the requests whose first token came
-//!   inside it (a request still queued at the end has no TTFT; the tables count those);
+//!   throughput use service inside it, TTFT percentiles the requests sent after the ramp
+//!   whose first token came inside it (a request still queued at the end has no TTFT; the
+//!   tables count those as "queued");
 //! - shares: a tenant's cost in the window over everyone's; share error = |share − w/Σw| /
 //!   (w/Σw); throughput = (in + out) tokens served in the window per second;
 //! - U_gw = max(longest prompt, 2 · slots · longest prompt+output): the VTC bound is 2·U_gw.
@@ -36,7 +37,8 @@
 //!   64/512 (3× the 16 slots). The light tenant's TTFT is first measured alone. Pass:
 //!   fifo p99 / fair p99 ≥ 10.
 //! - `asymmetry`: A 32 streams of 512/32 vs B 24 streams of 32/512. Pass (fair): max
-//!   difference ≤ 2·U_gw and |slope| ≤ 10 % of FIFO's.
+//!   difference ≤ 2·U_gw and |slope| ≤ 10 % of FIFO's. (Under `fair` A's streams come back
+//!   together, so the difference is a sawtooth of about A's streams × its request cost.)
 //! - `throughput`: the `weighted` load; pass: fair/fifo tokens/s within 3 %.
 //!
 //! Identical simulated requests started together finish on the same step forever, so slots
@@ -696,6 +698,8 @@ struct RunReport {
     throughput: f64,
     out_throughput: f64,
     ticks: Vec<(f64, f64)>,
+    /// (t, normalised service of each tenant) every 0.5 s, for plots.
+    series: Vec<(f64, Vec<f64>)>,
     diff_max: f64,
     slope: f64,
     probe_ttft: Option<(f64, f64, usize)>,
@@ -714,6 +718,7 @@ fn ttft_ms(recs: &[&Rec]) -> (f64, f64, usize) {
 
 fn analyse(load: &Load, run: &RunOut) -> RunReport {
     let (w0, w1) = load.window();
+    let ramp_end = load.ramp_end();
     let n = load.tenants.len();
     let wsum: f64 = load.tenants.iter().map(|t| f64::from(t.weight)).sum();
     // Per tenant: (amount, first, end) items for in, out and cost.
@@ -757,7 +762,7 @@ fn analyse(load: &Load, run: &RunOut) -> RunReport {
         let steady: Vec<&Rec> = mine
             .iter()
             .copied()
-            .filter(|r| r.first.is_some_and(|f| f >= w0))
+            .filter(|r| r.sent >= ramp_end && r.first.is_some_and(|f| f >= w0))
             .collect();
         let (p50, p99, nt) = ttft_ms(&steady);
         let (tin, tout) = (in_window(&ins[i]), in_window(&outs[i]));
@@ -809,6 +814,15 @@ fn analyse(load: &Load, run: &RunOut) -> RunReport {
         .map(|k| load.seconds * k as f64 / samples as f64)
         .collect();
     let diff_max = all_xs.iter().map(|&t| diff_at(t)).fold(0.0, f64::max);
+    let series = (0..=(load.seconds * 2.0) as usize)
+        .map(|k| {
+            let t = k as f64 * 0.5;
+            let v = (0..n)
+                .map(|i| service_at(&costs[i], t) / f64::from(load.tenants[i].weight))
+                .collect();
+            (t, v)
+        })
+        .collect();
     let probe_ttft = load.probe.map(|_| {
         let v: Vec<&Rec> = run.probe.iter().collect();
         ttft_ms(&v)
@@ -820,6 +834,7 @@ fn analyse(load: &Load, run: &RunOut) -> RunReport {
         throughput: tok_total / (w1 - w0),
         out_throughput: out_total / (w1 - w0),
         ticks,
+        series,
         diff_max,
         slope: lsq_slope(&xs, &ys),
         probe_ttft,
@@ -854,12 +869,21 @@ fn print_runs(title: &str, load: &Load, runs: &[RunReport]) {
         );
     }
     println!();
-    println!("| mode | tenant | w | done | cut (queued) | err | in tok | out tok | cost (in+2out) | cost share | weight share | share err | TTFT p50 ms | TTFT p99 ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // Weight shares only mean something when every tenant is backlogged.
+    let all_backlogged = load.tenants.iter().all(|t| t.backlogged);
+    let pct = |v: f64| {
+        if all_backlogged {
+            format!("{:.1}%", 100.0 * v)
+        } else {
+            "–".to_owned()
+        }
+    };
+    println!("| mode | tenant | w | done | cut (queued) | err | in tok | out tok | cost (in+2out) | cost share | weight share | share err | TTFT p50 ms | TTFT p99 ms | TTFT n |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         for t in &r.tenants {
             println!(
-                "| {} | {} | {} | {} | {} ({}) | {} | {:.0} | {:.0} | {:.0} | {:.1}% | {:.1}% | {:.1}% | {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {} ({}) | {} | {:.0} | {:.0} | {:.0} | {:.1}% | {} | {} | {:.1} | {:.1} | {} |",
                 r.mode,
                 t.name,
                 t.weight,
@@ -871,40 +895,50 @@ fn print_runs(title: &str, load: &Load, runs: &[RunReport]) {
                 t.tokens_out,
                 t.cost,
                 100.0 * t.share,
-                100.0 * t.weight_share,
-                100.0 * t.share_err,
+                pct(t.weight_share),
+                pct(t.share_err),
                 t.ttft_p50,
-                t.ttft_p99
+                t.ttft_p99,
+                t.ttft_n
             );
         }
     }
     println!();
-    let tick_head: Vec<String> = runs
-        .first()
-        .map(|r| {
-            r.ticks
-                .iter()
-                .map(|(t, _)| format!("diff@{t:.0}s"))
-                .collect()
-        })
-        .unwrap_or_default();
-    println!(
-        "| mode | tokens/s (in+out) | out tokens/s | sim running / waiting | {} | max diff | slope cost/s |",
-        tick_head.join(" | ")
-    );
-    println!("|---|---|---|---|{}---|---|", "---|".repeat(tick_head.len()));
-    for r in runs {
-        let ticks: Vec<String> = r.ticks.iter().map(|(_, d)| format!("{d:.0}")).collect();
+    // The difference needs two backlogged tenants.
+    let diff_cols = load.tenants.iter().filter(|t| t.backlogged).count() >= 2;
+    let tick_head: Vec<String> = match runs.first() {
+        Some(r) if diff_cols => r
+            .ticks
+            .iter()
+            .map(|(t, _)| format!("diff@{t:.0}s"))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if diff_cols {
         println!(
-            "| {} | {:.0} | {:.0} | {:.1} / {:.1} | {} | {:.0} | {:.1} |",
-            r.mode,
-            r.throughput,
-            r.out_throughput,
-            r.sim_load.0,
-            r.sim_load.1,
-            ticks.join(" | "),
-            r.diff_max,
-            r.slope
+            "| mode | tokens/s (in+out) | out tokens/s | sim running / waiting | {} | max diff | slope cost/s |",
+            tick_head.join(" | ")
+        );
+        println!("|---|---|---|---|{}", "---|".repeat(tick_head.len() + 2));
+    } else {
+        println!("| mode | tokens/s (in+out) | out tokens/s | sim running / waiting |");
+        println!("|---|---|---|---|");
+    }
+    for r in runs {
+        let diffs = if diff_cols {
+            let ticks: Vec<String> = r.ticks.iter().map(|(_, d)| format!("{d:.0}")).collect();
+            format!(
+                " {} | {:.0} | {:.1} |",
+                ticks.join(" | "),
+                r.diff_max,
+                r.slope
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "| {} | {:.0} | {:.0} | {:.1} / {:.1} |{diffs}",
+            r.mode, r.throughput, r.out_throughput, r.sim_load.0, r.sim_load.1,
         );
     }
     for r in runs {
@@ -924,6 +958,7 @@ fn run_json(r: &RunReport) -> Value {
         "sim_mean_waiting": r.sim_load.1,
         "diff_ticks": r.ticks.iter().map(|(t, d)| json!({"t_s": t, "diff": d})).collect::<Vec<_>>(),
         "diff_max": r.diff_max,
+        "normalised_service_series": r.series.iter().map(|(t, v)| json!({"t_s": t, "service": v})).collect::<Vec<_>>(),
         "diff_slope_per_s": r.slope,
         "unloaded_ttft_ms": r.probe_ttft.map(|(p50, p99, n)| json!({"p50": p50, "p99": p99, "n": n})),
         "warnings": r.warnings,
