@@ -173,6 +173,20 @@ impl Window {
         b.1 = b.1.saturating_add(cost);
     }
 
+    /// Removes up to `cost` from the newest buckets (a refund of recent service).
+    fn remove(&mut self, mut cost: u64) {
+        let mut order: Vec<usize> = (0..60).filter(|&i| self.buckets[i].0 != u64::MAX).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.buckets[i].0));
+        for i in order {
+            let take = cost.min(self.buckets[i].1);
+            self.buckets[i].1 -= take;
+            cost -= take;
+            if cost == 0 {
+                break;
+            }
+        }
+    }
+
     fn sum(&self, now_sec: u64) -> u64 {
         self.buckets
             .iter()
@@ -188,8 +202,9 @@ struct Inner {
     in_flight: usize,
     tokens_in_flight: u64,
     windows: HashMap<TenantId, Window>,
-    /// Service delivered here and not yet published to other replicas.
-    unpublished: HashMap<TenantId, u64>,
+    /// Service delivered here and not yet published to other replicas; negative when a
+    /// refund (an over-estimated prompt) follows a publish.
+    unpublished: HashMap<TenantId, i64>,
     /// Moving average of how long a permit is held, for Retry-After.
     hold_ewma_ms: f64,
     epoch: Instant,
@@ -355,15 +370,16 @@ impl Pool {
             Ok(Err(_)) | Err(_) => {
                 leave.armed = false;
                 let mut g = self.lock();
+                // Judged while the entry is still queued: was this request at the front?
+                let overloaded = g.queue.is_next_in_line(tenant);
                 if g.queue.remove(ticket).is_none() {
                     // Dispatched in the same instant the deadline fired: take the slot.
                     drop(g);
-                    if let Some(Ok(grant)) = leave.rx.as_mut().map(|rx| rx.try_recv()) {
+                    if let Some(grant) = leave.rx.as_mut().and_then(close_and_take) {
                         return Ok(self.permit(grant.tenant, grant.tokens, grant.prompt_cost));
                     }
                     g = self.lock();
                 }
-                let overloaded = g.queue.is_empty() || g.queue.is_next_in_line(tenant);
                 Err(AdmitError::Timeout {
                     waited: started.elapsed(),
                     overloaded,
@@ -389,9 +405,11 @@ impl Pool {
         while !grants.is_empty() {
             let mut returned = Vec::new();
             for (tx, grant) in grants.drain(..) {
-                self.admitted.fetch_add(1, Ordering::Relaxed);
-                if let Err(grant) = tx.send(grant) {
-                    returned.push(grant);
+                match tx.send(grant) {
+                    Ok(()) => {
+                        self.admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(grant) => returned.push(grant),
                 }
             }
             if returned.is_empty() {
@@ -399,7 +417,7 @@ impl Pool {
             }
             let mut g = self.lock();
             for r in returned {
-                g.queue.refund(r.tenant, r.prompt_cost);
+                g.unaccount(r.tenant, r.prompt_cost);
                 g.release(r.tenant, r.tokens);
             }
             grants = g.dispatch();
@@ -447,24 +465,38 @@ impl Pool {
 
     /// Service delivered by this replica since the last call, per tenant, for publishing to
     /// the other replicas.
-    pub fn take_local_service(&self) -> Vec<(Arc<str>, u64)> {
+    pub fn take_local_service(&self) -> Vec<(Arc<str>, i64)> {
         let mut g = self.lock();
         let taken = std::mem::take(&mut g.unpublished);
         taken
             .into_iter()
+            .filter(|(_, c)| *c != 0)
             .map(|(t, c)| (g.queue.name(t).clone(), c))
             .collect()
     }
 
-    /// Charges service that other replicas delivered, so local dispatch sees global service.
-    pub fn absorb_remote_service(&self, tenant: &str, weight: u32, cost: u64) {
+    /// Charges service that other replicas delivered (negative: refunded), so local dispatch
+    /// sees global service.
+    pub fn absorb_remote_service(&self, tenant: &str, weight: u32, cost: i64) {
         let mut g = self.lock();
         let t = match g.queue.tenant_id(tenant) {
             Some(t) => t,
             None => g.queue.set_tenant(tenant, weight, None, weight),
         };
-        g.queue.charge(t, cost);
+        if cost >= 0 {
+            g.queue.charge(t, cost.unsigned_abs());
+        } else {
+            g.queue.refund(t, cost.unsigned_abs());
+        }
     }
+}
+
+/// Takes a grant that may be in flight to a waiter that is leaving. Closing first makes the
+/// outcome definite: a send racing with this either lands before the close (and is taken
+/// here) or fails (and the sender gives the slot back).
+fn close_and_take(rx: &mut oneshot::Receiver<Grant>) -> Option<Grant> {
+    rx.close();
+    rx.try_recv().ok()
 }
 
 /// Removes a waiter whose future was dropped while queued.
@@ -485,7 +517,7 @@ impl Drop for LeaveQueue<'_> {
         let removed = self.pool.lock().queue.remove(self.ticket);
         if removed.is_none() {
             if let Some(rx) = self.rx.as_mut() {
-                if let Ok(grant) = rx.try_recv() {
+                if let Some(grant) = close_and_take(rx) {
                     drop(
                         self.pool
                             .permit(grant.tenant, grant.tokens, grant.prompt_cost),
@@ -504,12 +536,15 @@ impl Inner {
             .map_or(tokens, |m| tokens.min(m))
     }
 
+    /// Room for one more request of `tokens`. A request larger than the token bound (the
+    /// bound may have shrunk since it queued) runs alone rather than blocking the queue.
     fn fits(&self, tokens: u64) -> bool {
         self.in_flight < self.cfg.max_in_flight
-            && self
-                .cfg
-                .max_tokens_in_flight
-                .is_none_or(|m| self.tokens_in_flight + tokens <= m)
+            && (self.in_flight == 0
+                || self
+                    .cfg
+                    .max_tokens_in_flight
+                    .is_none_or(|m| self.tokens_in_flight + tokens <= m))
     }
 
     fn take(&mut self, tenant: TenantId, tokens: u64, prompt_cost: u64, sec: u64) {
@@ -521,7 +556,18 @@ impl Inner {
     fn account(&mut self, tenant: TenantId, cost: u64, sec: u64) {
         self.queue.charge(tenant, cost);
         self.windows.entry(tenant).or_default().add(sec, cost);
-        *self.unpublished.entry(tenant).or_default() += cost;
+        let u = self.unpublished.entry(tenant).or_default();
+        *u = u.saturating_add(i64::try_from(cost).unwrap_or(i64::MAX));
+    }
+
+    /// Takes back service charged earlier, everywhere it was recorded.
+    fn unaccount(&mut self, tenant: TenantId, cost: u64) {
+        self.queue.refund(tenant, cost);
+        if let Some(w) = self.windows.get_mut(&tenant) {
+            w.remove(cost);
+        }
+        let u = self.unpublished.entry(tenant).or_default();
+        *u = u.saturating_sub(i64::try_from(cost).unwrap_or(i64::MAX));
     }
 
     fn release(&mut self, tenant: TenantId, tokens: u64) {
@@ -611,7 +657,7 @@ impl Permit {
         if real_prompt > self.prompt_cost {
             g.account(self.tenant, real_prompt - self.prompt_cost, sec);
         } else {
-            g.queue.refund(self.tenant, self.prompt_cost - real_prompt);
+            g.unaccount(self.tenant, self.prompt_cost - real_prompt);
         }
         self.prompt_cost = real_prompt;
         if completion_tokens > self.completion_charged {

@@ -270,7 +270,9 @@ pub struct UsageRow {
 
 /// Money as integer micro-units of the operator's currency (1 USD = 1 000 000 micros).
 /// Integers only: sums over millions of requests must add up exactly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Micros(pub u64);
 
@@ -295,7 +297,9 @@ impl Price {
 
 /// Priority class inside a tenant: `interactive` requests of a tenant go before its `batch`
 /// requests, but never ahead of other tenants' turns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     #[default]
