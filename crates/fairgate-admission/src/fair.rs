@@ -395,25 +395,17 @@ impl<T> FairQueue<T> {
 
     /// Charges `cost` raw units of service to a tenant and its group.
     pub fn charge(&mut self, tenant: TenantId, cost: u64) {
-        if cost == 0 {
-            return;
-        }
-        let t = tenant.0;
-        let (dt, dg, g) = self.deltas(t, cost);
-        let (tc, gc) = (
-            self.tenants[t as usize].counter,
-            self.groups[g as usize].counter,
-        );
-        self.set_tenant_counter(t, tc.saturating_add(dt));
-        self.set_group_counter(g, gc.saturating_add(dg));
-        self.tenants[t as usize].service = self.tenants[t as usize].service.saturating_add(cost);
-        self.groups[g as usize].service = self.groups[g as usize].service.saturating_add(cost);
+        self.adjust(tenant, cost, u64::saturating_add);
     }
 
-    /// Takes back `cost` raw units charged earlier (an estimate that turned out too high).
-    /// Counters never go below the floor they were lifted to, so refunds cannot create credit
-    /// beyond what was charged.
+    /// Takes back `cost` raw units charged earlier (a prompt estimate that turned out too
+    /// high). Callers only refund what the same request was charged, so a refund never
+    /// creates credit the tenant did not have.
     pub fn refund(&mut self, tenant: TenantId, cost: u64) {
+        self.adjust(tenant, cost, u64::saturating_sub);
+    }
+
+    fn adjust(&mut self, tenant: TenantId, cost: u64, op: fn(u64, u64) -> u64) {
         if cost == 0 {
             return;
         }
@@ -423,10 +415,12 @@ impl<T> FairQueue<T> {
             self.tenants[t as usize].counter,
             self.groups[g as usize].counter,
         );
-        self.set_tenant_counter(t, tc.saturating_sub(dt));
-        self.set_group_counter(g, gc.saturating_sub(dg));
-        self.tenants[t as usize].service = self.tenants[t as usize].service.saturating_sub(cost);
-        self.groups[g as usize].service = self.groups[g as usize].service.saturating_sub(cost);
+        self.set_tenant_counter(t, op(tc, dt));
+        self.set_group_counter(g, op(gc, dg));
+        let ts = &mut self.tenants[t as usize];
+        ts.service = op(ts.service, cost);
+        let gs = &mut self.groups[g as usize];
+        gs.service = op(gs.service, cost);
     }
 
     /// Counter increments of a charge for the tenant and its group.
