@@ -200,6 +200,9 @@ struct Engine {
 
 impl Engine {
     async fn run(mut self) {
+        // End of the previous step. Steps are scheduled back to back from it rather than from
+        // "now", so timer granularity (about 1 ms) does not add up over a long generation.
+        let mut step_end: Option<tokio::time::Instant> = None;
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 // Idle: block until work arrives, or stop when every handle is gone.
@@ -215,6 +218,7 @@ impl Engine {
             let prefill = self.admit(Instant::now());
             self.publish();
             if self.running.is_empty() {
+                step_end = None;
                 continue;
             }
             let step = prefill.saturating_add(self.params.decode_step(self.running.len()));
@@ -222,7 +226,15 @@ impl Engine {
                 // A zero-length step must still let other tasks (handlers) run.
                 tokio::task::yield_now().await;
             } else {
-                tokio::time::sleep(step).await;
+                let now = tokio::time::Instant::now();
+                // Catch up on a late wake-up, but never by more than one step (no bursts).
+                let start = match step_end {
+                    Some(end) if end + step >= now => end,
+                    _ => now,
+                };
+                let end = start + step;
+                step_end = Some(end);
+                tokio::time::sleep_until(end).await;
             }
             self.decode(Instant::now());
             self.publish();

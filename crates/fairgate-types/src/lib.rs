@@ -341,7 +341,7 @@ pub struct RateLimits {
     /// Tokens (prompt + completion) per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u64>,
-    /// Requests in flight at once (queued requests do not count).
+    /// Requests past the rate limits at once: waiting for a fair-share slot or running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
 }
