@@ -431,3 +431,85 @@ pub struct Group {
     pub name: String,
     pub weight: u32,
 }
+
+/// What a portal account may do. Checked on the server for every page and API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Their own keys, usage and history.
+    #[default]
+    User,
+    /// Also their tenant's members, keys, limits and budgets (read).
+    TenantAdmin,
+    /// Everything, including tenants, groups, weights and the audit log.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::TenantAdmin => "tenant_admin",
+            Role::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(Role::User),
+            "tenant_admin" => Some(Role::TenantAdmin),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
+}
+
+/// A portal account: a person who signs in (local password or OpenID Connect).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// UUIDv7.
+    pub id: String,
+    /// Lower-cased; unique.
+    pub email: String,
+    pub name: Option<String>,
+    /// PHC string of the password hash (argon2id); `None` for accounts that only use SSO.
+    #[serde(skip_serializing, default)]
+    pub password_hash: Option<String>,
+    pub role: Role,
+    /// The tenant the user's keys and usage belong to.
+    pub tenant: Option<String>,
+    /// `issuer|subject` of the OpenID Connect identity, unique when set.
+    pub oidc_subject: Option<String>,
+    pub disabled: bool,
+    pub created_at: UnixMillis,
+}
+
+/// A signed-in browser session. Only the SHA-256 of the cookie value is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Hex SHA-256 of the session cookie value.
+    pub id_hash: String,
+    pub user_id: String,
+    /// Anti-CSRF token embedded in this session's forms.
+    pub csrf: String,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+/// One administrative change: who did what to which object, with before and after.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// UUIDv7.
+    pub id: String,
+    pub ts: UnixMillis,
+    /// `admin-token` for the admin API, else the user's email.
+    pub actor: String,
+    /// For example `tenant.update`, `key.create`, `group.delete`.
+    pub action: String,
+    /// The object: `tenant:physics`, `key:k3x9...`.
+    pub target: String,
+    /// JSON of the object before the change (`None` for creations).
+    pub before: Option<String>,
+    /// JSON of the object after the change (`None` for deletions).
+    pub after: Option<String>,
+}
