@@ -1,5 +1,6 @@
-//! Persistence for fairgate: tenants, groups, API keys and the request ledger, on SQLite (the default)
-//! or PostgreSQL (chosen by URL), with the same code, the same SQL and the same migrations.
+//! Persistence for fairgate: tenants, groups, API keys, the request ledger and the portal's
+//! users, sessions and audit log, on SQLite (the default) or PostgreSQL (chosen by URL), with
+//! the same code, the same SQL and the same migrations.
 //!
 //! Everything goes through sqlx's `Any` driver with runtime (non-macro) queries, so one
 //! statement text serves both databases. That limits column types to what `Any` reads back
@@ -23,6 +24,7 @@
 //! - [`db`]: URL parsing, connecting (pool sizing, SQLite file/WAL setup), [`Store`] itself.
 //! - [`migrate`]: the tiny migration runner over `migrations/NNNN_name.sql`.
 //! - `admin`: tenant, key and group CRUD (policies included).
+//! - `portal`: portal users (emails stored lower-cased), browser sessions and the audit log.
 //! - `rows`: ledger SQL: chunked idempotent inserts, usage and spend sums, request listings.
 //! - [`ledger`]: the batched writer task that keeps ledger writes off the request path, and
 //!   spill-file replay.
@@ -32,6 +34,7 @@ pub mod ledger;
 pub mod migrate;
 
 mod admin;
+mod portal;
 mod rows;
 
 pub use db::Store;
@@ -62,7 +65,7 @@ pub enum StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fairgate_types::{Group, KeyId, KeyRecord, LedgerRow, Tenant};
+    use fairgate_types::{AuditEntry, Group, KeyId, KeyRecord, LedgerRow, Session, Tenant, User};
 
     fn is_send<T: Send>(_: T) {}
 
@@ -76,6 +79,25 @@ mod tests {
         let k: Option<KeyRecord> = None;
         let g: Option<Group> = None;
         let rows: Vec<LedgerRow> = Vec::new();
+        let u: Option<User> = None;
+        let sess: Option<Session> = None;
+        let a: Option<AuditEntry> = None;
+        if let (Some(u), Some(sess), Some(a)) = (&u, &sess, &a) {
+            is_send(s.create_user(u));
+            is_send(s.update_user(u));
+            is_send(s.create_session(sess));
+            is_send(s.insert_audit(a));
+        }
+        is_send(s.get_user("x"));
+        is_send(s.get_user_by_email("x"));
+        is_send(s.get_user_by_subject("x"));
+        is_send(s.list_users(None));
+        is_send(s.count_users());
+        is_send(s.get_session("x"));
+        is_send(s.delete_session("x"));
+        is_send(s.delete_user_sessions("x"));
+        is_send(s.delete_expired_sessions(0));
+        is_send(s.list_audit(1, None));
         if let (Some(t), Some(k), Some(g)) = (&t, &k, &g) {
             is_send(s.create_tenant(t));
             is_send(s.update_tenant(t));

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "policy",
         sql: include_str!("../migrations/0002_policy.sql"),
     },
+    Migration {
+        version: 3,
+        name: "portal",
+        sql: include_str!("../migrations/0003_portal.sql"),
+    },
 ];
 
 /// Advisory lock key: "fairgate" in ASCII, so it is recognisable in `pg_locks`.

@@ -11,8 +11,9 @@ use fairgate_store::{
     Store, StoreError,
 };
 use fairgate_types::{
-    Budget, BudgetPeriod, Group, KeyId, KeyPolicy, KeyRecord, LedgerRow, Micros, OnLimit, Outcome,
-    Priority, RateLimits, RequestId, Tenant, TenantPolicy, UsageRow, UsageSource,
+    AuditEntry, Budget, BudgetPeriod, Group, KeyId, KeyPolicy, KeyRecord, LedgerRow, Micros,
+    OnLimit, Outcome, Priority, RateLimits, RequestId, Role, Session, Tenant, TenantPolicy,
+    UsageRow, UsageSource, User,
 };
 use prometheus::Registry;
 use rand::rngs::StdRng;
@@ -46,6 +47,13 @@ conformance!(
     writer_shutdown_drains,
     writer_retries_until_database_recovers,
     writer_spills_when_database_is_down,
+    users_crud,
+    user_conflicts,
+    users_by_tenant,
+    unknown_role_is_corrupt,
+    sessions_lifecycle,
+    audit_order_limit_and_paging,
+    upgrade_from_v2_keeps_rows,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1449,4 +1457,484 @@ async fn writer_spills_when_database_is_down(db: Db) {
     let mut expected = rows.clone();
     newest_first(&mut expected);
     assert_eq!(db.store.requests(None, 100).await.unwrap(), expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// portal: users, sessions, audit log
+
+fn user(id: &str, email: &str, tenant: Option<&str>) -> User {
+    User {
+        id: id.into(),
+        email: email.into(),
+        name: Some(format!("User {id}")),
+        password_hash: Some(format!("$argon2id$v=19$m=19456,t=2,p=1${id}")),
+        role: Role::User,
+        tenant: tenant.map(Into::into),
+        oidc_subject: None,
+        disabled: false,
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn expect_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, needle: &str) {
+    match result {
+        Err(StoreError::Conflict(what)) => assert!(what.contains(needle), "{what}"),
+        other => panic!("expected Conflict naming {needle}, got {other:?}"),
+    }
+}
+
+async fn users_crud(db: Db) {
+    let s = &db.store;
+    assert_eq!(s.count_users().await.unwrap(), 0);
+    assert!(s.list_users(None).await.unwrap().is_empty());
+
+    // Stored lower-cased, found whatever the case of the lookup.
+    let alice = User {
+        role: Role::Operator,
+        oidc_subject: Some("https://idp.example|Abc-123".into()),
+        ..user("u1", "Alice@Example.COM", Some("physics"))
+    };
+    s.create_user(&alice).await.unwrap();
+    let stored = User {
+        email: "alice@example.com".into(),
+        ..alice.clone()
+    };
+    assert_eq!(s.get_user("u1").await.unwrap(), Some(stored.clone()));
+    for email in [
+        "alice@example.com",
+        "ALICE@EXAMPLE.COM",
+        "Alice@example.Com",
+    ] {
+        assert_eq!(
+            s.get_user_by_email(email).await.unwrap(),
+            Some(stored.clone()),
+            "{email}"
+        );
+    }
+    assert_eq!(
+        s.get_user_by_subject("https://idp.example|Abc-123")
+            .await
+            .unwrap(),
+        Some(stored.clone())
+    );
+    // Subjects are compared exactly.
+    assert_eq!(
+        s.get_user_by_subject("https://idp.example|abc-123")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(s.get_user("missing").await.unwrap(), None);
+    assert_eq!(s.get_user_by_email("bob@example.com").await.unwrap(), None);
+
+    // An SSO-only account: no password, no name, no tenant.
+    let bob = User {
+        name: None,
+        password_hash: None,
+        tenant: None,
+        role: Role::TenantAdmin,
+        oidc_subject: Some("https://idp.example|bob".into()),
+        ..user("u2", "bob@example.com", None)
+    };
+    s.create_user(&bob).await.unwrap();
+    assert_eq!(s.get_user("u2").await.unwrap(), Some(bob.clone()));
+    assert_eq!(s.count_users().await.unwrap(), 2);
+
+    // Update writes everything but created_at; the email is lower-cased again.
+    let changed = User {
+        email: "Alice.New@Example.com".into(),
+        name: None,
+        password_hash: Some("$argon2id$new".into()),
+        role: Role::User,
+        tenant: Some("chemistry".into()),
+        oidc_subject: None,
+        disabled: true,
+        created_at: 1,
+        ..stored.clone()
+    };
+    assert!(s.update_user(&changed).await.unwrap());
+    let expected = User {
+        email: "alice.new@example.com".into(),
+        created_at: stored.created_at,
+        ..changed.clone()
+    };
+    assert_eq!(s.get_user("u1").await.unwrap(), Some(expected.clone()));
+    assert_eq!(
+        s.get_user_by_email("ALICE.NEW@example.com").await.unwrap(),
+        Some(expected.clone())
+    );
+    assert_eq!(
+        s.get_user_by_email("alice@example.com").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.get_user_by_subject("https://idp.example|Abc-123")
+            .await
+            .unwrap(),
+        None
+    );
+    // Updating a user to its own current values is no conflict.
+    assert!(s.update_user(&expected).await.unwrap());
+    assert!(!s
+        .update_user(&user("missing", "x@example.com", None))
+        .await
+        .unwrap());
+    assert_eq!(s.count_users().await.unwrap(), 2);
+    assert_eq!(s.list_users(None).await.unwrap(), vec![expected, bob]);
+}
+
+async fn user_conflicts(db: Db) {
+    let s = &db.store;
+    let a = User {
+        oidc_subject: Some("iss|a".into()),
+        ..user("u1", "a@example.com", None)
+    };
+    let b = User {
+        oidc_subject: Some("iss|b".into()),
+        ..user("u2", "b@example.com", None)
+    };
+    s.create_user(&a).await.unwrap();
+    s.create_user(&b).await.unwrap();
+
+    // Create: same email in another case, same subject, same id.
+    expect_conflict(
+        s.create_user(&user("u3", "A@EXAMPLE.com", None)).await,
+        "a@example.com",
+    );
+    expect_conflict(
+        s.create_user(&User {
+            oidc_subject: Some("iss|b".into()),
+            ..user("u3", "c@example.com", None)
+        })
+        .await,
+        "iss|b",
+    );
+    expect_conflict(
+        s.create_user(&user("u1", "other@example.com", None)).await,
+        "u1",
+    );
+    // Several users without a subject are fine (NULLs do not clash).
+    s.create_user(&user("u3", "c@example.com", None))
+        .await
+        .unwrap();
+    s.create_user(&user("u4", "d@example.com", None))
+        .await
+        .unwrap();
+
+    // Update: taking another user's email or subject fails and changes nothing.
+    expect_conflict(
+        s.update_user(&User {
+            email: "B@example.com".into(),
+            ..a.clone()
+        })
+        .await,
+        "b@example.com",
+    );
+    expect_conflict(
+        s.update_user(&User {
+            oidc_subject: Some("iss|b".into()),
+            ..a.clone()
+        })
+        .await,
+        "iss|b",
+    );
+    assert_eq!(s.get_user("u1").await.unwrap(), Some(a.clone()));
+    assert_eq!(s.count_users().await.unwrap(), 4);
+
+    // The store still works after the failed statements (no poisoned connection).
+    assert!(s
+        .update_user(&User {
+            email: "a2@example.com".into(),
+            ..a
+        })
+        .await
+        .unwrap());
+    // The freed address can be taken by someone else.
+    assert!(s
+        .update_user(&User {
+            email: "a@example.com".into(),
+            ..user("u3", "", None)
+        })
+        .await
+        .unwrap());
+    assert_eq!(
+        s.get_user_by_email("a@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "u3"
+    );
+}
+
+async fn users_by_tenant(db: Db) {
+    let s = &db.store;
+    // Byte order of emails on both backends: digits and upper case would sort first, but
+    // emails are lower-cased, so `_` (0x5f) sorts before lower-case letters.
+    let users = [
+        user("1", "zoe@example.com", Some("physics")),
+        user("2", "adam@example.com", Some("physics")),
+        user("3", "mia@example.com", Some("chemistry")),
+        user("4", "_svc@example.com", Some("physics")),
+        user("5", "nobody@example.com", None),
+    ];
+    for u in &users {
+        s.create_user(u).await.unwrap();
+    }
+    let ids = |list: Vec<User>| list.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_users(Some("physics")).await.unwrap()),
+        ["4", "2", "1"]
+    );
+    assert_eq!(ids(s.list_users(Some("chemistry")).await.unwrap()), ["3"]);
+    assert!(s.list_users(Some("biology")).await.unwrap().is_empty());
+    assert_eq!(
+        ids(s.list_users(None).await.unwrap()),
+        ["4", "2", "3", "5", "1"]
+    );
+    assert_eq!(
+        s.list_users(Some("physics")).await.unwrap()[0],
+        users[3].clone()
+    );
+    assert_eq!(s.count_users().await.unwrap(), 5);
+}
+
+async fn unknown_role_is_corrupt(db: Db) {
+    let s = &db.store;
+    s.create_user(&user("bad", "bad@example.com", Some("t")))
+        .await
+        .unwrap();
+    s.create_user(&user("ok", "ok@example.com", Some("t")))
+        .await
+        .unwrap();
+    let raw = raw_pool(&db.url).await;
+    sqlx::query("UPDATE users SET role = 'superuser' WHERE id = 'bad'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    for result in [
+        s.get_user("bad").await.map(|_| ()),
+        s.get_user_by_email("bad@example.com").await.map(|_| ()),
+        s.list_users(Some("t")).await.map(|_| ()),
+    ] {
+        match result {
+            Err(StoreError::Corrupt(what)) => {
+                assert!(
+                    what.contains("user `bad`") && what.contains("superuser"),
+                    "{what}"
+                )
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    assert!(s.get_user("ok").await.unwrap().is_some());
+    // Writing the user repairs the row.
+    assert!(s
+        .update_user(&user("bad", "bad@example.com", Some("t")))
+        .await
+        .unwrap());
+    assert_eq!(s.list_users(Some("t")).await.unwrap().len(), 2);
+}
+
+fn session(id_hash: &str, user_id: &str, expires_at: i64) -> Session {
+    Session {
+        id_hash: id_hash.into(),
+        user_id: user_id.into(),
+        csrf: format!("csrf-{id_hash}"),
+        created_at: 1_000,
+        expires_at,
+    }
+}
+
+async fn sessions_lifecycle(db: Db) {
+    let s = &db.store;
+    let a1 = session(&"a".repeat(64), "alice", 5_000);
+    let a2 = session(&"b".repeat(64), "alice", 10_000);
+    let b1 = session(&"c".repeat(64), "bob", 20_000);
+    let old = session(&"d".repeat(64), "carol", 2_000);
+    for x in [&a1, &a2, &b1, &old] {
+        s.create_session(x).await.unwrap();
+    }
+    expect_conflict(
+        s.create_session(&session(&"a".repeat(64), "mallory", 1))
+            .await,
+        "session",
+    );
+    assert_eq!(s.get_session(&a1.id_hash).await.unwrap(), Some(a1.clone()));
+    assert_eq!(s.get_session("missing").await.unwrap(), None);
+
+    // Expired sessions are still returned; the caller decides.
+    assert_eq!(
+        s.get_session(&old.id_hash).await.unwrap(),
+        Some(old.clone())
+    );
+    // The sweep deletes `expires_at <= now` only.
+    assert_eq!(s.delete_expired_sessions(1_999).await.unwrap(), 0);
+    assert_eq!(s.delete_expired_sessions(2_000).await.unwrap(), 1);
+    assert_eq!(s.get_session(&old.id_hash).await.unwrap(), None);
+    assert_eq!(s.delete_expired_sessions(2_000).await.unwrap(), 0);
+
+    // Sign-out.
+    assert!(s.delete_session(&a1.id_hash).await.unwrap());
+    assert!(!s.delete_session(&a1.id_hash).await.unwrap());
+    assert_eq!(s.get_session(&a1.id_hash).await.unwrap(), None);
+
+    // Everything of one user.
+    s.create_session(&a1).await.unwrap();
+    assert_eq!(s.delete_user_sessions("alice").await.unwrap(), 2);
+    assert_eq!(s.delete_user_sessions("alice").await.unwrap(), 0);
+    assert_eq!(s.get_session(&a2.id_hash).await.unwrap(), None);
+    assert_eq!(s.get_session(&b1.id_hash).await.unwrap(), Some(b1.clone()));
+
+    assert_eq!(s.delete_expired_sessions(i64::MAX).await.unwrap(), 1);
+    assert_eq!(s.get_session(&b1.id_hash).await.unwrap(), None);
+}
+
+fn audit(id: &str, ts: i64) -> AuditEntry {
+    AuditEntry {
+        id: id.into(),
+        ts,
+        actor: "admin-token".into(),
+        action: "tenant.update".into(),
+        target: format!("tenant:{id}"),
+        before: Some(format!("{{\"weight\":1,\"id\":\"{id}\"}}")),
+        after: Some("{\"weight\":2,\"note\":\"caf\u{e9} \\\"q\\\"\"}".into()),
+    }
+}
+
+async fn audit_order_limit_and_paging(db: Db) {
+    let s = &db.store;
+    assert!(s.list_audit(10, None).await.unwrap().is_empty());
+    let created = AuditEntry {
+        before: None,
+        action: "key.create".into(),
+        ..audit("e1", 100)
+    };
+    let deleted = AuditEntry {
+        after: None,
+        action: "group.delete".into(),
+        actor: "alice@example.com".into(),
+        ..audit("e5", 300)
+    };
+    // Inserted out of order; ties on ts order by id descending (bytes: `E` < `e`).
+    let entries = [
+        audit("e3", 200),
+        created.clone(),
+        deleted.clone(),
+        audit("e2", 200),
+        audit("E4", 200),
+        audit("e6", 400),
+    ];
+    for e in &entries {
+        s.insert_audit(e).await.unwrap();
+    }
+    expect_conflict(s.insert_audit(&audit("e3", 999)).await, "e3");
+
+    let ids = |list: Vec<AuditEntry>| list.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_audit(100, None).await.unwrap()),
+        ["e6", "e5", "e3", "e2", "E4", "e1"]
+    );
+    assert_eq!(ids(s.list_audit(2, None).await.unwrap()), ["e6", "e5"]);
+    assert!(s.list_audit(0, None).await.unwrap().is_empty());
+    // before_ts is exclusive.
+    assert_eq!(
+        ids(s.list_audit(100, Some(300)).await.unwrap()),
+        ["e3", "e2", "E4", "e1"]
+    );
+    assert_eq!(ids(s.list_audit(2, Some(300)).await.unwrap()), ["e3", "e2"]);
+    assert!(s.list_audit(100, Some(100)).await.unwrap().is_empty());
+    // Full round trip, NULL before/after included.
+    let all = s.list_audit(100, None).await.unwrap();
+    assert_eq!(all[1], deleted);
+    assert_eq!(all[5], created);
+    assert_eq!(all[2], audit("e3", 200));
+}
+
+/// A database as a fairgate with migrations 1 and 2 left it, holding rows of that era.
+async fn v2_database(db: &Db) -> String {
+    let url = v1_database(db).await;
+    let raw_url = if url.starts_with("sqlite://") {
+        format!("{url}?mode=rwc")
+    } else {
+        url.clone()
+    };
+    let raw = raw_pool(&raw_url).await;
+    sqlx::raw_sql(MIGRATIONS[1].sql)
+        .execute(&raw)
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO fairgate_migrations (version, applied_at) VALUES (2, 0)",
+        "INSERT INTO groups (name, weight, created_at) VALUES ('eng', 4, 8)",
+        "UPDATE tenants SET policy_json = '{\"hard_cap\":true}' WHERE name = 'old'",
+        "INSERT INTO ledger (id, ts, tenant, user_name, key_id, model, backend, endpoint, stream, \
+         prompt_tokens, completion_tokens, cached_tokens, reserved_tokens, usage_source, status, \
+         outcome, error_class, queue_ms, ttft_ms, duration_ms, cost, cache_hit, priority) VALUES \
+         ('r-v2', 9, 'old', NULL, 'k-old', 'm', NULL, '/v1/completions', 0, 1, 2, 0, 3, \
+         'upstream', 200, 'ok', NULL, 0, NULL, 100, 77, 1, 'batch')",
+    ] {
+        sqlx::query(sql).execute(&raw).await.unwrap();
+    }
+    raw.close().await;
+    url
+}
+
+async fn upgrade_from_v2_keeps_rows(db: Db) {
+    let url = v2_database(&db).await;
+    let s = Store::connect(&url).await.unwrap();
+    // Everything of v2 is still there.
+    assert_eq!(
+        s.get_tenant("old").await.unwrap(),
+        Some(Tenant {
+            created_at: 5,
+            policy: TenantPolicy {
+                hard_cap: true,
+                ..TenantPolicy::default()
+            },
+            ..tenant("old", 2, Some("eng"))
+        })
+    );
+    assert_eq!(s.list_groups().await.unwrap(), vec![group("eng", 4)]);
+    assert!(s.get_key(&KeyId::from("k-old")).await.unwrap().is_some());
+    assert_eq!(s.ledger_count().await.unwrap(), 2);
+    let newest = s.requests(None, 1).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (
+            newest.id.0.as_str(),
+            newest.cost,
+            newest.cache_hit,
+            newest.priority
+        ),
+        ("r-v2", Micros(77), true, Priority::Batch)
+    );
+    // The portal tables exist, empty, and work.
+    assert_eq!(s.count_users().await.unwrap(), 0);
+    assert!(s.list_audit(10, None).await.unwrap().is_empty());
+    s.create_user(&user("u1", "Op@Example.com", Some("old")))
+        .await
+        .unwrap();
+    s.create_session(&session("h", "u1", 10)).await.unwrap();
+    s.insert_audit(&audit("a1", 1)).await.unwrap();
+    assert_eq!(
+        s.get_user_by_email("op@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "u1"
+    );
+    assert!(s.get_session("h").await.unwrap().is_some());
+    assert_eq!(s.list_audit(10, None).await.unwrap().len(), 1);
+    s.close().await;
+
+    let raw = raw_pool(&url).await;
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM fairgate_migrations ORDER BY version")
+            .fetch_all(&raw)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2, 3]);
+    raw.close().await;
 }

@@ -52,6 +52,8 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/requests", get(requests))
         .route("/scheduler", get(scheduler))
         .route("/reload", post(reload_config))
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{id}", axum::routing::patch(update_user))
         .fallback(|req: Request| async move {
             ApiError::RouteNotFound(format!("{} {}", req.method(), req.uri().path()))
         })
@@ -844,4 +846,128 @@ async fn reload_config(
                 ApiError::AdminBadRequest(format!("config reload failed: {e:#}"))
             }
         })
+}
+
+// ---- portal accounts --------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+    /// Local password; leave out for accounts that only sign in through SSO.
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    role: fairgate_types::Role,
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+fn valid_email(email: &str) -> Result<String, ApiError> {
+    let e = email.trim().to_lowercase();
+    let ok = e.len() <= 254
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(e)
+    } else {
+        Err(ApiError::AdminBadRequest(format!(
+            "email: `{email}` is not an email address"
+        )))
+    }
+}
+
+fn hashed_password(password: &str) -> Result<String, ApiError> {
+    if let Some(why) = crate::portal::auth::password_problem(password) {
+        return Err(ApiError::AdminBadRequest(format!("password: {why}")));
+    }
+    crate::portal::auth::hash_password(password).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+async fn create_user(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: NewUser = parse(&body)?;
+    let email = valid_email(&req.email)?;
+    if let Some(t) = &req.tenant {
+        if st.store.get_tenant(t).await?.is_none() {
+            return Err(ApiError::AdminNotFound(format!("tenant `{t}`")));
+        }
+    }
+    let password_hash = match &req.password {
+        Some(p) => Some(hashed_password(p)?),
+        None => None,
+    };
+    let user = fairgate_types::User {
+        id: uuid::Uuid::now_v7().to_string(),
+        email,
+        name: req.name,
+        password_hash,
+        role: req.role,
+        tenant: req.tenant,
+        oidc_subject: None,
+        disabled: false,
+        created_at: now_millis(),
+    };
+    st.store.create_user(&user).await?;
+    tracing::info!(email = %user.email, role = user.role.as_str(), "portal user created");
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+async fn list_users(
+    State(st): State<Arc<AppState>>,
+    Query(f): Query<TenantFilter>,
+) -> Result<Json<List<fairgate_types::User>>, ApiError> {
+    Ok(Json(List {
+        data: st.store.list_users(f.tenant.as_deref()).await?,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserPatch {
+    #[serde(default)]
+    role: Option<fairgate_types::Role>,
+    #[serde(default, with = "double_option")]
+    tenant: Option<Option<String>>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+async fn update_user(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<fairgate_types::User>, ApiError> {
+    let patch: UserPatch = parse(&body)?;
+    let mut u = st
+        .store
+        .get_user(&id)
+        .await?
+        .ok_or_else(|| ApiError::AdminNotFound(format!("user `{id}`")))?;
+    if let Some(r) = patch.role {
+        u.role = r;
+    }
+    if let Some(t) = patch.tenant {
+        if let Some(t) = &t {
+            if st.store.get_tenant(t).await?.is_none() {
+                return Err(ApiError::AdminNotFound(format!("tenant `{t}`")));
+            }
+        }
+        u.tenant = t;
+    }
+    if let Some(p) = &patch.password {
+        u.password_hash = Some(hashed_password(p)?);
+    }
+    if let Some(d) = patch.disabled {
+        u.disabled = d;
+    }
+    st.store.update_user(&u).await?;
+    // A changed password, role or a disabled account ends the sessions it had.
+    st.store.delete_user_sessions(&u.id).await?;
+    tracing::info!(email = %u.email, "portal user updated; sessions ended");
+    Ok(Json(u))
 }

@@ -157,6 +157,9 @@ enum AdminCommand {
     },
     /// Re-read the gateway's config file and apply its live parts.
     Reload,
+    /// Portal accounts: create (local password), list.
+    #[command(subcommand, visible_alias = "users")]
+    User(UserCmd),
     /// Token sums per tenant and model.
     Usage {
         #[arg(long)]
@@ -173,6 +176,30 @@ enum AdminCommand {
         tenant: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a portal account. The password is read from FAIRGATE_USER_PASSWORD when
+    /// `--password` is not given, so it need not appear in the shell history.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, env = "FAIRGATE_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// user, tenant_admin or operator.
+        #[arg(long, default_value = "user")]
+        role: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List accounts, optionally of one tenant.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -529,6 +556,30 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
             None,
         ),
         AdminCommand::Reload => (reqwest::Method::POST, "/reload".into(), None),
+        AdminCommand::User(c) => match c {
+            UserCmd::Create {
+                email,
+                password,
+                role,
+                tenant,
+                name,
+            } => (
+                reqwest::Method::POST,
+                "/users".into(),
+                Some(json!({
+                    "email": email, "password": password, "role": role,
+                    "tenant": tenant, "name": name,
+                })),
+            ),
+            UserCmd::List { tenant } => (
+                reqwest::Method::GET,
+                match tenant {
+                    Some(t) => format!("/users?tenant={}", query_escape(&t)),
+                    None => "/users".into(),
+                },
+                None,
+            ),
+        },
         AdminCommand::Keys(c) => match c {
             KeyCmd::Create {
                 tenant,

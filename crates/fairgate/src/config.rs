@@ -45,6 +45,8 @@ pub struct Config {
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]
+    pub portal: PortalConfig,
+    #[serde(default)]
     pub models: Vec<ModelConfig>,
     /// Groups declared in the file; upserted into the database at start and on reload.
     #[serde(default)]
@@ -65,6 +67,28 @@ pub struct TenantDecl {
     pub group: Option<String>,
     #[serde(default)]
     pub policy: TenantPolicy,
+}
+
+/// The browser portal at `/portal`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortalConfig {
+    /// Mark session cookies `Secure`; set it when clients reach fairgate over HTTPS (a TLS
+    /// proxy in front), and links in the portal then use https.
+    #[serde(default)]
+    pub secure_cookies: bool,
+    /// How long a sign-in lasts.
+    #[serde(default = "defaults::session_ttl_s")]
+    pub session_ttl_s: u64,
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        Self {
+            secure_cookies: false,
+            session_ttl_s: defaults::session_ttl_s(),
+        }
+    }
 }
 
 /// The response cache's size; models opt in with `cache = true`, requests with the
@@ -227,6 +251,9 @@ mod defaults {
     pub fn two_u64() -> u64 {
         2
     }
+    pub fn session_ttl_s() -> u64 {
+        12 * 3600
+    }
     pub fn cache_ttl_s() -> u64 {
         300
     }
@@ -331,6 +358,7 @@ const ENV_FIELDS: &[&str] = &[
     "admission",
     "ledger",
     "cache",
+    "portal",
 ];
 
 impl Config {

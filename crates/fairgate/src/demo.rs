@@ -86,6 +86,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let gateway = Gateway::build(config).await?;
     let key = ensure_demo_key(&gateway, &opts.data_dir).await?;
+    let portal_password = ensure_demo_operator(&gateway, &opts.data_dir).await?;
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("binding {addr} (is another fairgate running? try --listen 127.0.0.1:0)")
     })?;
@@ -98,10 +99,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             "admin_url": format!("http://{bound}/admin/v1"),
             "admin_token": admin_token,
             "models": DEMO_MODELS,
+            "portal_url": format!("http://{bound}/portal"),
+            "portal_email": DEMO_OPERATOR,
+            "portal_password": portal_password,
         });
         println!("{info}");
     } else {
         print_banner(&base, &key, &admin_token);
+        println!(
+            "Portal: http://{bound}/portal  (sign in as {DEMO_OPERATOR} / {portal_password}, an operator)\n"
+        );
     }
     gateway.serve(listener, shutdown_signal()).await
 }
@@ -154,6 +161,47 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(())
+}
+
+/// The demo's portal account (an operator in the demo tenant).
+pub const DEMO_OPERATOR: &str = "admin@fairgate.local";
+
+/// Creates the demo operator account unless it exists; returns its password (kept in
+/// `portal-password` in the data directory, like the demo key).
+async fn ensure_demo_operator(gateway: &Gateway, data_dir: &Path) -> anyhow::Result<String> {
+    let st = gateway.state();
+    let fresh = crate::portal::auth::random_token();
+    let password = read_or_create_secret(&data_dir.join("portal-password"), &fresh)?;
+    let hash = crate::portal::auth::hash_password(&password)?;
+    match st.store.get_user_by_email(DEMO_OPERATOR).await? {
+        Some(mut u) => {
+            // Keep the saved password in force even if the file was edited.
+            if !u
+                .password_hash
+                .as_deref()
+                .is_some_and(|h| crate::portal::auth::verify_password(&password, h))
+            {
+                u.password_hash = Some(hash);
+                st.store.update_user(&u).await?;
+            }
+        }
+        None => {
+            st.store
+                .create_user(&fairgate_types::User {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    email: DEMO_OPERATOR.to_owned(),
+                    name: Some("Demo operator".to_owned()),
+                    password_hash: Some(hash),
+                    role: fairgate_types::Role::Operator,
+                    tenant: Some(DEMO_TENANT.to_owned()),
+                    oidc_subject: None,
+                    disabled: false,
+                    created_at: now_millis(),
+                })
+                .await?;
+        }
+    }
+    Ok(password)
 }
 
 /// Creates the demo tenant and key unless they exist and the saved key still works.

@@ -29,6 +29,7 @@ pub mod error;
 pub mod fairbench;
 pub mod identity;
 pub mod metrics;
+pub mod portal;
 pub mod proxy;
 pub mod server;
 pub mod upstream;

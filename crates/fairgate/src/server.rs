@@ -36,6 +36,7 @@ pub struct AppState {
     /// Where `live` is re-read from; `None` when started without a file.
     pub config_path: Option<PathBuf>,
     pub admission: Admission,
+    pub portal: crate::portal::Portal,
     pub store: Store,
     pub identity: Identity,
     pub upstreams: Upstreams,
@@ -97,6 +98,7 @@ impl Gateway {
             live: ArcSwap::from_pointee(config.clone()),
             config_path: path,
             admission: Admission::new(&config),
+            portal: crate::portal::Portal::default(),
             upstreams: Upstreams::from_config(&config),
             client: http_client(Duration::from_millis(config.upstream.connect_timeout_ms)),
             config: Arc::new(config),
@@ -333,6 +335,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(v1)
         .nest("/admin/v1", admin::router(state.clone()))
+        .nest("/portal", crate::portal::router())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

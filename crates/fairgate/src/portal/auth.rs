@@ -1,0 +1,595 @@
+//! Portal authentication primitives: argon2id password hashing and policy, browser session
+//! secrets and cookies, CSRF comparison, a failed sign-in limiter, and PKCE/state/nonce
+//! values for the OIDC authorization-code flow.
+//!
+//! Everything here is pure or a small in-memory structure; storage and HTTP handlers live
+//! elsewhere. Session cookies carry 32 random bytes (hex); only their SHA-256 is stored.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderValue};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Name of the portal session cookie.
+pub const SESSION_COOKIE: &str = "fg_session";
+
+/// Minimum password length, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+/// Maximum password length, in characters (bounds hashing work per request).
+pub const MAX_PASSWORD_CHARS: usize = 1024;
+
+/// OWASP argon2id parameters: 19 MiB memory, 2 iterations, 1 lane.
+const ARGON2_M_KIB: u32 = 19 * 1024;
+const ARGON2_T: u32 = 2;
+const ARGON2_P: u32 = 1;
+
+/// Default cap on keys tracked by a [`LoginLimiter`].
+pub const DEFAULT_LIMITER_MAX_KEYS: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("password hashing failed: {0}")]
+    Hash(argon2::password_hash::Error),
+    #[error("invalid argon2 parameters: {0}")]
+    Params(argon2::Error),
+}
+
+fn argon2() -> Result<Argon2<'static>, AuthError> {
+    let params = Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, None).map_err(AuthError::Params)?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// argon2id with OWASP-recommended parameters (m=19 MiB, t=2, p=1), PHC string output.
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
+    let hash = argon2()?
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(AuthError::Hash)?;
+    Ok(hash.to_string())
+}
+
+/// Verifies `password` against a PHC string (constant-time digest compare); false for
+/// malformed hashes and for anything that is not argon2id.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    if parsed.algorithm != Algorithm::Argon2id.ident() {
+        return false;
+    }
+    // Parameters come from the PHC string, so older hashes keep verifying.
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+}
+
+/// Fixed argon2id hash (current parameters) of a password no account uses.
+const DUMMY_PHC: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$ad6cTk/INuWNxA5WvA4H0g$6Uw57OgSAF1AO26bx8GrdGwq06L3lLzqqD4GLDiXydQ";
+
+/// Verifies against [`DUMMY_PHC`] and discards the result, so a sign-in for an unknown
+/// email costs the same time as one for a known email.
+pub fn dummy_verify(password: &str) {
+    let _ = verify_password(password, DUMMY_PHC);
+}
+
+/// Password policy for local accounts; `Some(reason)` when rejected.
+pub fn password_problem(password: &str) -> Option<&'static str> {
+    let count = password.chars().count();
+    if count < MIN_PASSWORD_CHARS {
+        return Some("password must be at least 12 characters");
+    }
+    if count > MAX_PASSWORD_CHARS {
+        return Some("password must be at most 1024 characters");
+    }
+    let mut chars = password.chars();
+    let first = chars.next();
+    if chars.all(|c| Some(c) == first) {
+        return Some("password must not be a single repeated character");
+    }
+    None
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    OsRng.fill_bytes(&mut buf);
+    buf
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
+/// A new session: (cookie value: 64 hex chars, its SHA-256 hex for storage, CSRF token:
+/// 64 hex chars).
+pub fn new_session_secret() -> (String, String, String) {
+    let cookie = to_hex(&random_bytes::<32>());
+    let stored = hash_session_id(&cookie);
+    let csrf = to_hex(&random_bytes::<32>());
+    (cookie, stored, csrf)
+}
+
+/// Hex SHA-256 of a session cookie value: the form stored server-side.
+pub fn hash_session_id(cookie_value: &str) -> String {
+    to_hex(&Sha256::digest(cookie_value.as_bytes()))
+}
+
+/// Constant-time compare of a submitted CSRF token with the session's; an empty expected
+/// token never matches.
+pub fn csrf_ok(submitted: &str, expected: &str) -> bool {
+    !expected.is_empty() && bool::from(submitted.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+fn cookie_attrs(secure: bool) -> &'static str {
+    if secure {
+        "; HttpOnly; SameSite=Lax; Path=/; Secure"
+    } else {
+        "; HttpOnly; SameSite=Lax; Path=/"
+    }
+}
+
+/// RFC 6265 cookie-octet (no whitespace, `"`, `,`, `;`, `\`, controls).
+fn is_cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
+}
+
+/// `Set-Cookie` value for the session cookie. A value that is not a valid cookie value
+/// (never the case for [`new_session_secret`] output) yields the clearing cookie instead.
+pub fn session_cookie(value: &str, max_age_s: u64, secure: bool) -> HeaderValue {
+    if value.is_empty() || !value.bytes().all(is_cookie_octet) {
+        return clear_session_cookie(secure);
+    }
+    let s = format!(
+        "{SESSION_COOKIE}={value}; Max-Age={max_age_s}{}",
+        cookie_attrs(secure)
+    );
+    HeaderValue::from_str(&s).unwrap_or_else(|_| clear_session_cookie(secure))
+}
+
+/// `Set-Cookie` value that removes the session cookie.
+pub fn clear_session_cookie(secure: bool) -> HeaderValue {
+    if secure {
+        HeaderValue::from_static("fg_session=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/; Secure")
+    } else {
+        HeaderValue::from_static("fg_session=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/")
+    }
+}
+
+/// The session cookie value from the request's `Cookie` header(s), if present and
+/// non-empty. Handles several cookies per header, several headers, and stray whitespace.
+pub fn session_from_headers(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(name, _)| name.trim() == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .find(|value| !value.is_empty())
+        .map(str::to_owned)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    window_start: Instant,
+}
+
+/// Failed sign-in limiter: at most `max_failures` per key within a fixed window that
+/// starts at the key's first failure. Callers normalize keys (e.g. `email:<lower-cased>`
+/// and `ip:<addr>` as separate keys). Memory is bounded by `max_keys`: expired entries
+/// are evicted first, then the oldest windows.
+#[derive(Debug)]
+pub struct LoginLimiter {
+    max_failures: u32,
+    window: Duration,
+    max_keys: usize,
+    entries: Mutex<HashMap<String, Failures>>,
+}
+
+impl LoginLimiter {
+    pub fn new(max_failures: u32, window: Duration) -> Self {
+        Self {
+            max_failures: max_failures.max(1),
+            window,
+            max_keys: DEFAULT_LIMITER_MAX_KEYS,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Overrides the cap on tracked keys (at least 1).
+    pub fn with_max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn expired(&self, f: &Failures, now: Instant) -> bool {
+        now.saturating_duration_since(f.window_start) >= self.window
+    }
+
+    /// `Err(retry_after)` when the key has used up its failures in the current window.
+    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let map = self.lock();
+        match map.get(key) {
+            Some(f) if !self.expired(f, now) && f.count >= self.max_failures => {
+                Err((f.window_start + self.window).saturating_duration_since(now))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed sign-in for `key`.
+    pub fn record_failure(&self, key: &str, now: Instant) {
+        let mut map = self.lock();
+        if let Some(f) = map.get_mut(key) {
+            if self.expired(f, now) {
+                *f = Failures {
+                    count: 1,
+                    window_start: now,
+                };
+            } else {
+                f.count = f.count.saturating_add(1);
+            }
+            return;
+        }
+        if map.len() >= self.max_keys {
+            map.retain(|_, f| !self.expired(f, now));
+        }
+        while map.len() >= self.max_keys {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, f)| f.window_start)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => map.remove(&k),
+                None => break,
+            };
+        }
+        map.insert(
+            key.to_owned(),
+            Failures {
+                count: 1,
+                window_start: now,
+            },
+        );
+    }
+
+    /// Clears `key` after a successful sign-in.
+    pub fn record_success(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    /// Number of keys currently tracked.
+    pub fn tracked_keys(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Base64url (RFC 4648 §5) without padding.
+pub fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        // 2, 3 or 4 output characters for 1, 2 or 3 input bytes.
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize] as char);
+        }
+    }
+    out
+}
+
+/// 32 random bytes, base64url without padding (43 characters): OIDC `state` and `nonce`.
+pub fn random_token() -> String {
+    base64url(&random_bytes::<32>())
+}
+
+/// PKCE S256 challenge (RFC 7636 §4.2): base64url(SHA-256(verifier)).
+pub fn pkce_challenge(verifier: &str) -> String {
+    base64url(&Sha256::digest(verifier.as_bytes()))
+}
+
+/// A fresh PKCE (verifier, S256 challenge) pair.
+pub fn pkce_pair() -> (String, String) {
+    let verifier = random_token();
+    let challenge = pkce_challenge(&verifier);
+    (verifier, challenge)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_verify_round_trip_and_salt() {
+        let a = hash_password("correct horse battery").unwrap();
+        let b = hash_password("correct horse battery").unwrap();
+        assert!(a.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{a}");
+        assert_ne!(a, b, "salts must differ");
+        assert!(verify_password("correct horse battery", &a));
+        assert!(verify_password("correct horse battery", &b));
+        assert!(!verify_password("correct horse batterY", &a));
+        assert!(!verify_password("", &a));
+    }
+
+    #[test]
+    fn malformed_hashes_do_not_verify() {
+        for phc in [
+            "",
+            "not a hash",
+            "$argon2id$",
+            "$argon2id$v=19$m=19456,t=2,p=1$",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$!!!",
+            // Valid PHC syntax, wrong algorithm.
+            "$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        ] {
+            assert!(!verify_password("whatever password", phc), "{phc}");
+        }
+    }
+
+    #[test]
+    fn dummy_hash_uses_current_parameters() {
+        let parsed = PasswordHash::new(DUMMY_PHC).unwrap();
+        let current = argon2().unwrap();
+        assert_eq!(parsed.algorithm, Algorithm::Argon2id.ident());
+        let params = Params::try_from(&parsed).unwrap();
+        let want = current.params();
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (want.m_cost(), want.t_cost(), want.p_cost())
+        );
+        assert!(verify_password(
+            "fairgate-dummy-password-never-valid",
+            DUMMY_PHC
+        ));
+        dummy_verify("whatever password");
+    }
+
+    #[test]
+    fn password_policy() {
+        assert!(password_problem("").is_some());
+        assert!(password_problem("short").is_some());
+        assert!(password_problem("elevenchars").is_some());
+        assert_eq!(password_problem("twelve chars"), None);
+        assert!(password_problem("aaaaaaaaaaaaaaaa").is_some());
+        assert!(password_problem("ééééééééééééé").is_some());
+        // Characters, not bytes: 6 two-byte chars is too short.
+        assert!(password_problem("éèéèéè").is_some());
+        assert_eq!(password_problem("éèéèéèéèéèéè"), None);
+        assert!(password_problem(&"ab".repeat(600)).is_some());
+        assert_eq!(password_problem(&"ab".repeat(512)), None);
+    }
+
+    #[test]
+    fn session_secret_shapes() {
+        let (cookie, stored, csrf) = new_session_secret();
+        for s in [&cookie, &stored, &csrf] {
+            assert_eq!(s.len(), 64);
+            assert!(s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        }
+        assert_eq!(stored, hash_session_id(&cookie));
+        assert_ne!(cookie, csrf);
+        assert_ne!(new_session_secret().0, cookie);
+        assert_eq!(
+            hash_session_id("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn csrf_compare() {
+        let (_, _, token) = new_session_secret();
+        assert!(csrf_ok(&token, &token));
+        assert!(!csrf_ok(&token[..63], &token));
+        assert!(!csrf_ok(&format!("{token}0"), &token));
+        assert!(!csrf_ok("", &token));
+        assert!(!csrf_ok("", ""));
+        let mut other = token.clone().into_bytes();
+        other[0] = if other[0] == b'0' { b'1' } else { b'0' };
+        assert!(!csrf_ok(std::str::from_utf8(&other).unwrap(), &token));
+    }
+
+    #[test]
+    fn cookie_attributes() {
+        assert_eq!(
+            session_cookie("abc123", 3600, false),
+            "fg_session=abc123; Max-Age=3600; HttpOnly; SameSite=Lax; Path=/"
+        );
+        assert_eq!(
+            session_cookie("abc123", 3600, true),
+            "fg_session=abc123; Max-Age=3600; HttpOnly; SameSite=Lax; Path=/; Secure"
+        );
+        assert_eq!(
+            clear_session_cookie(false),
+            "fg_session=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/"
+        );
+        assert_eq!(
+            clear_session_cookie(true),
+            "fg_session=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/; Secure"
+        );
+        // Attribute injection is refused.
+        assert_eq!(
+            session_cookie("x; Domain=evil", 60, true),
+            clear_session_cookie(true)
+        );
+        assert_eq!(session_cookie("", 60, false), clear_session_cookie(false));
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(session_from_headers(&h), None);
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("theme=dark;  fg_session = abc ; other=1"),
+        );
+        assert_eq!(session_from_headers(&h).as_deref(), Some("abc"));
+
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; fg_session_old=zzz"));
+        h.append(COOKIE, HeaderValue::from_static("b=2;fg_session=def"));
+        assert_eq!(session_from_headers(&h).as_deref(), Some("def"));
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("fg_session=; x=fg_session=no"),
+        );
+        assert_eq!(session_from_headers(&h), None);
+
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_static("fg_session=\"q\""));
+        assert_eq!(session_from_headers(&h).as_deref(), Some("q"));
+    }
+
+    #[test]
+    fn limiter_blocks_and_resets() {
+        let l = LoginLimiter::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert_eq!(l.check("email:a@x", t0), Ok(()), "failure {i}");
+            l.record_failure("email:a@x", t0 + Duration::from_secs(i));
+        }
+        assert_eq!(
+            l.check("email:a@x", t0 + Duration::from_secs(10)),
+            Err(Duration::from_secs(50))
+        );
+        assert_eq!(l.check("email:b@x", t0), Ok(()));
+        l.record_success("email:a@x");
+        assert_eq!(l.check("email:a@x", t0 + Duration::from_secs(10)), Ok(()));
+    }
+
+    #[test]
+    fn limiter_window_expiry() {
+        let l = LoginLimiter::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        l.record_failure("ip:1", t0);
+        l.record_failure("ip:1", t0 + Duration::from_secs(30));
+        assert!(l.check("ip:1", t0 + Duration::from_secs(59)).is_err());
+        assert_eq!(l.check("ip:1", t0 + Duration::from_secs(60)), Ok(()));
+        // A failure after expiry starts a new window with count 1.
+        l.record_failure("ip:1", t0 + Duration::from_secs(61));
+        assert_eq!(l.check("ip:1", t0 + Duration::from_secs(62)), Ok(()));
+        l.record_failure("ip:1", t0 + Duration::from_secs(62));
+        assert_eq!(
+            l.check("ip:1", t0 + Duration::from_secs(62)),
+            Err(Duration::from_secs(59))
+        );
+    }
+
+    #[test]
+    fn limiter_bounded_growth() {
+        let l = LoginLimiter::new(5, Duration::from_secs(60)).with_max_keys(100);
+        let t0 = Instant::now();
+        for i in 0..1000u64 {
+            l.record_failure(&format!("ip:{i}"), t0 + Duration::from_millis(i));
+            assert!(l.tracked_keys() <= 100);
+        }
+        assert_eq!(l.tracked_keys(), 100);
+        // The newest keys survive eviction of the oldest.
+        for _ in 0..4 {
+            l.record_failure("ip:999", t0 + Duration::from_secs(1));
+        }
+        assert!(l.check("ip:999", t0 + Duration::from_secs(1)).is_err());
+        // After the window, expired entries are evicted before live ones.
+        let later = t0 + Duration::from_secs(120);
+        l.record_failure("fresh", later);
+        assert_eq!(l.tracked_keys(), 1);
+    }
+
+    #[test]
+    fn base64url_vectors() {
+        // RFC 4648 §10, padding removed.
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64url(input.as_bytes()), want);
+        }
+        // URL-safe alphabet: standard "+/8=" becomes "-_8".
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+        assert_eq!(base64url(&[0xff; 3]), "____");
+    }
+
+    /// Test-only decoder (no padding, no validation beyond the alphabet).
+    fn decode_base64url(s: &str) -> Vec<u8> {
+        let val = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("not base64url: {c}"),
+        };
+        let (mut acc, mut bits, mut out) = (0u32, 0u32, Vec::new());
+        for c in s.bytes() {
+            acc = (acc << 6) | u32::from(val(c));
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pkce_rfc7636_appendix_b() {
+        // RFC 7636 Appendix B: the verifier's 32 octets, the verifier, and its S256 challenge.
+        let octets: [u8; 32] = [
+            116, 24, 223, 180, 151, 153, 224, 37, 79, 250, 96, 125, 216, 173, 187, 186, 22, 212,
+            37, 77, 105, 214, 191, 240, 91, 88, 5, 88, 83, 132, 141, 121,
+        ];
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        assert_eq!(base64url(&octets), verifier);
+        assert_eq!(decode_base64url(verifier), octets);
+        assert_eq!(
+            pkce_challenge(verifier),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn random_tokens_and_pairs() {
+        let (v, c) = pkce_pair();
+        assert_eq!(v.len(), 43);
+        assert_eq!(c.len(), 43);
+        assert_eq!(c, pkce_challenge(&v));
+        let t = random_token();
+        assert_eq!(t.len(), 43);
+        assert!(t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_ne!(random_token(), t);
+    }
+}
