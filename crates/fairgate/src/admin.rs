@@ -53,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/scheduler", get(scheduler))
         .route("/reload", post(reload_config))
         .route("/users", get(list_users).post(create_user))
+        .route("/audit", get(list_audit))
         .route("/users/{id}", axum::routing::patch(update_user))
         .fallback(|req: Request| async move {
             ApiError::RouteNotFound(format!("{} {}", req.method(), req.uri().path()))
@@ -239,6 +240,14 @@ async fn create_tenant(State(st): State<Arc<AppState>>, body: Bytes) -> Result<R
     };
     st.store.create_tenant(&tenant).await?;
     reload(&st).await?;
+    audit(
+        &st,
+        "tenant.create",
+        format!("tenant:{}", tenant.name),
+        None,
+        json_of(&tenant),
+    )
+    .await;
     tracing::info!(tenant = %tenant.name, weight = tenant.weight, "tenant created");
     Ok((StatusCode::CREATED, Json(tenant)).into_response())
 }
@@ -298,6 +307,7 @@ async fn update_tenant(
         .get_tenant(&name)
         .await?
         .ok_or_else(|| ApiError::AdminNotFound(format!("tenant `{name}`")))?;
+    let before_json = json_of(&t);
     let before = (t.weight, t.group.clone());
     if let Some(w) = patch.weight {
         t.weight = valid_weight(w)?;
@@ -318,6 +328,14 @@ async fn update_tenant(
         return Err(ApiError::AdminNotFound(format!("tenant `{name}`")));
     }
     reload(&st).await?;
+    audit(
+        &st,
+        "tenant.update",
+        format!("tenant:{name}"),
+        before_json,
+        json_of(&t),
+    )
+    .await;
     tracing::info!(tenant = %name, ?before, after = ?(t.weight, &t.group), policy_changed, "tenant updated");
     Ok(Json(t))
 }
@@ -326,10 +344,12 @@ async fn delete_tenant(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let before = st.store.get_tenant(&name).await?.and_then(|t| json_of(&t));
     if !st.store.delete_tenant(&name).await? {
         return Err(ApiError::AdminNotFound(format!("tenant `{name}`")));
     }
     reload(&st).await?;
+    audit(&st, "tenant.delete", format!("tenant:{name}"), before, None).await;
     tracing::info!(tenant = %name, "tenant deleted; its keys are revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -430,6 +450,14 @@ async fn create_key(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
     };
     st.store.insert_key(&rec).await?;
     reload(&st).await?;
+    audit(
+        &st,
+        "key.create",
+        format!("key:{}", rec.id),
+        None,
+        json_of(&rec),
+    )
+    .await;
     tracing::info!(key_id = %rec.id, tenant = %rec.tenant, "key created");
     Ok((
         StatusCode::CREATED,
@@ -490,6 +518,7 @@ async fn update_key(
 ) -> Result<Json<KeyView>, ApiError> {
     let patch: KeyPatch = parse(&body)?;
     let mut k = load_key(&st, &id).await?;
+    let before = json_of(&k);
     if let Some(n) = patch.name {
         k.name = n;
     }
@@ -515,6 +544,14 @@ async fn update_key(
     }
     st.store.update_key(&k).await?;
     reload(&st).await?;
+    audit(
+        &st,
+        "key.update",
+        format!("key:{}", k.id),
+        before,
+        json_of(&k),
+    )
+    .await;
     Ok(Json(KeyView::of(k, None)))
 }
 
@@ -523,12 +560,21 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     let mut k = load_key(&st, &id).await?;
+    let before = json_of(&k);
     if k.revoked_at.is_none() {
         k.revoked_at = Some(now_millis());
     }
     k.enabled = false;
     st.store.update_key(&k).await?;
     reload(&st).await?;
+    audit(
+        &st,
+        "key.revoke",
+        format!("key:{}", k.id),
+        before,
+        json_of(&k),
+    )
+    .await;
     tracing::info!(key_id = %k.id, "key revoked");
     Ok(Json(KeyView::of(k, None)))
 }
@@ -547,6 +593,15 @@ async fn rotate_key(
     k.secret_hash = minted.secret_hash.clone();
     st.store.update_key(&k).await?;
     reload(&st).await?;
+    // The record carries no secret (its hash is never serialized).
+    audit(
+        &st,
+        "key.rotate",
+        format!("key:{}", k.id),
+        None,
+        json_of(&k),
+    )
+    .await;
     tracing::info!(key_id = %k.id, "key rotated");
     Ok(Json(KeyView::of(k, Some(minted.expose().to_owned()))))
 }
@@ -654,7 +709,16 @@ async fn put_group(
         name,
         weight: valid_weight(req.weight)?,
     };
+    let before = st.store.get_group(&g.name).await?.and_then(|g| json_of(&g));
     let created = st.store.upsert_group(&g).await?;
+    audit(
+        &st,
+        "group.set",
+        format!("group:{}", g.name),
+        before,
+        json_of(&g),
+    )
+    .await;
     reload(&st).await?;
     tracing::info!(group = %g.name, weight = g.weight, created, "group set");
     Ok(Json(g))
@@ -664,9 +728,11 @@ async fn delete_group(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let before = st.store.get_group(&name).await?.and_then(|g| json_of(&g));
     if !st.store.delete_group(&name).await? {
         return Err(ApiError::AdminNotFound(format!("group `{name}`")));
     }
+    audit(&st, "group.delete", format!("group:{name}"), before, None).await;
     reload(&st).await?;
     tracing::info!(group = %name, "group deleted; its tenants now share weight 1");
     Ok(StatusCode::NO_CONTENT)
@@ -836,8 +902,11 @@ async fn tenant_budgets(
 async fn reload_config(
     State(st): State<Arc<AppState>>,
 ) -> Result<Json<crate::server::ReloadReport>, ApiError> {
-    crate::server::reload_config(&st)
-        .await
+    let report = crate::server::reload_config(&st).await;
+    if let Ok(r) = &report {
+        audit(&st, "config.reload", "config".into(), None, json_of(r)).await;
+    }
+    report
         .map(Json)
         .map_err(|e| match e.downcast::<fairgate_store::StoreError>() {
             Ok(store) => ApiError::from(store),
@@ -911,6 +980,14 @@ async fn create_user(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Res
         created_at: now_millis(),
     };
     st.store.create_user(&user).await?;
+    audit(
+        &st,
+        "user.create",
+        format!("user:{}", user.email),
+        None,
+        json_of(&user),
+    )
+    .await;
     tracing::info!(email = %user.email, role = user.role.as_str(), "portal user created");
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
@@ -948,6 +1025,7 @@ async fn update_user(
         .get_user(&id)
         .await?
         .ok_or_else(|| ApiError::AdminNotFound(format!("user `{id}`")))?;
+    let before = json_of(&u);
     if let Some(r) = patch.role {
         u.role = r;
     }
@@ -968,6 +1046,55 @@ async fn update_user(
     st.store.update_user(&u).await?;
     // A changed password, role or a disabled account ends the sessions it had.
     st.store.delete_user_sessions(&u.id).await?;
+    audit(
+        &st,
+        "user.update",
+        format!("user:{}", u.email),
+        before,
+        json_of(&u),
+    )
+    .await;
     tracing::info!(email = %u.email, "portal user updated; sessions ended");
     Ok(Json(u))
+}
+
+/// Who the admin API acts as in the audit log: the bearer token is one shared identity.
+const ADMIN_ACTOR: &str = "admin-token";
+
+async fn audit(
+    st: &AppState,
+    action: &str,
+    target: String,
+    before: Option<String>,
+    after: Option<String>,
+) {
+    crate::server::record_audit(st, ADMIN_ACTOR, action, target, before, after).await;
+}
+
+/// JSON of a record for the audit log. Secrets are never in it: key and password hashes are
+/// not serialized.
+fn json_of<T: Serialize>(v: &T) -> Option<String> {
+    serde_json::to_string(v).ok()
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default = "default_audit_limit")]
+    limit: u32,
+    /// Only entries older than this (unix ms), for paging.
+    before: Option<UnixMillis>,
+}
+
+fn default_audit_limit() -> u32 {
+    100
+}
+
+/// `GET /admin/v1/audit`: administrative changes, newest first.
+async fn list_audit(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<List<fairgate_types::AuditEntry>>, ApiError> {
+    Ok(Json(List {
+        data: st.store.list_audit(q.limit.min(10_000), q.before).await?,
+    }))
 }

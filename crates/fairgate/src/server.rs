@@ -169,6 +169,30 @@ impl Gateway {
     }
 }
 
+/// Writes one entry of the audit log; a failure is logged, never fails the change itself
+/// (which has already happened).
+pub async fn record_audit(
+    st: &AppState,
+    actor: &str,
+    action: &str,
+    target: String,
+    before: Option<String>,
+    after: Option<String>,
+) {
+    let e = fairgate_types::AuditEntry {
+        id: uuid::Uuid::now_v7().to_string(),
+        ts: fairgate_types::now_millis(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target,
+        before,
+        after,
+    };
+    if let Err(err) = st.store.insert_audit(&e).await {
+        tracing::error!(error = %err, action, "could not write the audit log");
+    }
+}
+
 /// Re-reads tenants, keys and groups, then brings the pools and budgets up to date.
 pub async fn refresh_directory(st: &AppState) -> Result<(), fairgate_store::StoreError> {
     st.identity.reload().await?;
@@ -309,8 +333,14 @@ async fn reload_on_hangup(st: Arc<AppState>, signals: Hangups) {
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config file");
-        if let Err(e) = reload_config(&st).await {
-            tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the running config");
+        match reload_config(&st).await {
+            Ok(report) => {
+                let after = serde_json::to_string(&report).ok();
+                record_audit(&st, "SIGHUP", "config.reload", "config".into(), None, after).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the running config");
+            }
         }
     }
 }

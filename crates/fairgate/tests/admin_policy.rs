@@ -820,3 +820,58 @@ async fn admin_cli_drives_groups_policies_scheduler_and_reload() {
     assert!(err.contains("404"), "{err}");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_admin_change_lands_in_the_audit_log_without_secrets() {
+    let (_sims, gw, _db) = start(&["m"]).await;
+    gw.tenant("lab", 1).await;
+    let (s, _) = gw
+        .admin(Method::PATCH, "/tenants/lab", Some(json!({"weight": 4})))
+        .await;
+    assert_eq!(s, 200);
+    let (key_id, secret) = gw.key("lab", None).await;
+    let (s, _) = gw
+        .admin(Method::PUT, "/groups/science", Some(json!({"weight": 2})))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = gw
+        .admin(Method::DELETE, &format!("/keys/{key_id}"), None)
+        .await;
+    assert_eq!(s, 200);
+
+    let (s, v) = gw.admin(Method::GET, "/audit?limit=50", None).await;
+    assert_eq!(s, 200, "{v}");
+    let entries = v["data"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    // Newest first.
+    assert_eq!(
+        actions,
+        [
+            "key.revoke",
+            "group.set",
+            "key.create",
+            "tenant.update",
+            "tenant.create"
+        ],
+        "{v}"
+    );
+    let update = &entries[3];
+    assert_eq!(update["actor"], "admin-token");
+    assert_eq!(update["target"], "tenant:lab");
+    let before: Value = serde_json::from_str(update["before"].as_str().unwrap()).unwrap();
+    let after: Value = serde_json::from_str(update["after"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (before["weight"].clone(), after["weight"].clone()),
+        (json!(1), json!(4))
+    );
+    let text = v.to_string();
+    assert!(
+        !text.contains(&secret),
+        "a key secret reached the audit log"
+    );
+    assert!(!text.contains("secret_hash"), "{text}");
+    gw.shutdown().await;
+}
