@@ -320,3 +320,181 @@ async fn operator_routes_refuse_other_roles_and_weight_changes_are_live_and_audi
     assert!(audit.contains("&quot;weight&quot;:1") && audit.contains("&quot;weight&quot;:7"));
     gw.shutdown().await;
 }
+
+/// A key for `tenant` owned by `user` (so ledger rows carry that user); returns the secret.
+async fn user_key(gw: &TestGateway, tenant: &str, user: &str) -> String {
+    let (s, v) = gw
+        .admin(
+            Method::POST,
+            "/keys",
+            Some(json!({"tenant": tenant, "name": format!("{user}-key"), "user": user})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    v["key"].as_str().unwrap().to_owned()
+}
+
+/// Makes one chat call; returns its (prompt, completion) tokens.
+async fn call(gw: &TestGateway, key: &str, max_tokens: u64) -> (u64, u64) {
+    let r = gw
+        .post(key, "/v1/chat/completions", chat("m", max_tokens, false))
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    (
+        v["usage"]["prompt_tokens"].as_u64().unwrap(),
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+async fn get_raw(gw: &TestGateway, cookie: &str, path: &str) -> reqwest::Response {
+    browser()
+        .get(format!("{}{path}", gw.base))
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn models_tenant_and_csv_export_pages_check_roles_and_add_up() {
+    let sim = Sim::start(SimConfig::instant("m")).await;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
+    gw.tenant("lab", 3).await;
+    gw.tenant("other", 1).await;
+    user(&gw, "ada@example.org", "user", Some("lab")).await;
+    user(&gw, "lead@example.org", "tenant_admin", Some("lab")).await;
+    user(&gw, "eve@example.org", "tenant_admin", Some("other")).await;
+    user(&gw, "ops@example.org", "operator", None).await;
+
+    let ada_key = user_key(&gw, "lab", "ada@example.org").await;
+    let lead_key = user_key(&gw, "lab", "lead@example.org").await;
+    let eve_key = user_key(&gw, "other", "eve@example.org").await;
+    let a1 = call(&gw, &ada_key, 5).await;
+    let a2 = call(&gw, &ada_key, 7).await;
+    let l1 = call(&gw, &lead_key, 3).await;
+    let e1 = call(&gw, &eve_key, 4).await;
+    let ada = (a1.0 + a2.0, a1.1 + a2.1);
+
+    // Models: any signed-in user sees the configured model and its load.
+    let ada_cookie = session_cookie(&sign_in(&gw, "ada@example.org", PASSWORD).await);
+    let (s, page) = get_page(&gw, &ada_cookie, "/portal/models").await;
+    assert_eq!(s, 200);
+    assert!(page.contains("<code>m</code>"), "{page}");
+    assert!(page.contains("/8"), "capacity shown: {page}");
+    assert!(page.contains("href=\"/portal/models\""), "nav link");
+    assert!(
+        !page.contains("href=\"/portal/tenant\""),
+        "no tenant link for a user"
+    );
+
+    // A plain user may neither see the tenant page nor export.
+    let (s, _) = get_page(&gw, &ada_cookie, "/portal/tenant").await;
+    assert_eq!(s, 403);
+    let (s, _) = get_page(&gw, &ada_cookie, "/portal/export.csv").await;
+    assert_eq!(s, 403);
+    let (_, usage) = get_page(&gw, &ada_cookie, "/portal/usage").await;
+    assert!(!usage.contains("/portal/export.csv"));
+
+    // A tenant admin sees members, their tokens, settings and keys of their own tenant only.
+    let lead_cookie = session_cookie(&sign_in(&gw, "lead@example.org", PASSWORD).await);
+    let (s, page) = get_page(&gw, &lead_cookie, "/portal/tenant").await;
+    assert_eq!(s, 200, "{page}");
+    assert!(page.contains("href=\"/portal/tenant\""), "nav link");
+    assert!(page.contains("ada@example.org") && page.contains("lead@example.org"));
+    assert!(!page.contains("eve@example.org"), "another tenant's member");
+    assert!(
+        page.contains(&format!(
+            "data-tokens=\"ada@example.org\">{}<",
+            ada.0 + ada.1
+        )),
+        "{page}"
+    );
+    assert!(page.contains(&format!(
+        "data-tokens=\"lead@example.org\">{}<",
+        l1.0 + l1.1
+    )));
+    assert!(page.contains("<td>Weight</td><td>3</td>"), "{page}");
+    assert!(
+        page.contains("ada@example.org-key"),
+        "keys listed with owner"
+    );
+    assert!(page.contains("/portal/export.csv"));
+    let (s, _) = get_page(&gw, &lead_cookie, "/portal/tenant?tenant=other").await;
+    assert_eq!(s, 403);
+    let (_, usage) = get_page(&gw, &lead_cookie, "/portal/usage").await;
+    assert!(usage.contains("/portal/export.csv"));
+
+    // Their CSV holds only their tenant, with the right sums.
+    let r = get_raw(&gw, &lead_cookie, "/portal/export.csv").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+    let disp = r.headers()[header::CONTENT_DISPOSITION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        disp.starts_with("attachment; filename=\"fairgate-usage-") && disp.ends_with(".csv\""),
+        "{disp}"
+    );
+    let csv = r.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "tenant,user,model,requests,prompt_tokens,completion_tokens,total_tokens,cost_micros"
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(!csv.contains("other"), "{csv}");
+    let want = format!(
+        "lab,ada@example.org,m,2,{},{},{},0",
+        ada.0,
+        ada.1,
+        ada.0 + ada.1
+    );
+    assert!(lines.contains(&want.as_str()), "{csv}\nwant {want}");
+    let want = format!(
+        "lab,lead@example.org,m,1,{},{},{},0",
+        l1.0,
+        l1.1,
+        l1.0 + l1.1
+    );
+    assert!(lines.contains(&want.as_str()), "{csv}\nwant {want}");
+    let (s, _) = get_page(&gw, &lead_cookie, "/portal/export.csv?tenant=other").await;
+    assert_eq!(s, 403, "a tenant admin may not export another tenant");
+    let (s, _) = get_page(&gw, &lead_cookie, "/portal/export.csv?since=yesterday").await;
+    assert_eq!(s, 400);
+    let r = get_raw(
+        &gw,
+        &lead_cookie,
+        "/portal/export.csv?since=2000-01-01&until=2000-02-01",
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"fairgate-usage-2000-01-01-2000-02-01.csv\""
+    );
+    assert_eq!(r.text().await.unwrap().lines().count(), 1, "header only");
+
+    // Operators: all tenants, or the one asked for; without a tenant the page asks which.
+    let ops_cookie = session_cookie(&sign_in(&gw, "ops@example.org", PASSWORD).await);
+    let (s, page) = get_page(&gw, &ops_cookie, "/portal/tenant").await;
+    assert_eq!(s, 200);
+    assert!(page.contains("does not belong to a tenant"), "{page}");
+    let (s, page) = get_page(&gw, &ops_cookie, "/portal/tenant?tenant=other").await;
+    assert_eq!(s, 200);
+    assert!(page.contains("eve@example.org"));
+    let (s, csv) = get_page(&gw, &ops_cookie, "/portal/export.csv").await;
+    assert_eq!(s, 200);
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.contains(&format!(
+        "other,eve@example.org,m,1,{},{},{},0",
+        e1.0,
+        e1.1,
+        e1.0 + e1.1
+    )));
+    let (_, csv) = get_page(&gw, &ops_cookie, "/portal/export.csv?tenant=other").await;
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    gw.shutdown().await;
+}

@@ -58,7 +58,10 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: &str) -> String {
         esc(title)
     );
     if let Some(v) = viewer {
-        out.push_str("<nav aria-label=\"Main\"><a href=\"/portal\">Keys</a><a href=\"/portal/usage\">Usage</a><a href=\"/portal/history\">History</a>");
+        out.push_str("<nav aria-label=\"Main\"><a href=\"/portal\">Keys</a><a href=\"/portal/usage\">Usage</a><a href=\"/portal/history\">History</a><a href=\"/portal/models\">Models</a>");
+        if v.role >= Role::TenantAdmin {
+            out.push_str("<a href=\"/portal/tenant\">Tenant</a>");
+        }
         if v.role == Role::Operator {
             out.push_str("<a href=\"/portal/operator\">Fair share</a><a href=\"/portal/audit\">Audit log</a>");
         }

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod html;
+pub mod reports;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +61,9 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/operator/tenants/{name}/weight", post(set_weight))
         .route("/api/scheduler", get(scheduler_json))
         .route("/audit", get(audit_page))
+        .route("/models", get(reports::models_page))
+        .route("/tenant", get(reports::tenant_page))
+        .route("/export.csv", get(reports::export_csv))
 }
 
 /// A signed-in request.
@@ -659,6 +663,9 @@ async fn usage_page(
         &["Model", "Requests", "Prompt tokens", "Completion tokens"],
         &table_rows,
     ));
+    if s.user.role >= Role::TenantAdmin {
+        body.push_str(&reports::export_form(None));
+    }
     Ok(Html(page("Your usage", Some(&s.viewer()), &body)))
 }
 

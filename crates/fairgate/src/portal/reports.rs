@@ -1,0 +1,477 @@
+//! Read-only portal pages over models, a tenant and its usage: `/portal/models` (anyone
+//! signed in), `/portal/tenant` and `/portal/export.csv` (tenant admins for their own tenant,
+//! operators for any). Every handler checks the role on the server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{Datelike, NaiveDate};
+use fairgate_types::{now_millis, KeyRecord, LedgerRow, Role, Tenant};
+use http::{header, HeaderMap, HeaderValue};
+use serde::Deserialize;
+
+use super::html::{esc, page, table};
+use super::{fmt_time, require, signed_in, Refusal, Signed};
+use crate::server::AppState;
+
+/// Most ledger rows read for the tenant page's per-member totals (newest first).
+const TENANT_ROWS: u32 = 10_000;
+
+/// Most ledger rows the CSV export reads (newest first, before filtering by date).
+///
+/// The store has no aggregate-by-user query, so the export reads raw rows with
+/// `Store::requests` and sums them in memory. That call returns the newest rows of the scope
+/// regardless of the date range: when more than this many rows are newer than `until`, or the
+/// range itself holds more, the oldest part of the range is silently missing. Fine for a
+/// department-sized gateway; a big one wants a `GROUP BY` query in the store instead.
+const EXPORT_ROWS: u32 = 100_000;
+
+// ---- models -------------------------------------------------------------------------
+
+pub(super) async fn models_page(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Html<String>, Refusal> {
+    let s = signed_in(&st, &headers).await?;
+    require(&s, Role::User)?;
+    let rows: Vec<Vec<String>> = st
+        .upstreams
+        .pools
+        .iter()
+        .map(|p| {
+            let state = p.fair.state();
+            let backends = p.backends.len();
+            let b_in: usize = p.backends.iter().map(|b| b.in_flight()).sum();
+            let b_cap: usize = p.backends.iter().map(|b| b.max_in_flight).sum();
+            // No health checking yet: the status says only whether there is room right now.
+            let status = if backends == 0 {
+                "no backends"
+            } else if state.in_flight >= state.max_in_flight {
+                "busy"
+            } else {
+                "ok"
+            };
+            vec![
+                format!("<code>{}</code>", esc(&p.name)),
+                status.to_owned(),
+                format!("{backends} ({b_in}/{b_cap} in flight)"),
+                format!("{}/{}", state.in_flight, state.max_in_flight),
+                state.queued.to_string(),
+            ]
+        })
+        .collect();
+    let mut body = String::from(
+        "<p class=\"muted\">Models you may use through the API, with current load. \
+         Status reflects free capacity only; backends are not health-checked yet.</p>",
+    );
+    body.push_str(&table(
+        &[
+            "Model",
+            "Status",
+            "Backends",
+            "In flight / capacity",
+            "Queued",
+        ],
+        &rows,
+    ));
+    Ok(Html(page("Models", Some(&s.viewer()), &body)))
+}
+
+// ---- tenant -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+pub(super) struct TenantQuery {
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// The tenant a tenant-level page is about: a tenant admin's own; for an operator the one
+/// named in the query, else their own. `Ok(None)`: none applies (an operator with no tenant).
+fn scope_tenant(s: &Signed, asked: Option<&str>) -> Result<Option<String>, Refusal> {
+    require(s, Role::TenantAdmin)?;
+    let asked = asked.map(str::trim).filter(|t| !t.is_empty());
+    match (s.user.role, asked) {
+        (Role::Operator, Some(t)) => Ok(Some(t.to_owned())),
+        (_, Some(t)) if s.user.tenant.as_deref() != Some(t) => {
+            Err(Refusal::Forbidden("you may only see your own tenant"))
+        }
+        _ => Ok(s.user.tenant.clone()),
+    }
+}
+
+fn limits_text(t: &Tenant) -> String {
+    let l = &t.policy.limits;
+    let mut parts = Vec::new();
+    if let Some(v) = l.rpm {
+        parts.push(format!("{v} requests/min"));
+    }
+    if let Some(v) = l.tpm {
+        parts.push(format!("{v} tokens/min"));
+    }
+    if let Some(v) = l.max_concurrent {
+        parts.push(format!("{v} concurrent"));
+    }
+    if let Some(v) = t.policy.max_queue {
+        parts.push(format!("{v} queued per model"));
+    }
+    if let Some(v) = t.policy.max_wait_ms {
+        parts.push(format!("{v} ms max wait"));
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn budgets_text(t: &Tenant) -> String {
+    if t.policy.budgets.is_empty() {
+        return "none".to_owned();
+    }
+    t.policy
+        .budgets
+        .iter()
+        .map(|b| {
+            let period = serde_json::to_value(b.period)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let mut caps = Vec::new();
+            if let Some(n) = b.tokens {
+                caps.push(format!("{n} tokens"));
+            }
+            if let Some(c) = b.cost {
+                caps.push(format!("{} micros", c.0));
+            }
+            format!("per {period}: {}", caps.join(" and "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+        + if t.policy.hard_cap { " (hard cap)" } else { "" }
+}
+
+fn key_state(k: &KeyRecord, now: i64) -> &'static str {
+    if k.revoked_at.is_some() {
+        "revoked"
+    } else if !k.enabled {
+        "disabled"
+    } else if k.expires_at.is_some_and(|e| e <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+pub(super) async fn tenant_page(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<TenantQuery>,
+) -> Result<Html<String>, Refusal> {
+    let s = signed_in(&st, &headers).await?;
+    let Some(name) = scope_tenant(&s, q.tenant.as_deref())? else {
+        let tenants = st.store.list_tenants().await?;
+        let links: String = tenants
+            .iter()
+            .map(|t| {
+                format!(
+                    "<li><a href=\"/portal/tenant?tenant={}\">{}</a></li>",
+                    urlencode(&t.name),
+                    esc(&t.name)
+                )
+            })
+            .collect();
+        let body = format!(
+            "<p class=\"notice\">Your account does not belong to a tenant. Pick one to view:</p><ul>{links}</ul>"
+        );
+        return Ok(Html(page("Tenant", Some(&s.viewer()), &body)));
+    };
+    let Some(tenant) = st.store.get_tenant(&name).await? else {
+        return Err(Refusal::BadRequest(format!("no tenant `{name}`")));
+    };
+    let _ = st.ledger.flush().await;
+    let rows = st.store.requests(Some(&name), TENANT_ROWS).await?;
+    let mut per_user: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for r in &rows {
+        if let Some(u) = &r.user {
+            let e = per_user.entry(u.clone()).or_default();
+            e.0 += 1;
+            e.1 += r.prompt_tokens + r.completion_tokens;
+        }
+    }
+    let members = st.store.list_users(Some(&name)).await?;
+    let member_rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|u| {
+            let (reqs, tokens) = per_user.get(&u.email).copied().unwrap_or_default();
+            vec![
+                esc(&u.email),
+                u.role.as_str().to_owned(),
+                if u.disabled { "disabled" } else { "active" }.to_owned(),
+                reqs.to_string(),
+                format!("<span data-tokens=\"{}\">{tokens}</span>", esc(&u.email)),
+            ]
+        })
+        .collect();
+    let now = now_millis();
+    let keys = st.store.list_keys(Some(&name)).await?;
+    let key_rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                esc(&k.name),
+                format!("<code>{}</code>", esc(k.id.as_str())),
+                esc(k.user.as_deref().unwrap_or("")),
+                esc(&k.models.as_ref().map_or("all".to_owned(), |m| m.join(", "))),
+                k.expires_at.map(fmt_time).unwrap_or_else(|| "never".into()),
+                key_state(k, now).to_owned(),
+            ]
+        })
+        .collect();
+    let settings = vec![
+        vec!["Weight".to_owned(), tenant.weight.to_string()],
+        vec![
+            "Group".to_owned(),
+            esc(tenant.group.as_deref().unwrap_or("none")),
+        ],
+        vec!["Limits".to_owned(), esc(&limits_text(&tenant))],
+        vec!["Budgets".to_owned(), esc(&budgets_text(&tenant))],
+    ];
+    let mut body = String::new();
+    body.push_str("<h2>Settings</h2>");
+    body.push_str(&table(&["Setting", "Value"], &settings));
+    body.push_str(&format!(
+        "<h2>Members</h2><p class=\"muted\">Tokens over the tenant's last {TENANT_ROWS} requests.</p>"
+    ));
+    body.push_str(&table(
+        &["Email", "Role", "State", "Requests", "Tokens"],
+        &member_rows,
+    ));
+    body.push_str("<h2>Keys</h2>");
+    body.push_str(&table(
+        &["Name", "Id", "Owner", "Models", "Expires", "State"],
+        &key_rows,
+    ));
+    body.push_str(&export_form(
+        (s.user.role == Role::Operator).then_some(name.as_str()),
+    ));
+    Ok(Html(page(
+        &format!("Tenant {name}"),
+        Some(&s.viewer()),
+        &body,
+    )))
+}
+
+/// The "download usage as CSV" form (a GET, so no CSRF token is needed).
+pub(super) fn export_form(tenant: Option<&str>) -> String {
+    let (since, until) = this_month();
+    let hidden = tenant
+        .map(|t| {
+            format!(
+                "<input type=\"hidden\" name=\"tenant\" value=\"{}\">",
+                esc(t)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "<h2>Export usage</h2><form method=\"get\" action=\"/portal/export.csv\">{hidden}\
+         <div class=\"grid\"><label>From (UTC, inclusive) <input type=\"date\" name=\"since\" value=\"{since}\"></label>\
+         <label>Until (UTC, exclusive) <input type=\"date\" name=\"until\" value=\"{until}\"></label></div>\
+         <button type=\"submit\">Download CSV</button> \
+         <a href=\"/portal/export.csv\">this month's usage as CSV</a></form>"
+    )
+}
+
+// ---- CSV export ---------------------------------------------------------------------
+
+#[derive(Deserialize)]
+pub(super) struct ExportQuery {
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// The first day of this month and of the next (UTC).
+fn this_month() -> (NaiveDate, NaiveDate) {
+    let today = chrono::Utc::now().date_naive();
+    let first = today.with_day(1).unwrap_or(today);
+    let next = if first.month() == 12 {
+        NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
+    };
+    (first, next.unwrap_or(first))
+}
+
+fn parse_day(s: Option<&str>, default: NaiveDate, what: &str) -> Result<NaiveDate, Refusal> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map_err(|_| Refusal::BadRequest(format!("`{what}` must be a date like 2025-01-31"))),
+    }
+}
+
+fn day_millis(d: NaiveDate) -> i64 {
+    d.and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc().timestamp_millis())
+        .unwrap_or(0)
+}
+
+/// One CSV field: formula-looking text is defused with a leading `'` (spreadsheets would
+/// otherwise run `=`, `+`, `-`, `@` cells), then fields with a comma, quote or line break are
+/// quoted with inner quotes doubled.
+pub fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+/// Per (tenant, user, model): requests, prompt, completion, total tokens and cost.
+type Totals = BTreeMap<(String, String, String), [u64; 5]>;
+
+fn aggregate(rows: &[LedgerRow], since: i64, until: i64) -> Totals {
+    let mut out = Totals::new();
+    for r in rows.iter().filter(|r| r.ts >= since && r.ts < until) {
+        let key = (
+            r.tenant.clone().unwrap_or_default(),
+            r.user.clone().unwrap_or_default(),
+            r.model.clone().unwrap_or_default(),
+        );
+        let e = out.entry(key).or_default();
+        e[0] += 1;
+        e[1] = e[1].saturating_add(r.prompt_tokens);
+        e[2] = e[2].saturating_add(r.completion_tokens);
+        e[3] = e[3].saturating_add(r.prompt_tokens.saturating_add(r.completion_tokens));
+        e[4] = e[4].saturating_add(r.cost.0);
+    }
+    out
+}
+
+fn to_csv(totals: &Totals) -> String {
+    let mut out = String::from(
+        "tenant,user,model,requests,prompt_tokens,completion_tokens,total_tokens,cost_micros\r\n",
+    );
+    for ((tenant, user, model), v) in totals {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\r\n",
+            csv_field(tenant),
+            csv_field(user),
+            csv_field(model),
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4]
+        ));
+    }
+    out
+}
+
+pub(super) async fn export_csv(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, Refusal> {
+    let s = signed_in(&st, &headers).await?;
+    require(&s, Role::TenantAdmin)?;
+    // Operators: the tenant asked for, else every tenant. Tenant admins: their own only.
+    let tenant = if s.user.role == Role::Operator {
+        q.tenant
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+    } else {
+        match scope_tenant(&s, q.tenant.as_deref())? {
+            Some(t) => Some(t),
+            None => {
+                return Err(Refusal::Forbidden(
+                    "your account does not belong to a tenant",
+                ))
+            }
+        }
+    };
+    let (first, next) = this_month();
+    let since = parse_day(q.since.as_deref(), first, "since")?;
+    let until = parse_day(q.until.as_deref(), next, "until")?;
+    if until <= since {
+        return Err(Refusal::BadRequest("`until` must be after `since`".into()));
+    }
+    let _ = st.ledger.flush().await;
+    let rows = st.store.requests(tenant.as_deref(), EXPORT_ROWS).await?;
+    let totals = aggregate(&rows, day_millis(since), day_millis(until));
+    let mut resp = to_csv(&totals).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    // Dates print as digits and dashes only, so the header value is always valid.
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"fairgate-usage-{since}-{until}.csv\""
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Percent-encodes a query value.
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field(""), "");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field("=1+2"), "'=1+2");
+        assert_eq!(csv_field("+1"), "'+1");
+        assert_eq!(csv_field("-1"), "'-1");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(csv_field("a=b"), "a=b");
+    }
+
+    #[test]
+    fn this_month_spans_one_month() {
+        let (a, b) = this_month();
+        assert_eq!(a.day(), 1);
+        assert_eq!(b.day(), 1);
+        assert!(b > a);
+    }
+
+    #[test]
+    fn urlencode_escapes_reserved() {
+        assert_eq!(urlencode("a b&c"), "a%20b%26c");
+    }
+}
