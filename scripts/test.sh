@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, build, Rust tests, then the OpenAI-SDK conformance
-# suite (tests/python) against the freshly built binary.
+# suite (tests/python) and the browser suite (tests/browser, headless Chromium) against the
+# freshly built binary.
 #
 #   ./scripts/test.sh               everything
 #   SKIP_LINT=1 ./scripts/test.sh   skip `cargo fmt --check` and clippy (quick local runs)
@@ -69,6 +70,24 @@ fi
 
 [ -x "$FAIRGATE_BIN" ] || die "binary $FAIRGATE_BIN not found after the build"
 
-# Last runner on purpose: its summary line ("N passed in ...") closes the output.
 step "pytest tests/python (FAIRGATE_BIN=$FAIRGATE_BIN)"
 FAIRGATE_BIN="$FAIRGATE_BIN" "$VENV/bin/python" -m pytest tests/python -q
+
+# Browser suite: the portal in headless Chromium via Selenium. Needs the system packages
+# chromium + chromium-driver (.ci/run installs them); without them the tests skip locally and
+# fail under CI=true. Screenshots land in tests/browser/screenshots/.
+step "browser test environment (.venv-test + tests/browser/requirements.txt)"
+BROWSER_REQS="$ROOT/tests/browser/requirements.txt"
+browser_stamp="$VENV/.browser-requirements.sha256"
+browser_want="$(sha256sum "$BROWSER_REQS" | cut -d' ' -f1)"
+if [ "$(cat "$browser_stamp" 2>/dev/null || true)" != "$browser_want" ]; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$BROWSER_REQS"
+    printf '%s\n' "$browser_want" >"$browser_stamp"
+    echo "installed: $(tr '\n' ' ' < <(grep -Ev '^\s*(#|$)' "$BROWSER_REQS"))"
+else
+    echo "up to date"
+fi
+
+# Last runner on purpose: its summary line ("N passed in ...") closes the output.
+step "pytest tests/browser (FAIRGATE_BIN=$FAIRGATE_BIN)"
+FAIRGATE_BIN="$FAIRGATE_BIN" "$VENV/bin/python" -m pytest tests/browser -q

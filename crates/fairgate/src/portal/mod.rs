@@ -752,7 +752,7 @@ async fn operator_page(
          for(const t of m.tenants){h+='<tr data-tenant=\"'+esc(t.tenant)+'\"><td>'+esc(t.tenant)+'</td><td class=\"w\">'+t.weight+'</td><td>'+(100*t.share).toFixed(1)+'%</td><td>'+t.queued+'</td><td>'+t.in_flight+'</td></tr>';}\
          h+='</tbody></table></div>';}document.getElementById('live').innerHTML=h;}catch(e){}}\
          function esc(s){return String(s).replace(/[&<>\"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','\"':'&quot;',\"'\":'&#39;'}[c]));}\
-         setInterval(refresh,2000);</script>",
+         refresh();setInterval(refresh,2000);</script>",
     );
     Ok(Html(page("Operator: fair share", Some(&s.viewer()), &body)))
 }
