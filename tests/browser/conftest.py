@@ -1,21 +1,15 @@
 """Fixtures for the browser suite: one `fairgate demo` per session and a headless Chromium per test.
 
-The gateway fixture mirrors tests/python/conftest.py (copied, not imported: the suites stay
-independent). Chromium and chromedriver are system packages (Debian: `chromium`,
-`chromium-driver`); override their paths with CHROMIUM_BIN / CHROMEDRIVER_BIN. When they are
+The gateway comes from the runner shared with tests/python (tests/demo_process.py). Chromium
+and chromedriver are system packages (Debian: `chromium`, `chromium-driver`); override their paths with CHROMIUM_BIN / CHROMEDRIVER_BIN. When they are
 missing the tests skip with the reason, except under CI=true, where they fail.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import selectors
 import shutil
-import signal
-import subprocess
-import threading
-import time
+import sys
 import uuid
 from pathlib import Path
 
@@ -23,95 +17,20 @@ import pytest
 
 from _browser_support import REPO_ROOT, http_json, screenshots_taken, shot
 
-READY_TIMEOUT_S = 60.0
-SHUTDOWN_TIMEOUT_S = 20.0
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from demo_process import demo_gateway  # noqa: E402
+
 
 
 # ---- the gateway -------------------------------------------------------------------------
 
 
-def _binary() -> Path:
-    p = Path(os.environ.get("FAIRGATE_BIN", "target/debug/fairgate"))
-    if not p.is_absolute():
-        p = REPO_ROOT / p
-    if not p.is_file():
-        pytest.exit(
-            f"fairgate binary not found at {p}: build it (cargo build --bin fairgate) or set FAIRGATE_BIN",
-            returncode=2,
-        )
-    return p
-
-
-def _tail(path: Path, n: int = 8000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError as e:
-        return f"<could not read {path}: {e}>"
-
-
-def _read_line(proc: subprocess.Popen, timeout: float) -> bytes | None:
-    """First stdout line of `proc`, or None on timeout / early exit."""
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            if not sel.select(timeout=min(left, 0.5)):
-                if proc.poll() is not None:
-                    return None
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return None
-            buf += chunk
-    finally:
-        sel.unregister(proc.stdout)
-        sel.close()
-    return buf.partition(b"\n")[0]
-
-
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):
-    """Starts `fairgate demo` and yields its JSON ready line (plus `origin`)."""
-    binary = _binary()
-    data_dir = tmp_path_factory.mktemp("fairgate-data")
-    stderr_path = data_dir.parent / "fairgate-demo.stderr.log"
-    env = dict(os.environ)
-    env.pop("FAIRGATE_BIN", None)
-    cmd = [str(binary), "demo", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--json"]
-    with open(stderr_path, "wb") as stderr_file:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file, env=env, cwd=data_dir
-        )
-    try:
-        line = _read_line(proc, READY_TIMEOUT_S)
-        if line is None:
-            pytest.fail(
-                f"`{' '.join(cmd)}` printed no ready line (exit code {proc.poll()}).\n"
-                f"--- stderr ---\n{_tail(stderr_path)}",
-                pytrace=False,
-            )
-        info = json.loads(line)
-        for field in ("base_url", "key", "admin_url", "admin_token", "portal_url", "portal_email", "portal_password"):
-            assert field in info, f"demo ready line lacks `{field}`: {info!r}"
+    """`fairgate demo` (shared runner, tests/demo_process.py) with its ready line plus `origin`."""
+    for info in demo_gateway(tmp_path_factory):
         assert info["portal_url"].endswith("/portal"), info
-        drain = threading.Thread(target=lambda: proc.stdout.read(), daemon=True)
-        drain.start()
-        info = dict(info, origin=info["portal_url"][: -len("/portal")], stderr_log=str(stderr_path))
-        yield info
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        yield dict(info, origin=info["portal_url"][: -len("/portal")])
 
 
 @pytest.fixture(scope="session")

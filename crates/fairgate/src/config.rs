@@ -80,6 +80,9 @@ pub struct PortalConfig {
     /// How long a sign-in lasts.
     #[serde(default = "defaults::session_ttl_s")]
     pub session_ttl_s: u64,
+    /// `[portal.oidc]`: OpenID Connect sign-in; absent, only passwords.
+    #[serde(default)]
+    pub oidc: Option<crate::portal::oidc::OidcConfig>,
 }
 
 impl Default for PortalConfig {
@@ -87,6 +90,7 @@ impl Default for PortalConfig {
         Self {
             secure_cookies: false,
             session_ttl_s: defaults::session_ttl_s(),
+            oidc: None,
         }
     }
 }

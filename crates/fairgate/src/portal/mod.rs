@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod html;
+pub mod oidc;
 pub mod reports;
 
 use std::collections::BTreeMap;
@@ -38,12 +39,14 @@ const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Portal state that is not in the database.
 pub struct Portal {
     pub limiter: auth::LoginLimiter,
+    pub oidc: oidc::OidcState,
 }
 
 impl Default for Portal {
     fn default() -> Self {
         Portal {
             limiter: auth::LoginLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
+            oidc: oidc::OidcState::default(),
         }
     }
 }
@@ -53,6 +56,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/", get(keys_page))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
+        .route("/oidc/start", get(oidc::start))
+        .route("/oidc/callback", get(oidc::callback))
         .route("/keys", post(create_key))
         .route("/keys/{id}/revoke", post(revoke_key))
         .route("/usage", get(usage_page))
@@ -203,7 +208,7 @@ fn redirect(to: &str) -> Response {
 
 // ---- sign-in ------------------------------------------------------------------------
 
-fn login_form(error: Option<&str>) -> String {
+fn login_form(error: Option<&str>, sso: bool) -> String {
     let err = error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
         .unwrap_or_default();
@@ -213,11 +218,16 @@ fn login_form(error: Option<&str>) -> String {
          <label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>\
          <button class=\"primary\" type=\"submit\">Sign in</button></form>"
     );
+    let body = if sso {
+        format!("{body}<p><a href=\"/portal/oidc/start\">Sign in with SSO</a></p>")
+    } else {
+        body
+    };
     page("Sign in", None, &body)
 }
 
-async fn login_page() -> Html<String> {
-    Html(login_form(None))
+async fn login_page(State(st): State<Arc<AppState>>) -> Html<String> {
+    Html(login_form(None, st.config.portal.oidc.is_some()))
 }
 
 #[derive(Deserialize)]
@@ -241,7 +251,11 @@ async fn login(
             "Too many failed sign-ins for this account; try again in {} minutes.",
             wait.as_secs().div_ceil(60).max(1)
         );
-        return (StatusCode::TOO_MANY_REQUESTS, Html(login_form(Some(&msg)))).into_response();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Html(login_form(Some(&msg), st.config.portal.oidc.is_some())),
+        )
+            .into_response();
     }
     let user = match st.store.get_user_by_email(&email).await {
         Ok(u) => u,
@@ -266,7 +280,10 @@ async fn login(
         tracing::info!(email = %email, "portal sign-in failed");
         return (
             StatusCode::UNAUTHORIZED,
-            Html(login_form(Some("Wrong email or password."))),
+            Html(login_form(
+                Some("Wrong email or password."),
+                st.config.portal.oidc.is_some(),
+            )),
         )
             .into_response();
     };
