@@ -895,4 +895,19 @@ mod tests {
         assert_eq!(c.scopes, ["openid", "email", "profile"]);
         assert!(c.create_users);
     }
+
+    /// Real identity providers are https: the client must speak TLS (a client built without
+    /// it refuses the URL before connecting, which would show up as a builder error).
+    #[tokio::test]
+    async fn the_provider_client_speaks_tls() {
+        let state = OidcState::default();
+        let err = state
+            .http
+            .get("https://127.0.0.1:9/.well-known/openid-configuration")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(!err.is_builder(), "{err:?}");
+        assert!(err.is_connect() || err.is_request(), "{err:?}");
+    }
 }
