@@ -96,6 +96,15 @@ def test_user_creates_uses_and_revokes_a_key(driver, gateway, make_user):
     assert any("sim-llama" in s.text for s in svgs), [s.text for s in svgs]
     shot(driver, "05-usage")
 
+    # The playground streams a reply through the same key.
+    open_page(driver, portal + "/playground", "Playground")
+    driver.find_element(By.ID, "key").send_keys(secret)
+    driver.find_element(By.CSS_SELECTOR, "#play button[type=submit]").click()
+    wait(driver).until(lambda d: "first token" in d.find_element(By.ID, "meta").text)
+    assert driver.find_element(By.ID, "reply").text.strip(), "the playground showed no reply"
+    assert "tokens" in driver.find_element(By.ID, "meta").text
+    shot(driver, "05b-playground")
+
     # Revoke in the browser; the API refuses the key from then on.
     open_page(driver, portal, "Your API keys")
     row = key_row(driver, name)

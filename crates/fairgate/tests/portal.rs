@@ -172,6 +172,13 @@ async fn a_user_signs_in_makes_a_key_once_uses_it_sees_history_and_revokes_it() 
     let (_, history) = get_page(&gw, &cookie, "/portal/history").await;
     assert!(history.contains("<td>m</td>"), "{history}");
     assert!(history.contains("200 ok"), "{history}");
+    let (s, play) = get_page(&gw, &cookie, "/portal/playground").await;
+    assert_eq!(s, 200);
+    assert!(play.contains("<option>m</option>") && play.contains("/v1/chat/completions"));
+    assert!(
+        !play.contains(&secret),
+        "the playground never holds a secret"
+    );
     let (_, usage) = get_page(&gw, &cookie, "/portal/usage").await;
     assert!(usage.contains("<svg"), "usage has a chart");
     assert!(usage.contains("Tokens per model"));

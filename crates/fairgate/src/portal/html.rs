@@ -58,7 +58,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: &str) -> String {
         esc(title)
     );
     if let Some(v) = viewer {
-        out.push_str("<nav aria-label=\"Main\"><a href=\"/portal\">Keys</a><a href=\"/portal/usage\">Usage</a><a href=\"/portal/history\">History</a><a href=\"/portal/models\">Models</a>");
+        out.push_str("<nav aria-label=\"Main\"><a href=\"/portal\">Keys</a><a href=\"/portal/usage\">Usage</a><a href=\"/portal/history\">History</a><a href=\"/portal/models\">Models</a><a href=\"/portal/playground\">Playground</a>");
         if v.role >= Role::TenantAdmin {
             out.push_str("<a href=\"/portal/tenant\">Tenant</a>");
         }

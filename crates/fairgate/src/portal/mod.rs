@@ -67,6 +67,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/scheduler", get(scheduler_json))
         .route("/audit", get(audit_page))
         .route("/models", get(reports::models_page))
+        .route("/playground", get(playground_page))
         .route("/tenant", get(reports::tenant_page))
         .route("/export.csv", get(reports::export_csv))
 }
@@ -720,6 +721,49 @@ async fn history_page(
         &out,
     );
     Ok(Html(page("Your requests", Some(&s.viewer()), &body)))
+}
+
+// ---- playground ---------------------------------------------------------------------
+
+/// A chat box that streams a reply through the OpenAI API with a key the user pastes: the
+/// portal never has the secret (it is shown once at creation), and going through `/v1` means
+/// the call is admitted, limited and recorded like any other.
+async fn playground_page(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Html<String>, Refusal> {
+    let s = signed_in(&st, &headers).await?;
+    let options: String = st
+        .upstreams
+        .pools
+        .iter()
+        .map(|p| format!("<option>{}</option>", esc(&p.name)))
+        .collect();
+    let body = format!(
+        "<form id=\"play\"><div class=\"grid\">\
+         <label>API key <input id=\"key\" type=\"password\" autocomplete=\"off\" required placeholder=\"fgk_...\"></label>\
+         <label>Model <select id=\"model\">{options}</select></label></div>\
+         <label>Message <textarea id=\"prompt\" rows=\"3\" required style=\"width:100%\">Hello!</textarea></label>\
+         <button class=\"primary\" type=\"submit\">Send</button></form>\
+         <h2>Reply</h2><pre id=\"reply\" aria-live=\"polite\" style=\"white-space:pre-wrap\"></pre><p id=\"meta\" class=\"muted\"></p>\
+         <script>\
+         document.getElementById('play').addEventListener('submit',async e=>{{e.preventDefault();\
+         const out=document.getElementById('reply'),meta=document.getElementById('meta');out.textContent='';meta.textContent='';\
+         const t0=performance.now();let first=null;\
+         const r=await fetch('/v1/chat/completions',{{method:'POST',headers:{{'Content-Type':'application/json','Authorization':'Bearer '+document.getElementById('key').value}},\
+         body:JSON.stringify({{model:document.getElementById('model').value,stream:true,stream_options:{{include_usage:true}},messages:[{{role:'user',content:document.getElementById('prompt').value}}]}})}});\
+         if(!r.ok){{const j=await r.json().catch(()=>null);out.textContent='HTTP '+r.status+': '+(j&&j.error?j.error.message:'');return;}}\
+         const rd=r.body.getReader(),dec=new TextDecoder();let buf='',usage=null;\
+         for(;;){{const {{done,value}}=await rd.read();if(done)break;buf+=dec.decode(value,{{stream:true}});let i;\
+         while((i=buf.indexOf('\\n\\n'))>=0){{const ev=buf.slice(0,i);buf=buf.slice(i+2);\
+         for(const line of ev.split('\\n')){{if(!line.startsWith('data: '))continue;const d=line.slice(6);if(d==='[DONE]')continue;\
+         try{{const j=JSON.parse(d);if(j.error){{out.textContent+='\\n['+j.error.message+']';continue;}}\
+         const c=j.choices&&j.choices[0]&&j.choices[0].delta&&j.choices[0].delta.content;if(c){{if(first===null)first=performance.now();out.textContent+=c;}}\
+         if(j.usage)usage=j.usage;}}catch(_){{}}}}}}}}\
+         meta.textContent='first token '+Math.round((first??performance.now())-t0)+' ms, queue '+(r.headers.get('x-fairgate-queue-wait-ms')||0)+' ms'+(usage?', '+usage.prompt_tokens+' + '+usage.completion_tokens+' tokens':'');}});\
+         </script>"
+    );
+    Ok(Html(page("Playground", Some(&s.viewer()), &body)))
 }
 
 // ---- operator -----------------------------------------------------------------------
