@@ -207,6 +207,7 @@ struct Inner {
     unpublished: HashMap<TenantId, i64>,
     /// Moving average of how long a permit is held, for Retry-After.
     hold_ewma_ms: f64,
+    /// Start of the pool's clock, for the one-second service buckets.
     epoch: Instant,
 }
 
@@ -214,7 +215,6 @@ struct Inner {
 pub struct Pool {
     name: String,
     inner: Mutex<Inner>,
-    epoch: Instant,
     admitted: AtomicU64,
 }
 
@@ -255,7 +255,6 @@ impl Pool {
                 hold_ewma_ms: 1_000.0,
                 epoch: Instant::now(),
             }),
-            epoch: Instant::now(),
             admitted: AtomicU64::new(0),
         })
     }
@@ -267,10 +266,6 @@ impl Pool {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves counts consistent enough to keep serving.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn now_sec(&self) -> u64 {
-        self.epoch.elapsed().as_secs()
     }
 
     /// Changes capacity, queue bound, mode or costs live; waiters are dispatched if the
@@ -316,7 +311,7 @@ impl Pool {
             let tokens = g.clamp_tokens(req.tokens);
             let prompt_cost = req.prompt_estimate.saturating_mul(g.cfg.cost.input);
             if g.queue.is_empty() && g.fits(tokens) {
-                g.take(tenant, tokens, prompt_cost, self.now_sec());
+                g.take(tenant, tokens, prompt_cost);
                 g.queue.start(tenant);
                 drop(g);
                 self.admitted.fetch_add(1, Ordering::Relaxed);
@@ -426,8 +421,8 @@ impl Pool {
 
     /// Live state of the pool and every tenant it has seen.
     pub fn state(&self) -> PoolState {
-        let now = self.now_sec();
         let g = self.lock();
+        let now = g.now_sec();
         let views: Vec<TenantView> = g.queue.tenants().collect();
         let sums: Vec<u64> = views
             .iter()
@@ -547,13 +542,19 @@ impl Inner {
                     .is_none_or(|m| self.tokens_in_flight + tokens <= m))
     }
 
-    fn take(&mut self, tenant: TenantId, tokens: u64, prompt_cost: u64, sec: u64) {
+    /// Occupies a slot and charges the prompt estimate (VTC charges prefill at admission).
+    fn take(&mut self, tenant: TenantId, tokens: u64, prompt_cost: u64) {
         self.in_flight += 1;
         self.tokens_in_flight += tokens;
-        self.account(tenant, prompt_cost, sec);
+        self.account(tenant, prompt_cost);
     }
 
-    fn account(&mut self, tenant: TenantId, cost: u64, sec: u64) {
+    fn now_sec(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    fn account(&mut self, tenant: TenantId, cost: u64) {
+        let sec = self.now_sec();
         self.queue.charge(tenant, cost);
         self.windows.entry(tenant).or_default().add(sec, cost);
         let u = self.unpublished.entry(tenant).or_default();
@@ -587,10 +588,7 @@ impl Inner {
             let Some((tenant, w)) = self.queue.pop() else {
                 break;
             };
-            self.in_flight += 1;
-            self.tokens_in_flight += w.tokens;
-            let sec = self.epoch.elapsed().as_secs();
-            self.account(tenant, w.prompt_cost, sec);
+            self.take(tenant, w.tokens, w.prompt_cost);
             out.push((
                 w.tx,
                 Grant {
@@ -636,10 +634,9 @@ impl Permit {
         if n == 0 {
             return;
         }
-        let sec = self.pool.now_sec();
         let mut g = self.pool.lock();
         let cost = n.saturating_mul(g.cfg.cost.output);
-        g.account(self.tenant, cost, sec);
+        g.account(self.tenant, cost);
         self.completion_charged += n;
     }
 
@@ -651,11 +648,10 @@ impl Permit {
     /// Corrects the charges to the real usage once it is known: the prompt estimate becomes
     /// the real prompt, and completion tokens not yet charged are charged.
     pub fn settle(&mut self, prompt_tokens: u64, completion_tokens: u64) {
-        let sec = self.pool.now_sec();
         let mut g = self.pool.lock();
         let real_prompt = prompt_tokens.saturating_mul(g.cfg.cost.input);
         if real_prompt > self.prompt_cost {
-            g.account(self.tenant, real_prompt - self.prompt_cost, sec);
+            g.account(self.tenant, real_prompt - self.prompt_cost);
         } else {
             g.unaccount(self.tenant, self.prompt_cost - real_prompt);
         }
@@ -663,7 +659,7 @@ impl Permit {
         if completion_tokens > self.completion_charged {
             let cost =
                 (completion_tokens - self.completion_charged).saturating_mul(g.cfg.cost.output);
-            g.account(self.tenant, cost, sec);
+            g.account(self.tenant, cost);
             self.completion_charged = completion_tokens;
         }
     }

@@ -475,8 +475,10 @@ async fn forward(
         return t.fail(ApiError::ModelNotAllowed(plan.model));
     }
 
-    let live = st.live.load();
-    let dir = st.identity.snapshot();
+    // Owned snapshots: they are held across the admission wait, which may be long, and
+    // arc-swap's borrowed guards are meant for short reads.
+    let live = st.live.load_full();
+    let dir = st.identity.snapshot_arc();
     let Some(tenant) = dir.tenant(principal.tenant()) else {
         // Authentication checked the tenant a moment ago; it was deleted in between.
         return t.fail(ApiError::KeyDisabled);

@@ -24,12 +24,12 @@ use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use fairgate_types::{now_millis, AuditEntry, KeyId, KeyRecord, Role, Session, User};
+use fairgate_types::{now_millis, KeyId, KeyRecord, Role, Session, User};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 
 use crate::identity::mint_key;
-use crate::server::{refresh_directory, AppState};
+use crate::server::{record_audit, refresh_directory, AppState};
 use html::{esc, form, page, table, Viewer};
 
 /// Failed sign-ins allowed per account per window before sign-in is refused for a while.
@@ -179,28 +179,6 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .or_else(|| origin.strip_prefix("http://"))
         .unwrap_or("");
     !host.is_empty() && bare == host
-}
-
-async fn audit(
-    st: &AppState,
-    actor: &str,
-    action: &str,
-    target: String,
-    before: Option<String>,
-    after: Option<String>,
-) {
-    let e = AuditEntry {
-        id: uuid::Uuid::now_v7().to_string(),
-        ts: now_millis(),
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        target,
-        before,
-        after,
-    };
-    if let Err(err) = st.store.insert_audit(&e).await {
-        tracing::error!(error = %err, action, "could not write the audit log");
-    }
 }
 
 fn redirect(to: &str) -> Response {
@@ -505,7 +483,7 @@ async fn create_key(
     };
     st.store.insert_key(&rec).await?;
     refresh_directory(&st).await?;
-    audit(
+    record_audit(
         &st,
         &s.user.email,
         "key.create",
@@ -607,7 +585,7 @@ async fn revoke_key(
     k.enabled = false;
     st.store.update_key(&k).await?;
     refresh_directory(&st).await?;
-    audit(
+    record_audit(
         &st,
         &s.user.email,
         "key.revoke",
@@ -917,7 +895,7 @@ async fn set_weight(
     t.weight = weight;
     st.store.update_tenant(&t).await?;
     refresh_directory(&st).await?;
-    audit(
+    record_audit(
         &st,
         &s.user.email,
         "tenant.update",
