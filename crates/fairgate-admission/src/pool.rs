@@ -280,6 +280,28 @@ impl Pool {
         self.send(grants);
     }
 
+    /// Changes only the capacity (backends added, drained, ejected or back); waiters are
+    /// dispatched if it grew. Requests already admitted keep their slots when it shrinks.
+    pub fn set_capacity(self: &Arc<Self>, max_in_flight: usize, max_tokens_in_flight: Option<u64>) {
+        let grants = {
+            let mut g = self.lock();
+            if g.cfg.max_in_flight == max_in_flight
+                && g.cfg.max_tokens_in_flight == max_tokens_in_flight
+            {
+                return;
+            }
+            g.cfg.max_in_flight = max_in_flight;
+            g.cfg.max_tokens_in_flight = max_tokens_in_flight;
+            g.dispatch()
+        };
+        self.send(grants);
+    }
+
+    /// Current capacity.
+    pub fn capacity(&self) -> usize {
+        self.lock().cfg.max_in_flight
+    }
+
     /// Updates a tenant's weight and group (live: the next dispatch uses them).
     pub fn set_tenant(&self, name: &str, weight: u32, group: Option<&str>, group_weight: u32) {
         self.lock()

@@ -28,7 +28,7 @@ use crate::json::{skip_map, skip_seq, Handler, KeySeed, Seed, Shape, ShapeOf};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
 use std::fmt;
 
-pub use crate::rewrite::{with_include_usage, with_stream_usage};
+pub use crate::rewrite::{with_include_usage, with_model, with_stream_usage};
 
 /// Which OpenAI-compatible endpoint a body was sent to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl RequestError {
         }
     }
 
-    fn missing(param: String) -> Self {
+    pub(crate) fn missing(param: String) -> Self {
         Self {
             message: format!("'{param}' is required"),
             param: Some(param),

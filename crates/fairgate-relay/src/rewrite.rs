@@ -52,6 +52,20 @@ pub fn with_stream_usage(body: &[u8]) -> Result<Bytes, RequestError> {
     enable_stream_options(body, [INCLUDE_USAGE, CONTINUOUS_USAGE_STATS])
 }
 
+/// The client's body with the top-level `model` replaced by `model` (an alias or a fallback
+/// resolved to the model that serves it), everything else byte-identical. Errors like
+/// [`crate::parse_request`] for bodies that are not a JSON object or have no `model`.
+pub fn with_model(body: &[u8], model: &str) -> Result<Bytes, RequestError> {
+    let text = std::str::from_utf8(body).map_err(RequestError::invalid_utf8)?;
+    let top = parse_object(text, ["model"])?.map_err(RequestError::not_an_object)?;
+    let [Some(old)] = top.targets else {
+        return Err(RequestError::missing("model".into()));
+    };
+    let at = offset_in(text, old.get()).ok_or_else(internal)?;
+    let value = serde_json::to_vec(model).map_err(|_| internal())?;
+    splice(body, &mut [(at, at + old.get().len(), &value)])
+}
+
 /// Sets every flag in `flags` to `true` inside the top-level `stream_options`.
 fn enable_stream_options<const N: usize>(
     body: &[u8],
@@ -483,6 +497,22 @@ mod tests {
         assert!(splice(b"abcdef", &mut [(1, 3, b""), (2, 4, b"")]).is_err());
         assert!(splice(b"abc", &mut [(2, 9, b"")]).is_err());
         assert!(splice(b"abc", &mut [(2, 1, b"")]).is_err());
+    }
+
+    #[test]
+    fn with_model_replaces_only_the_top_level_model() {
+        let body =
+            br#"{ "model" : "alias", "messages":[{"role":"user","content":"model"}],"x":1.50}"#;
+        let out = with_model(body, "real \"m\"").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{ "model" : "real \"m\"", "messages":[{"role":"user","content":"model"}],"x":1.50}"#
+        );
+        // The last occurrence wins, as in parse_request.
+        let out = with_model(br#"{"model":"a","model":"b"}"#, "c").unwrap();
+        assert_eq!(&out[..], br#"{"model":"a","model":"c"}"#);
+        assert_eq!(with_model(b"{}", "c").unwrap_err().code, "missing_field");
+        assert_eq!(with_model(b"[]", "c").unwrap_err().code, "invalid_json");
     }
 
     #[test]

@@ -751,6 +751,7 @@ mod tests {
             cost: fairgate_types::Micros(i),
             cache_hit: i % 3 == 0,
             priority: fairgate_types::Priority::Batch,
+            attempts: (i % 3) as u32,
         }
     }
 

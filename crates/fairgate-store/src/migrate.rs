@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "portal",
         sql: include_str!("../migrations/0003_portal.sql"),
     },
+    Migration {
+        version: 4,
+        name: "routing",
+        sql: include_str!("../migrations/0004_routing.sql"),
+    },
 ];
 
 /// Advisory lock key: "fairgate" in ASCII, so it is recognisable in `pg_locks`.

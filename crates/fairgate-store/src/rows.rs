@@ -8,7 +8,7 @@ use fairgate_types::{
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-const LEDGER_COLS: [&str; 23] = [
+const LEDGER_COLS: [&str; 24] = [
     "id",
     "ts",
     "tenant",
@@ -32,6 +32,7 @@ const LEDGER_COLS: [&str; 23] = [
     "cost",
     "cache_hit",
     "priority",
+    "attempts",
 ];
 
 /// Bind parameters per statement: SQLite allows 32766 (SQLITE_MAX_VARIABLE_NUMBER since 3.32;
@@ -128,11 +129,12 @@ fn ledger_from_row(row: &AnyRow) -> Result<LedgerRow, StoreError> {
         cost: Micros(unsigned(row, "cost")?),
         cache_hit: cache_hit != 0,
         priority,
+        attempts: u32::try_from(unsigned(row, "attempts")?).unwrap_or(u32::MAX),
         id: RequestId(id),
     })
 }
 
-/// `INSERT INTO ledger (...) VALUES ($1..$23), ($24..$46), ... ON CONFLICT (id) DO NOTHING`.
+/// `INSERT INTO ledger (...) VALUES ($1..$24), ($25..$48), ... ON CONFLICT (id) DO NOTHING`.
 fn insert_sql(rows: usize) -> String {
     let cols = LEDGER_COLS.len();
     let mut sql = format!("INSERT INTO ledger ({}) VALUES ", LEDGER_COLS.join(", "));
@@ -236,7 +238,8 @@ impl Store {
                     .bind(big(r.duration_ms))
                     .bind(big(r.cost.0))
                     .bind(i64::from(r.cache_hit))
-                    .bind(r.priority.as_str());
+                    .bind(r.priority.as_str())
+                    .bind(i64::from(r.attempts));
             }
             q.execute(&mut *tx).await?;
         }
@@ -386,8 +389,8 @@ mod tests {
     fn insert_sql_numbers_placeholders_in_order() {
         let sql = insert_sql(2);
         assert!(sql.contains("($1, $2, "));
-        assert!(sql.contains("$23), ($24, "));
-        assert!(sql.ends_with("$46) ON CONFLICT (id) DO NOTHING"));
+        assert!(sql.contains("$24), ($25, "));
+        assert!(sql.ends_with("$48) ON CONFLICT (id) DO NOTHING"));
     }
 
     #[test]

@@ -110,6 +110,7 @@ fn row(id: &str, ts: i64, tenant: Option<&str>, model: Option<&str>, p: u64, c: 
         cost: Micros(0),
         cache_hit: false,
         priority: Priority::Interactive,
+        attempts: 1,
     }
 }
 
@@ -137,6 +138,7 @@ fn tenant_policy() -> TenantPolicy {
         max_wait_ms: Some(30_000),
         on_limit: Some(OnLimit::Reject),
         hard_cap: true,
+        fallbacks: [("big".to_owned(), vec!["small".to_owned()])].into(),
     }
 }
 
@@ -1151,6 +1153,7 @@ fn random_row(rng: &mut StdRng, i: usize) -> LedgerRow {
         cost: Micros(tokens(rng)),
         cache_hit: rng.gen(),
         priority: Priority::ALL[rng.gen_range(0..Priority::ALL.len())],
+        attempts: rng.gen(),
     }
 }
 
@@ -1872,7 +1875,7 @@ async fn v2_database(db: &Db) -> String {
         "INSERT INTO ledger (id, ts, tenant, user_name, key_id, model, backend, endpoint, stream, \
          prompt_tokens, completion_tokens, cached_tokens, reserved_tokens, usage_source, status, \
          outcome, error_class, queue_ms, ttft_ms, duration_ms, cost, cache_hit, priority) VALUES \
-         ('r-v2', 9, 'old', NULL, 'k-old', 'm', NULL, '/v1/completions', 0, 1, 2, 0, 3, \
+         ('r-v2', 9, 'old', NULL, 'k-old', 'm', 'http://b:8000', '/v1/completions', 0, 1, 2, 0, 3, \
          'upstream', 200, 'ok', NULL, 0, NULL, 100, 77, 1, 'batch')",
     ] {
         sqlx::query(sql).execute(&raw).await.unwrap();
@@ -1905,9 +1908,11 @@ async fn upgrade_from_v2_keeps_rows(db: Db) {
             newest.id.0.as_str(),
             newest.cost,
             newest.cache_hit,
-            newest.priority
+            newest.priority,
+            newest.attempts
         ),
-        ("r-v2", Micros(77), true, Priority::Batch)
+        // A row that reached a backend before failover existed was one attempt.
+        ("r-v2", Micros(77), true, Priority::Batch, 1)
     );
     // The portal tables exist, empty, and work.
     assert_eq!(s.count_users().await.unwrap(), 0);
@@ -1935,6 +1940,6 @@ async fn upgrade_from_v2_keeps_rows(db: Db) {
             .fetch_all(&raw)
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     raw.close().await;
 }

@@ -222,6 +222,9 @@ pub struct LedgerRow {
     /// Priority class the request was admitted under.
     #[serde(default)]
     pub priority: Priority,
+    /// Upstream attempts: 0 when no backend was called, more than 1 when it failed over.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 impl LedgerRow {
@@ -252,6 +255,7 @@ impl LedgerRow {
             cost: Micros(0),
             cache_hit: false,
             priority: Priority::Interactive,
+            attempts: 0,
         }
     }
 }
@@ -404,6 +408,10 @@ pub struct TenantPolicy {
     /// the overrun is charged).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hard_cap: bool,
+    /// Per model, the models to fall back to when it has no healthy backend, overriding the
+    /// model's own `fallbacks` (an empty list: never fall back for this tenant).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fallbacks: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// A key's own settings, applied on top of its tenant's.

@@ -29,6 +29,8 @@ use crate::error::ApiError;
 use crate::identity::{mint_key, mint_secret_for};
 use crate::server::AppState;
 
+mod backends;
+
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/tenants", get(list_tenants).post(create_tenant))
@@ -55,6 +57,14 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/users", get(list_users).post(create_user))
         .route("/audit", get(list_audit))
         .route("/users/{id}", axum::routing::patch(update_user))
+        .route("/backends", get(backends::list_all))
+        .route(
+            "/models/{model}/backends",
+            get(backends::list).post(backends::add),
+        )
+        .route("/models/{model}/backends/drain", post(backends::drain))
+        .route("/models/{model}/backends/resume", post(backends::resume))
+        .route("/models/{model}/backends/remove", post(backends::remove))
         .fallback(|req: Request| async move {
             ApiError::RouteNotFound(format!("{} {}", req.method(), req.uri().path()))
         })

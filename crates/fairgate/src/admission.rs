@@ -8,7 +8,7 @@
 //! behind the traits of `fairgate-admission`.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fairgate_admission::budget::{period_start, BudgetHold, BudgetScope, Budgets, Spend};
@@ -24,7 +24,7 @@ use crate::cache::{CacheSettings, ResponseCache};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::identity::{Directory, Principal};
-use crate::upstream::{Lease, ModelPool};
+use crate::upstream::{AcquireError, Lease, ModelPool, Route};
 
 /// Shared admission state: limits, budgets and the response cache.
 pub struct Admission {
@@ -122,7 +122,12 @@ impl Admission {
 
     /// Budgets, limits, then a fair-share slot. Cancel-safe: a dropped future gives back
     /// whatever it had taken.
-    pub async fn admit(&self, pool: &ModelPool, ask: Ask<'_>) -> Result<Admitted, ApiError> {
+    pub async fn admit(
+        &self,
+        pool: &Arc<ModelPool>,
+        ask: Ask<'_>,
+        route: &Route<'_>,
+    ) -> Result<Admitted, ApiError> {
         let policy = &ask.tenant.policy;
         let key_policy = ask.principal.policy();
 
@@ -193,19 +198,25 @@ impl Admission {
         };
 
         let lease = pool
-            .acquire(AdmitRequest {
-                tenant: &ask.tenant.name,
-                weight: ask.tenant.weight,
-                group: ask.tenant.group.as_deref(),
-                group_weight: ask.group_weight,
-                priority: ask.priority,
-                tokens: ask.reservation,
-                prompt_estimate: ask.prompt_estimate,
-                max_queued: ask.max_queue,
-                deadline: ask.deadline,
-            })
+            .acquire(
+                AdmitRequest {
+                    tenant: &ask.tenant.name,
+                    weight: ask.tenant.weight,
+                    group: ask.tenant.group.as_deref(),
+                    group_weight: ask.group_weight,
+                    priority: ask.priority,
+                    tokens: ask.reservation,
+                    prompt_estimate: ask.prompt_estimate,
+                    max_queued: ask.max_queue,
+                    deadline: ask.deadline,
+                },
+                route,
+            )
             .await
-            .map_err(|e| admit_error(&pool.name, &ask.tenant.name, e))?;
+            .map_err(|e| match e {
+                AcquireError::Admit(e) => admit_error(&pool.name, &ask.tenant.name, e),
+                AcquireError::NoBackend { retry_after } => no_backend(&pool.name, retry_after),
+            })?;
         Ok(Admitted {
             lease,
             limit,
@@ -214,6 +225,15 @@ impl Admission {
             hard_cap: policy.hard_cap,
             prompt_estimate: ask.prompt_estimate,
         })
+    }
+}
+
+/// 503 for a model none of whose backends can take requests (all ejected or drained).
+pub fn no_backend(model: &str, retry_after: Duration) -> ApiError {
+    ApiError::NoHealthyBackend {
+        model: model.to_owned(),
+        detail: "; its backends are failing health checks or drained".to_owned(),
+        retry_after_s: retry_after.as_secs_f64().ceil().max(1.0) as u64,
     }
 }
 

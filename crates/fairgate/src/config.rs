@@ -47,7 +47,13 @@ pub struct Config {
     #[serde(default)]
     pub portal: PortalConfig,
     #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Other names for models: `[[aliases]] name = "chat", models = ["big", "small"]` sends
+    /// `chat` to the first listed model that has a healthy backend.
+    #[serde(default)]
+    pub aliases: Vec<AliasConfig>,
     /// Groups declared in the file; upserted into the database at start and on reload.
     #[serde(default)]
     pub groups: Vec<Group>,
@@ -67,6 +73,66 @@ pub struct TenantDecl {
     pub group: Option<String>,
     #[serde(default)]
     pub policy: TenantPolicy,
+}
+
+/// How requests are spread over a model's backends (`[routing]`); live on reload.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// `prefix_aware` (default), `least_loaded` or `round_robin`.
+    #[serde(default)]
+    pub strategy: crate::router::Strategy,
+    /// How often each backend's `/health` is probed.
+    #[serde(default = "defaults::probe_interval_ms")]
+    pub probe_interval_ms: u64,
+    #[serde(default = "defaults::probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
+    /// How often each backend's `/metrics` is scraped for queue and KV-cache use.
+    #[serde(default = "defaults::scrape_interval_ms")]
+    pub scrape_interval_ms: u64,
+    /// Scraped numbers older than this are ignored (the gateway's own counts remain).
+    #[serde(default = "defaults::metrics_stale_ms")]
+    pub metrics_stale_ms: u64,
+    /// Backends one request may be sent to before its error is returned (1 = no failover).
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Consecutive failures that eject a backend.
+    #[serde(default = "defaults::eject_after_failures")]
+    pub eject_after_failures: u32,
+    /// First ejection length; doubles on each repeated ejection, up to a minute.
+    #[serde(default = "defaults::eject_ms")]
+    pub eject_ms: u64,
+    /// `prefix_aware` spills away from a backend whose scraped queue reaches this.
+    #[serde(default = "defaults::saturation_waiting")]
+    pub saturation_waiting: f64,
+    /// ... or whose scraped KV-cache use reaches this (0-1).
+    #[serde(default = "defaults::saturation_kv_usage")]
+    pub saturation_kv_usage: f64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Default::default(),
+            probe_interval_ms: defaults::probe_interval_ms(),
+            probe_timeout_ms: defaults::probe_timeout_ms(),
+            scrape_interval_ms: defaults::scrape_interval_ms(),
+            metrics_stale_ms: defaults::metrics_stale_ms(),
+            max_attempts: defaults::max_attempts(),
+            eject_after_failures: defaults::eject_after_failures(),
+            eject_ms: defaults::eject_ms(),
+            saturation_waiting: defaults::saturation_waiting(),
+            saturation_kv_usage: defaults::saturation_kv_usage(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AliasConfig {
+    pub name: String,
+    /// In order of preference.
+    pub models: Vec<String>,
 }
 
 /// The browser portal at `/portal`.
@@ -119,6 +185,14 @@ pub struct ModelConfig {
     /// Serve repeated deterministic requests (temperature 0) from the response cache.
     #[serde(default)]
     pub cache: bool,
+    /// Models to use, in order, when this one has no healthy backend (a tenant's
+    /// `policy.fallbacks` overrides it).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// LoRA adapters served on top of this model (vLLM `--lora-modules`); a request naming
+    /// one goes to this model's backends, preferring those where it is already loaded.
+    #[serde(default)]
+    pub adapters: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -133,6 +207,34 @@ pub struct BackendConfig {
     /// KV-cache pressure. Unbounded when absent.
     #[serde(default)]
     pub max_tokens_in_flight: Option<u64>,
+    /// Which of the model's adapters this backend serves; all of them when absent.
+    #[serde(default)]
+    pub adapters: Option<Vec<String>>,
+}
+
+impl ModelConfig {
+    /// A model with these backends and every other setting at its default.
+    pub fn new(name: impl Into<String>, backends: Vec<BackendConfig>) -> ModelConfig {
+        ModelConfig {
+            name: name.into(),
+            backends,
+            price: Price::default(),
+            cache: false,
+            fallbacks: Vec::new(),
+            adapters: Vec::new(),
+        }
+    }
+}
+
+impl BackendConfig {
+    pub fn new(url: impl Into<String>, max_in_flight: usize) -> BackendConfig {
+        BackendConfig {
+            url: url.into(),
+            max_in_flight,
+            max_tokens_in_flight: None,
+            adapters: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -276,6 +378,33 @@ mod defaults {
     pub fn ledger_queue_capacity() -> usize {
         65_536
     }
+    pub fn probe_interval_ms() -> u64 {
+        2_000
+    }
+    pub fn probe_timeout_ms() -> u64 {
+        1_000
+    }
+    pub fn scrape_interval_ms() -> u64 {
+        100
+    }
+    pub fn metrics_stale_ms() -> u64 {
+        2_000
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn eject_after_failures() -> u32 {
+        3
+    }
+    pub fn eject_ms() -> u64 {
+        5_000
+    }
+    pub fn saturation_waiting() -> f64 {
+        5.0
+    }
+    pub fn saturation_kv_usage() -> f64 {
+        0.9
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -363,6 +492,7 @@ const ENV_FIELDS: &[&str] = &[
     "ledger",
     "cache",
     "portal",
+    "routing",
 ];
 
 impl Config {
@@ -540,7 +670,91 @@ impl Config {
                         "must be at least 1",
                     ));
                 }
+                for a in b.adapters.iter().flatten() {
+                    if !m.adapters.contains(a) {
+                        return Err(field_err(
+                            format!("{at}.adapters"),
+                            format!("`{a}` is not one of model `{}`'s adapters", m.name),
+                        ));
+                    }
+                }
             }
+        }
+        // One namespace for models, adapters and aliases: a name must mean one thing.
+        let mut names = std::collections::HashMap::new();
+        for (i, m) in self.models.iter().enumerate() {
+            names.insert(m.name.as_str(), format!("models[{i}]"));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            for (j, a) in m.adapters.iter().enumerate() {
+                if let Some(prev) = names.insert(a.as_str(), format!("models[{i}].adapters[{j}]")) {
+                    return Err(field_err(
+                        format!("models[{i}].adapters[{j}]"),
+                        format!("`{a}` is already declared at {prev}"),
+                    ));
+                }
+            }
+        }
+        for (i, a) in self.aliases.iter().enumerate() {
+            if let Some(prev) = names.insert(a.name.as_str(), format!("aliases[{i}]")) {
+                return Err(field_err(
+                    format!("aliases[{i}].name"),
+                    format!("`{}` is already declared at {prev}", a.name),
+                ));
+            }
+            if a.models.is_empty() {
+                return Err(field_err(
+                    format!("aliases[{i}].models"),
+                    "must list at least one model",
+                ));
+            }
+            for m in &a.models {
+                if self.model(m).is_none() {
+                    return Err(field_err(
+                        format!("aliases[{i}].models"),
+                        format!("`{m}` is not a declared model"),
+                    ));
+                }
+            }
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            for f in &m.fallbacks {
+                if self.model(f).is_none() || *f == m.name {
+                    return Err(field_err(
+                        format!("models[{i}].fallbacks"),
+                        format!("`{f}` is not another declared model"),
+                    ));
+                }
+            }
+        }
+        let r = &self.routing;
+        for (field, v) in [
+            ("routing.probe_interval_ms", r.probe_interval_ms),
+            ("routing.probe_timeout_ms", r.probe_timeout_ms),
+            ("routing.scrape_interval_ms", r.scrape_interval_ms),
+            ("routing.metrics_stale_ms", r.metrics_stale_ms),
+            ("routing.eject_ms", r.eject_ms),
+            ("routing.max_attempts", u64::from(r.max_attempts)),
+            (
+                "routing.eject_after_failures",
+                u64::from(r.eject_after_failures),
+            ),
+        ] {
+            if v == 0 {
+                return Err(field_err(field, "must be at least 1"));
+            }
+        }
+        if !(r.saturation_kv_usage > 0.0 && r.saturation_kv_usage <= 1.0) {
+            return Err(field_err(
+                "routing.saturation_kv_usage",
+                "must be in (0, 1]",
+            ));
+        }
+        if !(r.saturation_waiting >= 0.0 && r.saturation_waiting.is_finite()) {
+            return Err(field_err(
+                "routing.saturation_waiting",
+                "must be a non-negative number",
+            ));
         }
         Ok(())
     }
@@ -561,6 +775,10 @@ impl Config {
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.name == name)
     }
+
+    pub fn alias(&self, name: &str) -> Option<&AliasConfig> {
+        self.aliases.iter().find(|a| a.name == name)
+    }
 }
 
 /// Largest tenant or group weight; keeps counter arithmetic far from overflow.
@@ -574,7 +792,7 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
 }
 
-fn validate_backend_url(url: &str) -> Result<(), String> {
+pub(crate) fn validate_backend_url(url: &str) -> Result<(), String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| {
         format!("`{url}` must start with http:// (TLS to backends is not built in yet)")
     })?;

@@ -54,16 +54,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "simulator stopped");
             }
         });
-        models.push(ModelConfig {
-            price: Default::default(),
-            cache: false,
-            name: name.to_owned(),
-            backends: vec![BackendConfig {
-                max_tokens_in_flight: None,
-                url: format!("http://{addr}"),
-                max_in_flight: 64,
-            }],
-        });
+        models.push(ModelConfig::new(
+            name,
+            vec![BackendConfig::new(format!("http://{addr}"), 64)],
+        ));
     }
 
     let env: Vec<(String, String)> = std::env::vars().collect();

@@ -87,6 +87,12 @@ pub enum ApiError {
     },
     #[error("the backend of model `{model}` is unavailable (HTTP 503){detail}")]
     UpstreamUnavailable { model: String, detail: String },
+    #[error("model `{model}` has no healthy backend right now{detail}")]
+    NoHealthyBackend {
+        model: String,
+        detail: String,
+        retry_after_s: u64,
+    },
     #[error("admin API: {0}")]
     AdminUnauthorized(&'static str),
     #[error("{0}")]
@@ -139,7 +145,7 @@ impl ApiError {
             BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             UpstreamConnect { .. } | UpstreamStatus { .. } => StatusCode::BAD_GATEWAY,
-            UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamUnavailable { .. } | NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -163,6 +169,7 @@ impl ApiError {
             | UpstreamTimeout { .. }
             | UpstreamStatus { .. }
             | UpstreamUnavailable { .. }
+            | NoHealthyBackend { .. }
             | Internal(_) => "server_error",
             _ => "invalid_request_error",
         }
@@ -201,6 +208,7 @@ impl ApiError {
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamStatus { .. } => "upstream_status",
             UpstreamUnavailable { .. } => "upstream_unavailable",
+            NoHealthyBackend { .. } => "no_healthy_backend",
             AdminUnauthorized(_) => "admin_unauthorized",
             AdminBadRequest(_) => "invalid_value",
             AdminNotFound(_) => "not_found",
@@ -229,6 +237,7 @@ impl ApiError {
             | UpstreamTimeout { .. }
             | UpstreamStatus { .. }
             | UpstreamUnavailable { .. }
+            | NoHealthyBackend { .. }
             | Internal(_) => Outcome::UpstreamError,
             _ => Outcome::Rejected,
         }
@@ -240,7 +249,8 @@ impl ApiError {
             ApiError::QueueTimeout { retry_after_s, .. }
             | ApiError::TenantQueueFull { retry_after_s, .. }
             | ApiError::PoolFull { retry_after_s, .. }
-            | ApiError::RateLimited { retry_after_s, .. } => Some((*retry_after_s).max(1)),
+            | ApiError::RateLimited { retry_after_s, .. }
+            | ApiError::NoHealthyBackend { retry_after_s, .. } => Some((*retry_after_s).max(1)),
             ApiError::UpstreamUnavailable { .. } => Some(5),
             _ => None,
         }

@@ -31,5 +31,6 @@ pub mod identity;
 pub mod metrics;
 pub mod portal;
 pub mod proxy;
+pub mod router;
 pub mod server;
 pub mod upstream;

@@ -5,8 +5,11 @@
 //! histograms.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+use crate::router::Reason;
 
 use crate::upstream::Upstreams;
 
@@ -34,6 +37,22 @@ pub struct Metrics {
     tenant_weight: IntGaugeVec,
     backend_in_flight: IntGaugeVec,
     backend_capacity: IntGaugeVec,
+    backend_up: IntGaugeVec,
+    backend_waiting: GaugeVec,
+    backend_kv: GaugeVec,
+    backend_attempts: IntCounterVec,
+    backend_failures: IntCounterVec,
+    backend_retries: IntCounterVec,
+    backend_ejections: IntCounterVec,
+    backend_picks: IntCounterVec,
+}
+
+/// Moves a counter up to `total` (counters published from running totals kept elsewhere).
+fn follow(c: &prometheus::IntCounter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -74,7 +93,54 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 Ok(g)
             };
+        let fgauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+                let g = GaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let mb = &["model", "backend"];
         Ok(Metrics {
+            backend_up: gauge(
+                "fairgate_backend_up",
+                "1 when the backend takes new requests (healthy or on trial, not draining), else 0",
+                mb,
+            )?,
+            backend_waiting: fgauge(
+                "fairgate_backend_waiting_requests",
+                "The backend's own queue (vllm:num_requests_waiting) as last scraped",
+                mb,
+            )?,
+            backend_kv: fgauge(
+                "fairgate_backend_kv_cache_usage",
+                "The backend's KV-cache use (vllm:kv_cache_usage_perc, 0-1) as last scraped",
+                mb,
+            )?,
+            backend_attempts: counter(
+                "fairgate_backend_requests_total",
+                "Requests sent to the backend (every attempt)",
+                mb,
+            )?,
+            backend_failures: counter(
+                "fairgate_backend_errors_total",
+                "Attempts that failed before the first byte (refused, timeout, 5xx)",
+                mb,
+            )?,
+            backend_retries: counter(
+                "fairgate_backend_retries_total",
+                "Attempts that were a failover from another backend",
+                mb,
+            )?,
+            backend_ejections: counter(
+                "fairgate_backend_ejections_total",
+                "Times the backend's circuit breaker opened",
+                mb,
+            )?,
+            backend_picks: counter(
+                "fairgate_backend_picks_total",
+                "Routing decisions by backend and reason (round_robin, least_loaded, prefix_hit, spill, cold)",
+                &["model", "backend", "reason"],
+            )?,
             requests: counter(
                 "fairgate_requests_total",
                 "Requests by tenant, model and HTTP status returned",
@@ -191,18 +257,55 @@ impl Metrics {
                     .set(t.view.weight as i64);
                 // The pool keeps the running total; the counter follows it upwards (a refund
                 // of an over-estimated prompt can lower the total slightly; counters may not).
-                let c = self.tenant_service.with_label_values(&labels);
-                if t.view.service > c.get() {
-                    c.inc_by(t.view.service - c.get());
-                }
+                follow(
+                    &self.tenant_service.with_label_values(&labels),
+                    t.view.service,
+                );
             }
-            for b in &pool.backends {
+            for b in pool.backends().iter() {
+                let labels = [pool.name.as_str(), &b.url];
+                let s = b.status();
                 self.backend_in_flight
-                    .with_label_values(&[&pool.name, &b.url])
-                    .set(b.in_flight() as i64);
+                    .with_label_values(&labels)
+                    .set(s.in_flight as i64);
                 self.backend_capacity
-                    .with_label_values(&[&pool.name, &b.url])
-                    .set(b.max_in_flight as i64);
+                    .with_label_values(&labels)
+                    .set(s.max_in_flight as i64);
+                self.backend_up
+                    .with_label_values(&labels)
+                    .set(i64::from(s.state != "ejected" && !s.draining));
+                if let Some(w) = s.waiting {
+                    self.backend_waiting.with_label_values(&labels).set(w);
+                }
+                if let Some(k) = s.kv_cache_usage {
+                    self.backend_kv.with_label_values(&labels).set(k);
+                }
+                follow(
+                    &self.backend_attempts.with_label_values(&labels),
+                    s.attempts,
+                );
+                follow(
+                    &self.backend_failures.with_label_values(&labels),
+                    s.failures,
+                );
+                follow(&self.backend_retries.with_label_values(&labels), s.retries);
+                follow(
+                    &self.backend_ejections.with_label_values(&labels),
+                    s.ejections,
+                );
+                for r in Reason::ALL {
+                    let n = b.stats.picks[r.index()].load(std::sync::atomic::Ordering::Relaxed);
+                    if n > 0 {
+                        follow(
+                            &self.backend_picks.with_label_values(&[
+                                &pool.name,
+                                &b.url,
+                                r.as_str(),
+                            ]),
+                            n,
+                        );
+                    }
+                }
             }
         }
         let mut out = Vec::with_capacity(16 * 1024);

@@ -31,10 +31,12 @@ use hyper::body::Incoming;
 
 use crate::admission::{Admitted, Ask};
 use crate::cache::{CacheKey, CachedResponse};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::identity::Principal;
+use crate::router::Strategy;
 use crate::server::AppState;
-use crate::upstream::ModelPool;
+use crate::upstream::{Route, Target};
 
 /// Largest upstream body the gateway reads whole (non-stream answers, error bodies).
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -227,6 +229,8 @@ struct Plan {
     prompt_estimate: u64,
     /// A parsed, non-streamed request whose answer may be cached.
     cache_candidate: bool,
+    /// Prompt prefix block hashes, for `prefix_aware` routing (empty otherwise).
+    blocks: Vec<u64>,
     /// Body to send upstream.
     body: Bytes,
 }
@@ -271,6 +275,7 @@ pub async fn generic(State(st): State<Arc<AppState>>, req: Request) -> Response 
         reservation: 0,
         prompt_estimate: 0,
         cache_candidate: false,
+        blocks: Vec::new(),
         body: bytes,
     };
     forward(st, t, principal, parts, plan).await
@@ -308,6 +313,12 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return t.fail(ApiError::BadRequest(e)),
     };
+    // Hashing the prompt costs a second pass over it; only the prefix-aware router uses it.
+    let blocks = if st.live.load().routing.strategy == Strategy::PrefixAware {
+        fairgate_relay::prefix::prompt_blocks(ep, &body, fairgate_relay::prefix::MAX_BLOCKS)
+    } else {
+        Vec::new()
+    };
     let plan = Plan {
         model: parsed.model,
         strip_usage_chunk: !parsed.client_wants_usage,
@@ -315,6 +326,7 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
         reservation,
         prompt_estimate: parsed.prompt_tokens_estimate,
         cache_candidate: !parsed.stream,
+        blocks,
         body,
     };
     forward(st, t, principal, parts, plan).await
@@ -458,22 +470,57 @@ fn skip_header(name: &HeaderName) -> bool {
     )
 }
 
+/// The pool a requested model name leads to: the model itself (or the model an adapter
+/// belongs to), an alias's first model with a usable backend, or, when the model has none, its
+/// first fallback (the tenant's list, else the model's) that has one. When nothing usable is
+/// found the first candidate is returned, and admission answers 503 for it.
+fn resolve(
+    st: &AppState,
+    live: &Config,
+    policy: &fairgate_types::TenantPolicy,
+    requested: &str,
+) -> Option<Target> {
+    let chain: Vec<&str> = match st.upstreams.target(requested) {
+        Some(t) if t.adapter.is_some() => return Some(t),
+        Some(_) => {
+            let fallbacks = policy
+                .fallbacks
+                .get(requested)
+                .or_else(|| live.model(requested).map(|m| &m.fallbacks));
+            std::iter::once(requested)
+                .chain(fallbacks.into_iter().flatten().map(String::as_str))
+                .collect()
+        }
+        None => live
+            .alias(requested)?
+            .models
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    };
+    let mut first = None;
+    for name in chain {
+        let Some(t) = st.upstreams.target(name) else {
+            continue;
+        };
+        if t.pool.has_usable(t.adapter.as_deref()) {
+            return Some(t);
+        }
+        first.get_or_insert(t);
+    }
+    first
+}
+
 async fn forward(
     st: Arc<AppState>,
     mut t: Tracker,
     principal: Principal,
     parts: http::request::Parts,
-    plan: Plan,
+    mut plan: Plan,
 ) -> Response {
     t.row.model = Some(plan.model.clone());
     t.row.reserved_tokens = plan.reservation;
     t.prompt_estimate = plan.prompt_estimate;
-    let Some(pool) = st.upstreams.get(&plan.model).cloned() else {
-        return t.fail(ApiError::ModelNotFound(plan.model));
-    };
-    if !principal.may_use(&plan.model) {
-        return t.fail(ApiError::ModelNotAllowed(plan.model));
-    }
 
     // Owned snapshots: they are held across the admission wait, which may be long, and
     // arc-swap's borrowed guards are meant for short reads.
@@ -483,6 +530,22 @@ async fn forward(
         // Authentication checked the tenant a moment ago; it was deleted in between.
         return t.fail(ApiError::KeyDisabled);
     };
+    let Some(target) = resolve(&st, &live, &tenant.policy, &plan.model) else {
+        return t.fail(ApiError::ModelNotFound(plan.model));
+    };
+    if !principal.may_use(&plan.model) {
+        return t.fail(ApiError::ModelNotAllowed(plan.model));
+    }
+    let pool = target.pool.clone();
+    // The name the backend serves: the adapter's own, or the model an alias or fallback chose.
+    let served = target.adapter.clone().unwrap_or_else(|| pool.name.clone());
+    if served != plan.model {
+        plan.body = match fairgate_relay::with_model(&plan.body, &served) {
+            Ok(b) => b,
+            Err(e) => return t.fail(ApiError::BadRequest(e)),
+        };
+        t.row.model = Some(served.clone());
+    }
     let priority = match parts.headers.get(PRIORITY_HEADER) {
         None => principal.policy().priority.unwrap_or_default(),
         Some(v) => match v.to_str().ok().and_then(Priority::parse) {
@@ -496,7 +559,7 @@ async fn forward(
         },
     };
     t.row.priority = priority;
-    let model_cfg = live.model(&plan.model);
+    let model_cfg = live.model(&pool.name);
     let price = model_cfg.map(|m| m.price).unwrap_or_default();
 
     // Response cache: before admission, so hits touch neither fair share nor a backend.
@@ -506,7 +569,7 @@ async fn forward(
         Ok(true) => match crate::cache::uncacheable_reason(&plan.body) {
             Some(_) => None,
             None => Some(crate::cache::cache_key(
-                &plan.model,
+                &served,
                 parts.uri.path(),
                 &plan.body,
             )),
@@ -541,7 +604,8 @@ async fn forward(
             .max_queue
             .map_or(live.admission.max_queue_per_tenant, |q| q as usize),
     };
-    let admitted = st.admission.admit(&pool, ask).await;
+    let route = Route::new(&live.routing, &plan.blocks, target.adapter.as_deref());
+    let admitted = st.admission.admit(&pool, ask, &route).await;
     let waited = queued_at.elapsed();
     t.row.queue_ms = waited.as_millis() as u64;
     let tenant_name = tenant.name.clone();
@@ -551,102 +615,127 @@ async fn forward(
         Err(e) => {
             st.metrics
                 .admissions
-                .with_label_values(&[&plan.model, &tenant_name, "rejected", e.class()])
+                .with_label_values(&[&pool.name, &tenant_name, "rejected", e.class()])
                 .inc();
             return t.fail(e);
         }
     };
     st.metrics
         .admissions
-        .with_label_values(&[&plan.model, &tenant_name, "admitted", ""])
+        .with_label_values(&[&pool.name, &tenant_name, "admitted", ""])
         .inc();
     st.metrics
         .queue_wait
-        .with_label_values(&[&plan.model, &tenant_name])
+        .with_label_values(&[&pool.name, &tenant_name])
         .observe(waited.as_secs_f64());
-    let backend = admitted.lease.backend.clone();
-    t.row.backend = Some(backend.url.clone());
     t.admitted = Some(admitted);
-    let lease = &backend;
 
     let path_q = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let uri = format!("{}{}", lease.url, path_q);
-    let mut builder = http::Request::builder()
-        .method(parts.method.clone())
-        .uri(uri);
-    if let Some(h) = builder.headers_mut() {
-        for (k, v) in parts.headers.iter() {
-            if !skip_header(k) {
-                h.append(k.clone(), v.clone());
-            }
-        }
-        if let Ok(v) = HeaderValue::from_str(t.row.id.as_str()) {
-            h.insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
-        }
-    }
-    let up_req = match builder.body(Full::new(plan.body).map_err(|never| match never {}).boxed()) {
-        Ok(r) => r,
-        Err(e) => return t.fail(ApiError::Internal(e.to_string())),
-    };
     t.overhead_before = t.start.elapsed().saturating_sub(waited);
     t.upstream_sent = Some(Instant::now());
-
     let timeout_ms = st.config.upstream.first_byte_timeout_ms;
-    let resp =
-        match tokio::time::timeout(Duration::from_millis(timeout_ms), st.client.request(up_req))
-            .await
-        {
-            Ok(Ok(r)) => r,
+    let max_attempts = live.routing.max_attempts.max(1);
+
+    // Failover: an attempt that fails before the response head (connection refused, no head
+    // in time, 5xx) is sent to another backend, up to `max_attempts` backends. Nothing has
+    // reached the client yet, so it cannot tell; once a head is relayed there is no retry.
+    let resp = loop {
+        let Some(lease) = t.admitted.as_ref().map(|a| &a.lease) else {
+            return t.fail(ApiError::Internal("admission lost its lease".into()));
+        };
+        let backend = lease.backend.clone();
+        t.row.backend = Some(backend.url.clone());
+        t.row.attempts = lease.attempts();
+        let mut builder = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("{}{}", backend.url, path_q));
+        if let Some(h) = builder.headers_mut() {
+            for (k, v) in parts.headers.iter() {
+                if !skip_header(k) {
+                    h.append(k.clone(), v.clone());
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(t.row.id.as_str()) {
+                h.insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+            }
+        }
+        let body = Full::new(plan.body.clone()).map_err(|never| match never {});
+        let up_req = match builder.body(body.boxed()) {
+            Ok(r) => r,
+            Err(e) => return t.fail(ApiError::Internal(e.to_string())),
+        };
+        let sent =
+            tokio::time::timeout(Duration::from_millis(timeout_ms), st.client.request(up_req))
+                .await;
+        let (err, why) = match sent {
+            Ok(Ok(r)) if !r.status().is_server_error() => {
+                lease.succeeded();
+                break r;
+            }
+            Ok(Ok(r)) => {
+                let status = r.status();
+                let (_, body) = r.into_parts();
+                let detail = read_upstream_body(
+                    body,
+                    Duration::from_millis(st.config.upstream.idle_timeout_ms),
+                )
+                .await
+                .ok()
+                .and_then(|b| upstream_error_message(&b))
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+                let err = if status == StatusCode::SERVICE_UNAVAILABLE {
+                    ApiError::UpstreamUnavailable {
+                        model: served.clone(),
+                        detail,
+                    }
+                } else {
+                    ApiError::UpstreamStatus {
+                        model: served.clone(),
+                        status: status.as_u16(),
+                        detail,
+                    }
+                };
+                (err, format!("answered HTTP {}", status.as_u16()))
+            }
             Ok(Err(e)) => {
                 let detail = if e.is_connect() {
-                    format!("connection failed ({})", lease.url)
+                    format!("connection failed ({})", backend.url)
                 } else {
                     format!("request failed: {e}")
                 };
-                return t.fail(ApiError::UpstreamConnect {
-                    model: plan.model,
-                    detail,
-                });
+                let why = detail.clone();
+                (
+                    ApiError::UpstreamConnect {
+                        model: served.clone(),
+                        detail,
+                    },
+                    why,
+                )
             }
-            Err(_) => {
-                return t.fail(ApiError::UpstreamTimeout {
-                    model: plan.model,
+            Err(_) => (
+                ApiError::UpstreamTimeout {
+                    model: served.clone(),
                     timeout_ms,
-                })
-            }
+                },
+                format!("no response head within {timeout_ms} ms"),
+            ),
         };
+        tracing::warn!(request_id = %t.row.id, backend = %backend.url, reason = %why, "upstream attempt failed");
+        let Some(lease) = t.admitted.as_mut().map(|a| &mut a.lease) else {
+            return t.fail(err);
+        };
+        lease.failed(why);
+        if lease.attempts() >= max_attempts || !lease.move_on(&route) {
+            return t.fail(err);
+        }
+    };
 
     let status = resp.status();
-    if status.is_server_error() {
-        let (_, body) = resp.into_parts();
-        let detail = read_upstream_body(
-            body,
-            Duration::from_millis(st.config.upstream.idle_timeout_ms),
-        )
-        .await
-        .ok()
-        .and_then(|b| upstream_error_message(&b))
-        .map(|m| format!(": {m}"))
-        .unwrap_or_default();
-        let err = if status == StatusCode::SERVICE_UNAVAILABLE {
-            ApiError::UpstreamUnavailable {
-                model: plan.model,
-                detail,
-            }
-        } else {
-            ApiError::UpstreamStatus {
-                model: plan.model,
-                status: status.as_u16(),
-                detail,
-            }
-        };
-        return t.fail(err);
-    }
-
     let is_sse = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -1005,13 +1094,14 @@ pub async fn list_models(State(st): State<Arc<AppState>>, req: Request) -> Respo
         object: &'static str,
         data: Vec<Model<'a>>,
     }
+    let live = st.live.load();
     let data = st
         .upstreams
-        .pools
-        .iter()
-        .filter(|p| principal.may_use(&p.name))
-        .map(|p: &Arc<ModelPool>| Model {
-            id: &p.name,
+        .names()
+        .chain(live.aliases.iter().map(|a| a.name.as_str()))
+        .filter(|name| principal.may_use(name))
+        .map(|id| Model {
+            id,
             object: "model",
             created: st.started_at,
             owned_by: "fairgate",

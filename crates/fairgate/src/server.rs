@@ -17,6 +17,7 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use fairgate_store::{LedgerConfig, LedgerHandle, LedgerWriter, Store};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Unix seconds when the gateway started (the `created` of `/v1/models` entries).
     pub started_at: i64,
+    /// Fired when serving ends: stops the backend watchers.
+    pub shutdown: CancellationToken,
 }
 
 /// A built gateway, not yet serving.
@@ -108,6 +111,7 @@ impl Gateway {
             metrics,
             tasks: TaskTracker::new(),
             started_at: chrono::Utc::now().timestamp(),
+            shutdown: CancellationToken::new(),
         });
         sync_directory(&state).await;
         Ok(Gateway {
@@ -150,11 +154,13 @@ impl Gateway {
             let state = state.clone();
             tokio::spawn(async move { reload_on_hangup(state, signals).await })
         };
+        crate::upstream::watch_all(&state, &state.shutdown);
         let app = self.router();
         let result = axum::serve(listener.tap_io(no_delay), app)
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP");
+        state.shutdown.cancel();
         refresh.abort();
         hangup.abort();
         tracing::info!("draining: waiting for ledger records of finished requests");
@@ -237,24 +243,22 @@ async fn apply_declared(store: &Store, config: &Config) -> Result<(), fairgate_s
     Ok(())
 }
 
-/// A backend as far as a reload can tell whether it changed.
-type BackendShape = (String, usize, Option<u64>);
-
 /// What a reload changed, for the admin API and logs.
 #[derive(Debug, serde::Serialize)]
 pub struct ReloadReport {
     pub path: Option<String>,
     pub tenants_declared: usize,
     pub groups_declared: usize,
-    /// Settings that changed in the file but need a restart (listen address, database,
-    /// models and backends).
+    /// Settings that changed in the file but need a restart (listen address, database, the
+    /// set of models; backends and everything else apply live).
     pub needs_restart: Vec<&'static str>,
 }
 
 /// Re-reads the config file and applies its live parts: admission settings (mode, queue
-/// bounds, token costs), model prices and cache opt-ins, declared groups and tenants. Requests
+/// bounds, token costs), routing, backends, model prices and cache opt-ins, declared groups and
+/// tenants. Requests
 /// in flight and queued are kept; the next dispatch uses the new settings.
-pub async fn reload_config(st: &AppState) -> anyhow::Result<ReloadReport> {
+pub async fn reload_config(st: &Arc<AppState>) -> anyhow::Result<ReloadReport> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let new = Config::load(st.config_path.as_deref(), env)?;
     let old = st.config.as_ref();
@@ -265,31 +269,19 @@ pub async fn reload_config(st: &AppState) -> anyhow::Result<ReloadReport> {
     if new.database != old.database {
         needs_restart.push("database");
     }
-    let backends = |c: &Config| -> Vec<(String, Vec<BackendShape>)> {
-        c.models
-            .iter()
-            .map(|m| {
-                (
-                    m.name.clone(),
-                    m.backends
-                        .iter()
-                        .map(|b| (b.url.clone(), b.max_in_flight, b.max_tokens_in_flight))
-                        .collect(),
-                )
-            })
-            .collect()
-    };
-    if backends(&new) != backends(old) {
+    let names = |c: &Config| -> Vec<String> { c.models.iter().map(|m| m.name.clone()).collect() };
+    if names(&new) != names(old) {
         needs_restart.push("models");
     }
     apply_declared(&st.store, &new).await?;
     for pool in &st.upstreams.pools {
-        // Backends are fixed until restart, so capacity comes from the running config.
-        if let Some(m) = old.model(&pool.name) {
-            pool.fair
-                .reconfigure(crate::upstream::pool_config(m, &new.admission));
+        if let Some(m) = new.model(&pool.name) {
+            // Backends declared in the file follow it; admin-API ones stay.
+            pool.reconcile(m, &new.routing);
         }
+        pool.apply_admission(&new.admission);
     }
+    crate::upstream::watch_all(st, &st.shutdown);
     let report = ReloadReport {
         path: st.config_path.as_ref().map(|p| p.display().to_string()),
         tenants_declared: new.tenants.len(),

@@ -42,12 +42,14 @@ pub(super) async fn models_page(
         .iter()
         .map(|p| {
             let state = p.fair.state();
-            let backends = p.backends.len();
-            let b_in: usize = p.backends.iter().map(|b| b.in_flight()).sum();
-            let b_cap: usize = p.backends.iter().map(|b| b.max_in_flight).sum();
-            // No health checking yet: the status says only whether there is room right now.
+            let list = p.backends();
+            let backends = list.len();
+            let b_in: usize = list.iter().map(|b| b.in_flight()).sum();
+            let b_cap: usize = list.iter().map(|b| b.max_in_flight()).sum();
             let status = if backends == 0 {
                 "no backends"
+            } else if !p.has_usable(None) {
+                "down"
             } else if state.in_flight >= state.max_in_flight {
                 "busy"
             } else {

@@ -21,7 +21,12 @@ pub struct Sim {
 
 impl Sim {
     pub async fn start(cfg: SimConfig) -> Sim {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Sim::start_at("127.0.0.1:0", cfg).await
+    }
+
+    /// A simulator on a given address: a stopped one can come back where it was.
+    pub async fn start_at(addr: &str, cfg: SimConfig) -> Sim {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let sim = Simulator::new(cfg);
         let (tx, rx) = oneshot::channel::<()>();
@@ -138,6 +143,21 @@ pub struct TestGateway {
 /// A config change applied just before the gateway starts.
 pub type Tweak = Box<dyn Fn(&mut Config) + Send + Sync>;
 
+impl Setup {
+    /// One model served by several backends, each with `max_in_flight` slots.
+    pub fn many(model: &str, urls: &[&str], max_in_flight: usize) -> Setup {
+        Setup {
+            models: vec![(
+                model.to_owned(),
+                urls.iter()
+                    .map(|u| ((*u).to_owned(), max_in_flight))
+                    .collect(),
+            )],
+            ..Setup::one(model, urls[0], max_in_flight)
+        }
+    }
+}
+
 pub struct Setup {
     pub models: Vec<(String, Vec<(String, usize)>)>,
     pub queue_timeout_ms: u64,
@@ -178,18 +198,14 @@ impl TestGateway {
         config.models = setup
             .models
             .iter()
-            .map(|(name, backends)| ModelConfig {
-                name: name.clone(),
-                backends: backends
-                    .iter()
-                    .map(|(url, n)| BackendConfig {
-                        url: url.clone(),
-                        max_in_flight: *n,
-                        max_tokens_in_flight: None,
-                    })
-                    .collect(),
-                price: Default::default(),
-                cache: false,
+            .map(|(name, backends)| {
+                ModelConfig::new(
+                    name.clone(),
+                    backends
+                        .iter()
+                        .map(|(url, n)| BackendConfig::new(url.clone(), *n))
+                        .collect(),
+                )
             })
             .collect();
         if let Some(f) = &setup.tweak {
