@@ -8,8 +8,24 @@ use std::time::Duration;
 /// Everything that shapes one simulated vLLM instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
-    /// Served model name (`--served-model-name`); requests naming another model get 404.
+    /// Served model name (`--served-model-name`); requests naming another model (and no LoRA
+    /// adapter) get 404.
     pub model: String,
+    /// LoRA adapter names served on top of the base model (vLLM `--enable-lora
+    /// --lora-modules name=path ...`; here the name is also the adapter's "path", its `root` in
+    /// `/v1/models`). A request whose `model` is one of them is served, and its response echoes
+    /// the adapter name. A name equal to [`SimConfig::model`] means the base model. Empty: LoRA
+    /// is off.
+    pub lora_modules: Vec<String>,
+    /// Distinct adapters that may be in the running batch at once (vLLM `--max-loras`, default
+    /// 1); a request for another adapter waits. Also the number of adapter slots kept loaded
+    /// (least recently used slot evicted). Only meaningful with [`SimConfig::lora_modules`];
+    /// 0 is treated as 1. The fast path ([`SimConfig::is_instant`]) does not enforce it.
+    pub max_loras: usize,
+    /// Added to an engine step once for each adapter that step loads into a slot (an adapter
+    /// scheduled while not among the `max_loras` most recently used ones). Ignored by the fast
+    /// path.
+    pub lora_load: Duration,
     /// Running batch size limit (vLLM `--max-num-seqs`).
     pub max_num_seqs: usize,
     /// KV-cache capacity in tokens. A running request reserves prompt + max output tokens.
@@ -47,6 +63,9 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             model: "sim-model".to_owned(),
+            lora_modules: Vec::new(),
+            max_loras: 1,
+            lora_load: Duration::from_millis(5),
             max_num_seqs: 16,
             kv_cache_tokens: 65_536,
             block_size: 16,
@@ -80,6 +99,7 @@ impl SimConfig {
             prefill_per_token: Duration::ZERO,
             decode_step_base: Duration::ZERO,
             decode_step_per_seq: Duration::ZERO,
+            lora_load: Duration::ZERO,
             ..Self::default()
         }
     }
@@ -95,6 +115,26 @@ impl SimConfig {
     /// Batch limit actually used: at least one, or nothing could ever run.
     pub(crate) fn effective_max_num_seqs(&self) -> usize {
         self.max_num_seqs.max(1)
+    }
+
+    /// Adapter limit actually used: at least one, as vLLM requires.
+    pub(crate) fn effective_max_loras(&self) -> usize {
+        self.max_loras.max(1)
+    }
+
+    /// Index in [`SimConfig::lora_modules`] of the adapter `model` names; `None` for the base
+    /// model (which wins over an adapter of the same name) and for unknown names.
+    pub(crate) fn lora_index(&self, model: &str) -> Option<usize> {
+        if model == self.model {
+            return None;
+        }
+        self.lora_modules.iter().position(|m| m == model)
+    }
+
+    /// The model name a request for adapter `lora` (or the base model) is answered under.
+    pub(crate) fn served_name(&self, lora: Option<usize>) -> &str {
+        lora.and_then(|i| self.lora_modules.get(i))
+            .unwrap_or(&self.model)
     }
 
     /// Block size actually used: at least one token, so block arithmetic never divides by 0.
@@ -131,5 +171,29 @@ mod tests {
         assert_eq!(c.effective_max_num_seqs(), 1);
         assert_eq!(c.effective_block_size(), 1);
         assert_eq!(c.num_blocks(), c.kv_cache_tokens);
+        assert_eq!(
+            SimConfig {
+                max_loras: 0,
+                ..SimConfig::default()
+            }
+            .effective_max_loras(),
+            1
+        );
+    }
+
+    #[test]
+    fn lora_names_resolve_and_the_base_model_wins() {
+        let c = SimConfig {
+            lora_modules: vec!["a".into(), "m".into(), "b".into()],
+            ..SimConfig::instant("m")
+        };
+        assert_eq!(SimConfig::default().max_loras, 1);
+        assert!(SimConfig::default().lora_modules.is_empty());
+        assert_eq!(c.lora_index("a"), Some(0));
+        assert_eq!(c.lora_index("b"), Some(2));
+        assert_eq!(c.lora_index("m"), None);
+        assert_eq!(c.lora_index("zz"), None);
+        assert_eq!(c.served_name(Some(2)), "b");
+        assert_eq!(c.served_name(None), "m");
     }
 }

@@ -6,10 +6,17 @@
 //!    went away are dropped from both queues (their KV is freed, their produced tokens counted);
 //! 2. waiting requests are admitted in order while `running < max_num_seqs` and the free KV
 //!    covers `prompt + max_tokens`; the first one that does not fit blocks the rest
-//!    (head-of-line, like vLLM); admission looks up and fills the prefix cache;
-//! 3. the step lasts `max(prefill of the requests admitted in it) + decode_step_base +
-//!    decode_step_per_seq × running` (a mixed prefill+decode batch slows every sequence),
-//!    where prefill = `prefill_overhead + uncached_prompt_tokens × prefill_per_token`;
+//!    (head-of-line, like vLLM); admission looks up and fills the prefix cache. A LoRA request
+//!    whose adapter is not in the batch while `max_loras` distinct adapters already are is
+//!    skipped and keeps its place, and admission goes on with the requests behind it (vLLM's
+//!    scheduler does the same); base-model requests are never limited by adapters. As in vLLM,
+//!    a resident adapter keeps admitting its new requests, so a skipped adapter waits until
+//!    the resident ones have no running request left;
+//! 3. the step lasts `lora loads + max(prefill of the requests admitted in it) +
+//!    decode_step_base + decode_step_per_seq × running` (a mixed prefill+decode batch slows
+//!    every sequence), where prefill = `prefill_overhead + uncached_prompt_tokens ×
+//!    prefill_per_token` and each adapter admitted while not in one of the `max_loras` slots
+//!    (least recently used slot evicted) costs `lora_load`;
 //! 4. at the end of the step every running sequence emits one token; finished ones free KV.
 //!
 //! So a request's TTFT = queueing + the step it was admitted in. Durations use
@@ -46,6 +53,8 @@ pub struct SeqRequest {
     pub prompt_ids: Vec<u32>,
     pub max_tokens: u64,
     pub abort_after: Option<u64>,
+    /// LoRA adapter (index into `SimConfig::lora_modules`); `None` for the base model.
+    pub lora: Option<usize>,
     /// When the HTTP request arrived; TTFT, queue time and e2e are measured from here.
     pub arrival: Instant,
 }
@@ -99,6 +108,8 @@ struct Params {
     prefill_per_token: Duration,
     decode_step_base: Duration,
     decode_step_per_seq: Duration,
+    max_loras: usize,
+    lora_load: Duration,
 }
 
 impl Params {
@@ -132,6 +143,7 @@ struct Running {
     kv_need: u64,
     generated: u64,
     clock: SeqClock,
+    lora: Option<usize>,
 }
 
 /// Cheap handle that submits requests to the engine task.
@@ -162,6 +174,8 @@ impl EngineHandle {
                 prefill_per_token: cfg.prefill_per_token,
                 decode_step_base: cfg.decode_step_base,
                 decode_step_per_seq: cfg.decode_step_per_seq,
+                max_loras: cfg.effective_max_loras(),
+                lora_load: cfg.lora_load,
             },
             rx,
             metrics: metrics.clone(),
@@ -169,6 +183,7 @@ impl EngineHandle {
             waiting: VecDeque::new(),
             running: Vec::new(),
             kv_used: 0,
+            lora_slots: VecDeque::new(),
         };
         tokio::spawn(engine.run());
         Self { tx, metrics }
@@ -179,10 +194,13 @@ impl EngineHandle {
     pub fn submit(&self, req: SeqRequest) -> mpsc::UnboundedReceiver<SeqEvent> {
         let (events, rx) = mpsc::unbounded_channel();
         // Counted as waiting from submission, so the gauge is right even mid-step.
+        let lora = req.lora;
         self.metrics.load.waiting.fetch_add(1, Ordering::Relaxed);
+        self.metrics.lora.waiting(lora, true);
         if self.tx.send(Entry { req, events }).is_err() {
             // The engine is gone (simulator shutting down): the closed receiver tells the caller.
             self.metrics.load.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.lora.waiting(lora, false);
         }
         rx
     }
@@ -196,6 +214,8 @@ struct Engine {
     waiting: VecDeque<Entry>,
     running: Vec<Running>,
     kv_used: u64,
+    /// Adapters loaded in the `max_loras` slots, least recently scheduled first.
+    lora_slots: VecDeque<usize>,
 }
 
 impl Engine {
@@ -215,13 +235,13 @@ impl Engine {
                 self.waiting.push_back(e);
             }
             self.reap_disconnected(Instant::now());
-            let prefill = self.admit(Instant::now());
+            let admission = self.admit(Instant::now());
             self.publish();
             if self.running.is_empty() {
                 step_end = None;
                 continue;
             }
-            let step = prefill.saturating_add(self.params.decode_step(self.running.len()));
+            let step = admission.saturating_add(self.params.decode_step(self.running.len()));
             if step.is_zero() {
                 // A zero-length step must still let other tasks (handlers) run.
                 tokio::task::yield_now().await;
@@ -256,6 +276,7 @@ impl Engine {
                 return true;
             }
             m.load.waiting.fetch_sub(1, Ordering::Relaxed);
+            m.lora.waiting(e.req.lora, false);
             let prompt = e.req.prompt_tokens();
             m.prompt_tokens.inc_by(prompt);
             m.finish(
@@ -272,6 +293,7 @@ impl Engine {
                 return true;
             }
             freed += r.kv_need;
+            m.lora.running(r.lora, false);
             m.finish(
                 FinishReason::Abort,
                 r.prompt_tokens,
@@ -283,23 +305,71 @@ impl Engine {
         self.kv_used -= freed;
     }
 
-    /// Admits waiting requests FCFS; returns the longest prefill among them.
+    /// Distinct adapters with a request in the running batch.
+    fn running_adapters(&self) -> usize {
+        self.lora_slots
+            .iter()
+            .filter(|&&a| self.metrics.lora.running_count(a) > 0)
+            .count()
+    }
+
+    /// Whether a request for `lora` may join the batch under `max_loras`.
+    fn lora_admissible(&self, lora: Option<usize>) -> bool {
+        let Some(a) = lora else {
+            return true;
+        };
+        self.metrics.lora.running_count(a) > 0 || self.running_adapters() < self.params.max_loras
+    }
+
+    /// Marks `lora` as the most recently used slot; returns the load cost if it was not loaded.
+    fn use_adapter(&mut self, lora: usize) -> Duration {
+        if let Some(pos) = self.lora_slots.iter().position(|&a| a == lora) {
+            self.lora_slots.remove(pos);
+            self.lora_slots.push_back(lora);
+            return Duration::ZERO;
+        }
+        if self.lora_slots.len() >= self.params.max_loras {
+            // Evict the least recently used adapter without running requests; one exists,
+            // since `lora` passed `lora_admissible` while not running.
+            let m = &self.metrics;
+            if let Some(pos) = self
+                .lora_slots
+                .iter()
+                .position(|&a| m.lora.running_count(a) == 0)
+            {
+                self.lora_slots.remove(pos);
+            }
+        }
+        self.lora_slots.push_back(lora);
+        self.params.lora_load
+    }
+
+    /// Admits waiting requests FCFS (LoRA requests over `max_loras` are skipped); returns the
+    /// step's admission cost: adapter loads plus the longest prefill.
     fn admit(&mut self, now: Instant) -> Duration {
         let mut prefill = Duration::ZERO;
-        while let Some(head) = self.waiting.front() {
+        let mut loads = Duration::ZERO;
+        // Index of the next candidate; the ones before it were skipped for `max_loras`.
+        let mut i = 0;
+        while let Some(head) = self.waiting.get(i) {
             if self.running.len() >= self.params.max_num_seqs {
                 break;
+            }
+            if !self.lora_admissible(head.req.lora) {
+                i += 1;
+                continue;
             }
             let need = head.req.kv_need();
             let fits = self.kv_used.saturating_add(need) <= self.params.kv_capacity;
             if !fits && !self.running.is_empty() {
                 break; // head-of-line: wait for running sequences to free KV
             }
-            let Some(Entry { req, events }) = self.waiting.pop_front() else {
+            let Some(Entry { req, events }) = self.waiting.remove(i) else {
                 break;
             };
             let m = &self.metrics;
             m.load.waiting.fetch_sub(1, Ordering::Relaxed);
+            m.lora.waiting(req.lora, false);
             if !fits {
                 // Larger than the whole cache; validation rejects these, so this only guards
                 // against a stall. Dropping `events` makes the handler answer with an error.
@@ -322,6 +392,10 @@ impl Engine {
                 let _ = events.send(SeqEvent::Aborted);
                 continue;
             }
+            if let Some(a) = req.lora {
+                loads = loads.saturating_add(self.use_adapter(a));
+            }
+            self.metrics.lora.running(req.lora, true);
             self.kv_used += need;
             self.running.push(Running {
                 events,
@@ -331,9 +405,10 @@ impl Engine {
                 kv_need: need,
                 generated: 0,
                 clock,
+                lora: req.lora,
             });
         }
-        prefill
+        loads.saturating_add(prefill)
     }
 
     /// Every running sequence emits one token; finished or disconnected ones leave the batch.
@@ -344,6 +419,7 @@ impl Engine {
             let last = r.generated + 1 >= r.max_tokens;
             if r.events.is_closed() {
                 freed += r.kv_need;
+                m.lora.running(r.lora, false);
                 m.finish(
                     FinishReason::Abort,
                     r.prompt_tokens,
@@ -363,6 +439,7 @@ impl Engine {
                     FinishReason::Abort
                 };
                 m.finish(reason, r.prompt_tokens, r.generated, r.clock.e2e(now));
+                m.lora.running(r.lora, false);
                 freed += r.kv_need;
                 let _ = r.events.send(SeqEvent::Token { last });
                 if cut {

@@ -6,7 +6,9 @@
 //! histograms, the prefix cache (behind a mutex), and `max_num_seqs` as a concurrency limit
 //! (a semaphore; requests queue for a permit and show up in `num_requests_waiting`).
 //! KV capacity is not modelled here beyond the `kv_tokens_used` figure: instant configs have
-//! a huge cache, so a KV wait would never happen.
+//! a huge cache, so a KV wait would never happen. LoRA requests are served without the
+//! `max_loras` residency limit (and with no load cost); they are still counted per adapter
+//! for `vllm:lora_requests_info`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -48,13 +50,15 @@ impl FastPath {
             Err(_) => {
                 // Full batch: wait, counted as waiting (the guard undoes it if we are dropped).
                 load.waiting.fetch_add(1, Ordering::Relaxed);
-                let _waiting = WaitingGuard(&self.metrics);
+                self.metrics.lora.waiting(req.lora, true);
+                let _waiting = WaitingGuard(&self.metrics, req.lora);
                 // The semaphore is never closed, so an error cannot happen; without a permit
                 // the request still runs rather than failing.
                 self.slots.clone().acquire_owned().await.ok()
             }
         };
         load.running.fetch_add(1, Ordering::Relaxed);
+        self.metrics.lora.running(req.lora, true);
         let prompt = req.prompt_ids.len() as u64;
         let cached = match self.cache.lock() {
             Ok(mut c) => c.lookup_and_insert(&req.prompt_ids),
@@ -79,6 +83,7 @@ impl FastPath {
             abort_after: req.abort_after,
             kv_need,
             generated: 0,
+            lora: req.lora,
             started: false,
             finished: false,
             clock: SeqClock::new(req.arrival),
@@ -86,11 +91,13 @@ impl FastPath {
     }
 }
 
-struct WaitingGuard<'a>(&'a Metrics);
+/// Undoes the waiting counts of a request when it stops waiting (admitted or dropped).
+struct WaitingGuard<'a>(&'a Metrics, Option<usize>);
 
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
         self.0.load.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.lora.waiting(self.1, false);
     }
 }
 
@@ -106,6 +113,7 @@ pub struct FastSeq {
     abort_after: Option<u64>,
     kv_need: u64,
     generated: u64,
+    lora: Option<usize>,
     started: bool,
     finished: bool,
     clock: SeqClock,
@@ -151,6 +159,7 @@ impl FastSeq {
             self.clock.e2e(Instant::now()),
         );
         m.load.running.fetch_sub(1, Ordering::Relaxed);
+        m.lora.running(self.lora, false);
         m.load
             .kv_tokens_used
             .fetch_sub(self.kv_need, Ordering::Relaxed);

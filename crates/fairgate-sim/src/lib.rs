@@ -6,6 +6,14 @@
 //! cares about: continuous batching under `max_num_seqs`, a KV-cache budget that makes requests
 //! wait, a block-hash prefix cache, and step times that grow with the batch.
 //!
+//! LoRA adapters ([`SimConfig::lora_modules`], like `vllm serve --enable-lora --lora-modules`)
+//! are served under their own model names, listed in `/v1/models` with the base model as
+//! `parent`, limited to [`SimConfig::max_loras`] distinct adapters in the running batch, and
+//! reported live in `vllm:lora_requests_info`.
+//!
+//! [`Simulator::set_healthy`] switches the instance to the state of a vLLM whose engine died:
+//! `/health` and `/ping` answer 503, and so does every inference route, before any byte.
+//!
 //! It is used in-process by `fairgate demo` and integration tests, standalone through
 //! `fairgate sim`, and (with [`SimConfig::instant`]) as the zero-latency backend of the gateway
 //! overhead benchmark.
@@ -20,13 +28,16 @@
 //! - [`config`]: [`SimConfig`], its defaults and the zero-latency profile.
 //! - [`tokenizer`]: the deterministic stand-in tokenizer and chat-template framing.
 //! - [`fault`]: the `x-sim-fault` header syntax and the random error/hang rates.
-//! - `engine`: the continuous-batching step loop (FCFS admission, KV budget, step timing).
+//! - `engine`: the continuous-batching step loop (FCFS admission, KV budget, `max_loras`
+//!   residency and adapter slots, step timing).
 //! - `prefix_cache`: vLLM-style chained block hashes with LRU eviction.
-//! - `fast`: the zero-latency path that answers without the step loop.
-//! - `metrics`: vLLM's Prometheus metrics in a per-simulator registry.
+//! - `fast`: the zero-latency path that answers without the step loop (no LoRA residency limit).
+//! - `metrics`: vLLM's Prometheus metrics in a per-simulator registry, with the per-adapter
+//!   running/waiting counts behind `vllm:lora_requests_info`.
 //! - `textgen`: deterministic output words and embedding vectors.
-//! - `api`: the axum routes and handlers; `api::wire` parses requests and builds vLLM error
-//!   bodies; `api::render` builds response bodies and SSE chunks.
+//! - `api`: the axum routes and handlers (model and adapter resolution, the health switch);
+//!   `api::wire` parses requests and builds vLLM error bodies; `api::render` builds response
+//!   bodies and SSE chunks.
 
 pub mod config;
 pub mod fault;
@@ -41,7 +52,7 @@ mod textgen;
 
 use axum::serve::ListenerExt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -76,6 +87,16 @@ pub struct SimStats {
     pub kv_tokens_used: u64,
 }
 
+/// Which LoRA adapters have requests in the running batch and in the waiting queue right now:
+/// the names `vllm:lora_requests_info` reports, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoraStats {
+    /// Adapters with at least one running request.
+    pub running_adapters: Vec<String>,
+    /// Adapters with at least one waiting request.
+    pub waiting_adapters: Vec<String>,
+}
+
 /// A simulated vLLM instance. Cheap to clone: all clones share one engine and one registry.
 #[derive(Clone, Debug)]
 pub struct Simulator {
@@ -92,6 +113,8 @@ struct Inner {
     /// Unique-per-instance salt and counter for response ids.
     id_salt: u64,
     next_id: AtomicU64,
+    /// Cleared by [`Simulator::set_healthy`] to play a dead engine.
+    healthy: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -147,6 +170,7 @@ impl Simulator {
                 started: Instant::now(),
                 id_salt,
                 next_id: AtomicU64::new(0),
+                healthy: AtomicBool::new(true),
             }),
         }
     }
@@ -174,6 +198,30 @@ impl Simulator {
             prefix_cache_hits_total: m.prefix_hits.get(),
             kv_tokens_used: m.load.kv_tokens_used.load(Ordering::Relaxed),
         }
+    }
+
+    /// Running and waiting LoRA adapters right now.
+    pub fn lora_stats(&self) -> LoraStats {
+        let lora = &self.inner.metrics.lora;
+        LoraStats {
+            running_adapters: lora.running_names(),
+            waiting_adapters: lora.waiting_names(),
+        }
+    }
+
+    /// Switches the instance between healthy (the default) and the state of a vLLM whose engine
+    /// died: while unhealthy, `/health` and `/ping` answer 503 with an empty body, and
+    /// `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings` answer 503 with a
+    /// vLLM-shaped error body before doing anything else. Requests already running go on.
+    /// Other routes (`/v1/models`, `/tokenize`, `/metrics`, `/version`) keep answering.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.inner.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// The state last set by [`Simulator::set_healthy`] (`true` by default). The startup delay
+    /// ([`SimConfig::startup_delay`]) is separate: `/health` answers 503 during it either way.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

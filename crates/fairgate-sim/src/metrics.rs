@@ -4,12 +4,21 @@
 //! Every series carries `model_name="<model>"` and `engine="0"`. Load gauges are read from
 //! atomics at scrape time. `vllm:num_preemptions_total` stays 0: the engine reserves a request's
 //! whole KV need at admission, so it never has to preempt.
+//!
+//! `vllm:lora_requests_info` is vLLM v1's info gauge: labels `max_lora` (the `--max-loras`
+//! value; `"0"` here when LoRA is off, where vLLM would not export the metric),
+//! `running_lora_adapters` and `waiting_lora_adapters` (comma-separated adapter names with
+//! running / waiting requests; sorted here), and as value the Unix time in seconds of the last
+//! change of those counts (of the simulator's start before any). vLLM keeps every label set it
+//! ever exported; here only the current one is, the stale series is removed when it changes.
+//! Like every series here it also carries `model_name` and `engine` (vLLM's has only the three).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::config::SimConfig;
@@ -72,11 +81,132 @@ pub struct Load {
     pub kv_tokens_used: AtomicU64,
 }
 
+fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Running and waiting requests per LoRA adapter (indexes into `SimConfig::lora_modules`),
+/// shared by the request path and the engine like [`Load`].
+#[derive(Debug)]
+pub struct LoraLoad {
+    names: Vec<String>,
+    /// Adapter indexes in name order, for the label values.
+    sorted: Vec<usize>,
+    running: Vec<AtomicUsize>,
+    waiting: Vec<AtomicUsize>,
+    /// `f64` bits of the Unix time of the last change.
+    updated: AtomicU64,
+}
+
+impl LoraLoad {
+    fn new(names: &[String]) -> Self {
+        let mut sorted: Vec<usize> = (0..names.len()).collect();
+        sorted.sort_by(|&a, &b| names[a].cmp(&names[b]));
+        Self {
+            names: names.to_vec(),
+            sorted,
+            running: names.iter().map(|_| AtomicUsize::new(0)).collect(),
+            waiting: names.iter().map(|_| AtomicUsize::new(0)).collect(),
+            updated: AtomicU64::new(unix_now_f64().to_bits()),
+        }
+    }
+
+    fn add(counts: &[AtomicUsize], lora: Option<usize>, up: bool) -> Option<()> {
+        let c = counts.get(lora?)?;
+        if up {
+            c.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(())
+    }
+
+    fn touch(&self, changed: Option<()>) {
+        if changed.is_some() {
+            self.updated
+                .store(unix_now_f64().to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// One more (`up`) or one less request of adapter `lora` waiting; no-op for the base model.
+    pub fn waiting(&self, lora: Option<usize>, up: bool) {
+        self.touch(Self::add(&self.waiting, lora, up));
+    }
+
+    /// One more (`up`) or one less request of adapter `lora` running; no-op for the base model.
+    pub fn running(&self, lora: Option<usize>, up: bool) {
+        self.touch(Self::add(&self.running, lora, up));
+    }
+
+    /// Requests of adapter `lora` running now.
+    pub fn running_count(&self, lora: usize) -> usize {
+        self.running
+            .get(lora)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn names_with(&self, counts: &[AtomicUsize]) -> Vec<String> {
+        self.sorted
+            .iter()
+            .filter(|&&i| counts[i].load(Ordering::Relaxed) > 0)
+            .map(|&i| self.names[i].clone())
+            .collect()
+    }
+
+    /// Sorted names of the adapters with running requests.
+    pub fn running_names(&self) -> Vec<String> {
+        self.names_with(&self.running)
+    }
+
+    /// Sorted names of the adapters with waiting requests.
+    pub fn waiting_names(&self) -> Vec<String> {
+        self.names_with(&self.waiting)
+    }
+}
+
+/// The `vllm:lora_requests_info` family and the label values it currently exports.
+struct LoraInfo {
+    gauge: GaugeVec,
+    max_lora: String,
+    /// `[max_lora, waiting, running]` of the exported series.
+    current: Mutex<Option<[String; 3]>>,
+}
+
+impl LoraInfo {
+    /// Exports the live label set only, valued with the time of the last change.
+    fn refresh(&self, lora: &LoraLoad) {
+        let labels = [
+            self.max_lora.clone(),
+            lora.waiting_names().join(","),
+            lora.running_names().join(","),
+        ];
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = current.as_ref().filter(|old| **old != labels) {
+            let old: Vec<&str> = old.iter().map(String::as_str).collect();
+            // Only fails if the series is already gone, which is what we want anyway.
+            let _ = self.gauge.remove_label_values(&old);
+        }
+        let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+        self.gauge
+            .with_label_values(&values)
+            .set(f64::from_bits(lora.updated.load(Ordering::Relaxed)));
+        *current = Some(labels);
+    }
+}
+
 /// All metric handles of one simulator.
 pub struct Metrics {
     registry: Registry,
     kv_capacity: u64,
     pub load: Load,
+    pub lora: LoraLoad,
+    lora_info: LoraInfo,
     running: IntGauge,
     waiting: IntGauge,
     kv_usage: Gauge,
@@ -164,13 +294,22 @@ impl Metrics {
         cache_info.set(1.0);
         registry.register(Box::new(cache_info))?;
 
-        let lora_info = Gauge::with_opts(
-            opts("vllm:lora_requests_info", "Running stats on lora requests.")
-                .const_label("max_lora", "0")
-                .const_label("running_lora_adapters", "")
-                .const_label("waiting_lora_adapters", ""),
+        let lora_gauge = GaugeVec::new(
+            opts("vllm:lora_requests_info", "Running stats on lora requests."),
+            &["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
         )?;
-        registry.register(Box::new(lora_info))?;
+        registry.register(Box::new(lora_gauge.clone()))?;
+        let lora = LoraLoad::new(&cfg.lora_modules);
+        let lora_info = LoraInfo {
+            gauge: lora_gauge,
+            max_lora: if cfg.lora_modules.is_empty() {
+                "0".to_owned()
+            } else {
+                cfg.effective_max_loras().to_string()
+            },
+            current: Mutex::new(None),
+        };
+        lora_info.refresh(&lora);
 
         let prompt_tokens = counter(
             "vllm:prompt_tokens_total",
@@ -205,6 +344,8 @@ impl Metrics {
         Ok(Self {
             kv_capacity: cfg.kv_cache_tokens,
             load: Load::default(),
+            lora,
+            lora_info,
             running,
             waiting,
             kv_usage,
@@ -279,6 +420,7 @@ impl Metrics {
             (kv as f64 / self.kv_capacity as f64).min(1.0)
         };
         self.kv_usage.set(perc);
+        self.lora_info.refresh(&self.lora);
         let mut buf = Vec::with_capacity(8192);
         // Encoding into a Vec only fails on inconsistent metric families, which we never build;
         // a partial body is still better than none for a scrape.
@@ -313,5 +455,60 @@ mod tests {
         assert!(text.contains("finished_reason=\"length\""));
         assert!(text.contains("enable_prefix_caching=\"True\""));
         assert_eq!(m.requests_total(), 1);
+    }
+
+    fn lora_lines(m: &Metrics) -> Vec<String> {
+        String::from_utf8(m.render())
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("vllm:lora_requests_info{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn lora_info_exports_only_the_live_label_set() {
+        let off = Metrics::new(&SimConfig::default()).unwrap();
+        let lines = lora_lines(&off);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("max_lora=\"0\""), "{lines:?}");
+
+        let m = Metrics::new(&SimConfig {
+            lora_modules: vec!["b".into(), "a".into()],
+            max_loras: 2,
+            ..SimConfig::default()
+        })
+        .unwrap();
+        let lines = lora_lines(&m);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("max_lora=\"2\""));
+        assert!(lines[0].contains("running_lora_adapters=\"\""));
+        assert!(lines[0].contains("waiting_lora_adapters=\"\""));
+
+        m.lora.waiting(Some(0), true);
+        m.lora.waiting(None, true); // the base model is not an adapter
+        let lines = lora_lines(&m);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("running_lora_adapters=\"\""), "{lines:?}");
+        assert!(
+            lines[0].contains("waiting_lora_adapters=\"b\""),
+            "{lines:?}"
+        );
+
+        m.lora.waiting(Some(0), false);
+        m.lora.running(Some(0), true);
+        m.lora.running(Some(1), true);
+        let lines = lora_lines(&m);
+        assert_eq!(lines.len(), 1, "stale series removed: {lines:?}");
+        assert!(
+            lines[0].contains("running_lora_adapters=\"a,b\""),
+            "{lines:?}"
+        );
+        assert!(lines[0].contains("waiting_lora_adapters=\"\""), "{lines:?}");
+        assert!(lines[0].contains("model_name=\"sim-model\""), "{lines:?}");
+        let ts: f64 = lines[0].rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(ts > 1.6e9, "a Unix timestamp: {ts}");
+        assert_eq!(m.lora.running_names(), vec!["a", "b"]);
+        assert!(m.lora.waiting_names().is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! Engine behaviour on paused (virtual) time, driving the router in-process: batching limits,
-//! KV waits, prefix-cache TTFT, batch-dependent step time, disconnects, delays.
+//! KV waits, prefix-cache TTFT, batch-dependent step time, disconnects, delays, LoRA residency.
 
 mod common;
 
@@ -47,7 +47,19 @@ async fn next_frame(s: &mut BodyDataStream) -> Option<Bytes> {
 
 /// Streams a chat request to the end, timestamping each token chunk.
 async fn stream_chat(sim: Simulator, t0: Instant, content: String, max_tokens: u64) -> Seen {
+    stream_chat_as(sim, t0, "sim", content, max_tokens).await
+}
+
+/// [`stream_chat`] for the model (or LoRA adapter) `model`.
+async fn stream_chat_as(
+    sim: Simulator,
+    t0: Instant,
+    model: &'static str,
+    content: String,
+    max_tokens: u64,
+) -> Seen {
     let mut body = chat_body(&content, max_tokens, true);
+    body["model"] = json!(model);
     body["stream_options"] = json!({"include_usage": true});
     let mut s = body_stream(call(&sim, "/v1/chat/completions", &[], &body).await);
     let mut raw = Vec::new();
@@ -353,4 +365,151 @@ async fn engine_histograms_use_virtual_time() {
     assert!((value("vllm:inter_token_latency_seconds_sum") - 0.024).abs() < 1e-9);
     assert!((value("vllm:e2e_request_latency_seconds_sum") - 0.064).abs() < 1e-9);
     assert_eq!(value("vllm:request_queue_time_seconds_sum"), 0.0);
+}
+
+/// Two adapters `a` and `b` on top of `sim`, no load cost unless a test sets one.
+fn lora_cfg(max_loras: usize) -> SimConfig {
+    SimConfig {
+        lora_modules: vec!["a".into(), "b".into()],
+        max_loras,
+        lora_load: Duration::ZERO,
+        ..cfg()
+    }
+}
+
+/// Every `vllm:lora_requests_info` series of a scrape.
+async fn lora_info(sim: &Simulator) -> Vec<String> {
+    text(get(sim, "/metrics").await)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("vllm:lora_requests_info{"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_loras_keeps_another_adapter_waiting_while_base_requests_run() {
+    let sim = Simulator::new(lora_cfg(1));
+    let t0 = Instant::now();
+    let spawn = |model: &'static str, max_tokens: u64| {
+        tokio::spawn(stream_chat_as(
+            sim.clone(),
+            t0,
+            model,
+            "hi".into(),
+            max_tokens,
+        ))
+    };
+    // Queue order: a, b, a again, the base model.
+    let a = spawn("a", 20);
+    let b = spawn("b", 5);
+    let a2 = spawn("a", 5);
+    let base = spawn("sim", 5);
+    sleep(MS).await;
+    let st = sim.stats();
+    assert_eq!(
+        (st.running, st.waiting),
+        (3, 1),
+        "b waits; a's second request and the base request pass it"
+    );
+    let lora = sim.lora_stats();
+    assert_eq!(lora.running_adapters, vec!["a"]);
+    assert_eq!(lora.waiting_adapters, vec!["b"]);
+    let info = lora_info(&sim).await;
+    assert_eq!(info.len(), 1, "only the live label set: {info:?}");
+    for label in [
+        "max_lora=\"1\"",
+        "running_lora_adapters=\"a\"",
+        "waiting_lora_adapters=\"b\"",
+        "model_name=\"sim\"",
+    ] {
+        assert!(info[0].contains(label), "{label} in {info:?}");
+    }
+
+    let (a, b, a2, base) = (
+        a.await.unwrap(),
+        b.await.unwrap(),
+        a2.await.unwrap(),
+        base.await.unwrap(),
+    );
+    assert_eq!(a2.first_token, a.first_token, "admitted in the same step");
+    assert_eq!(base.first_token, a.first_token, "admitted in the same step");
+    assert!(base.done < a.done);
+    assert!(
+        b.first_token > a.done,
+        "b waits until a has no running request"
+    );
+    for (seen, model) in [(&a, "a"), (&b, "b"), (&a2, "a"), (&base, "sim")] {
+        assert!(seen.events.iter().all(|e| e["model"] == model), "{model}");
+        assert_eq!(usage(seen)["completion_tokens"], seen.token_times.len());
+    }
+
+    let st = sim.stats();
+    assert_eq!((st.running, st.waiting, st.requests_total), (0, 0, 4));
+    assert_eq!(sim.lora_stats(), fairgate_sim::LoraStats::default());
+    let info = lora_info(&sim).await;
+    assert_eq!(info.len(), 1, "the stale series is gone: {info:?}");
+    assert!(info[0].contains("running_lora_adapters=\"\""), "{info:?}");
+    assert!(info[0].contains("waiting_lora_adapters=\"\""), "{info:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_loras_two_runs_two_adapters_together() {
+    let sim = Simulator::new(lora_cfg(2));
+    let t0 = Instant::now();
+    let a = tokio::spawn(stream_chat_as(sim.clone(), t0, "a", "hi".into(), 5));
+    let b = tokio::spawn(stream_chat_as(sim.clone(), t0, "b", "hi".into(), 5));
+    sleep(MS).await;
+    assert_eq!(sim.lora_stats().running_adapters, vec!["a", "b"]);
+    assert!(lora_info(&sim).await[0].contains("running_lora_adapters=\"a,b\""));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(a.first_token, b.first_token);
+}
+
+#[tokio::test(start_paused = true)]
+async fn adapter_load_cost_is_paid_when_an_adapter_takes_a_slot() {
+    for max_loras in [1, 2] {
+        let sim = Simulator::new(SimConfig {
+            lora_load: 7 * MS,
+            ..lora_cfg(max_loras)
+        });
+        // "hi" is 8 prompt tokens: prefill 28 ms + a 12 ms step, plus 7 ms per adapter load.
+        let mut ttft = Vec::new();
+        for model in ["sim", "a", "a", "b", "a"] {
+            let t0 = Instant::now();
+            ttft.push(
+                stream_chat_as(sim.clone(), t0, model, "hi".into(), 2)
+                    .await
+                    .first_token,
+            );
+        }
+        // With one slot, b evicts a and a must load again; with two, both stay loaded.
+        let last_a = if max_loras == 1 { 47 } else { 40 };
+        assert_eq!(
+            ttft,
+            [40, 47, 40, 47, last_a].map(|ms| ms * MS),
+            "max_loras {max_loras}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_path_serves_adapters_without_residency_limit() {
+    let sim = Simulator::new(SimConfig {
+        lora_modules: vec!["a".into(), "b".into()],
+        ..SimConfig::instant("sim")
+    });
+    // Both bodies unread: both sequences hold a slot at once despite max_loras = 1.
+    let mut a = chat_body("a", 4, true);
+    a["model"] = json!("a");
+    let mut b = chat_body("b", 4, true);
+    b["model"] = json!("b");
+    let ra = call(&sim, "/v1/chat/completions", &[], &a).await;
+    let rb = call(&sim, "/v1/chat/completions", &[], &b).await;
+    assert_eq!(sim.lora_stats().running_adapters, vec!["a", "b"]);
+    let (ea, _) = sse(&text(ra).await);
+    let (eb, _) = sse(&text(rb).await);
+    assert!(ea.iter().all(|e| e["model"] == "a"));
+    assert!(eb.iter().all(|e| e["model"] == "b"));
+    assert!(sim.lora_stats().running_adapters.is_empty());
 }

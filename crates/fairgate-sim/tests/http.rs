@@ -1,5 +1,5 @@
 //! HTTP-level tests over real sockets with reqwest: vLLM wire shapes, errors, fault injection,
-//! determinism and the metrics exposition.
+//! determinism, the metrics exposition, LoRA adapters and the health switch.
 
 mod common;
 
@@ -1002,4 +1002,163 @@ async fn many_concurrent_fast_requests_account_exactly() {
     assert_eq!((st.prompt_tokens_total, st.generation_tokens_total), (p, c));
     assert_eq!(st.requests_total, 40);
     assert_eq!((st.running, st.waiting, st.kv_tokens_used), (0, 0, 0));
+}
+
+/// `instant()` or `engine()` with two LoRA adapters.
+fn with_adapters(cfg: SimConfig) -> SimConfig {
+    SimConfig {
+        lora_modules: vec!["sql-lora".into(), "chat-lora".into()],
+        ..cfg
+    }
+}
+
+#[tokio::test]
+async fn lora_adapter_is_accepted_and_echoed_and_unknown_models_still_404() {
+    for cfg in [instant(), engine()] {
+        let s = serve(with_adapters(cfg)).await;
+        let mut body = chat_body("Hello there, simulator!", 3, false);
+        body["model"] = json!("sql-lora");
+        let resp = post(&s.url("/v1/chat/completions"), &body).await;
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["model"], "sql-lora");
+        assert_eq!(v["usage"]["completion_tokens"], 3);
+
+        body["model"] = json!("chat-lora");
+        body["stream"] = json!(true);
+        let text = post(&s.url("/v1/chat/completions"), &body)
+            .await
+            .text()
+            .await
+            .unwrap();
+        let (events, done) = sse(&text);
+        assert!(done);
+        assert!(events.iter().all(|e| e["model"] == "chat-lora"), "{text}");
+        assert_eq!(streamed_text(&events).split_whitespace().count(), 3);
+
+        let v: Value = post(
+            &s.url("/v1/completions"),
+            &json!({"model":"sql-lora","prompt":"abc","max_tokens":2}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(v["model"], "sql-lora");
+        let v: Value = post(
+            &s.url("/v1/embeddings"),
+            &json!({"model":"chat-lora","input":"abc"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(v["model"], "chat-lora");
+        let v: Value = post(&s.url("/v1/chat/completions"), &chat_body("x", 1, false))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["model"], "sim", "the base model is still served");
+
+        for (path, req) in [
+            (
+                "/v1/chat/completions",
+                json!({"model":"other-lora","messages":[{"role":"user","content":"x"}]}),
+            ),
+            (
+                "/v1/completions",
+                json!({"model":"other-lora","prompt":"x"}),
+            ),
+            ("/v1/embeddings", json!({"model":"other-lora","input":"x"})),
+        ] {
+            let v = error_of(post(&s.url(path), &req).await, 404).await;
+            assert_eq!(
+                v["error"]["message"], "The model `other-lora` does not exist.",
+                "{path}"
+            );
+        }
+        assert_eq!(s.sim.stats().requests_total, 5);
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn models_list_shows_adapters_with_their_parent() {
+    let s = serve(with_adapters(instant())).await;
+    let v: Value = reqwest::get(s.url("/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = v["data"].as_array().unwrap();
+    let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["sim", "sql-lora", "chat-lora"]);
+    assert_eq!(data[0]["root"], "sim");
+    assert_eq!(data[0]["parent"], Value::Null);
+    assert_eq!(data[0]["max_model_len"], 8192);
+    for m in &data[1..] {
+        assert_eq!(m["object"], "model");
+        assert_eq!(m["owned_by"], "vllm");
+        assert_eq!(m["root"], m["id"]);
+        assert_eq!(m["parent"], "sim");
+        // vLLM's adapter cards carry no max_model_len.
+        assert_eq!(m["max_model_len"], Value::Null);
+        assert_eq!(m["permission"][0]["object"], "model_permission");
+    }
+    let metrics = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let info: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("vllm:lora_requests_info{"))
+        .collect();
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert!(info[0].contains("max_lora=\"1\""), "{info:?}");
+}
+
+#[tokio::test]
+async fn health_switch_fails_health_and_inference_until_restored() {
+    for cfg in [instant(), engine()] {
+        let s = serve(cfg).await;
+        let client = reqwest::Client::new();
+        assert!(s.sim.is_healthy());
+        s.sim.set_healthy(false);
+        assert!(!s.sim.is_healthy());
+        let h = reqwest::get(s.url("/health")).await.unwrap();
+        assert_eq!(h.status(), 503);
+        assert!(h.bytes().await.unwrap().is_empty());
+        let ping = client.post(s.url("/ping")).send().await.unwrap();
+        assert_eq!(ping.status(), 503);
+        for (path, req) in [
+            ("/v1/chat/completions", chat_body("x", 2, false)),
+            ("/v1/chat/completions", chat_body("x", 2, true)),
+            ("/v1/completions", json!({"model":"sim","prompt":"x"})),
+            ("/v1/embeddings", json!({"model":"sim","input":"x"})),
+        ] {
+            let v = error_of(post(&s.url(path), &req).await, 503).await;
+            assert_eq!(v["error"]["type"], "ServiceUnavailableError", "{path}");
+        }
+        // Routes that need no engine keep answering.
+        let models = reqwest::get(s.url("/v1/models")).await.unwrap();
+        assert_eq!(models.status(), 200);
+        let st = s.sim.stats();
+        assert_eq!((st.requests_total, st.prompt_tokens_total), (0, 0));
+
+        s.sim.set_healthy(true);
+        assert!(s.sim.is_healthy());
+        let h = reqwest::get(s.url("/health")).await.unwrap();
+        assert_eq!(h.status(), 200);
+        let ping = reqwest::get(s.url("/ping")).await.unwrap();
+        assert_eq!(ping.status(), 200);
+        let resp = post(&s.url("/v1/chat/completions"), &chat_body("x", 2, false)).await;
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 2);
+        s.shutdown().await.unwrap();
+    }
 }

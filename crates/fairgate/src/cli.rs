@@ -124,6 +124,12 @@ struct SimArgs {
     slow_start_ms: Option<u64>,
     #[arg(long)]
     startup_delay_ms: Option<u64>,
+    /// LoRA adapter names served on top of the model, comma-separated (vLLM `--lora-modules`).
+    #[arg(long, value_delimiter = ',')]
+    lora_modules: Vec<String>,
+    /// Distinct LoRA adapters allowed in the running batch at once (vLLM `--max-loras`).
+    #[arg(long)]
+    max_loras: Option<usize>,
 }
 
 #[derive(Args)]
@@ -471,6 +477,10 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.startup_delay_ms {
         c.startup_delay = Duration::from_millis(v);
+    }
+    c.lora_modules = a.lora_modules;
+    if let Some(v) = a.max_loras {
+        c.max_loras = v;
     }
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await

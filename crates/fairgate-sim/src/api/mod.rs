@@ -1,6 +1,8 @@
 //! HTTP routes with vLLM's paths, status codes and JSON shapes.
 //!
-//! Inference requests go: parse (400 on malformed JSON or wrong types) → model check (404) →
+//! Inference requests go: health switch (503 while [`Simulator::set_healthy`] is off) → parse
+//! (400 on malformed JSON or wrong types) → model check (the base model or a LoRA adapter of
+//! `lora_modules`, else 404; responses echo the requested name) →
 //! limits (400: `n` ≠ 1, `max_tokens` < 1, empty prompt, prompt + max_tokens over
 //! `max_model_len` or over the whole KV cache, `stream_options` without `stream`) → delay
 //! (`slow_start` + `slow=`) → injected failure (`error` → 500, `hang`) → engine or fast path.
@@ -110,12 +112,23 @@ fn broken_response(status: StatusCode, prefix: Option<Bytes>) -> Response {
         .into_response()
 }
 
-fn check_model(sim: &Simulator, model: Option<&str>) -> Result<(), ApiError> {
+/// Resolves the requested model: `Ok(None)` for the base model, `Ok(Some(i))` for LoRA adapter
+/// `lora_modules[i]`, 404 for any other name.
+fn check_model(sim: &Simulator, model: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let cfg = sim.config();
     match model {
         // vLLM serves the default model when the field is absent or empty.
-        Some(m) if !m.is_empty() && m != sim.config().model => Err(ApiError::model_not_found(m)),
-        _ => Ok(()),
+        Some(m) if !m.is_empty() && m != cfg.model => match cfg.lora_index(m) {
+            Some(i) => Ok(Some(i)),
+            None => Err(ApiError::model_not_found(m)),
+        },
+        _ => Ok(None),
     }
+}
+
+/// The 503 every inference route answers while the simulator is switched unhealthy.
+fn unhealthy(sim: &Simulator) -> Option<Response> {
+    (!sim.is_healthy()).then(|| ApiError::engine_unhealthy().into_response())
 }
 
 fn fault_of(headers: &HeaderMap) -> Result<Fault, ApiError> {
@@ -140,6 +153,8 @@ struct Job {
     usage: StreamUsage,
     fault: Fault,
     body_hash: u64,
+    /// LoRA adapter the request names; `None` for the base model.
+    lora: Option<usize>,
 }
 
 /// Request fields shared by chat and completions, before validation.
@@ -160,7 +175,7 @@ fn validate(
     body: &[u8],
 ) -> Result<Job, ApiError> {
     let cfg = sim.config();
-    check_model(sim, spec.model)?;
+    let lora = check_model(sim, spec.model)?;
     if let Some(n) = spec.n.filter(|&n| n != 1) {
         return Err(ApiError::bad_request(format!(
             "n={n} is not supported by the simulator; only n=1"
@@ -221,6 +236,7 @@ fn validate(
         ),
         fault: fault_of(headers)?,
         body_hash: textgen::hash_bytes(body),
+        lora,
     })
 }
 
@@ -262,6 +278,9 @@ fn completion_job(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Result<J
 
 async fn chat(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let arrival = Instant::now();
+    if let Some(r) = unhealthy(&st.sim) {
+        return r;
+    }
     match chat_job(&st.sim, &headers, &body) {
         Ok(job) => run(&st, job, arrival).await,
         Err(e) => e.into_response(),
@@ -270,6 +289,9 @@ async fn chat(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Re
 
 async fn completions(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let arrival = Instant::now();
+    if let Some(r) = unhealthy(&st.sim) {
+        return r;
+    }
     match completion_job(&st.sim, &headers, &body) {
         Ok(job) => run(&st, job, arrival).await,
         Err(e) => e.into_response(),
@@ -307,6 +329,7 @@ async fn run(st: &AppState, job: Job, arrival: Instant) -> Response {
             prompt_ids: job.prompt_ids,
             max_tokens: job.max_tokens,
             abort_after: job.fault.abort_after,
+            lora: job.lora,
             arrival,
         })
         .await;
@@ -314,7 +337,7 @@ async fn run(st: &AppState, job: Job, arrival: Instant) -> Response {
     let head = Head {
         id: &id,
         created: unix_now(),
-        model: &cfg.model,
+        model: cfg.served_name(job.lora),
     };
     let rng = WordRng::new(cfg.seed, job.body_hash);
     if job.stream {
@@ -511,9 +534,12 @@ async fn embeddings(State(st): State<AppState>, headers: HeaderMap, body: Bytes)
     let arrival = Instant::now();
     let sim = &st.sim;
     let cfg = sim.config();
+    if let Some(r) = unhealthy(sim) {
+        return r;
+    }
     let parsed = (|| {
         let req: EmbeddingRequest = wire::parse(&body)?;
-        check_model(sim, req.model.as_deref())?;
+        let lora = check_model(sim, req.model.as_deref())?;
         let base64 = match req.encoding_format.as_deref() {
             None | Some("float") => false,
             Some("base64") => true,
@@ -538,9 +564,9 @@ async fn embeddings(State(st): State<AppState>, headers: HeaderMap, body: Bytes)
                 long.len()
             )));
         }
-        Ok((inputs, base64, fault_of(&headers)?))
+        Ok((inputs, base64, fault_of(&headers)?, lora))
     })();
-    let (inputs, base64, fault) = match parsed {
+    let (inputs, base64, fault, lora) = match parsed {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -584,7 +610,7 @@ async fn embeddings(State(st): State<AppState>, headers: HeaderMap, body: Bytes)
         id: format!("embd-{:032x}", sim.next_id()),
         object: "list",
         created: unix_now(),
-        model: &cfg.model,
+        model: cfg.served_name(lora),
         data,
         usage: EmbeddingUsage {
             prompt_tokens: total,
@@ -653,6 +679,9 @@ struct ModelPermission {
     is_blocking: bool,
 }
 
+/// One `/v1/models` entry. Like vLLM: the base model has `parent: null` and its
+/// `max_model_len`; a LoRA adapter has its path as `root`, the base model as `parent` and
+/// `max_model_len: null`.
 #[derive(Serialize)]
 struct ModelCard<'a> {
     id: &'a str,
@@ -660,46 +689,65 @@ struct ModelCard<'a> {
     created: u64,
     owned_by: &'static str,
     root: &'a str,
-    parent: Option<()>,
-    max_model_len: u64,
+    parent: Option<&'a str>,
+    max_model_len: Option<u64>,
     permission: [ModelPermission; 1],
 }
 
 #[derive(Serialize)]
 struct ModelList<'a> {
     object: &'static str,
-    data: [ModelCard<'a>; 1],
+    data: Vec<ModelCard<'a>>,
+}
+
+fn model_card<'a>(
+    sim: &Simulator,
+    created: u64,
+    id: &'a str,
+    parent: Option<&'a str>,
+    max_model_len: Option<u64>,
+) -> ModelCard<'a> {
+    ModelCard {
+        id,
+        object: "model",
+        created,
+        owned_by: "vllm",
+        root: id,
+        parent,
+        max_model_len,
+        permission: [ModelPermission {
+            id: format!("modelperm-{:032x}", sim.next_id()),
+            object: "model_permission",
+            created,
+            allow_create_engine: false,
+            allow_sampling: true,
+            allow_logprobs: true,
+            allow_search_indices: false,
+            allow_view: true,
+            allow_fine_tuning: false,
+            organization: "*",
+            group: None,
+            is_blocking: false,
+        }],
+    }
 }
 
 async fn models(State(st): State<AppState>) -> Response {
     let sim = &st.sim;
     let cfg = sim.config();
     let created = unix_now();
+    let base = model_card(sim, created, &cfg.model, None, Some(cfg.max_model_len));
+    let mut data = vec![base];
+    // Each adapter once, in configuration order; a name equal to the base model's is the base
+    // model (see `SimConfig::lora_index`).
+    for (i, a) in cfg.lora_modules.iter().enumerate() {
+        if cfg.lora_index(a) == Some(i) {
+            data.push(model_card(sim, created, a, Some(&cfg.model), None));
+        }
+    }
     let list = ModelList {
         object: "list",
-        data: [ModelCard {
-            id: &cfg.model,
-            object: "model",
-            created,
-            owned_by: "vllm",
-            root: &cfg.model,
-            parent: None,
-            max_model_len: cfg.max_model_len,
-            permission: [ModelPermission {
-                id: format!("modelperm-{:032x}", sim.next_id()),
-                object: "model_permission",
-                created,
-                allow_create_engine: false,
-                allow_sampling: true,
-                allow_logprobs: true,
-                allow_search_indices: false,
-                allow_view: true,
-                allow_fine_tuning: false,
-                organization: "*",
-                group: None,
-                is_blocking: false,
-            }],
-        }],
+        data,
     };
     json_response(
         StatusCode::OK,
@@ -707,10 +755,11 @@ async fn models(State(st): State<AppState>) -> Response {
     )
 }
 
-/// 200 with an empty body once started; 503 during the configured startup delay.
+/// 200 with an empty body once started; 503 during the configured startup delay and while
+/// switched unhealthy.
 async fn health(State(st): State<AppState>) -> StatusCode {
     let delay: Duration = st.sim.config().startup_delay;
-    if st.sim.started().elapsed() < delay {
+    if !st.sim.is_healthy() || st.sim.started().elapsed() < delay {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK

@@ -48,6 +48,16 @@ impl ApiError {
         Self::not_found(format!("The model `{model}` does not exist."))
     }
 
+    /// What every inference route answers while [`crate::Simulator::set_healthy`] is off.
+    pub fn engine_unhealthy() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "ServiceUnavailableError",
+            message: "EngineCore encountered an issue: the engine is unhealthy (simulated)."
+                .to_owned(),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
