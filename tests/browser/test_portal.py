@@ -1,20 +1,25 @@
 """The portal in real headless Chromium: sign-in, keys, history, usage, the operator's live
-fair-share view, the audit log and role checks. Explicit waits only."""
+fair-share view, tenant and group management, the audit log and role checks. Explicit waits
+only."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from _browser_support import WAIT_S, chat, http_json, shot
 
 
 def wait(driver, timeout: float = WAIT_S) -> WebDriverWait:
-    return WebDriverWait(driver, timeout, poll_frequency=0.2)
+    # While a page is being replaced, Chromium can answer a lookup with a generic error
+    # ("Node with given id does not belong to the document") instead of a stale-element
+    # one: retry those too until the wait runs out.
+    return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(WebDriverException,))
 
 
 def heading(driver) -> str:
@@ -105,6 +110,20 @@ def test_user_creates_uses_and_revokes_a_key(driver, gateway, make_user):
     assert "tokens" in driver.find_element(By.ID, "meta").text
     shot(driver, "05b-playground")
 
+    # Rotate: a new secret for the same key, shown once; the old one stops working at once.
+    open_page(driver, portal, "Your API keys")
+    key_row(driver, name).find_element(By.XPATH, ".//button[normalize-space()='Rotate']").click()
+    secret_el = wait(driver).until(EC.visibility_of_element_located((By.ID, "secret")))
+    assert heading(driver) == "Key rotated"
+    rotated = secret_el.text.strip()
+    assert rotated != secret and rotated.startswith(secret.rsplit("_", 1)[0] + "_"), (secret, rotated)
+    shot(driver, "05c-key-rotated")
+    status, text = chat(gateway, secret, "sim-llama")
+    assert status == 401, f"the old secret after rotation: HTTP {status}: {text[:300]}"
+    status, text = chat(gateway, rotated, "sim-llama")
+    assert status == 200, f"the rotated secret: HTTP {status}: {text[:300]}"
+    secret = rotated
+
     # Revoke in the browser; the API refuses the key from then on.
     open_page(driver, portal, "Your API keys")
     row = key_row(driver, name)
@@ -157,21 +176,118 @@ def test_operator_changes_weight_live_and_it_is_audited(driver, gateway):
     shot(driver, "07-audit")
 
 
+def submit(driver, form, button: str) -> None:
+    """Clicks `button` in `form` and waits until the page the POST leads to has loaded."""
+    # A mark on the old document: gone once the browser has replaced it.
+    driver.execute_script("window.__leaving = true")
+    form.find_element(By.XPATH, f".//button[normalize-space()='{button}']").click()
+    wait(driver).until(
+        lambda d: d.execute_script("return document.readyState === 'complete' && !window.__leaving"),
+        f"the form's `{button}` never led to a new page")
+
+
+def setting(driver, name: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, f"span[data-setting='{name}']").text
+
+
+def test_operator_creates_a_tenant_with_weight_and_limit_live(driver, gateway):
+    portal = gateway["portal_url"]
+    sign_in(driver, gateway, gateway["portal_email"], gateway["portal_password"])
+    driver.find_element(By.LINK_TEXT, "Manage tenants").click()
+    wait(driver).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "main h1"), "Operator: tenants and groups"))
+
+    suffix = uuid.uuid4().hex[:8]
+    group, tenant = f"dept-{suffix}", f"lab-{suffix}"
+
+    # A group first, so the new tenant can join it.
+    form = driver.find_element(By.ID, "new-group")
+    form.find_element(By.NAME, "name").send_keys(group)
+    weight = form.find_element(By.NAME, "weight")
+    weight.clear()
+    weight.send_keys("3")
+    submit(driver, form, "Add group")
+    wait(driver).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, f"span[data-group-weight='{group}']"), "3"))
+
+    # The tenant, with a weight, in that group; the portal goes on to its page.
+    form = driver.find_element(By.ID, "new-tenant")
+    form.find_element(By.NAME, "name").send_keys(tenant)
+    weight = form.find_element(By.NAME, "weight")
+    weight.clear()
+    weight.send_keys("4")
+    Select(form.find_element(By.NAME, "group")).select_by_value(group)
+    submit(driver, form, "Add tenant")
+    assert heading(driver) == f"Tenant {tenant}"
+    assert setting(driver, "weight") == "4" and setting(driver, "group") == group
+
+    # A limit: one request a minute, refused at once beyond that.
+    form = driver.find_element(By.ID, "policy")
+    form.find_element(By.NAME, "rpm").send_keys("1")
+    Select(form.find_element(By.NAME, "on_limit")).select_by_value("reject")
+    submit(driver, form, "Save limits")
+    assert "1 requests/min" in setting(driver, "limits"), setting(driver, "limits")
+    assert "reject at once" in setting(driver, "on_limit")
+
+    # A budget line without tokens or cost is refused with the reason, the form kept.
+    form = driver.find_element(By.ID, "budget")
+    submit(driver, form, "Save budget")
+    alert = driver.find_element(By.CSS_SELECTOR, "p.error[role='alert']")
+    assert "day budget: set `tokens` or `cost`" in alert.text, alert.text
+    shot(driver, "11-operator-form-error")
+    # Then a real one, in currency units.
+    form = driver.find_element(By.ID, "budget")
+    form.find_element(By.NAME, "tokens").send_keys("100000")
+    form.find_element(By.NAME, "cost").send_keys("1.50")
+    submit(driver, form, "Save budget")
+    assert "per day: 100000 tokens and cost 1.50" in setting(driver, "budgets"), setting(driver, "budgets")
+    shot(driver, "09-operator-tenant")
+
+    # The admin API stores what the forms said.
+    status, text = http_json("GET", f"{gateway['admin_url']}/tenants/{tenant}", token=gateway["admin_token"])
+    assert status == 200, text
+    t = json.loads(text)
+    assert (t["weight"], t["group"]) == (4, group), t
+    assert t["policy"]["limits"] == {"rpm": 1} and t["policy"]["on_limit"] == "reject", t
+    assert t["policy"]["budgets"] == [{"period": "day", "tokens": 100000, "cost": 1500000}], t
+
+    # The tenant list shows it with its policy.
+    open_page(driver, portal + "/operator/tenants", "Operator: tenants and groups")
+    link = driver.find_element(By.CSS_SELECTOR, f"a[data-tenant-link='{tenant}']")
+    row = link.find_element(By.XPATH, "./ancestor::tr").text
+    assert group in row and "1 requests/min" in row and "100000 tokens" in row, row
+    shot(driver, "10-operator-tenants")
+
+    # The live fair-share view has it with its weight, with no restart in between.
+    open_page(driver, portal + "/operator", "Operator: fair share")
+    cell = (By.CSS_SELECTOR, f"#live tr[data-tenant='{tenant}'] td.w")
+    WebDriverWait(driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: (c := d.find_elements(*cell)) and all(e.text == "4" for e in c),
+        f"live view never showed tenant {tenant} with weight 4")
+
+    # And the limit holds for real traffic: one request, then 429.
+    status, text = http_json("POST", gateway["admin_url"] + "/keys", token=gateway["admin_token"],
+                             body={"tenant": tenant, "name": "browser-limit"})
+    assert status == 201, text
+    key = json.loads(text)["key"]
+    first, _ = chat(gateway, key)
+    second, body = chat(gateway, key)
+    assert (first, second) == (200, 429), f"rpm=1, on_limit=reject: got {first}, {second}: {body[:300]}"
+
+
 def test_user_role_is_refused_operator_pages(driver, gateway, make_user):
     email, password = make_user("user")
     portal = gateway["portal_url"]
     sign_in(driver, gateway, email, password)
     nav = driver.find_element(By.CSS_SELECTOR, "nav").text
-    assert "Fair share" not in nav and "Audit log" not in nav, nav
+    assert "Fair share" not in nav and "Manage tenants" not in nav and "Audit log" not in nav, nav
 
-    for path in ("/operator", "/audit"):
+    for path in ("/operator", "/operator/tenants", "/audit"):
         open_page(driver, portal + path, "Forbidden")
         assert "may not use this page" in driver.find_element(By.CSS_SELECTOR, "main").text
     shot(driver, "08-forbidden")
 
     # The same session cookie over plain HTTP: the status really is 403, the JSON API too.
     cookie = "; ".join(f"{c['name']}={c['value']}" for c in driver.get_cookies())
-    for path in ("/operator", "/audit", "/api/scheduler"):
+    for path in ("/operator", "/operator/tenants", "/audit", "/api/scheduler"):
         status, _ = http_json("GET", portal + path, cookie=cookie)
         assert status == 403, f"GET /portal{path} as a user: HTTP {status}"
 

@@ -111,7 +111,7 @@ async fn reload(st: &AppState) -> Result<(), ApiError> {
         .map_err(ApiError::from)
 }
 
-fn valid_name(kind: &str, name: &str) -> Result<(), ApiError> {
+pub(crate) fn valid_name(kind: &str, name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -128,7 +128,7 @@ fn valid_name(kind: &str, name: &str) -> Result<(), ApiError> {
 
 const MAX_WEIGHT: u32 = 1_000_000;
 
-fn valid_weight(w: u32) -> Result<u32, ApiError> {
+pub(crate) fn valid_weight(w: u32) -> Result<u32, ApiError> {
     if (1..=MAX_WEIGHT).contains(&w) {
         Ok(w)
     } else {
@@ -195,7 +195,7 @@ fn period_name(p: fairgate_types::BudgetPeriod) -> &'static str {
     }
 }
 
-fn check_tenant_policy(p: &TenantPolicy) -> Result<(), ApiError> {
+pub(crate) fn check_tenant_policy(p: &TenantPolicy) -> Result<(), ApiError> {
     check_limits("policy.limits", &p.limits)?;
     check_budgets("policy.budgets", &p.budgets)?;
     if p.max_queue == Some(0) {

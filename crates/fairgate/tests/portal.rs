@@ -1,6 +1,7 @@
 //! The browser portal over plain HTTP: sign-in and sessions, CSRF and origin checks, a key
-//! shown exactly once and usable through the OpenAI API, history and usage, revocation,
-//! role checks on every operator route, live weight changes and the audit log.
+//! shown exactly once and usable through the OpenAI API, history and usage, revocation and
+//! rotation, role checks on every operator route, live weight changes, operator management of
+//! tenants, groups, limits and budgets (live, validated, audited) and the audit log.
 
 mod common;
 
@@ -261,27 +262,43 @@ async fn operator_routes_refuse_other_roles_and_weight_changes_are_live_and_audi
         .await;
     assert_eq!(r.status(), 200);
 
+    // A budget line, so that removing it would be a change the role check must prevent.
+    let (s, v) = gw
+        .admin(
+            Method::PATCH,
+            "/tenants/lab",
+            Some(json!({"policy": {"budgets": [{"period": "day", "tokens": 1000000}]}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, lab_before) = gw.admin(Method::GET, "/tenants/lab", None).await;
+
     for who in ["user@example.org", "lead@example.org"] {
         let cookie = session_cookie(&sign_in(&gw, who, PASSWORD).await);
         let (_, page) = get_page(&gw, &cookie, "/portal").await;
         let csrf = csrf_of(&page);
-        for path in ["/portal/operator", "/portal/audit", "/portal/api/scheduler"] {
+        for path in OPERATOR_PAGES {
             let (s, _) = get_page(&gw, &cookie, path).await;
             assert_eq!(s, 403, "{who} GET {path}");
         }
-        let r = post_form(
-            &gw,
-            &cookie,
-            "/portal/operator/tenants/lab/weight",
-            &[("csrf", &csrf), ("weight", "9")],
-        )
-        .await;
-        assert_eq!(r.status(), 403, "{who} may not change weights");
+        for (path, fields) in operator_posts() {
+            let mut form = vec![("csrf", csrf.as_str())];
+            form.extend(fields);
+            let r = post_form(&gw, &cookie, path, &form).await;
+            assert_eq!(r.status(), 403, "{who} POST {path}");
+        }
         assert!(
             !page.contains("/portal/operator"),
             "no operator link for {who}"
         );
     }
+    // Nothing the refused posts asked for happened.
+    let (_, lab) = gw.admin(Method::GET, "/tenants/lab", None).await;
+    assert_eq!(lab, lab_before);
+    let (s, _) = gw.admin(Method::GET, "/tenants/sneaky", None).await;
+    assert_eq!(s, 404);
+    let (s, _) = gw.admin(Method::GET, "/groups/sneaky", None).await;
+    assert_eq!(s, 404);
 
     let cookie = session_cookie(&sign_in(&gw, "ops@example.org", PASSWORD).await);
     let (s, page) = get_page(&gw, &cookie, "/portal/operator").await;
@@ -325,6 +342,625 @@ async fn operator_routes_refuse_other_roles_and_weight_changes_are_live_and_audi
     assert!(audit.contains("tenant.update"));
     assert!(audit.contains("ops@example.org"));
     assert!(audit.contains("&quot;weight&quot;:1") && audit.contains("&quot;weight&quot;:7"));
+    gw.shutdown().await;
+}
+
+/// Every operator page (GET).
+const OPERATOR_PAGES: [&str; 5] = [
+    "/portal/operator",
+    "/portal/operator/tenants",
+    "/portal/operator/tenants/lab",
+    "/portal/audit",
+    "/portal/api/scheduler",
+];
+
+/// Form fields, in order.
+type Fields = Vec<(&'static str, &'static str)>;
+
+/// Every operator change (POST) with valid fields, all about tenant `lab` or new names.
+fn operator_posts() -> Vec<(&'static str, Fields)> {
+    vec![
+        ("/portal/operator/tenants/lab/weight", vec![("weight", "9")]),
+        (
+            "/portal/operator/tenants",
+            vec![("name", "sneaky"), ("weight", "1")],
+        ),
+        ("/portal/operator/tenants/lab/group", vec![("group", "")]),
+        (
+            "/portal/operator/tenants/lab/policy",
+            vec![("rpm", "1"), ("on_limit", "reject")],
+        ),
+        (
+            "/portal/operator/tenants/lab/budgets",
+            vec![("period", "month"), ("tokens", "5")],
+        ),
+        ("/portal/operator/tenants/lab/budgets/day/remove", vec![]),
+        (
+            "/portal/operator/groups",
+            vec![("name", "sneaky"), ("weight", "1")],
+        ),
+        (
+            "/portal/operator/groups/sneaky/weight",
+            vec![("weight", "5")],
+        ),
+    ]
+}
+
+async fn audit_entries(gw: &TestGateway) -> Vec<Value> {
+    let (s, v) = gw.admin(Method::GET, "/audit?limit=1000", None).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"].as_array().unwrap().clone()
+}
+
+fn parse_json(s: &Value) -> Value {
+    s.as_str()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn operator_sets_up_groups_tenants_limits_and_budgets_live_and_audited() {
+    let sim = Sim::start(SimConfig::instant("m")).await;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
+    user(&gw, "ops@example.org", "operator", None).await;
+    let cookie = session_cookie(&sign_in(&gw, "ops@example.org", PASSWORD).await);
+    let (s, page) = get_page(&gw, &cookie, "/portal/operator/tenants").await;
+    assert_eq!(s, 200);
+    assert!(page.contains("Add a tenant") && page.contains("Add a group"));
+    assert!(
+        page.contains("href=\"/portal/operator/tenants\""),
+        "nav link"
+    );
+    let csrf = csrf_of(&page);
+    let post = |path: &'static str, fields: Vec<(&'static str, &'static str)>| {
+        let mut form = vec![("csrf", csrf.clone())];
+        form.extend(fields.into_iter().map(|(k, v)| (k, v.to_owned())));
+        let cookie = cookie.clone();
+        let base = gw.base.clone();
+        async move {
+            browser()
+                .post(format!("{base}{path}"))
+                .header(header::COOKIE, cookie)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let expect_redirect = |r: reqwest::Response, to: &str| {
+        assert_eq!(r.status(), 303, "{:?}", r.url());
+        assert_eq!(r.headers()[header::LOCATION], to);
+    };
+
+    // A group, then a new weight for it.
+    let r = post(
+        "/portal/operator/groups",
+        vec![("name", "science"), ("weight", "3")],
+    )
+    .await;
+    expect_redirect(r, "/portal/operator/tenants");
+    let r = post(
+        "/portal/operator/groups/science/weight",
+        vec![("weight", "4")],
+    )
+    .await;
+    expect_redirect(r, "/portal/operator/tenants");
+    let (_, g) = gw.admin(Method::GET, "/groups/science", None).await;
+    assert_eq!(g, json!({"name": "science", "weight": 4}));
+
+    // A tenant in it; the portal goes on to the tenant's page.
+    let r = post(
+        "/portal/operator/tenants",
+        vec![("name", "chem"), ("weight", "2"), ("group", "science")],
+    )
+    .await;
+    expect_redirect(r, "/portal/operator/tenants/chem");
+    let (s, detail) = get_page(&gw, &cookie, "/portal/operator/tenants/chem").await;
+    assert_eq!(s, 200);
+    assert!(detail.contains("<h1>Tenant chem</h1>"), "{detail}");
+
+    // Limits, queueing and the hard cap.
+    let r = post(
+        "/portal/operator/tenants/chem/policy",
+        vec![
+            ("rpm", "1"),
+            ("tpm", ""),
+            ("max_concurrent", "2"),
+            ("on_limit", "reject"),
+            ("max_queue", "5"),
+            ("max_wait_ms", "1000"),
+            ("hard_cap", "on"),
+        ],
+    )
+    .await;
+    expect_redirect(r, "/portal/operator/tenants/chem");
+    // Budgets: add two lines (cost in currency units, stored as micros) ...
+    let r = post(
+        "/portal/operator/tenants/chem/budgets",
+        vec![("period", "day"), ("tokens", "100000"), ("cost", "2.5")],
+    )
+    .await;
+    expect_redirect(r, "/portal/operator/tenants/chem");
+    let r = post(
+        "/portal/operator/tenants/chem/budgets",
+        vec![("period", "month"), ("tokens", ""), ("cost", "10")],
+    )
+    .await;
+    expect_redirect(r, "/portal/operator/tenants/chem");
+    let (_, t) = gw.admin(Method::GET, "/tenants/chem", None).await;
+    assert_eq!(
+        t["policy"]["budgets"],
+        json!([
+            {"period": "day", "tokens": 100000, "cost": 2500000},
+            {"period": "month", "cost": 10000000}
+        ]),
+        "{t}"
+    );
+    // ... change one and remove the other.
+    let r = post(
+        "/portal/operator/tenants/chem/budgets",
+        vec![("period", "day"), ("tokens", "50000"), ("cost", "")],
+    )
+    .await;
+    expect_redirect(r, "/portal/operator/tenants/chem");
+    let r = post("/portal/operator/tenants/chem/budgets/month/remove", vec![]).await;
+    expect_redirect(r, "/portal/operator/tenants/chem");
+
+    // The admin API sees exactly what the forms said.
+    let (s, t) = gw.admin(Method::GET, "/tenants/chem", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(t["weight"], 2);
+    assert_eq!(t["group"], "science");
+    assert_eq!(
+        t["policy"],
+        json!({
+            "limits": {"rpm": 1, "max_concurrent": 2},
+            "budgets": [{"period": "day", "tokens": 50000}],
+            "max_queue": 5,
+            "max_wait_ms": 1000,
+            "on_limit": "reject",
+            "hard_cap": true
+        }),
+        "{t}"
+    );
+
+    // The pages show the current policy.
+    let (_, detail) = get_page(&gw, &cookie, "/portal/operator/tenants/chem").await;
+    assert!(
+        detail.contains("1 requests/min, 2 concurrent, 5 queued per model, 1000 ms max wait"),
+        "{detail}"
+    );
+    assert!(detail.contains("reject at once (429)"), "{detail}");
+    assert!(
+        detail.contains("per day: 50000 tokens (hard cap)"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("name=\"rpm\" type=\"number\" min=\"1\" value=\"1\""),
+        "the form shows the current rpm"
+    );
+    let (_, list) = get_page(&gw, &cookie, "/portal/operator/tenants").await;
+    assert!(list.contains("data-tenant-link=\"chem\""), "{list}");
+    assert!(list.contains("per day: 50000 tokens"), "{list}");
+    assert!(list.contains("data-group-weight=\"science\">4<"), "{list}");
+
+    // Live: the scheduler has the new tenant with its weight, and its limit refuses the
+    // second request in the minute, with no restart in between.
+    let (_, body) = get_page(&gw, &cookie, "/portal/api/scheduler").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let chem = v["models"][0]["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "chem")
+        .cloned()
+        .unwrap_or_else(|| panic!("chem not in the live view: {v}"));
+    assert_eq!(chem["weight"], 2, "{v}");
+    let (_, key) = gw.key("chem", None).await;
+    let r = gw
+        .post(&key, "/v1/chat/completions", chat("m", 3, false))
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = gw
+        .post(&key, "/v1/chat/completions", chat("m", 3, false))
+        .await;
+    assert_eq!(r.status(), 429, "rpm=1 with on_limit=reject");
+    // Lifting the limit in the portal lets the next request through at once.
+    let r = post(
+        "/portal/operator/tenants/chem/policy",
+        vec![("rpm", ""), ("on_limit", "reject")],
+    )
+    .await;
+    expect_redirect(r, "/portal/operator/tenants/chem");
+    let r = gw
+        .post(&key, "/v1/chat/completions", chat("m", 3, false))
+        .await;
+    assert_eq!(
+        r.status(),
+        200,
+        "the lifted limit applies to the next request"
+    );
+
+    // Ungroup, then back into the group.
+    let r = post("/portal/operator/tenants/chem/group", vec![("group", "")]).await;
+    expect_redirect(r, "/portal/operator/tenants/chem");
+    let (_, t) = gw.admin(Method::GET, "/tenants/chem", None).await;
+    assert_eq!(t["group"], Value::Null);
+    let r = post(
+        "/portal/operator/tenants/chem/group",
+        vec![("group", "science")],
+    )
+    .await;
+    expect_redirect(r, "/portal/operator/tenants/chem");
+    let (_, t) = gw.admin(Method::GET, "/tenants/chem", None).await;
+    assert_eq!(t["group"], "science");
+
+    // Every change is in the audit log under the operator's name, with before and after.
+    let audit = audit_entries(&gw).await;
+    let mine: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["actor"] == "ops@example.org")
+        .collect();
+    let of = |action: &str, target: &str| -> Vec<(Value, Value)> {
+        mine.iter()
+            .filter(|e| e["action"] == action && e["target"] == target)
+            .map(|e| (parse_json(&e["before"]), parse_json(&e["after"])))
+            .collect()
+    };
+    let groups = of("group.set", "group:science");
+    assert!(
+        groups.contains(&(Value::Null, json!({"name": "science", "weight": 3}))),
+        "{groups:?}"
+    );
+    assert!(groups.contains(&(
+        json!({"name": "science", "weight": 3}),
+        json!({"name": "science", "weight": 4})
+    )));
+    let created = of("tenant.create", "tenant:chem");
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].0, Value::Null);
+    assert_eq!(created[0].1["weight"], 2);
+    assert_eq!(created[0].1["group"], "science");
+    let updates = of("tenant.update", "tenant:chem");
+    assert_eq!(
+        updates.len(),
+        8,
+        "policy twice, budgets four times, group twice"
+    );
+    assert!(updates
+        .iter()
+        .any(|(b, a)| b["policy"]["limits"].is_null() && a["policy"]["limits"]["rpm"] == 1));
+    assert!(updates
+        .iter()
+        .any(
+            |(b, a)| b["policy"]["budgets"].as_array().map(Vec::len) == Some(2)
+                && a["policy"]["budgets"].as_array().map(Vec::len) == Some(1)
+        ));
+    assert!(updates
+        .iter()
+        .any(|(b, a)| b["group"] == "science" && a["group"].is_null()));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn operator_forms_refuse_bad_input_with_a_message_and_change_nothing() {
+    let sim = Sim::start(SimConfig::instant("m")).await;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
+    gw.tenant("lab", 1).await;
+    let (s, _) = gw
+        .admin(Method::PUT, "/groups/science", Some(json!({"weight": 2})))
+        .await;
+    assert_eq!(s, 200);
+    user(&gw, "ops@example.org", "operator", None).await;
+    let cookie = session_cookie(&sign_in(&gw, "ops@example.org", PASSWORD).await);
+    let (_, page) = get_page(&gw, &cookie, "/portal/operator/tenants").await;
+    let csrf = csrf_of(&page);
+    let (_, lab_before) = gw.admin(Method::GET, "/tenants/lab", None).await;
+    let audit_before = audit_entries(&gw).await.len();
+
+    // (path, fields, the message the page must show)
+    let cases: Vec<(&str, Fields, &str)> = vec![
+        (
+            "/portal/operator/tenants",
+            vec![("name", "chem"), ("weight", "-3")],
+            "weight: `-3` is not a whole number",
+        ),
+        (
+            "/portal/operator/tenants",
+            vec![("name", "chem"), ("weight", "abc")],
+            "weight: `abc` is not a whole number",
+        ),
+        (
+            "/portal/operator/tenants",
+            vec![("name", "chem"), ("weight", "0")],
+            "weight must be between 1 and 1000000",
+        ),
+        (
+            "/portal/operator/tenants",
+            vec![("name", "bad name!"), ("weight", "1")],
+            "tenant name `bad name!` is invalid",
+        ),
+        (
+            "/portal/operator/tenants",
+            vec![("name", "chem"), ("weight", "1"), ("group", "nope")],
+            "group `nope` does not exist",
+        ),
+        (
+            "/portal/operator/tenants",
+            vec![("name", "lab"), ("weight", "1")],
+            "tenant `lab` already exists",
+        ),
+        (
+            "/portal/operator/groups",
+            vec![("name", "science"), ("weight", "5")],
+            "group `science` already exists",
+        ),
+        (
+            "/portal/operator/groups",
+            vec![("name", "physics"), ("weight", "x")],
+            "weight: `x` is not a whole number",
+        ),
+        (
+            "/portal/operator/groups/science/weight",
+            vec![("weight", "0")],
+            "weight must be between 1 and 1000000",
+        ),
+        (
+            "/portal/operator/tenants/lab/weight",
+            vec![("weight", "-1")],
+            "weight: `-1` is not a whole number",
+        ),
+        (
+            "/portal/operator/tenants/lab/weight",
+            vec![("weight", "1.5"), ("from", "tenant")],
+            "weight: `1.5` is not a whole number",
+        ),
+        (
+            "/portal/operator/tenants/lab/group",
+            vec![("group", "nope")],
+            "group `nope` does not exist",
+        ),
+        (
+            "/portal/operator/tenants/lab/policy",
+            vec![("rpm", "0")],
+            "rpm: must be at least 1 (leave it empty for no limit)",
+        ),
+        (
+            "/portal/operator/tenants/lab/policy",
+            vec![("rpm", "abc")],
+            "rpm: `abc` is not a whole number",
+        ),
+        (
+            "/portal/operator/tenants/lab/policy",
+            vec![("max_concurrent", "-2")],
+            "max_concurrent: `-2` is not a whole number",
+        ),
+        (
+            "/portal/operator/tenants/lab/policy",
+            vec![("max_queue", "0")],
+            "max_queue: must be at least 1",
+        ),
+        (
+            "/portal/operator/tenants/lab/policy",
+            vec![("max_wait_ms", "4000000")],
+            "max_wait_ms: must be at most 3600000",
+        ),
+        (
+            "/portal/operator/tenants/lab/policy",
+            vec![("on_limit", "sometimes")],
+            "on_limit: `sometimes` must be `queue` or `reject`",
+        ),
+        (
+            "/portal/operator/tenants/lab/budgets",
+            vec![("period", "day")],
+            "day budget: set `tokens` or `cost` (or both)",
+        ),
+        (
+            "/portal/operator/tenants/lab/budgets",
+            vec![("period", "week"), ("tokens", "1")],
+            "period: `week` must be `day` or `month`",
+        ),
+        (
+            "/portal/operator/tenants/lab/budgets",
+            vec![("period", "day"), ("tokens", "0")],
+            "day budget tokens: must be at least 1",
+        ),
+        (
+            "/portal/operator/tenants/lab/budgets",
+            vec![("period", "day"), ("cost", "0")],
+            "day budget cost: must be at least 1 micro",
+        ),
+        (
+            "/portal/operator/tenants/lab/budgets",
+            vec![("period", "day"), ("cost", "-1")],
+            "cost: `-1` is not an amount",
+        ),
+        (
+            "/portal/operator/tenants/lab/budgets",
+            vec![("period", "month"), ("cost", "1.2345678")],
+            "cost: `1.2345678` has more than 6 decimal places",
+        ),
+        (
+            "/portal/operator/tenants/lab/budgets/day/remove",
+            vec![],
+            "there is no day budget to remove",
+        ),
+    ];
+    for (path, fields, want) in &cases {
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend(fields.iter().copied());
+        let r = post_form(&gw, &cookie, path, &form).await;
+        assert_eq!(r.status(), 400, "POST {path} {fields:?}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("role=\"alert\""),
+            "POST {path} {fields:?}: no alert"
+        );
+        assert!(
+            body.contains(&format!("Not saved: {want}")),
+            "POST {path} {fields:?}: want `{want}` in\n{body}"
+        );
+        assert!(body.contains("<form"), "the form comes back");
+        // What was typed is still in the form.
+        for (k, v) in fields {
+            if !v.is_empty() && *k != "period" && *k != "from" && *k != "group" && *k != "on_limit"
+            {
+                assert!(
+                    body.contains(&format!("name=\"{k}\""))
+                        && body.contains(&format!("value=\"{v}\"")),
+                    "POST {path}: `{k}={v}` not kept"
+                );
+            }
+        }
+    }
+
+    // The missing CSRF token and a foreign origin are refused outright.
+    for (path, fields) in operator_posts() {
+        let r = post_form(&gw, &cookie, path, &fields).await;
+        assert_eq!(r.status(), 403, "POST {path} without CSRF token");
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend(fields);
+        let r = browser()
+            .post(format!("{}{path}", gw.base))
+            .header(header::COOKIE, &cookie)
+            .header(header::ORIGIN, "https://evil.example")
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "POST {path} from another origin");
+    }
+    // An unknown tenant is a 404 page, not an error.
+    let (s, body) = get_page(&gw, &cookie, "/portal/operator/tenants/nobody").await;
+    assert_eq!(s, 404);
+    assert!(body.contains("no tenant `nobody`"), "{body}");
+
+    // Nothing changed, and nothing was audited.
+    let (_, lab) = gw.admin(Method::GET, "/tenants/lab", None).await;
+    assert_eq!(lab, lab_before);
+    for missing in [
+        "/tenants/chem",
+        "/tenants/sneaky",
+        "/groups/physics",
+        "/groups/sneaky",
+    ] {
+        let (s, _) = gw.admin(Method::GET, missing, None).await;
+        assert_eq!(s, 404, "{missing}");
+    }
+    let (_, g) = gw.admin(Method::GET, "/groups/science", None).await;
+    assert_eq!(g["weight"], 2);
+    assert_eq!(audit_entries(&gw).await.len(), audit_before);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn rotating_a_key_shows_the_new_secret_once_and_kills_the_old_one() {
+    let sim = Sim::start(SimConfig::instant("m")).await;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
+    gw.tenant("lab", 1).await;
+    user(&gw, "ada@example.org", "user", Some("lab")).await;
+    user(&gw, "bob@example.org", "user", Some("lab")).await;
+    user(&gw, "ops@example.org", "operator", None).await;
+
+    let ada = session_cookie(&sign_in(&gw, "ada@example.org", PASSWORD).await);
+    let (_, page) = get_page(&gw, &ada, "/portal").await;
+    let csrf = csrf_of(&page);
+    let r = post_form(
+        &gw,
+        &ada,
+        "/portal/keys",
+        &[("csrf", &csrf), ("name", "laptop")],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let old = secret_of(&r.text().await.unwrap());
+    let key_id = old.split('_').nth(1).unwrap().to_owned();
+    let rotate = format!("/portal/keys/{key_id}/rotate");
+    let (_, page) = get_page(&gw, &ada, "/portal").await;
+    assert!(
+        page.contains(&format!("action=\"{rotate}\"")),
+        "a Rotate button"
+    );
+
+    // No CSRF token, or another user's key: refused, and the old secret still works.
+    let r = post_form(&gw, &ada, &rotate, &[]).await;
+    assert_eq!(r.status(), 403);
+    let bob = session_cookie(&sign_in(&gw, "bob@example.org", PASSWORD).await);
+    let (_, bob_page) = get_page(&gw, &bob, "/portal").await;
+    let r = post_form(&gw, &bob, &rotate, &[("csrf", &csrf_of(&bob_page))]).await;
+    assert_eq!(r.status(), 403, "bob may not rotate ada's key");
+    let r = gw
+        .post(&old, "/v1/chat/completions", chat("m", 3, false))
+        .await;
+    assert_eq!(r.status(), 200);
+
+    let r = post_form(&gw, &ada, &rotate, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+    let shown = r.text().await.unwrap();
+    assert!(shown.contains("<h1>Key rotated</h1>"));
+    assert!(shown.contains("only time the new secret is shown"));
+    let new = secret_of(&shown);
+    assert_ne!(new, old);
+    assert!(
+        new.starts_with(&format!("fgk_{key_id}_")),
+        "same key id: {new}"
+    );
+    assert!(!shown.contains(&old));
+
+    // The old secret stops at once; the new one works.
+    let r = gw
+        .post(&old, "/v1/chat/completions", chat("m", 3, false))
+        .await;
+    assert_eq!(r.status(), 401);
+    let r = gw
+        .post(&new, "/v1/chat/completions", chat("m", 3, false))
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // The new secret is in no other response, and not in the audit log.
+    let new_part = new.rsplit('_').next().unwrap().to_owned();
+    let (_, page) = get_page(&gw, &ada, "/portal").await;
+    assert!(page.contains("laptop") && !page.contains(&new_part));
+    let (_, history) = get_page(&gw, &ada, "/portal/history").await;
+    assert!(!history.contains(&new_part));
+    let ops = session_cookie(&sign_in(&gw, "ops@example.org", PASSWORD).await);
+    let (_, audit_page) = get_page(&gw, &ops, "/portal/audit").await;
+    assert!(audit_page.contains("key.rotate"));
+    assert!(!audit_page.contains(&new_part) && !audit_page.contains(&old));
+    let audit = audit_entries(&gw).await;
+    let rotated: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["action"] == "key.rotate" && e["target"] == format!("key:{key_id}"))
+        .collect();
+    assert_eq!(rotated.len(), 1);
+    assert_eq!(rotated[0]["actor"], "ada@example.org");
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(!text.contains(&new_part) && !text.contains(old.rsplit('_').next().unwrap()));
+
+    // A revoked key cannot be rotated back to life.
+    let r = post_form(
+        &gw,
+        &ada,
+        &format!("/portal/keys/{key_id}/revoke"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let r = post_form(&gw, &ada, &rotate, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("revoked and cannot be rotated"));
+    let r = gw
+        .post(&new, "/v1/chat/completions", chat("m", 3, false))
+        .await;
+    assert_eq!(r.status(), 401);
     gw.shutdown().await;
 }
 

@@ -63,7 +63,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: &str) -> String {
             out.push_str("<a href=\"/portal/tenant\">Tenant</a>");
         }
         if v.role == Role::Operator {
-            out.push_str("<a href=\"/portal/operator\">Fair share</a><a href=\"/portal/audit\">Audit log</a>");
+            out.push_str("<a href=\"/portal/operator\">Fair share</a><a href=\"/portal/operator/tenants\">Manage tenants</a><a href=\"/portal/audit\">Audit log</a>");
         }
         let _ = write!(
             out,

@@ -1,6 +1,7 @@
 //! The browser portal at `/portal`: people sign in and manage their own keys, usage and
-//! history; operators watch and change fair share live. Server-rendered HTML from the same
-//! binary, with a few lines of script for the copy button and the live view.
+//! history; operators watch fair share live and manage tenants, groups, limits and budgets
+//! ([`operator`]). Server-rendered HTML from the same binary, with a few lines of script for
+//! the copy button and the live view.
 //!
 //! Security rules, enforced here for every route:
 //! - a session is a random cookie value (HttpOnly, SameSite=Lax, Secure behind TLS); only its
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod html;
 pub mod oidc;
+pub mod operator;
 pub mod reports;
 
 use std::collections::BTreeMap;
@@ -23,12 +25,12 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Form, Router};
 use fairgate_types::{now_millis, KeyId, KeyRecord, Role, Session, User};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use crate::identity::mint_key;
+use crate::identity::{mint_key, mint_secret_for};
 use crate::server::{record_audit, refresh_directory, AppState};
 use html::{esc, form, page, table, Viewer};
 
@@ -60,11 +62,41 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/oidc/callback", get(oidc::callback))
         .route("/keys", post(create_key))
         .route("/keys/{id}/revoke", post(revoke_key))
+        .route("/keys/{id}/rotate", post(rotate_key))
         .route("/usage", get(usage_page))
         .route("/history", get(history_page))
-        .route("/operator", get(operator_page))
-        .route("/operator/tenants/{name}/weight", post(set_weight))
-        .route("/api/scheduler", get(scheduler_json))
+        .route("/operator", get(operator::operator_page))
+        .route(
+            "/operator/tenants",
+            get(operator::tenants_page).post(operator::create_tenant),
+        )
+        .route("/operator/tenants/{name}", get(operator::tenant_page))
+        .route(
+            "/operator/tenants/{name}/weight",
+            post(operator::set_weight),
+        )
+        .route(
+            "/operator/tenants/{name}/group",
+            post(operator::set_tenant_group),
+        )
+        .route(
+            "/operator/tenants/{name}/policy",
+            post(operator::set_tenant_policy),
+        )
+        .route(
+            "/operator/tenants/{name}/budgets",
+            post(operator::set_tenant_budget),
+        )
+        .route(
+            "/operator/tenants/{name}/budgets/{period}/remove",
+            post(operator::remove_tenant_budget),
+        )
+        .route("/operator/groups", post(operator::create_group))
+        .route(
+            "/operator/groups/{name}/weight",
+            post(operator::set_group_weight),
+        )
+        .route("/api/scheduler", get(operator::scheduler_json))
         .route("/audit", get(audit_page))
         .route("/models", get(reports::models_page))
         .route("/playground", get(playground_page))
@@ -93,6 +125,7 @@ enum Refusal {
     SignIn,
     Forbidden(&'static str),
     BadRequest(String),
+    NotFound(String),
     Internal(String),
 }
 
@@ -102,6 +135,7 @@ impl IntoResponse for Refusal {
             Refusal::SignIn => return Redirect::to("/portal/login").into_response(),
             Refusal::Forbidden(why) => (StatusCode::FORBIDDEN, "Forbidden", why.to_owned()),
             Refusal::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),
+            Refusal::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
             Refusal::Internal(m) => {
                 tracing::error!(error = %m, "portal error");
                 (
@@ -383,13 +417,21 @@ async fn keys_page(
             let action = if state == "revoked" {
                 String::new()
             } else {
-                form(
+                let rotate = form(
+                    &format!("/portal/keys/{}/rotate", k.id),
+                    &s.session.csrf,
+                    "",
+                    "Rotate",
+                    false,
+                );
+                let revoke = form(
                     &format!("/portal/keys/{}/revoke", k.id),
                     &s.session.csrf,
                     "",
                     "Revoke",
                     false,
-                )
+                );
+                format!("{rotate} {revoke}")
             };
             vec![
                 esc(&k.name),
@@ -493,6 +535,28 @@ async fn create_key(
     )
     .await;
     tracing::info!(key_id = %rec.id, user = %s.user.email, "portal key created");
+    let notice = "This is the only time the key is shown. Copy it now; if it is lost, rotate the key for a new secret.";
+    Ok(secret_page(
+        &st,
+        &headers,
+        &s,
+        &rec,
+        minted.expose(),
+        "Key created",
+        notice,
+    ))
+}
+
+/// The page that shows a freshly minted secret: the one response that ever carries it.
+fn secret_page(
+    st: &AppState,
+    headers: &HeaderMap,
+    s: &Signed,
+    rec: &KeyRecord,
+    secret: &str,
+    title: &str,
+    notice: &str,
+) -> Response {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -509,24 +573,24 @@ async fn create_key(
         .and_then(|m| m.first().cloned())
         .or_else(|| st.upstreams.pools.first().map(|p| p.name.clone()))
         .unwrap_or_else(|| "MODEL".into());
-    let secret = minted.expose();
     let snippet = format!(
         "from openai import OpenAI\nclient = OpenAI(base_url=\"{base}\", api_key=\"{secret}\")\nr = client.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])\nprint(r.choices[0].message.content)"
     );
     let body = format!(
-        "<p class=\"notice\">This is the only time the key is shown. Copy it now; if it is lost, revoke it and create another.</p>\
+        "<p class=\"notice\">{}</p>\
          <p id=\"secret\" class=\"secret\">{}</p>\
          <button type=\"button\" onclick=\"navigator.clipboard.writeText(document.getElementById('secret').textContent)\">Copy key</button>\
          <h2>Use it</h2><pre id=\"snippet\">{}</pre>\
          <p><a href=\"/portal\">Back to your keys</a></p>",
+        esc(notice),
         esc(secret),
         esc(&snippet)
     );
-    let mut resp = Html(page("Key created", Some(&s.viewer()), &body)).into_response();
+    let mut resp = Html(page(title, Some(&s.viewer()), &body)).into_response();
     // The secret must not be cached anywhere on the way.
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    resp
 }
 
 /// `application/x-www-form-urlencoded` decoding.
@@ -595,6 +659,54 @@ async fn revoke_key(
     )
     .await;
     Ok(redirect("/portal"))
+}
+
+/// `POST /portal/keys/{id}/rotate`: a new secret for the same key id (history stays joined),
+/// shown once; the old secret stops working with the directory refresh, before the reply.
+async fn rotate_key(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, Refusal> {
+    let s = signed_in(&st, &headers).await?;
+    check_post(&s, &headers, &f.csrf)?;
+    let Some(mut k) = st.store.get_key(&KeyId(id)).await? else {
+        return Err(Refusal::BadRequest("no such key".into()));
+    };
+    if !may_manage(&s, &k) {
+        return Err(Refusal::Forbidden("this key is not yours to rotate"));
+    }
+    if k.revoked_at.is_some() {
+        return Err(Refusal::BadRequest(
+            "this key is revoked and cannot be rotated; create a new key instead".into(),
+        ));
+    }
+    let minted = mint_secret_for(k.id.clone());
+    k.secret_hash = minted.secret_hash.clone();
+    st.store.update_key(&k).await?;
+    refresh_directory(&st).await?;
+    // As in the admin API: the record serializes without its hash, so no secret is logged.
+    record_audit(
+        &st,
+        &s.user.email,
+        "key.rotate",
+        format!("key:{}", k.id),
+        None,
+        serde_json::to_string(&k).ok(),
+    )
+    .await;
+    tracing::info!(key_id = %k.id, user = %s.user.email, "portal key rotated");
+    let notice = "The key has a new secret and the old one no longer works. This is the only time the new secret is shown: copy it now and update your clients.";
+    Ok(secret_page(
+        &st,
+        &headers,
+        &s,
+        &k,
+        minted.expose(),
+        "Key rotated",
+        notice,
+    ))
 }
 
 // ---- usage and history --------------------------------------------------------------
@@ -744,168 +856,7 @@ async fn playground_page(
     Ok(Html(page("Playground", Some(&s.viewer()), &body)))
 }
 
-// ---- operator -----------------------------------------------------------------------
-
-async fn operator_page(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Html<String>, Refusal> {
-    let s = signed_in(&st, &headers).await?;
-    require(&s, Role::Operator)?;
-    let tenants = st.store.list_tenants().await?;
-    let rows: Vec<Vec<String>> = tenants
-        .iter()
-        .map(|t| {
-            let field = format!(
-                "<label class=\"inline\">Weight <input name=\"weight\" type=\"number\" min=\"1\" max=\"1000000\" value=\"{}\" aria-label=\"weight of {}\"></label>",
-                t.weight,
-                esc(&t.name)
-            );
-            vec![
-                esc(&t.name),
-                esc(t.group.as_deref().unwrap_or("")),
-                format!("<span data-weight=\"{}\">{}</span>", esc(&t.name), t.weight),
-                form(
-                    &format!("/portal/operator/tenants/{}/weight", t.name),
-                    &s.session.csrf,
-                    &field,
-                    "Set",
-                    false,
-                ),
-            ]
-        })
-        .collect();
-    let mut body = String::from("<h2>Tenants</h2>");
-    body.push_str(&table(&["Tenant", "Group", "Weight", ""], &rows));
-    body.push_str(
-        "<h2>Fair share, live</h2><p class=\"muted\">Per model and tenant: weight, share of service in the last minute, queued and in-flight requests. Updates every 2 s.</p>\
-         <div id=\"live\">",
-    );
-    body.push_str(&live_table(&st));
-    body.push_str(
-        "</div><script>\
-         async function refresh(){try{const r=await fetch('/portal/api/scheduler',{credentials:'same-origin'});\
-         if(!r.ok)return;const d=await r.json();let h='';\
-         for(const m of d.models){h+='<h3>'+esc(m.model)+' <span class=\"muted\">'+m.mode+', '+m.in_flight+'/'+m.max_in_flight+' in flight, '+m.queued+' queued</span></h3>';\
-         h+='<div class=\"scroll\"><table><thead><tr><th>Tenant</th><th>Weight</th><th>Share (1 min)</th><th>Queued</th><th>In flight</th></tr></thead><tbody>';\
-         for(const t of m.tenants){h+='<tr data-tenant=\"'+esc(t.tenant)+'\"><td>'+esc(t.tenant)+'</td><td class=\"w\">'+t.weight+'</td><td>'+(100*t.share).toFixed(1)+'%</td><td>'+t.queued+'</td><td>'+t.in_flight+'</td></tr>';}\
-         h+='</tbody></table></div>';}document.getElementById('live').innerHTML=h;}catch(e){}}\
-         function esc(s){return String(s).replace(/[&<>\"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','\"':'&quot;',\"'\":'&#39;'}[c]));}\
-         refresh();setInterval(refresh,2000);</script>",
-    );
-    Ok(Html(page("Operator: fair share", Some(&s.viewer()), &body)))
-}
-
-/// The live view as server-rendered HTML (the script replaces it with fresh data).
-fn live_table(st: &AppState) -> String {
-    let mut out = String::new();
-    for pool in &st.upstreams.pools {
-        let state = pool.fair.state();
-        out.push_str(&format!(
-            "<h3>{} <span class=\"muted\">{}/{} in flight, {} queued</span></h3>",
-            esc(&state.name),
-            state.in_flight,
-            state.max_in_flight,
-            state.queued
-        ));
-        let mut tenants = state.tenants;
-        tenants.sort_by(|a, b| a.view.name.cmp(&b.view.name));
-        let rows: Vec<Vec<String>> = tenants
-            .iter()
-            .map(|t| {
-                vec![
-                    esc(&t.view.name),
-                    t.view.weight.to_string(),
-                    format!("{:.1}%", 100.0 * t.share_last_minute),
-                    t.view.queued.to_string(),
-                    t.view.in_flight.to_string(),
-                ]
-            })
-            .collect();
-        out.push_str(&table(
-            &["Tenant", "Weight", "Share (1 min)", "Queued", "In flight"],
-            &rows,
-        ));
-    }
-    out
-}
-
-async fn scheduler_json(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, Refusal> {
-    let s = signed_in(&st, &headers).await?;
-    require(&s, Role::Operator)?;
-    let models: Vec<serde_json::Value> = st
-        .upstreams
-        .pools
-        .iter()
-        .map(|p| {
-            let state = p.fair.state();
-            let mut tenants = state.tenants;
-            tenants.sort_by(|a, b| a.view.name.cmp(&b.view.name));
-            serde_json::json!({
-                "model": state.name,
-                "mode": match state.mode { fairgate_admission::fair::Mode::Fair => "fair", fairgate_admission::fair::Mode::Fifo => "fifo" },
-                "in_flight": state.in_flight,
-                "max_in_flight": state.max_in_flight,
-                "queued": state.queued,
-                "tenants": tenants.iter().map(|t| serde_json::json!({
-                    "tenant": &*t.view.name,
-                    "weight": t.view.weight,
-                    "share": t.share_last_minute,
-                    "queued": t.view.queued,
-                    "in_flight": t.view.in_flight,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "models": models })).into_response())
-}
-
-#[derive(Deserialize)]
-struct WeightForm {
-    #[serde(default)]
-    csrf: String,
-    weight: String,
-}
-
-async fn set_weight(
-    State(st): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    Form(f): Form<WeightForm>,
-) -> Result<Response, Refusal> {
-    let s = signed_in(&st, &headers).await?;
-    require(&s, Role::Operator)?;
-    check_post(&s, &headers, &f.csrf)?;
-    let weight: u32 = match f.weight.trim().parse() {
-        Ok(w) if (1..=crate::config::MAX_WEIGHT).contains(&w) => w,
-        _ => {
-            return Err(Refusal::BadRequest(format!(
-                "weight must be a whole number from 1 to {}",
-                crate::config::MAX_WEIGHT
-            )))
-        }
-    };
-    let Some(mut t) = st.store.get_tenant(&name).await? else {
-        return Err(Refusal::BadRequest(format!("no tenant `{name}`")));
-    };
-    let before = serde_json::to_string(&t).ok();
-    t.weight = weight;
-    st.store.update_tenant(&t).await?;
-    refresh_directory(&st).await?;
-    record_audit(
-        &st,
-        &s.user.email,
-        "tenant.update",
-        format!("tenant:{name}"),
-        before,
-        serde_json::to_string(&t).ok(),
-    )
-    .await;
-    Ok(redirect("/portal/operator"))
-}
+// ---- audit log --------------------------------------------------------------------
 
 async fn audit_page(
     State(st): State<Arc<AppState>>,

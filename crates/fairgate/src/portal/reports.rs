@@ -103,7 +103,7 @@ fn scope_tenant(s: &Signed, asked: Option<&str>) -> Result<Option<String>, Refus
     }
 }
 
-fn limits_text(t: &Tenant) -> String {
+pub(super) fn limits_text(t: &Tenant) -> String {
     let l = &t.policy.limits;
     let mut parts = Vec::new();
     if let Some(v) = l.rpm {
@@ -128,7 +128,7 @@ fn limits_text(t: &Tenant) -> String {
     }
 }
 
-fn budgets_text(t: &Tenant) -> String {
+pub(super) fn budgets_text(t: &Tenant) -> String {
     if t.policy.budgets.is_empty() {
         return "none".to_owned();
     }
@@ -145,7 +145,7 @@ fn budgets_text(t: &Tenant) -> String {
                 caps.push(format!("{n} tokens"));
             }
             if let Some(c) = b.cost {
-                caps.push(format!("{} micros", c.0));
+                caps.push(format!("cost {}", super::operator::fmt_money(c.0)));
             }
             format!("per {period}: {}", caps.join(" and "))
         })
@@ -429,8 +429,8 @@ pub(super) async fn export_csv(
     Ok(resp)
 }
 
-/// Percent-encodes a query value.
-fn urlencode(s: &str) -> String {
+/// Percent-encodes a query value or a path segment.
+pub(super) fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
