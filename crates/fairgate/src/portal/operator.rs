@@ -986,6 +986,7 @@ pub(super) async fn set_tenant_policy(
                     .map_err(Fail::Invalid)?,
             },
             budgets: t.policy.budgets.clone(),
+            fallbacks: t.policy.fallbacks.clone(),
             max_queue: opt_num("max_queue", f.get("max_queue"), default)
                 .map_err(Fail::Invalid)?,
             max_wait_ms: opt_num("max_wait_ms", f.get("max_wait_ms"), default)
