@@ -163,6 +163,9 @@ enum AdminCommand {
     },
     /// Re-read the gateway's config file and apply its live parts.
     Reload,
+    /// Model backends: list (health, load), add, drain, resume, remove.
+    #[command(subcommand, visible_alias = "backends")]
+    Backend(BackendCmd),
     /// Portal accounts: create (local password), list.
     #[command(subcommand, visible_alias = "users")]
     User(UserCmd),
@@ -243,6 +246,28 @@ enum TenantCmd {
     Delete {
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// Every backend of every model (or of one) with its health and load.
+    List {
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Add a backend to a model, live (until restart; put it in the config file to keep it).
+    Add {
+        model: String,
+        url: String,
+        #[arg(long, default_value_t = 32)]
+        max_in_flight: usize,
+    },
+    /// Send it no new requests; requests in flight finish.
+    Drain { model: String, url: String },
+    /// Undo a drain.
+    Resume { model: String, url: String },
+    /// Drain, then remove once its requests have finished.
+    Remove { model: String, url: String },
 }
 
 #[derive(Subcommand)]
@@ -590,6 +615,39 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
                 None,
             ),
         },
+        AdminCommand::Backend(c) => {
+            let at = |m: &str, what: &str| format!("/models/{}/backends{what}", query_escape(m));
+            match c {
+                BackendCmd::List { model: None } => {
+                    (reqwest::Method::GET, "/backends".into(), None)
+                }
+                BackendCmd::List { model: Some(m) } => (reqwest::Method::GET, at(&m, ""), None),
+                BackendCmd::Add {
+                    model,
+                    url,
+                    max_in_flight,
+                } => (
+                    reqwest::Method::POST,
+                    at(&model, ""),
+                    Some(json!({"url": url, "max_in_flight": max_in_flight})),
+                ),
+                BackendCmd::Drain { model, url } => (
+                    reqwest::Method::POST,
+                    at(&model, "/drain"),
+                    Some(json!({ "url": url })),
+                ),
+                BackendCmd::Resume { model, url } => (
+                    reqwest::Method::POST,
+                    at(&model, "/resume"),
+                    Some(json!({ "url": url })),
+                ),
+                BackendCmd::Remove { model, url } => (
+                    reqwest::Method::POST,
+                    at(&model, "/remove"),
+                    Some(json!({ "url": url })),
+                ),
+            }
+        }
         AdminCommand::Keys(c) => match c {
             KeyCmd::Create {
                 tenant,

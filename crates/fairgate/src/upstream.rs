@@ -177,18 +177,14 @@ impl Backend {
             .is_ok()
     }
 
-    /// The scrape if it is fresh enough to route by.
-    fn fresh_load(&self, now: Instant, stale: Duration) -> Option<Load> {
-        lock(&self.load)
-            .as_ref()
-            .filter(|l| now.saturating_duration_since(l.at) <= stale)
-            .cloned()
-    }
-
     fn view(&self, now: Instant, ctx: &Route<'_>, trial: bool) -> View {
         let in_flight = self.in_flight();
-        let load = self.fresh_load(now, ctx.stale);
-        let (foreign, waiting, kv_usage, lora) = match &load {
+        // Read in place: this runs for every candidate of every request.
+        let load = lock(&self.load);
+        let fresh = load
+            .as_ref()
+            .filter(|l| now.saturating_duration_since(l.at) <= ctx.stale);
+        let (foreign, waiting, kv_usage, lora) = match fresh {
             Some(l) => {
                 let s = &l.scraped;
                 let foreign = (s.waiting + s.running - l.own_at_scrape as f64).max(0.0);
@@ -210,6 +206,7 @@ impl Backend {
                 },
             ),
         };
+        drop(load);
         let prefix_match = if ctx.blocks.is_empty() {
             0
         } else {

@@ -722,27 +722,6 @@ async fn new_routes_require_the_admin_token() {
     gw.shutdown().await;
 }
 
-/// Runs `fairgate admin ARGS` against the gateway; returns (success, stdout, stderr).
-async fn cli(gw: &TestGateway, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fairgate"));
-    cmd.arg("admin")
-        .args(["--url", &gw.base, "--token", ADMIN])
-        .args(args)
-        .env_remove("FAIRGATE_URL")
-        .env_remove("FAIRGATE_ADMIN_TOKEN");
-    let out = cmd.output().await.unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json_out(ok: bool, out: &str, err: &str) -> Value {
-    assert!(ok, "stderr: {err}\nstdout: {out}");
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 #[tokio::test]
 async fn admin_cli_drives_groups_policies_scheduler_and_reload() {
     let (_sims, gw, _db) = start(&["m", "m2"]).await;

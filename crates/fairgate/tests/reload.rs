@@ -109,10 +109,15 @@ async fn sighup_applies_the_file_without_a_restart() {
     let sched = get(&srv.base, "/scheduler").await.unwrap();
     assert_eq!(sched["models"][0]["mode"], "fair", "{sched}");
 
-    // Change weight and mode in the file, then SIGHUP.
+    // Change weight and mode in the file, add a backend and change the routing, then SIGHUP.
+    let second = Sim::start(SimConfig::instant("m")).await;
     let mut f = std::fs::File::create(&path).unwrap();
-    f.write_all(config_text(port, dir.path(), &sim.url, 5, "fifo").as_bytes())
-        .unwrap();
+    let text = config_text(port, dir.path(), &sim.url, 5, "fifo")
+        + &format!(
+            "\n[routing]\nstrategy = \"round_robin\"\n\n[[models.backends]]\nurl = \"{}\"\nmax_in_flight = 2\n",
+            second.url
+        );
+    f.write_all(text.as_bytes()).unwrap();
     drop(f);
     let pid = srv.child.id().to_string();
     let ok = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
@@ -128,6 +133,19 @@ async fn sighup_applies_the_file_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(applied, "SIGHUP did not apply the new file");
+    let b = get(&srv.base, "/backends").await.unwrap();
+    assert_eq!(b["strategy"], "round_robin", "{b}");
+    let urls: Vec<&str> = b["data"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["url"].as_str())
+        .collect();
+    assert_eq!(urls, vec![sim.url.as_str(), second.url.as_str()]);
+    assert_eq!(
+        b["data"][0]["capacity"], 6,
+        "the new backend's slots count at once"
+    );
 
     // A broken file is refused and the running config stays.
     std::fs::write(&path, "listen = ").unwrap();

@@ -543,3 +543,97 @@ async fn aliases_and_fallbacks() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn lora_requests_prefer_the_replica_where_the_adapter_runs() {
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let lora = SimConfig {
+        model: MODEL.into(),
+        lora_modules: vec!["sql".into(), "poetry".into()],
+        max_loras: 1,
+        decode_step_base: Duration::from_millis(10),
+        ..SimConfig::default()
+    };
+    let s = sims(3, lora).await;
+    let setup = Setup::many(MODEL, &urls(&s), 8).with(|c| {
+        quick_health(c);
+        c.routing.strategy = fairgate::router::Strategy::RoundRobin;
+        c.models[0].adapters = vec!["sql".into(), "poetry".into()];
+        // The third replica does not serve `poetry`.
+        c.models[0].backends[2].adapters = Some(vec!["sql".into()]);
+    });
+    let (gw, key) = gateway(&db, setup).await;
+
+    // A long `sql` stream makes that adapter resident on one replica.
+    let long = gw
+        .post(&key, "/v1/chat/completions", chat("sql", 200, true))
+        .await;
+    assert_eq!(long.status().as_u16(), 200);
+    let hot = s
+        .iter()
+        .position(|x| x.sim.lora_stats().running_adapters == ["sql"])
+        .expect("one replica runs the adapter");
+    let hot_url = s[hot].url.clone();
+    wait_backend(&gw, &hot_url, "running sql", |b| {
+        b["running_adapters"] == json!(["sql"])
+    })
+    .await;
+    // Round robin would spread these; adapter affinity sends them where `sql` is loaded.
+    for _ in 0..4 {
+        let v = ok_chat(&gw, &key, chat("sql", 2, false)).await;
+        assert_eq!(
+            v["model"], "sql",
+            "the adapter's name reaches the backend unchanged"
+        );
+    }
+    assert_eq!(
+        s[hot].sim.stats().requests_total,
+        4,
+        "all went to the warm replica"
+    );
+    drop(long);
+
+    // `poetry` never reaches the replica that does not serve it.
+    for _ in 0..6 {
+        ok_chat(&gw, &key, chat("poetry", 2, false)).await;
+    }
+    let rows = gw.wait_rows(Some("t"), 11).await;
+    assert!(rows
+        .iter()
+        .filter(|r| r["model"] == "poetry")
+        .all(|r| r["backend"] != s[2].url.as_str()));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_cli_manages_backends() {
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let a = Sim::start(SimConfig::instant(MODEL)).await;
+    let b = Sim::start(SimConfig::instant(MODEL)).await;
+    let (gw, _key) = gateway(&db, Setup::many(MODEL, &[&a.url], 8)).await;
+    let (ok, out, err) = cli(
+        &gw,
+        &["backend", "add", MODEL, &b.url, "--max-in-flight", "3"],
+    )
+    .await;
+    assert_eq!(json_out(ok, &out, &err)["max_in_flight"], 3);
+    let (ok, out, err) = cli(&gw, &["backend", "drain", MODEL, &b.url]).await;
+    assert_eq!(json_out(ok, &out, &err)["draining"], true);
+    let (ok, out, err) = cli(&gw, &["backends", "list", "--model", MODEL]).await;
+    let v = json_out(ok, &out, &err);
+    assert_eq!(
+        v["capacity"], 8,
+        "a drained backend's slots are not offered: {v}"
+    );
+    let (ok, out, err) = cli(&gw, &["backend", "resume", MODEL, &b.url]).await;
+    assert_eq!(json_out(ok, &out, &err)["draining"], false);
+    let (ok, out, err) = cli(&gw, &["backend", "remove", MODEL, &b.url]).await;
+    assert_eq!(json_out(ok, &out, &err)["removing"], true);
+    let (ok, out, err) = cli(&gw, &["backend", "list"]).await;
+    let v = json_out(ok, &out, &err);
+    assert_eq!(v["data"][0]["backends"].as_array().unwrap().len(), 1, "{v}");
+    let (ok, _, err) = cli(&gw, &["backend", "drain", MODEL, "http://nowhere:1"]).await;
+    assert!(!ok);
+    assert!(err.contains("not found"), "{err}");
+    gw.shutdown().await;
+}

@@ -366,3 +366,24 @@ pub async fn sse_events(resp: reqwest::Response) -> (Vec<Value>, bool) {
 pub fn sum(rows: &[Value], field: &str) -> u64 {
     rows.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
 }
+
+/// Runs `fairgate admin ARGS` against the gateway; returns (success, stdout, stderr).
+pub async fn cli(gw: &TestGateway, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fairgate"));
+    cmd.arg("admin")
+        .args(["--url", &gw.base, "--token", ADMIN])
+        .args(args)
+        .env_remove("FAIRGATE_URL")
+        .env_remove("FAIRGATE_ADMIN_TOKEN");
+    let out = cmd.output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn json_out(ok: bool, out: &str, err: &str) -> Value {
+    assert!(ok, "stderr: {err}\nstdout: {out}");
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
