@@ -1,6 +1,6 @@
 """The portal in real headless Chromium: sign-in, keys, history, usage, the operator's live
-fair-share view, tenant and group management, the audit log and role checks. Explicit waits
-only."""
+fair-share view, tenant and group management, the backends page (add, drain, live refresh,
+remove), the audit log and role checks. Explicit waits only."""
 
 from __future__ import annotations
 
@@ -273,21 +273,106 @@ def test_operator_creates_a_tenant_with_weight_and_limit_live(driver, gateway):
     assert (first, second) == (200, 429), f"rpm=1, on_limit=reject: got {first}, {second}: {body[:300]}"
 
 
+def backend_row(driver, model: str, url: str):
+    return driver.find_element(By.CSS_SELECTOR, f"section[data-model='{model}'] tr[data-url='{url}']")
+
+
+def row_text(driver, model: str, url: str) -> str:
+    rows = driver.find_elements(By.CSS_SELECTOR, f"section[data-model='{model}'] tr[data-url='{url}']")
+    return rows[0].text if rows else ""
+
+
+def test_operator_adds_drains_and_removes_a_backend(driver, gateway):
+    portal = gateway["portal_url"]
+    status, text = http_json("GET", gateway["admin_url"] + "/backends", token=gateway["admin_token"])
+    assert status == 200, text
+    llama = next(m for m in json.loads(text)["data"] if m["model"] == "sim-llama")
+    original = llama["backends"][0]["url"]
+    # A second address of the same simulator: draining it leaves sim-llama served for the
+    # tests that follow.
+    extra = original.replace("127.0.0.1", "localhost")
+    assert extra != original, original
+
+    sign_in(driver, gateway, gateway["portal_email"], gateway["portal_password"])
+    driver.find_element(By.LINK_TEXT, "Backends").click()
+    wait(driver).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "main h1"), "Operator: models and backends"))
+    assert "healthy" in backend_row(driver, "sim-llama", original).text
+
+    # Add the second address through the form.
+    form = driver.find_element(By.CSS_SELECTOR, "section[data-model='sim-llama'] form[id^='add-']")
+    form.find_element(By.NAME, "url").send_keys(extra)
+    limit = form.find_element(By.NAME, "max_in_flight")
+    limit.clear()
+    limit.send_keys("8")
+    submit(driver, form, "Add backend")
+    assert heading(driver) == "Operator: models and backends"
+    row = backend_row(driver, "sim-llama", extra)
+    assert "healthy" in row.text and "added live" in row.text, row.text
+
+    # Drain it: the page says so after the redirect (and the live refresh keeps saying so).
+    submit(driver, backend_row(driver, "sim-llama", extra), "Drain")
+    WebDriverWait(driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: "draining" in row_text(d, "sim-llama", extra), "the backend never showed as draining")
+    assert "draining" not in row_text(driver, "sim-llama", original)
+    status, text = http_json("GET", gateway["admin_url"] + "/backends", token=gateway["admin_token"])
+    drained = next(b for m in json.loads(text)["data"] for b in m["backends"] if b["url"] == extra)
+    assert drained["draining"] is True, drained
+    # Let one live refresh run, so the picture shows the page as the script keeps it.
+    WebDriverWait(driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f"tr[data-url='{extra}'] td").get_attribute("data-h") is not None,
+        "the live refresh never ran")
+    shot(driver, "12-operator-backends")
+
+    # A change made elsewhere (the admin API) shows up without a reload.
+    status, text = http_json("POST", gateway["admin_url"] + "/models/sim-llama/backends/resume",
+                             token=gateway["admin_token"], body={"url": extra})
+    assert status == 200, text
+    driver.execute_script("window.__same_page = true")
+    WebDriverWait(driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: "draining" not in row_text(d, "sim-llama", extra)
+        and backend_row(d, "sim-llama", extra).find_elements(By.XPATH, ".//button[normalize-space()='Drain']"),
+        "the live view never showed the resumed backend")
+    assert driver.execute_script("return window.__same_page === true"), "the page was reloaded"
+
+    # Remove it (the browser asks first); it leaves the list at once, being idle.
+    driver.execute_script("window.__leaving = true")
+    backend_row(driver, "sim-llama", extra).find_element(By.XPATH, ".//button[normalize-space()='Remove']").click()
+    wait(driver).until(EC.alert_is_present()).accept()
+    wait(driver).until(lambda d: d.execute_script("return document.readyState === 'complete' && !window.__leaving"))
+    assert not row_text(driver, "sim-llama", extra)
+    assert "healthy" in row_text(driver, "sim-llama", original)
+
+    # All three are in the audit log under the operator's name.
+    open_page(driver, portal + "/audit", "Audit log")
+    rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "main table tbody tr")]
+    for action in ("backend.add", "backend.drain", "backend.remove"):
+        hits = [r for r in rows if action in r and extra in r]
+        assert hits and gateway["portal_email"] in hits[0], (action, rows[:10])
+
+
 def test_user_role_is_refused_operator_pages(driver, gateway, make_user):
     email, password = make_user("user")
     portal = gateway["portal_url"]
     sign_in(driver, gateway, email, password)
     nav = driver.find_element(By.CSS_SELECTOR, "nav").text
-    assert "Fair share" not in nav and "Manage tenants" not in nav and "Audit log" not in nav, nav
+    for link in ("Fair share", "Manage tenants", "Backends", "Audit log"):
+        assert link not in nav, nav
 
-    for path in ("/operator", "/operator/tenants", "/audit"):
+    for path in ("/operator", "/operator/tenants", "/operator/backends", "/audit"):
         open_page(driver, portal + path, "Forbidden")
         assert "may not use this page" in driver.find_element(By.CSS_SELECTOR, "main").text
     shot(driver, "08-forbidden")
 
-    # The same session cookie over plain HTTP: the status really is 403, the JSON API too.
+    # The models page shows replicas as counts, never a backend's address.
+    open_page(driver, portal + "/models", "Models")
+    row = driver.find_element(By.CSS_SELECTOR, "tr[data-model='sim-llama']").text
+    assert " healthy" in row and " of " in row, row
+    assert "127.0.0.1" not in driver.page_source and "localhost" not in driver.page_source
+
+    # The same session cookie over plain HTTP: the status really is 403, the JSON APIs too.
     cookie = "; ".join(f"{c['name']}={c['value']}" for c in driver.get_cookies())
-    for path in ("/operator", "/operator/tenants", "/audit", "/api/scheduler"):
+    for path in ("/operator", "/operator/tenants", "/operator/backends", "/audit", "/api/scheduler",
+                 "/api/backends"):
         status, _ = http_json("GET", portal + path, cookie=cookie)
         assert status == 403, f"GET /portal{path} as a user: HTTP {status}"
 

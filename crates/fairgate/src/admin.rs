@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::identity::{mint_key, mint_secret_for};
 use crate::server::AppState;
 
-mod backends;
+pub(crate) mod backends;
 
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()

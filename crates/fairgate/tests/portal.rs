@@ -1,7 +1,9 @@
 //! The browser portal over plain HTTP: sign-in and sessions, CSRF and origin checks, a key
 //! shown exactly once and usable through the OpenAI API, history and usage, revocation and
 //! rotation, role checks on every operator route, live weight changes, operator management of
-//! tenants, groups, limits and budgets (live, validated, audited) and the audit log.
+//! tenants, groups, limits and budgets (live, validated, audited), the audit log, the models
+//! inventory (counts only, never backend addresses) and the operator's backends page (drain,
+//! resume, add, remove: live, validated, audited).
 
 mod common;
 
@@ -250,6 +252,7 @@ async fn sign_in_replaces_a_planted_session_and_limits_failures() {
 #[tokio::test]
 async fn operator_routes_refuse_other_roles_and_weight_changes_are_live_and_audited() {
     let sim = Sim::start(SimConfig::instant("m")).await;
+    let backend: &'static str = sim.url.clone().leak();
     let db = fresh_db(Db::Sqlite).await.unwrap();
     let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
     gw.tenant("lab", 1).await;
@@ -281,7 +284,7 @@ async fn operator_routes_refuse_other_roles_and_weight_changes_are_live_and_audi
             let (s, _) = get_page(&gw, &cookie, path).await;
             assert_eq!(s, 403, "{who} GET {path}");
         }
-        for (path, fields) in operator_posts() {
+        for (path, fields) in operator_posts(backend) {
             let mut form = vec![("csrf", csrf.as_str())];
             form.extend(fields);
             let r = post_form(&gw, &cookie, path, &form).await;
@@ -299,6 +302,19 @@ async fn operator_routes_refuse_other_roles_and_weight_changes_are_live_and_audi
     assert_eq!(s, 404);
     let (s, _) = gw.admin(Method::GET, "/groups/sneaky", None).await;
     assert_eq!(s, 404);
+    // The backend was neither drained nor removed, and none was added.
+    let (_, v) = gw.admin(Method::GET, "/backends", None).await;
+    let list = v["data"][0]["backends"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["draining"], false, "{v}");
+    assert_eq!(list[0]["removing"], false, "{v}");
+    assert!(
+        !audit_entries(&gw)
+            .await
+            .iter()
+            .any(|e| e["action"].as_str().unwrap_or("").starts_with("backend.")),
+        "a refused backend change was audited"
+    );
 
     let cookie = session_cookie(&sign_in(&gw, "ops@example.org", PASSWORD).await);
     let (s, page) = get_page(&gw, &cookie, "/portal/operator").await;
@@ -345,21 +361,40 @@ async fn operator_routes_refuse_other_roles_and_weight_changes_are_live_and_audi
     gw.shutdown().await;
 }
 
-/// Every operator page (GET).
-const OPERATOR_PAGES: [&str; 5] = [
+/// Every operator page (GET), the JSON the live views poll included.
+const OPERATOR_PAGES: [&str; 7] = [
     "/portal/operator",
     "/portal/operator/tenants",
     "/portal/operator/tenants/lab",
+    "/portal/operator/backends",
     "/portal/audit",
     "/portal/api/scheduler",
+    "/portal/api/backends",
 ];
 
 /// Form fields, in order.
 type Fields = Vec<(&'static str, &'static str)>;
 
-/// Every operator change (POST) with valid fields, all about tenant `lab` or new names.
-fn operator_posts() -> Vec<(&'static str, Fields)> {
+/// Every operator change (POST) with valid fields, all about tenant `lab`, new names, or
+/// `backend` (the one backend of model `m`).
+fn operator_posts(backend: &'static str) -> Vec<(&'static str, Fields)> {
     vec![
+        (
+            "/portal/operator/models/m/backends",
+            vec![("url", "http://127.0.0.1:9"), ("max_in_flight", "4")],
+        ),
+        (
+            "/portal/operator/models/m/backends/drain",
+            vec![("url", backend)],
+        ),
+        (
+            "/portal/operator/models/m/backends/resume",
+            vec![("url", backend)],
+        ),
+        (
+            "/portal/operator/models/m/backends/remove",
+            vec![("url", backend)],
+        ),
         ("/portal/operator/tenants/lab/weight", vec![("weight", "9")]),
         (
             "/portal/operator/tenants",
@@ -646,6 +681,7 @@ async fn operator_sets_up_groups_tenants_limits_and_budgets_live_and_audited() {
 #[tokio::test]
 async fn operator_forms_refuse_bad_input_with_a_message_and_change_nothing() {
     let sim = Sim::start(SimConfig::instant("m")).await;
+    let backend: &'static str = sim.url.clone().leak();
     let db = fresh_db(Db::Sqlite).await.unwrap();
     let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
     gw.tenant("lab", 1).await;
@@ -817,7 +853,7 @@ async fn operator_forms_refuse_bad_input_with_a_message_and_change_nothing() {
     }
 
     // The missing CSRF token and a foreign origin are refused outright.
-    for (path, fields) in operator_posts() {
+    for (path, fields) in operator_posts(backend) {
         let r = post_form(&gw, &cookie, path, &fields).await;
         assert_eq!(r.status(), 403, "POST {path} without CSRF token");
         let mut form = vec![("csrf", csrf.as_str())];
@@ -1025,7 +1061,8 @@ async fn models_tenant_and_csv_export_pages_check_roles_and_add_up() {
     let (s, page) = get_page(&gw, &ada_cookie, "/portal/models").await;
     assert_eq!(s, 200);
     assert!(page.contains("<code>m</code>"), "{page}");
-    assert!(page.contains("/8"), "capacity shown: {page}");
+    assert!(page.contains("0 / 8"), "in flight / capacity shown: {page}");
+    assert!(page.contains("1 of 1 healthy"), "{page}");
     assert!(page.contains("href=\"/portal/models\""), "nav link");
     assert!(
         !page.contains("href=\"/portal/tenant\""),
@@ -1139,5 +1176,308 @@ async fn models_tenant_and_csv_export_pages_check_roles_and_add_up() {
     )));
     let (_, csv) = get_page(&gw, &ops_cookie, "/portal/export.csv?tenant=other").await;
     assert_eq!(csv.lines().count(), 2, "{csv}");
+    gw.shutdown().await;
+}
+
+/// The backend state cell of `url`'s row on the operator's backends page.
+fn backend_row<'a>(page: &'a str, url: &str) -> &'a str {
+    let at = page
+        .find(&format!("<tr data-url=\"{url}\""))
+        .unwrap_or_else(|| panic!("no row for {url}: {page}"));
+    let rest = &page[at..];
+    &rest[..rest.find("</tr>").unwrap()]
+}
+
+async fn backend_of(gw: &TestGateway, url: &str) -> Option<Value> {
+    let (s, v) = gw.admin(Method::GET, "/backends", None).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["url"] == url)
+        .cloned()
+}
+
+#[tokio::test]
+async fn operator_manages_backends_and_users_see_only_counts() {
+    let a = Sim::start(SimConfig::instant("m")).await;
+    let b = Sim::start(SimConfig::instant("m")).await;
+    let c = Sim::start(SimConfig::instant("m")).await;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let setup = Setup::many("m", &[&a.url, &b.url], 4).with(|c| {
+        c.models[0].adapters = vec!["sql-lora".into()];
+        c.aliases = vec![fairgate::config::AliasConfig {
+            name: "chat".into(),
+            models: vec!["m".into()],
+        }];
+    });
+    let gw = TestGateway::start(setup, &db.url).await;
+    gw.tenant("lab", 1).await;
+    user(&gw, "ada@example.org", "user", Some("lab")).await;
+    user(&gw, "bob@example.org", "user", Some("lab")).await;
+    user(&gw, "ops@example.org", "operator", None).await;
+    let ada_key = user_key(&gw, "lab", "ada@example.org").await;
+    call(&gw, &ada_key, 3).await;
+    let (s, v) = gw
+        .admin(
+            Method::POST,
+            "/keys",
+            Some(json!({"tenant": "lab", "name": "bob-key", "user": "bob@example.org", "models": ["m"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    // A user: status, replicas as counts, load and the context length the backends report;
+    // no backend address anywhere on the page.
+    let ada = session_cookie(&sign_in(&gw, "ada@example.org", PASSWORD).await);
+    let (s, page) = get_page(&gw, &ada, "/portal/models").await;
+    assert_eq!(s, 200);
+    assert!(page.contains("2 of 2 healthy"), "{page}");
+    assert!(
+        page.contains("8192 tokens"),
+        "context length from /v1/models: {page}"
+    );
+    assert!(page.contains("0 / 8"), "in flight / capacity: {page}");
+    assert!(page.contains("badge ok\">ok<"), "{page}");
+    for url in [&a.url, &b.url] {
+        let host = url.trim_start_matches("http://");
+        assert!(!page.contains(host), "a user sees backend {host}: {page}");
+    }
+    assert!(
+        !page.contains("/portal/operator/backends"),
+        "no operator link"
+    );
+
+    // The operator: every backend with its state, live JSON with the same.
+    let ops = session_cookie(&sign_in(&gw, "ops@example.org", PASSWORD).await);
+    let (s, page) = get_page(&gw, &ops, "/portal/operator/backends").await;
+    assert_eq!(s, 200, "{page}");
+    assert!(
+        page.contains("href=\"/portal/operator/backends\""),
+        "nav link"
+    );
+    assert!(page.contains("Operator: models and backends"));
+    for url in [&a.url, &b.url] {
+        let row = backend_row(&page, url);
+        assert!(row.contains("badge ok\">healthy<"), "{row}");
+        assert!(
+            row.contains(">Drain</button>") && row.contains(">Remove</button>"),
+            "{row}"
+        );
+        assert!(!row.contains("draining"), "{row}");
+    }
+    assert!(page.contains("2 of 2 healthy"), "{page}");
+    assert!(page.contains("<th scope=\"col\">KV cache</th>"), "{page}");
+    let csrf = csrf_of(&page);
+    let r = get_raw(&gw, &ops, "/portal/api/backends").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+    let v: Value = r.json().await.unwrap();
+    let m = &v["models"][0];
+    assert_eq!(m["model"], "m");
+    assert_eq!(
+        (m["healthy"].as_u64(), m["total"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
+    assert_eq!(m["context_length"], 8192, "{v}");
+    assert_eq!(m["capacity"], 8, "{v}");
+    let states: Vec<(&str, &str)> = m["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["url"].as_str().unwrap(), b["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![(a.url.as_str(), "healthy"), (b.url.as_str(), "healthy")]
+    );
+
+    // Drain b in the portal: the admin API reports it draining, the audit log has it with the
+    // operator as the actor, and users see one replica fewer.
+    let r = post_form(
+        &gw,
+        &ops,
+        "/portal/operator/models/m/backends/drain",
+        &[("csrf", &csrf), ("url", &b.url)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[header::LOCATION], "/portal/operator/backends");
+    let now = backend_of(&gw, &b.url).await.unwrap();
+    assert_eq!(now["draining"], true, "{now}");
+    let (_, page) = get_page(&gw, &ops, "/portal/operator/backends").await;
+    let row = backend_row(&page, &b.url);
+    assert!(
+        row.contains(">draining<") && row.contains(">Resume</button>"),
+        "{row}"
+    );
+    assert!(!row.contains(">Drain</button>"), "{row}");
+    assert!(page.contains("1 of 2 healthy"), "{page}");
+    let (_, page) = get_page(&gw, &ada, "/portal/models").await;
+    assert!(page.contains("1 of 2 healthy"), "{page}");
+    let v: Value =
+        serde_json::from_str(&get_page(&gw, &ops, "/portal/api/backends").await.1).unwrap();
+    assert_eq!(v["models"][0]["backends"][1]["draining"], true, "{v}");
+
+    // Resume it.
+    let r = post_form(
+        &gw,
+        &ops,
+        "/portal/operator/models/m/backends/resume",
+        &[("csrf", &csrf), ("url", &b.url)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(backend_of(&gw, &b.url).await.unwrap()["draining"], false);
+
+    // Bad input: the page again as a 400 with the reason and what was typed; nothing added.
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[("url", "ftp://10.0.0.7:8000"), ("max_in_flight", "4")],
+            "must start with http://",
+        ),
+        (
+            &[("url", "http://10.0.0.7:8000/v1"), ("max_in_flight", "4")],
+            "must be the server root",
+        ),
+        (
+            &[("url", ""), ("max_in_flight", "4")],
+            "url: give the backend&#39;s server root",
+        ),
+        (
+            &[("url", "http://10.0.0.7:8000"), ("max_in_flight", "0")],
+            "max_in_flight: must be at least 1",
+        ),
+        (
+            &[("url", "http://10.0.0.7:8000"), ("max_in_flight", "lots")],
+            "max_in_flight: `lots` is not a whole number",
+        ),
+    ];
+    for (fields, want) in cases {
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend_from_slice(fields);
+        let r = post_form(&gw, &ops, "/portal/operator/models/m/backends", &form).await;
+        assert_eq!(r.status(), 400, "{fields:?}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("role=\"alert\""), "{body}");
+        assert!(body.contains(want), "{fields:?}: want {want}: {body}");
+        for (k, v) in fields.iter().filter(|(_, v)| !v.is_empty()) {
+            assert!(
+                body.contains(&format!("name=\"{k}\" "))
+                    && body.contains(&format!("value=\"{v}\"")),
+                "`{k}={v}` not kept"
+            );
+        }
+    }
+    // A backend the model has already.
+    let r = post_form(
+        &gw,
+        &ops,
+        "/portal/operator/models/m/backends",
+        &[("csrf", &csrf), ("url", &a.url), ("max_in_flight", "4")],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains(&format!("model `m` already has backend `{}`<", a.url)),
+        "{body}"
+    );
+    // Unknown backend and unknown model.
+    let r = post_form(
+        &gw,
+        &ops,
+        "/portal/operator/models/m/backends/drain",
+        &[("csrf", &csrf), ("url", "http://10.9.9.9:1")],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("backend `http://10.9.9.9:1` of model `m` not found"));
+    let r = post_form(
+        &gw,
+        &ops,
+        "/portal/operator/models/nope/backends/drain",
+        &[("csrf", &csrf), ("url", &a.url)],
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let (_, v) = gw.admin(Method::GET, "/backends", None).await;
+    assert_eq!(v["data"][0]["backends"].as_array().unwrap().len(), 2, "{v}");
+
+    // Add c, then remove it (idle, so it leaves at once).
+    let r = post_form(
+        &gw,
+        &ops,
+        "/portal/operator/models/m/backends",
+        &[("csrf", &csrf), ("url", &c.url), ("max_in_flight", "3")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let added = backend_of(&gw, &c.url).await.expect("c added");
+    assert_eq!(
+        (added["max_in_flight"].as_u64(), added["origin"].as_str()),
+        (Some(3), Some("api"))
+    );
+    let (_, page) = get_page(&gw, &ops, "/portal/operator/backends").await;
+    assert!(backend_row(&page, &c.url).contains("(added live)"));
+    let (_, page) = get_page(&gw, &ada, "/portal/models").await;
+    assert!(
+        page.contains("of 3 healthy") && page.contains(" / 11"),
+        "{page}"
+    );
+    assert!(
+        !page.contains(c.url.trim_start_matches("http://")),
+        "{page}"
+    );
+    let r = post_form(
+        &gw,
+        &ops,
+        "/portal/operator/models/m/backends/remove",
+        &[("csrf", &csrf), ("url", &c.url)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert!(backend_of(&gw, &c.url).await.is_none(), "c removed");
+
+    // Every change is audited with the operator as the actor, like the admin API's.
+    let audit = audit_entries(&gw).await;
+    let mine: Vec<(String, String)> = audit
+        .iter()
+        .filter(|e| e["actor"] == "ops@example.org")
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let target = |u: &str| format!("model:m backend:{u}");
+    for want in [
+        ("backend.drain".to_owned(), target(&b.url)),
+        ("backend.resume".to_owned(), target(&b.url)),
+        ("backend.add".to_owned(), target(&c.url)),
+        ("backend.remove".to_owned(), target(&c.url)),
+    ] {
+        assert!(mine.contains(&want), "{want:?} not audited: {mine:?}");
+    }
+    assert_eq!(
+        mine.iter()
+            .filter(|(a, _)| a.starts_with("backend."))
+            .count(),
+        4,
+        "refused forms are not audited: {mine:?}"
+    );
+    let drain = audit
+        .iter()
+        .find(|e| e["action"] == "backend.drain")
+        .unwrap();
+    assert_eq!(parse_json(&drain["before"])["draining"], false);
+    assert_eq!(parse_json(&drain["after"])["draining"], true);
     gw.shutdown().await;
 }

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{audit, json_of, parse};
+use super::{json_of, parse};
 use crate::config::BackendConfig;
 use crate::error::ApiError;
 use crate::server::AppState;
@@ -64,19 +64,20 @@ pub(super) async fn list(
     Ok(Json(model_view(pool(&st, &model)?)))
 }
 
+/// A backend to add: the admin API's JSON body, and what the portal's form fills in.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct NewBackend {
-    url: String,
+pub(crate) struct NewBackend {
+    pub(crate) url: String,
     #[serde(default = "default_max_in_flight")]
-    max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     #[serde(default)]
-    max_tokens_in_flight: Option<u64>,
+    pub(crate) max_tokens_in_flight: Option<u64>,
     #[serde(default)]
-    adapters: Option<Vec<String>>,
+    pub(crate) adapters: Option<Vec<String>>,
 }
 
-fn default_max_in_flight() -> usize {
+pub(crate) fn default_max_in_flight() -> usize {
     32
 }
 
@@ -85,8 +86,21 @@ pub(super) async fn add(
     Path(model): Path<String>,
     body: Bytes,
 ) -> Result<(http::StatusCode, Json<BackendStatus>), ApiError> {
-    let p = pool(&st, &model)?.clone();
+    pool(&st, &model)?;
     let req: NewBackend = parse(&body)?;
+    let status = add_backend(&st, super::ADMIN_ACTOR, &model, req).await?;
+    Ok((http::StatusCode::CREATED, Json(status)))
+}
+
+/// Validates and adds a backend, starts its watcher and audits `backend.add` as `actor`: the
+/// one way the admin API and the portal add a backend.
+pub(crate) async fn add_backend(
+    st: &Arc<AppState>,
+    actor: &str,
+    model: &str,
+    req: NewBackend,
+) -> Result<BackendStatus, ApiError> {
+    let p = pool(st, model)?.clone();
     crate::config::validate_backend_url(&req.url)
         .map_err(|m| ApiError::AdminBadRequest(format!("url: {m}")))?;
     if req.max_in_flight == 0 {
@@ -116,17 +130,18 @@ pub(super) async fn add(
     let b = p
         .add(&cfg, Origin::Api, &routing)
         .map_err(ApiError::AdminConflict)?;
-    crate::upstream::watch(&st, &p, &b, &st.shutdown);
+    crate::upstream::watch(st, &p, &b, &st.shutdown);
     let status = b.status();
-    audit(
-        &st,
+    crate::server::record_audit(
+        st,
+        actor,
         "backend.add",
         format!("model:{model} backend:{}", b.url),
         None,
         json_of(&serde_json::json!({"url": b.url, "max_in_flight": cfg.max_in_flight})),
     )
     .await;
-    Ok((http::StatusCode::CREATED, Json(status)))
+    Ok(status)
 }
 
 #[derive(Deserialize)]
@@ -135,29 +150,75 @@ pub(super) struct BackendRef {
     url: String,
 }
 
-async fn change(
+/// A change to one backend of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// No new requests; those in flight finish.
+    Drain,
+    /// Takes requests again (also calls off a removal that has not finished).
+    Resume,
+    /// Drains, then leaves the pool once idle.
+    Remove,
+}
+
+impl Change {
+    /// The audit log's name for it.
+    pub(crate) fn action(self) -> &'static str {
+        match self {
+            Change::Drain => "backend.drain",
+            Change::Resume => "backend.resume",
+            Change::Remove => "backend.remove",
+        }
+    }
+
+    fn apply(self, p: &ModelPool, url: &str) -> Option<Arc<crate::upstream::Backend>> {
+        match self {
+            Change::Drain => p.set_draining(url, true),
+            Change::Resume => p.set_draining(url, false),
+            Change::Remove => p.remove(url),
+        }
+    }
+}
+
+/// Drains, resumes or removes a backend and audits it as `actor`: the one way the admin API and
+/// the portal change a backend.
+pub(crate) async fn change_backend(
     st: &AppState,
+    actor: &str,
     model: &str,
-    body: &Bytes,
-    action: &'static str,
-    apply: impl FnOnce(&ModelPool, &str) -> Option<Arc<crate::upstream::Backend>>,
-) -> Result<Json<BackendStatus>, ApiError> {
+    url: &str,
+    change: Change,
+) -> Result<BackendStatus, ApiError> {
     let p = pool(st, model)?;
-    let req: BackendRef = parse(body)?;
-    let before = p.backend(&req.url).map(|b| b.status());
-    let b = apply(p, &req.url).ok_or_else(|| {
-        ApiError::AdminNotFound(format!("backend `{}` of model `{model}`", req.url))
-    })?;
+    let before = p.backend(url).map(|b| b.status());
+    let b = change
+        .apply(p, url)
+        .ok_or_else(|| ApiError::AdminNotFound(format!("backend `{url}` of model `{model}`")))?;
     let after = b.status();
-    audit(
+    crate::server::record_audit(
         st,
-        action,
+        actor,
+        change.action(),
         format!("model:{model} backend:{}", b.url),
         before.as_ref().and_then(|s| json_of(&state_of(s))),
         json_of(&state_of(&after)),
     )
     .await;
-    Ok(Json(after))
+    Ok(after)
+}
+
+/// The admin API's handlers: the model must exist before the body is read.
+async fn change(
+    st: &AppState,
+    model: &str,
+    body: &Bytes,
+    change: Change,
+) -> Result<Json<BackendStatus>, ApiError> {
+    pool(st, model)?;
+    let req: BackendRef = parse(body)?;
+    Ok(Json(
+        change_backend(st, super::ADMIN_ACTOR, model, &req.url, change).await?,
+    ))
 }
 
 /// The part of a status an audit entry needs.
@@ -170,10 +231,7 @@ pub(super) async fn drain(
     Path(model): Path<String>,
     body: Bytes,
 ) -> Result<Json<BackendStatus>, ApiError> {
-    change(&st, &model, &body, "backend.drain", |p, u| {
-        p.set_draining(u, true)
-    })
-    .await
+    change(&st, &model, &body, Change::Drain).await
 }
 
 pub(super) async fn resume(
@@ -181,10 +239,7 @@ pub(super) async fn resume(
     Path(model): Path<String>,
     body: Bytes,
 ) -> Result<Json<BackendStatus>, ApiError> {
-    change(&st, &model, &body, "backend.resume", |p, u| {
-        p.set_draining(u, false)
-    })
-    .await
+    change(&st, &model, &body, Change::Resume).await
 }
 
 pub(super) async fn remove(
@@ -192,5 +247,5 @@ pub(super) async fn remove(
     Path(model): Path<String>,
     body: Bytes,
 ) -> Result<Json<BackendStatus>, ApiError> {
-    change(&st, &model, &body, "backend.remove", |p, u| p.remove(u)).await
+    change(&st, &model, &body, Change::Remove).await
 }

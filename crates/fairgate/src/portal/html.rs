@@ -27,7 +27,7 @@ const STYLE: &str = r#"
 @media (prefers-color-scheme: dark){:root{--fg:#e6e9ee;--muted:#9aa4b0;--line:#343b45;--accent:#6aa8ff;--bad:#ff8a80;--ok:#7ddc9a;--bg:#14171b}}
 *{box-sizing:border-box}body{margin:0;font:15px/1.5 system-ui,sans-serif;color:var(--fg);background:var(--bg)}
 header{display:flex;flex-wrap:wrap;gap:.75rem 1.25rem;align-items:center;padding:.75rem 1rem;border-bottom:1px solid var(--line)}
-header strong{margin-right:auto}nav a{margin-right:1rem}a{color:var(--accent)}
+header strong{margin-right:auto}nav{display:flex;flex-wrap:wrap;gap:.25rem 1rem}a{color:var(--accent)}
 main{max-width:64rem;margin:0 auto;padding:1rem}h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid var(--line)}
 .scroll{overflow-x:auto}form.inline{display:inline}input,select,button{font:inherit;padding:.35rem .5rem}
@@ -38,6 +38,18 @@ button.primary{background:var(--accent);border-color:var(--accent);color:#fff}
 .error{padding:.75rem;border-left:4px solid var(--bad);color:var(--bad)}.muted{color:var(--muted)}
 pre{overflow-x:auto;padding:.75rem;border:1px solid var(--line);border-radius:.35rem}
 label{display:block;margin:.5rem 0}.grid{display:grid;gap:.5rem;grid-template-columns:repeat(auto-fit,minmax(14rem,1fr))}
+.badge{display:inline-block;padding:0 .4rem;border:1px solid currentColor;border-radius:.75rem;font-size:.85em;white-space:nowrap}
+.ok{color:var(--ok)}.warn{color:#9a6700}.bad{color:var(--bad)}
+@media (prefers-color-scheme: dark){.warn{color:#e3b341}}
+.bar{display:inline-block;vertical-align:middle;width:4rem;height:.6rem;margin-right:.35rem;border:1px solid var(--line);border-radius:.3rem;overflow:hidden}
+.bar>span{display:block;height:100%;background:var(--accent)}.bar>span.hot{background:var(--bad)}
+main:has(table.wide){max-width:96rem}.nowrap{white-space:nowrap}
+@media (max-width:40rem){table.stack thead{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
+table.stack,table.stack tbody,table.stack tr,table.stack td{display:block;width:100%}
+table.stack tr{border-bottom:2px solid var(--line);padding:.35rem 0}
+table.stack td{display:flex;gap:1rem;justify-content:space-between;border:0;padding:.2rem .25rem;text-align:right}
+table.stack td::before{content:attr(data-label);font-weight:600;text-align:left;color:var(--muted)}
+table.stack td[data-label=""]::before{content:none}}
 "#;
 
 /// Who is looking at a page, for the header.
@@ -63,7 +75,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: &str) -> String {
             out.push_str("<a href=\"/portal/tenant\">Tenant</a>");
         }
         if v.role == Role::Operator {
-            out.push_str("<a href=\"/portal/operator\">Fair share</a><a href=\"/portal/operator/tenants\">Manage tenants</a><a href=\"/portal/audit\">Audit log</a>");
+            out.push_str("<a href=\"/portal/operator\">Fair share</a><a href=\"/portal/operator/tenants\">Manage tenants</a><a href=\"/portal/operator/backends\">Backends</a><a href=\"/portal/audit\">Audit log</a>");
         }
         let _ = write!(
             out,
@@ -111,6 +123,48 @@ pub fn table(head: &[&str], rows: &[Vec<String>]) -> String {
             out,
             "<tr><td colspan=\"{}\" class=\"muted\">Nothing yet.</td></tr>",
             head.len()
+        );
+    }
+    out.push_str("</tbody></table></div>");
+    out
+}
+
+/// Like [`table`], for wide tables: each cell carries its column's name (`data-label`), so on
+/// a phone-sized screen every row is shown as a stack of "name value" lines instead of a table
+/// scrolled sideways. `class` is added to the table's (e.g. `wide`, for more room on big
+/// screens); `row_attrs` (trusted HTML, one per row, may be empty) go on each `<tr>`.
+pub fn stacked_table(
+    class: &str,
+    head: &[&str],
+    rows: &[(String, Vec<String>)],
+    empty: &str,
+) -> String {
+    let mut out = format!(
+        "<div class=\"scroll\"><table class=\"stack {}\"><thead><tr>",
+        esc(class)
+    );
+    for h in head {
+        let _ = write!(out, "<th scope=\"col\">{}</th>", esc(h));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for (attrs, cells) in rows {
+        let _ = write!(
+            out,
+            "<tr{}{attrs}>",
+            if attrs.is_empty() { "" } else { " " }
+        );
+        for (i, c) in cells.iter().enumerate() {
+            let label = head.get(i).copied().unwrap_or("");
+            let _ = write!(out, "<td data-label=\"{}\">{c}</td>", esc(label));
+        }
+        out.push_str("</tr>");
+    }
+    if rows.is_empty() {
+        let _ = write!(
+            out,
+            "<tr class=\"empty\"><td colspan=\"{}\" data-label=\"\" class=\"muted\">{}</td></tr>",
+            head.len(),
+            esc(empty)
         );
     }
     out.push_str("</tbody></table></div>");

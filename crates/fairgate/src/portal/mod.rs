@@ -1,6 +1,6 @@
 //! The browser portal at `/portal`: people sign in and manage their own keys, usage and
-//! history; operators watch fair share live and manage tenants, groups, limits and budgets
-//! ([`operator`]). Server-rendered HTML from the same binary, with a few lines of script for
+//! history and see the models they may use; operators watch fair share live, manage tenants,
+//! groups, limits and budgets, and watch and change models' backends ([`operator`]). Server-rendered HTML from the same binary, with a few lines of script for
 //! the copy button and the live view.
 //!
 //! Security rules, enforced here for every route:
@@ -13,6 +13,7 @@
 //! - a key's secret is rendered exactly once, on the page that created it, and never logged.
 
 pub mod auth;
+pub mod context;
 pub mod html;
 pub mod oidc;
 pub mod operator;
@@ -42,6 +43,8 @@ const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub struct Portal {
     pub limiter: auth::LoginLimiter,
     pub oidc: oidc::OidcState,
+    /// Models' context lengths as their backends report them.
+    pub context: context::ContextLengths,
 }
 
 impl Default for Portal {
@@ -49,6 +52,7 @@ impl Default for Portal {
         Portal {
             limiter: auth::LoginLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
             oidc: oidc::OidcState::default(),
+            context: context::ContextLengths::default(),
         }
     }
 }
@@ -96,7 +100,25 @@ pub fn router() -> Router<Arc<AppState>> {
             "/operator/groups/{name}/weight",
             post(operator::set_group_weight),
         )
+        .route("/operator/backends", get(operator::backends::backends_page))
+        .route(
+            "/operator/models/{model}/backends",
+            post(operator::backends::add),
+        )
+        .route(
+            "/operator/models/{model}/backends/drain",
+            post(operator::backends::drain),
+        )
+        .route(
+            "/operator/models/{model}/backends/resume",
+            post(operator::backends::resume),
+        )
+        .route(
+            "/operator/models/{model}/backends/remove",
+            post(operator::backends::remove),
+        )
         .route("/api/scheduler", get(operator::scheduler_json))
+        .route("/api/backends", get(operator::backends::backends_json))
         .route("/audit", get(audit_page))
         .route("/models", get(reports::models_page))
         .route("/playground", get(playground_page))

@@ -1,5 +1,5 @@
-//! Operator pages: the live fair-share view, and tenants and groups (create, weight, group
-//! membership, rate limits, queueing, budgets).
+//! Operator pages: the live fair-share view, tenants and groups (create, weight, group
+//! membership, rate limits, queueing, budgets), and models' backends ([`backends`]).
 //!
 //! Every change goes the admin API's way: the same validation functions (`crate::admin`),
 //! the store, `refresh_directory` so the scheduler, limits and budgets use the new values at
@@ -26,6 +26,8 @@ use super::{check_post, form_urlencoded, redirect, require, signed_in, Refusal, 
 use crate::admin::{check_tenant_policy, valid_name, valid_weight};
 use crate::error::ApiError;
 use crate::server::{record_audit, refresh_directory, AppState};
+
+pub(super) mod backends;
 
 // ---- forms --------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 //! Read-only portal pages over models, a tenant and its usage: `/portal/models` (anyone
-//! signed in), `/portal/tenant` and `/portal/export.csv` (tenant admins for their own tenant,
+//! signed in; counts, never backend addresses), `/portal/tenant` and `/portal/export.csv` (tenant admins for their own tenant,
 //! operators for any). Every handler checks the role on the server.
 
 use std::collections::BTreeMap;
@@ -12,9 +12,10 @@ use fairgate_types::{now_millis, KeyRecord, LedgerRow, Role, Tenant};
 use http::{header, HeaderMap, HeaderValue};
 use serde::Deserialize;
 
-use super::html::{esc, page, table};
+use super::html::{esc, page, stacked_table, table};
 use super::{fmt_time, require, signed_in, Refusal, Signed};
 use crate::server::AppState;
+use crate::upstream::ModelPool;
 
 /// Most ledger rows read for the tenant page's per-member totals (newest first).
 const TENANT_ROWS: u32 = 10_000;
@@ -30,54 +31,196 @@ const EXPORT_ROWS: u32 = 100_000;
 
 // ---- models -------------------------------------------------------------------------
 
+/// What `/portal/models` says about one model's load: `ok`, `busy` (every slot taken or
+/// requests waiting) or `down` (no backend can take a request).
+pub(super) fn model_status(p: &ModelPool) -> (&'static str, &'static str) {
+    if !p.has_usable(None) {
+        ("down", "bad")
+    } else if p.queued() > 0 || p.fair.in_flight() >= p.fair.capacity() {
+        ("busy", "warn")
+    } else {
+        ("ok", "ok")
+    }
+}
+
+/// `N of M healthy`: backends taking new requests (healthy and not draining) out of all.
+pub(super) fn replicas_text(p: &ModelPool) -> String {
+    let list = p.backends();
+    let healthy = list
+        .iter()
+        .map(|b| b.status())
+        .filter(|s| s.state == "healthy" && !s.draining)
+        .count();
+    format!("{healthy} of {} healthy", list.len())
+}
+
+fn badge(text: &str, class: &str) -> String {
+    format!("<span class=\"badge {class}\">{}</span>", esc(text))
+}
+
+/// The model names (models, adapters, aliases) the person's keys may use; `None`: all of them
+/// (an operator; a key without a model list; or no active key yet, since a new key may use
+/// any).
+async fn usable_names(st: &AppState, s: &Signed) -> Result<Option<Vec<String>>, Refusal> {
+    if s.user.role == Role::Operator {
+        return Ok(None);
+    }
+    let Some(tenant) = &s.user.tenant else {
+        return Ok(None);
+    };
+    let now = now_millis();
+    let keys: Vec<KeyRecord> = st
+        .store
+        .list_keys(Some(tenant))
+        .await?
+        .into_iter()
+        .filter(|k| {
+            k.user.as_deref() == Some(s.user.email.as_str()) && key_state(k, now) == "active"
+        })
+        .collect();
+    if keys.is_empty() || keys.iter().any(|k| k.models.is_none()) {
+        return Ok(None);
+    }
+    Ok(Some(
+        keys.into_iter()
+            .flat_map(|k| k.models.unwrap_or_default())
+            .collect(),
+    ))
+}
+
+/// `/portal/models`, for everyone signed in: the models, adapters and aliases their keys may
+/// use, with status and load. Counts only: backend addresses are internal topology and stay on
+/// the operator's page.
 pub(super) async fn models_page(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Html<String>, Refusal> {
     let s = signed_in(&st, &headers).await?;
     require(&s, Role::User)?;
-    let rows: Vec<Vec<String>> = st
+    let allowed = usable_names(&st, &s).await?;
+    let may = |name: &str| allowed.as_ref().is_none_or(|l| l.iter().any(|n| n == name));
+    let context = st.portal.context.all(&st).await;
+
+    let rows: Vec<(String, Vec<String>)> = st
         .upstreams
         .pools
         .iter()
+        .filter(|p| may(&p.name))
         .map(|p| {
             let state = p.fair.state();
-            let list = p.backends();
-            let backends = list.len();
-            let b_in: usize = list.iter().map(|b| b.in_flight()).sum();
-            let b_cap: usize = list.iter().map(|b| b.max_in_flight()).sum();
-            let status = if backends == 0 {
-                "no backends"
-            } else if !p.has_usable(None) {
-                "down"
-            } else if state.in_flight >= state.max_in_flight {
-                "busy"
-            } else {
-                "ok"
-            };
-            vec![
+            let (status, class) = model_status(p);
+            let cells = vec![
                 format!("<code>{}</code>", esc(&p.name)),
-                status.to_owned(),
-                format!("{backends} ({b_in}/{b_cap} in flight)"),
-                format!("{}/{}", state.in_flight, state.max_in_flight),
+                super::context::shown(context.get(&p.name).copied()),
+                badge(status, class),
+                replicas_text(p),
                 state.queued.to_string(),
-            ]
+                format!("{} / {}", state.in_flight, state.max_in_flight),
+            ];
+            (format!("data-model=\"{}\"", esc(&p.name)), cells)
         })
         .collect();
     let mut body = String::from(
-        "<p class=\"muted\">Models you may use through the API, with current load. \
-         Status reflects free capacity only; backends are not health-checked yet.</p>",
+        "<p class=\"muted\">Models you may use through the API, with their state now. \
+         <strong>ok</strong>: there is room; <strong>busy</strong>: every slot is taken, so new \
+         requests wait their fair turn; <strong>down</strong>: no replica can take a request.</p>",
     );
-    body.push_str(&table(
+    if allowed.is_some() {
+        body.push_str(
+            "<p class=\"muted\">Only the names your API keys are limited to are listed.</p>",
+        );
+    }
+    body.push_str(&stacked_table(
+        "",
         &[
             "Model",
+            "Context length",
             "Status",
-            "Backends",
-            "In flight / capacity",
+            "Replicas",
             "Queued",
+            "In flight / capacity",
         ],
         &rows,
+        "No models you may use.",
     ));
+
+    let adapters: Vec<(String, Vec<String>)> = st
+        .upstreams
+        .pools
+        .iter()
+        .flat_map(|p| p.adapters.iter().map(move |a| (p, a)))
+        .filter(|(_, a)| may(a))
+        .map(|(p, a)| {
+            let list = p.backends();
+            let loaded = list
+                .iter()
+                .filter(|b| b.status().running_adapters.iter().any(|x| x == a))
+                .count();
+            let (status, class) = if p.has_usable(Some(a)) {
+                model_status(p)
+            } else {
+                ("down", "bad")
+            };
+            let cells = vec![
+                format!("<code>{}</code>", esc(a)),
+                format!("<code>{}</code>", esc(&p.name)),
+                badge(status, class),
+                format!("{loaded} of {}", list.len()),
+            ];
+            (String::new(), cells)
+        })
+        .collect();
+    if !adapters.is_empty() {
+        body.push_str(
+            "<h2>Adapters</h2><p class=\"muted\">LoRA adapters on top of a model: ask for one by \
+             name as the <code>model</code>. \"Running on\" counts the replicas that had it \
+             loaded at their last report; others load it on first use.</p>",
+        );
+        body.push_str(&stacked_table(
+            "",
+            &["Adapter", "Base model", "Status", "Running on"],
+            &adapters,
+            "",
+        ));
+    }
+
+    let live = st.live.load();
+    let aliases: Vec<(String, Vec<String>)> = live
+        .aliases
+        .iter()
+        .filter(|a| may(&a.name))
+        .map(|a| {
+            let now = a
+                .models
+                .iter()
+                .find(|m| st.upstreams.get(m).is_some_and(|p| p.has_usable(None)));
+            let cells = vec![
+                format!("<code>{}</code>", esc(&a.name)),
+                a.models
+                    .iter()
+                    .map(|m| format!("<code>{}</code>", esc(m)))
+                    .collect::<Vec<_>>()
+                    .join(", then "),
+                match now {
+                    Some(m) => format!("<code>{}</code>", esc(m)),
+                    None => badge("none: all down", "bad"),
+                },
+            ];
+            (String::new(), cells)
+        })
+        .collect();
+    if !aliases.is_empty() {
+        body.push_str(
+            "<h2>Aliases</h2><p class=\"muted\">Other names: a request for an alias goes to the \
+             first of its models that has a healthy replica.</p>",
+        );
+        body.push_str(&stacked_table(
+            "",
+            &["Alias", "Models, in order", "Goes to now"],
+            &aliases,
+            "",
+        ));
+    }
     Ok(Html(page("Models", Some(&s.viewer()), &body)))
 }
 
