@@ -675,9 +675,12 @@ impl ModelPool {
             let url = cfg.url.trim_end_matches('/');
             if let Some(existing) = self.backends.load().iter().find(|b| b.url == url) {
                 if existing.removing.load(Ordering::Relaxed) {
-                    return Err(format!("backend `{url}` is still being removed (it has requests in flight); try again when they finish"));
+                    return Err(format!(
+                        "backend `{url}` (still being removed; retry when its requests finish)"
+                    ));
                 }
-                return Err(format!("model `{}` already has backend `{url}`", self.name));
+                // Worded to be followed by "already exists" (the admin API's conflict error).
+                return Err(format!("backend `{url}` of model `{}`", self.name));
             }
             let b = Arc::new(Backend::new(cfg, origin, routing));
             let mut list = self.backends.load().as_ref().clone();

@@ -1382,7 +1382,7 @@ async fn operator_manages_backends_and_users_see_only_counts() {
     assert_eq!(r.status(), 400);
     let body = r.text().await.unwrap();
     assert!(
-        body.contains(&format!("model `m` already has backend `{}`<", a.url)),
+        body.contains(&format!("backend `{}` of model `m` already exists<", a.url)),
         "{body}"
     );
     // Unknown backend and unknown model.

@@ -400,10 +400,10 @@ pub(in crate::portal) async fn backends_json(
     Ok(resp)
 }
 
-/// The admin API's errors, worded for the form: its conflict messages are whole sentences.
+/// The admin API's errors, worded for the form: a conflict is invalid input here.
 fn fail(e: ApiError) -> Fail {
     match e {
-        ApiError::AdminConflict(m) => Fail::Invalid(m),
+        e @ ApiError::AdminConflict(_) => Fail::Invalid(e.to_string()),
         e => Fail::from(e),
     }
 }
