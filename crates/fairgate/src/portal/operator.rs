@@ -987,8 +987,6 @@ pub(super) async fn set_tenant_policy(
                 max_concurrent: opt_num("max_concurrent", f.get("max_concurrent"), none)
                     .map_err(Fail::Invalid)?,
             },
-            budgets: t.policy.budgets.clone(),
-            fallbacks: t.policy.fallbacks.clone(),
             max_queue: opt_num("max_queue", f.get("max_queue"), default)
                 .map_err(Fail::Invalid)?,
             max_wait_ms: opt_num("max_wait_ms", f.get("max_wait_ms"), default)
@@ -1004,6 +1002,8 @@ pub(super) async fn set_tenant_policy(
                 }
             },
             hard_cap: f.has("hard_cap"),
+            // Budgets and fallbacks have their own forms (or the admin API): keep them.
+            ..t.policy.clone()
         };
         check_policy(&policy)?;
         t.policy = policy;
