@@ -47,26 +47,49 @@ enum Command {
     /// Administer tenants, groups, keys and policies of a running gateway.
     Admin(AdminArgs),
     /// Measure gateway overhead (the same load direct to a backend and through fairgate), or
-    /// with `--scenario`, fair-share admission against a timed simulator.
+    /// with `--scenario`, fair-share admission against a timed simulator or routing across
+    /// simulator replicas with a prefix cache.
     Bench(BenchCmd),
+}
+
+/// `fairgate bench --scenario`: the fair-share scenarios (`all` runs those four) and the
+/// routing ones (`routing` runs both workloads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchScenario {
+    Weighted,
+    Interactive,
+    Asymmetry,
+    Throughput,
+    All,
+    PrefixShared,
+    NoSharing,
+    Routing,
 }
 
 #[derive(Args)]
 struct BenchCmd {
-    /// Fair-share scenario (`fair` vs `fifo` admission); without it, the overhead benchmark.
+    /// Fair-share scenario (`fair` vs `fifo` admission) or routing scenario (strategies over
+    /// 4 simulator replicas); without it, the overhead benchmark.
     #[arg(long, value_enum)]
-    scenario: Option<crate::fairbench::Scenario>,
-    /// Admission modes to run (scenarios only).
+    scenario: Option<BenchScenario>,
+    /// Admission modes to run (fair-share scenarios only).
     #[arg(long, value_enum, default_value_t = crate::fairbench::ModeSel::Both)]
     mode: crate::fairbench::ModeSel,
+    /// Routing strategies to run (routing scenarios only).
+    #[arg(long, value_enum, default_value_t = crate::routebench::StrategySel::All)]
+    strategy: crate::routebench::StrategySel,
+    /// Poisson arrival rate in requests/s (routing scenarios; default: prefix-shared 16,
+    /// no-sharing 7).
+    #[arg(long)]
+    qps: Option<f64>,
     /// Write scenario results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Seed of the simulator and the prompt text (scenarios only).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Seconds per closed-loop phase (overhead, default 5) or of load per run (scenarios,
-    /// default 25).
+    /// Seconds per closed-loop phase (overhead, default 5), of load per run (fair-share
+    /// scenarios, default 25) or measured per run after a warm-up (routing, default 25).
     #[arg(long)]
     seconds: Option<u64>,
     /// Concurrent connections in the closed-loop phase (overhead).
@@ -422,16 +445,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(args) => run_admin(args).await,
         Command::Bench(b) => {
             init_logging("text");
+            use crate::fairbench::Scenario as Fair;
+            use crate::routebench::Workload;
+            let fair = |scenario| {
+                crate::fairbench::run(crate::fairbench::FairBenchArgs {
+                    scenario,
+                    mode: b.mode,
+                    seconds: b.seconds.unwrap_or(25),
+                    seed: b.seed,
+                    json: b.json.clone(),
+                })
+            };
+            let routing = |workloads| {
+                crate::routebench::run(crate::routebench::RouteBenchArgs {
+                    workloads,
+                    strategy: b.strategy,
+                    seconds: b.seconds.unwrap_or(25),
+                    seed: b.seed,
+                    qps: b.qps,
+                    json: b.json.clone(),
+                })
+            };
             match b.scenario {
-                Some(scenario) => {
-                    crate::fairbench::run(crate::fairbench::FairBenchArgs {
-                        scenario,
-                        mode: b.mode,
-                        seconds: b.seconds.unwrap_or(25),
-                        seed: b.seed,
-                        json: b.json,
-                    })
-                    .await
+                Some(BenchScenario::Weighted) => fair(Fair::Weighted).await,
+                Some(BenchScenario::Interactive) => fair(Fair::Interactive).await,
+                Some(BenchScenario::Asymmetry) => fair(Fair::Asymmetry).await,
+                Some(BenchScenario::Throughput) => fair(Fair::Throughput).await,
+                Some(BenchScenario::All) => fair(Fair::All).await,
+                Some(BenchScenario::PrefixShared) => routing(vec![Workload::PrefixShared]).await,
+                Some(BenchScenario::NoSharing) => routing(vec![Workload::NoSharing]).await,
+                Some(BenchScenario::Routing) => {
+                    routing(vec![Workload::PrefixShared, Workload::NoSharing]).await
                 }
                 None => {
                     crate::bench::run(crate::bench::BenchArgs {

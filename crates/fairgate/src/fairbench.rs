@@ -41,6 +41,9 @@
 //!   together, so the difference is a sawtooth of about A's streams × its request cost.)
 //! - `throughput`: the `weighted` load; pass: fair/fifo tokens/s within 3 %.
 //!
+//! The process, HTTP, SSE and percentile helpers here (`spawn_sim`, `spawn_gateway`,
+//! `stream_one`, `percentile`, …) are shared with the routing benchmark (`routebench`).
+//!
 //! Identical simulated requests started together finish on the same step forever, so slots
 //! would free in lockstep waves (a sim artefact that makes a newcomer wait a whole wave); the
 //! first 16 streams of `weighted` and `interactive` therefore start one service time / 16
@@ -92,8 +95,8 @@ const DECODE_STEP_MS: f64 = 5.0;
 const DECODE_PER_SEQ_US: f64 = 50.0;
 const PREFILL_OVERHEAD_MS: f64 = 2.0;
 const PREFILL_PER_TOKEN_US: f64 = 20.0;
-const ADMIN_TOKEN: &str = "fairbench-admin-token-0123456789";
-const MODEL: &str = "bench";
+pub(crate) const ADMIN_TOKEN: &str = "fairbench-admin-token-0123456789";
+pub(crate) const MODEL: &str = "bench";
 
 /// Seconds a full batch needs to produce `out` tokens.
 fn service_time(out: u64) -> f64 {
@@ -151,24 +154,25 @@ impl Load {
 
 /// One request as the client saw it; times in seconds since the run's start.
 #[derive(Debug, Clone, Default)]
-struct Rec {
-    tenant: usize,
-    sent: f64,
-    first: Option<f64>,
-    end: f64,
-    prompt: u64,
-    completion: u64,
-    chunks: u64,
-    expected_prompt: u64,
+pub(crate) struct Rec {
+    pub(crate) tenant: usize,
+    pub(crate) sent: f64,
+    /// First content chunk.
+    pub(crate) first: Option<f64>,
+    pub(crate) end: f64,
+    pub(crate) prompt: u64,
+    pub(crate) completion: u64,
+    pub(crate) chunks: u64,
+    pub(crate) expected_prompt: u64,
     /// Usage chunk and `[DONE]` seen.
-    complete: bool,
-    cut: bool,
-    error: Option<String>,
+    pub(crate) complete: bool,
+    pub(crate) cut: bool,
+    pub(crate) error: Option<String>,
 }
 
 impl Rec {
     /// (in, out) tokens served: usage when complete, else the prompt estimate and chunks.
-    fn tokens(&self) -> (f64, f64) {
+    pub(crate) fn tokens(&self) -> (f64, f64) {
         if self.first.is_none() {
             return (0.0, 0.0);
         }
@@ -194,12 +198,12 @@ fn spread(amount: f64, first: f64, end: f64, t: f64) -> f64 {
 }
 
 /// Sum of the spread `(amount, first, end)` items served by `t`.
-fn service_at(items: &[(f64, f64, f64)], t: f64) -> f64 {
+pub(crate) fn service_at(items: &[(f64, f64, f64)], t: f64) -> f64 {
     items.iter().map(|&(a, f, e)| spread(a, f, e, t)).sum()
 }
 
 /// max − min (0 for fewer than two values).
-fn max_min_diff(values: &[f64]) -> f64 {
+pub(crate) fn max_min_diff(values: &[f64]) -> f64 {
     if values.len() < 2 {
         return 0.0;
     }
@@ -226,7 +230,7 @@ fn lsq_slope(xs: &[f64], ys: &[f64]) -> f64 {
 }
 
 /// Nearest-rank percentile of sorted values (NaN when empty).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -236,26 +240,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 // ---------- processes ----------
 
-struct Procs {
-    sim: Child,
-    gateway: Child,
+/// Child processes of one run, stopped in order (the gateway first, then the simulators).
+pub(crate) struct Procs {
+    pub(crate) children: Vec<Child>,
 }
 
 impl Procs {
-    async fn stop(mut self) {
-        for c in [&mut self.gateway, &mut self.sim] {
+    pub(crate) async fn stop(mut self) {
+        for c in &mut self.children {
             let _ = c.start_kill();
             let _ = c.wait().await;
         }
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
-async fn wait_http(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_http(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     for _ in 0..300 {
         if let Ok(r) = client.get(url).send().await {
             if r.status().is_success() {
@@ -267,40 +271,54 @@ async fn wait_http(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     bail!("{url} did not come up")
 }
 
-/// Starts the simulator and a gateway in `mode`; returns them and the gateway's and the
-/// simulator's root URLs.
-async fn start(
-    dir: &Path,
-    mode: &str,
-    seed: u64,
-    client: &reqwest::Client,
-) -> anyhow::Result<(Procs, String, String)> {
+/// The load generator's HTTP client.
+pub(crate) fn bench_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(512)
+        .build()?)
+}
+
+/// A fresh scratch directory for one run (SQLite file, config), removed by the caller.
+pub(crate) fn run_dir(kind: &str, label: &str, seed: u64) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "fairgate-{kind}-{}-{label}-{seed}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Starts `fairgate sim` serving [`MODEL`] on `port` with extra flags `args`.
+pub(crate) fn spawn_sim(port: u16, args: &[String]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("locating the fairgate binary")?;
-    let (sim_port, gw_port) = (free_port()?, free_port()?);
-    let sim = Command::new(&exe)
+    Command::new(&exe)
         .args(["sim", "--model", MODEL, "--listen"])
-        .arg(format!("127.0.0.1:{sim_port}"))
-        .args(["--max-num-seqs", &SLOTS.to_string()])
-        .args(["--decode-step-ms", &DECODE_STEP_MS.to_string()])
-        .args(["--decode-step-per-seq-us", &DECODE_PER_SEQ_US.to_string()])
-        .args(["--prefill-overhead-ms", &PREFILL_OVERHEAD_MS.to_string()])
-        .args(["--prefill-per-token-us", &PREFILL_PER_TOKEN_US.to_string()])
-        .args(["--seed", &seed.to_string()])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
         .env("FAIRGATE_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .context("starting the simulator")?;
-    let config = format!(
-        "listen = \"127.0.0.1:{gw_port}\"\ndatabase = \"sqlite://{db}\"\ndata_dir = \"{d}\"\n\
-         admin_token = \"{ADMIN_TOKEN}\"\n\
-         [admission]\nmode = \"{mode}\"\nqueue_timeout_ms = 600000\n\
-         [[models]]\nname = \"{MODEL}\"\n[[models.backends]]\n\
-         url = \"http://127.0.0.1:{sim_port}\"\nmax_in_flight = {SLOTS}\n",
-        db = dir.join("fairbench.db").display(),
+        .context("starting the simulator")
+}
+
+/// The config header every bench gateway shares: `listen`, SQLite in `dir`, the admin token.
+pub(crate) fn gateway_config_head(dir: &Path, port: u16) -> String {
+    format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"sqlite://{db}\"\ndata_dir = \"{d}\"\n\
+         admin_token = \"{ADMIN_TOKEN}\"\n",
+        db = dir.join("bench.db").display(),
         d = dir.display(),
-    );
-    let cfg_path = dir.join("fairbench.toml");
+    )
+}
+
+/// Writes `config` into `dir` and starts `fairgate serve` on it; its log lines (warnings and
+/// up) are copied to stderr.
+pub(crate) fn spawn_gateway(dir: &Path, config: &str) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("locating the fairgate binary")?;
+    let cfg_path = dir.join("gateway.toml");
     std::fs::write(&cfg_path, config)?;
     let mut gateway = Command::new(&exe)
         .arg("serve")
@@ -320,16 +338,63 @@ async fn start(
             }
         });
     }
-    let procs = Procs { sim, gateway };
+    Ok(gateway)
+}
+
+/// Starts the simulator and a gateway in `mode`; returns them and the gateway's and the
+/// simulator's root URLs.
+async fn start(
+    dir: &Path,
+    mode: &str,
+    seed: u64,
+    client: &reqwest::Client,
+) -> anyhow::Result<(Procs, String, String)> {
+    let (sim_port, gw_port) = (free_port()?, free_port()?);
+    let sim_args: Vec<String> = [
+        ("--max-num-seqs", SLOTS.to_string()),
+        ("--decode-step-ms", DECODE_STEP_MS.to_string()),
+        ("--decode-step-per-seq-us", DECODE_PER_SEQ_US.to_string()),
+        ("--prefill-overhead-ms", PREFILL_OVERHEAD_MS.to_string()),
+        ("--prefill-per-token-us", PREFILL_PER_TOKEN_US.to_string()),
+        ("--seed", seed.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_owned(), v])
+    .collect();
+    let sim = spawn_sim(sim_port, &sim_args)?;
+    let config = format!(
+        "{head}[admission]\nmode = \"{mode}\"\nqueue_timeout_ms = 600000\n\
+         [[models]]\nname = \"{MODEL}\"\n[[models.backends]]\n\
+         url = \"http://127.0.0.1:{sim_port}\"\nmax_in_flight = {SLOTS}\n",
+        head = gateway_config_head(dir, gw_port),
+    );
+    // Stopped gateway first, so it does not see its backend vanish.
+    let mut procs = Procs {
+        children: vec![sim],
+    };
+    match spawn_gateway(dir, &config) {
+        Ok(g) => procs.children.insert(0, g),
+        Err(e) => {
+            procs.stop().await;
+            return Err(e);
+        }
+    }
     let gw = format!("http://127.0.0.1:{gw_port}");
     let sim = format!("http://127.0.0.1:{sim_port}");
-    wait_http(client, &format!("{sim}/health")).await?;
-    wait_http(client, &format!("{gw}/healthz")).await?;
+    let up = async {
+        wait_http(client, &format!("{sim}/health")).await?;
+        wait_http(client, &format!("{gw}/healthz")).await
+    }
+    .await;
+    if let Err(e) = up {
+        procs.stop().await;
+        return Err(e);
+    }
     Ok((procs, gw, sim))
 }
 
 /// Creates a tenant and one key through the admin API; returns the key.
-async fn tenant_key(
+pub(crate) async fn tenant_key(
     client: &reqwest::Client,
     gw: &str,
     name: &str,
@@ -358,17 +423,19 @@ async fn tenant_key(
 
 // ---------- load ----------
 
-struct Ctx {
-    client: reqwest::Client,
-    url: String,
-    t0: Instant,
-    deadline: Instant,
+/// What every request of a run shares: the client, the chat URL, the run's start and its
+/// deadline (every request still open then is cut).
+pub(crate) struct Ctx {
+    pub(crate) client: reqwest::Client,
+    pub(crate) url: String,
+    pub(crate) t0: Instant,
+    pub(crate) deadline: Instant,
 }
 
-/// Chat body with a prompt of exactly `prompt` simulator tokens (≥ 8).
-fn body(rng: &mut StdRng, prompt: u64, out: u64) -> (String, u64) {
+/// `words` seeded random words of 1–4 lowercase letters, space-separated: exactly `words`
+/// simulator tokens (each word is one token, its leading space included).
+pub(crate) fn random_words(rng: &mut StdRng, words: u64) -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
-    let words = prompt.saturating_sub(7).max(1);
     let mut text = String::with_capacity(words as usize * 4);
     for i in 0..words {
         if i > 0 {
@@ -378,6 +445,12 @@ fn body(rng: &mut StdRng, prompt: u64, out: u64) -> (String, u64) {
             text.push(LETTERS[rng.gen_range(0..LETTERS.len())] as char);
         }
     }
+    text
+}
+
+/// Chat body with a prompt of exactly `prompt` simulator tokens (≥ 8).
+fn body(rng: &mut StdRng, prompt: u64, out: u64) -> (String, u64) {
+    let text = random_words(rng, prompt.saturating_sub(7).max(1));
     let expected = fairgate_sim::count_tokens(&text) as u64 + 7;
     let b = json!({
         "model": MODEL,
@@ -390,7 +463,7 @@ fn body(rng: &mut StdRng, prompt: u64, out: u64) -> (String, u64) {
 }
 
 /// Reads SSE events out of `buf` into `rec`; returns true at `[DONE]`.
-fn take_events(buf: &mut Vec<u8>, rec: &mut Rec, now: f64) -> bool {
+pub(crate) fn take_events(buf: &mut Vec<u8>, rec: &mut Rec, now: f64) -> bool {
     let mut done = false;
     while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
         let event: Vec<u8> = buf.drain(..pos + 2).collect();
@@ -429,7 +502,7 @@ fn take_events(buf: &mut Vec<u8>, rec: &mut Rec, now: f64) -> bool {
 }
 
 /// One streamed request, cut at the deadline.
-async fn stream_one(ctx: &Ctx, key: &str, body: String, mut rec: Rec) -> Rec {
+pub(crate) async fn stream_one(ctx: &Ctx, key: &str, body: String, mut rec: Rec) -> Rec {
     let now = |c: &Ctx| c.t0.elapsed().as_secs_f64();
     rec.sent = now(ctx);
     let send = ctx
@@ -594,11 +667,34 @@ struct RunOut {
 }
 
 /// Value of an unlabelled-by-us gauge in a Prometheus text page.
-fn gauge(page: &str, name: &str) -> Option<f64> {
+pub(crate) fn gauge(page: &str, name: &str) -> Option<f64> {
     page.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Sum of every series of metric `name` whose labels contain `label` (e.g. `reason="cold"`;
+/// "" for all) in a Prometheus text page; `None` when there is none.
+pub(crate) fn metric_sum(page: &str, name: &str, label: &str) -> Option<f64> {
+    let mut sum = None;
+    for l in page.lines() {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
+        };
+        let labels = match rest.strip_prefix('{') {
+            Some(r) => r.split_once('}').map_or("", |(labels, _)| labels),
+            None if rest.starts_with(' ') => "",
+            None => continue,
+        };
+        if !labels.contains(label) {
+            continue;
+        }
+        if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
 }
 
 /// Polls the simulator's running/waiting gauges between `from` and `to` seconds.
@@ -629,17 +725,8 @@ async fn sample_sim(client: reqwest::Client, sim: String, from: f64, to: f64) ->
 }
 
 async fn run_load(load: &Load, mode: &'static str, seed: u64) -> anyhow::Result<RunOut> {
-    let dir = std::env::temp_dir().join(format!(
-        "fairgate-fairbench-{}-{mode}-{}",
-        std::process::id(),
-        seed
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(512)
-        .build()?;
+    let dir = run_dir("fairbench", mode, seed)?;
+    let client = bench_client()?;
     let (procs, gw, sim) = start(&dir, mode, seed, &client).await?;
     let result = async {
         let mut keys = Vec::new();
@@ -845,7 +932,7 @@ fn analyse(load: &Load, run: &RunOut) -> RunReport {
 
 // ---------- output ----------
 
-fn pass(ok: bool) -> &'static str {
+pub(crate) fn pass(ok: bool) -> &'static str {
     if ok {
         "PASS"
     } else {
@@ -979,7 +1066,7 @@ fn find<'a>(runs: &'a [RunReport], mode: &str) -> Option<&'a RunReport> {
 }
 
 /// A criterion line, printed and kept for the JSON.
-fn criterion(out: &mut Vec<Value>, name: &str, ok: bool, detail: String) {
+pub(crate) fn criterion(out: &mut Vec<Value>, name: &str, ok: bool, detail: String) {
     println!("criterion: {name}: {} ({detail})", pass(ok));
     out.push(json!({"criterion": name, "pass": ok, "detail": detail}));
 }
@@ -1294,6 +1381,28 @@ mod tests {
         assert_eq!(percentile(&v[..10], 0.99), 10.0);
         assert_eq!(percentile(&[7.0], 0.0), 7.0);
         assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn metric_sums_over_series() {
+        let page = "# HELP x\nvllm:request_success_total{finished_reason=\"length\"} 3\n\
+            vllm:request_success_total{finished_reason=\"abort\"} 2\n\
+            vllm:request_success_totalx 9\nplain 4.5\n";
+        assert_eq!(
+            metric_sum(page, "vllm:request_success_total", ""),
+            Some(5.0)
+        );
+        assert_eq!(
+            metric_sum(
+                page,
+                "vllm:request_success_total",
+                "finished_reason=\"abort\""
+            ),
+            Some(2.0)
+        );
+        assert_eq!(metric_sum(page, "plain", ""), Some(4.5));
+        assert_eq!(metric_sum(page, "missing", ""), None);
+        assert_eq!(gauge(page, "plain"), Some(4.5));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`server`]: composition root: state, router, graceful shutdown.
 //! - [`demo`]: `fairgate demo`, the gateway plus two simulated models on embedded defaults.
 //! - [`cli`]: the `fairgate` command line, including the `fairgate admin` client.
-//! - [`bench`]: `fairgate bench`, the gateway overhead benchmark.
+//! - [`bench`]: `fairgate bench`, the gateway overhead benchmark; [`fairbench`] its fair-share
+//!   scenarios and [`routebench`] its routing scenarios.
 //!
 //! Sibling crates: `fairgate-types` (records), `fairgate-relay` (request parsing and the SSE
 //! relay, pure), `fairgate-store` (SQLite/Postgres and the batched ledger writer),
@@ -31,6 +32,7 @@ pub mod identity;
 pub mod metrics;
 pub mod portal;
 pub mod proxy;
+pub mod routebench;
 pub mod router;
 pub mod server;
 pub mod upstream;
