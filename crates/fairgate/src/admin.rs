@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::identity::{mint_key, mint_secret_for};
+use crate::identity::mint_key;
 use crate::server::AppState;
 
 pub(crate) mod backends;
@@ -599,20 +599,7 @@ async fn rotate_key(
             "key `{id}` is revoked and cannot be rotated; a revoked key"
         )));
     }
-    let minted = mint_secret_for(k.id.clone());
-    k.secret_hash = minted.secret_hash.clone();
-    st.store.update_key(&k).await?;
-    reload(&st).await?;
-    // The record carries no secret (its hash is never serialized).
-    audit(
-        &st,
-        "key.rotate",
-        format!("key:{}", k.id),
-        None,
-        json_of(&k),
-    )
-    .await;
-    tracing::info!(key_id = %k.id, "key rotated");
+    let minted = crate::server::rotate_key_secret(&st, ADMIN_ACTOR, &mut k).await?;
     Ok(Json(KeyView::of(k, Some(minted.expose().to_owned()))))
 }
 

@@ -31,7 +31,7 @@ use fairgate_types::{now_millis, KeyId, KeyRecord, Role, Session, User};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use crate::identity::{mint_key, mint_secret_for};
+use crate::identity::mint_key;
 use crate::server::{record_audit, refresh_directory, AppState};
 use html::{esc, form, page, table, Viewer};
 
@@ -704,21 +704,7 @@ async fn rotate_key(
             "this key is revoked and cannot be rotated; create a new key instead".into(),
         ));
     }
-    let minted = mint_secret_for(k.id.clone());
-    k.secret_hash = minted.secret_hash.clone();
-    st.store.update_key(&k).await?;
-    refresh_directory(&st).await?;
-    // As in the admin API: the record serializes without its hash, so no secret is logged.
-    record_audit(
-        &st,
-        &s.user.email,
-        "key.rotate",
-        format!("key:{}", k.id),
-        None,
-        serde_json::to_string(&k).ok(),
-    )
-    .await;
-    tracing::info!(key_id = %k.id, user = %s.user.email, "portal key rotated");
+    let minted = crate::server::rotate_key_secret(&st, &s.user.email, &mut k).await?;
     let notice = "The key has a new secret and the old one no longer works. This is the only time the new secret is shown: copy it now and update your clients.";
     Ok(secret_page(
         &st,
