@@ -229,8 +229,8 @@ struct Plan {
     prompt_estimate: u64,
     /// A parsed, non-streamed request whose answer may be cached.
     cache_candidate: bool,
-    /// Prompt prefix block hashes, for `prefix_aware` routing (empty otherwise).
-    blocks: Vec<u64>,
+    /// The parsed endpoint (`None` for relayed paths): where prompt prefix hashing can look.
+    endpoint: Option<Endpoint>,
     /// Body to send upstream.
     body: Bytes,
 }
@@ -275,7 +275,7 @@ pub async fn generic(State(st): State<Arc<AppState>>, req: Request) -> Response 
         reservation: 0,
         prompt_estimate: 0,
         cache_candidate: false,
-        blocks: Vec::new(),
+        endpoint: None,
         body: bytes,
     };
     forward(st, t, principal, parts, plan).await
@@ -313,12 +313,6 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return t.fail(ApiError::BadRequest(e)),
     };
-    // Hashing the prompt costs a second pass over it; only the prefix-aware router uses it.
-    let blocks = if st.live.load().routing.strategy == Strategy::PrefixAware {
-        fairgate_relay::prefix::prompt_blocks(ep, &body, fairgate_relay::prefix::MAX_BLOCKS)
-    } else {
-        Vec::new()
-    };
     let plan = Plan {
         model: parsed.model,
         strip_usage_chunk: !parsed.client_wants_usage,
@@ -326,7 +320,7 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
         reservation,
         prompt_estimate: parsed.prompt_tokens_estimate,
         cache_candidate: !parsed.stream,
-        blocks,
+        endpoint: Some(ep),
         body,
     };
     forward(st, t, principal, parts, plan).await
@@ -604,7 +598,19 @@ async fn forward(
             .max_queue
             .map_or(live.admission.max_queue_per_tenant, |q| q as usize),
     };
-    let route = Route::new(&live.routing, &plan.blocks, target.adapter.as_deref());
+    // Hashing the prompt is a second pass over it: only when the prefix-aware router has a
+    // choice to make.
+    let blocks = match plan.endpoint {
+        Some(ep) if live.routing.strategy == Strategy::PrefixAware && pool.backends().len() > 1 => {
+            fairgate_relay::prefix::prompt_blocks(
+                ep,
+                &plan.body,
+                fairgate_relay::prefix::MAX_BLOCKS,
+            )
+        }
+        _ => Vec::new(),
+    };
+    let route = Route::new(&live.routing, &blocks, target.adapter.as_deref());
     let admitted = st.admission.admit(&pool, ask, &route).await;
     let waited = queued_at.elapsed();
     t.row.queue_ms = waited.as_millis() as u64;

@@ -540,26 +540,13 @@ impl ModelPool {
     /// Recomputes capacity from backend usability, and drops removed backends once idle.
     pub fn refresh(&self) {
         let now = Instant::now();
-        let list = self.backends.load_full();
-        if list
-            .iter()
-            .any(|b| b.removing.load(Ordering::Relaxed) && b.in_flight() == 0)
-        {
+        let gone = |b: &Arc<Backend>| b.removing.load(Ordering::Relaxed) && b.in_flight() == 0;
+        if self.backends.load().iter().any(gone) {
             let _g = lock(&self.edit);
-            let kept: Vec<Arc<Backend>> = self
-                .backends
-                .load()
-                .iter()
-                .filter(|b| !(b.removing.load(Ordering::Relaxed) && b.in_flight() == 0))
-                .cloned()
-                .collect();
-            for gone in self
-                .backends
-                .load()
-                .iter()
-                .filter(|b| !kept.iter().any(|k| Arc::ptr_eq(k, b)))
-            {
-                tracing::info!(model = %self.name, backend = %gone.url, "backend removed");
+            let (dropped, kept): (Vec<_>, Vec<_>) =
+                self.backends.load().iter().cloned().partition(gone);
+            for b in &dropped {
+                tracing::info!(model = %self.name, backend = %b.url, "backend removed");
             }
             self.backends.store(Arc::new(kept));
         }
@@ -1006,13 +993,11 @@ mod tests {
         p.set_draining(&drained, true);
         // Capacity: the other backend's 2 slots + the 1 request still on the drained one.
         assert_eq!(p.fair.capacity(), 3);
-        for _ in 0..1 {
-            let l = p.acquire(req(s), &r).await.unwrap();
-            assert_ne!(l.backend.url, drained);
-            std::mem::forget(l);
-        }
+        let third = p.acquire(req(s), &r).await.unwrap();
+        assert_ne!(third.backend.url, drained);
         drop(leases);
         assert_eq!(p.fair.capacity(), 2);
+        drop(third);
         // Removing: gone from the list once idle.
         p.remove(&drained);
         assert!(p.backend(&drained).is_none());
