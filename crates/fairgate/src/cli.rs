@@ -64,6 +64,9 @@ enum BenchScenario {
     PrefixShared,
     NoSharing,
     Routing,
+    /// Long mixed load (streams, cancels, bad inputs): the gateway's RSS and open fds at the
+    /// start and the end (`--seconds`, default 600).
+    Soak,
 }
 
 #[derive(Args)]
@@ -476,6 +479,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(BenchScenario::NoSharing) => routing(vec![Workload::NoSharing]).await,
                 Some(BenchScenario::Routing) => {
                     routing(vec![Workload::PrefixShared, Workload::NoSharing]).await
+                }
+                Some(BenchScenario::Soak) => {
+                    crate::soakbench::run(crate::soakbench::SoakArgs {
+                        seconds: b.seconds.unwrap_or(600),
+                        workers: b.concurrency,
+                        seed: b.seed,
+                    })
+                    .await
                 }
                 None => {
                     crate::bench::run(crate::bench::BenchArgs {

@@ -35,4 +35,5 @@ pub mod proxy;
 pub mod routebench;
 pub mod router;
 pub mod server;
+pub mod soakbench;
 pub mod upstream;
