@@ -630,7 +630,17 @@ async fn readyz_ignores_the_database() {
 /// the grace period (plus slack), and the cut stream's ledger row is there, cancelled, with
 /// the tokens relayed before the cut.
 #[tokio::test]
-async fn shutdown_is_bounded_and_records_the_cut_stream() {
+async fn shutdown_is_bounded_and_records_the_cut_stream_http1() {
+    shutdown_cuts_stream(false).await;
+}
+
+/// The same over h2c, where hyper runs each stream in a task of its own.
+#[tokio::test]
+async fn shutdown_is_bounded_and_records_the_cut_stream_h2c() {
+    shutdown_cuts_stream(true).await;
+}
+
+async fn shutdown_cuts_stream(h2: bool) {
     let sim = Sim::start(SimConfig {
         model: "slow".into(),
         max_model_len: 10_000_000,
@@ -646,8 +656,15 @@ async fn shutdown_is_bounded_and_records_the_cut_stream() {
     })
     .await;
     let key = gw.key().await;
-    let mut resp = gw
-        .http
+    let client = if h2 {
+        reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap()
+    } else {
+        gw.http.clone()
+    };
+    let mut resp = client
         .post(format!("{}/v1/chat/completions", gw.base))
         .bearer_auth(&key)
         .json(&json!({
@@ -660,6 +677,12 @@ async fn shutdown_is_bounded_and_records_the_cut_stream() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let want = if h2 {
+        reqwest::Version::HTTP_2
+    } else {
+        reqwest::Version::HTTP_11
+    };
+    assert_eq!(resp.version(), want);
     // Let some tokens through first.
     let mut content_chunks = 0usize;
     while content_chunks < 5 {
