@@ -14,6 +14,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -39,6 +40,9 @@ use crate::server::AppState;
 /// they end at their next poll.
 const HARD_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// How often an HTTP/2 connection is pinged, and how long the answer may take.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Serves `app` on `listener` until `shutdown` resolves; then marks the replica not ready,
 /// stops accepting, lets open requests finish for up to `shutdown_grace_ms`, and closes what
 /// is left. Returns once every connection is gone.
@@ -60,14 +64,19 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Finds peers that vanished without closing (HTTP/1 has the header timeout for that).
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_INTERVAL);
     let builder = Arc::new(builder);
     let edge = Edge {
         app,
         peer: None,
+        first_request: Arc::new(AtomicBool::new(false)),
         max_uri_bytes: limits.max_uri_bytes,
         body_timeout: Duration::from_millis(limits.body_read_timeout_ms),
     };
+    let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -86,8 +95,10 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        let first_request = Arc::new(AtomicBool::new(false));
         let svc = TowerToHyperService::new(Edge {
             peer: Some(peer),
+            first_request: first_request.clone(),
             ..edge.clone()
         });
         let builder = builder.clone();
@@ -96,14 +107,31 @@ pub async fn serve(
         conns.spawn(async move {
             let conn = builder.serve_connection(TokioIo::new(tcp), svc);
             let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+            // hyper's header timeout starts once it knows the protocol; a client that sends
+            // nothing, or an HTTP/2 preface byte by byte, is bounded here instead.
+            let first_deadline = tokio::time::sleep(header_timeout);
+            let mut first_deadline = std::pin::pin!(first_deadline);
+            let mut waiting_first = true;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
+                        return;
                     }
-                    return;
+                    () = stopping.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        break;
+                    }
+                    () = first_deadline.as_mut(), if waiting_first => {
+                        if !first_request.load(Ordering::Relaxed) {
+                            tracing::debug!(%peer, "no request head in time; closing");
+                            return;
+                        }
+                        waiting_first = false;
+                    }
                 }
-                () = stopping.cancelled() => conn.as_mut().graceful_shutdown(),
             }
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -171,6 +199,8 @@ where
 struct Edge {
     app: Router,
     peer: Option<SocketAddr>,
+    /// Set once the connection's first request head has arrived.
+    first_request: Arc<AtomicBool>,
     max_uri_bytes: usize,
     body_timeout: Duration,
 }
@@ -190,6 +220,7 @@ impl tower_service::Service<http::Request<Incoming>> for Edge {
     }
 
     fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+        self.first_request.store(true, Ordering::Relaxed);
         if uri_len(req.uri()) > self.max_uri_bytes {
             let mut resp = ApiError::UriTooLong(self.max_uri_bytes).into_response();
             resp.headers_mut()

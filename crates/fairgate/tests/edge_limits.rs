@@ -521,6 +521,11 @@ async fn trickled_head_is_cut_off() {
     )
     .await;
     assert!(r.status == 0 || r.status == 408, "{r:?}");
+    // Nothing at all, or half an HTTP/2 preface (before hyper knows the protocol).
+    for sent in [&b""[..], &b"PRI * HTTP/2.0\r\n"[..]] {
+        let r = exchange(gw.addr, sent.to_vec(), hold).await;
+        assert_eq!(r.status, 0, "{r:?}");
+    }
     gw.shutdown().await;
 }
 
