@@ -571,7 +571,8 @@ async fn long_urls_and_huge_heads_are_refused() {
     gw.shutdown().await;
 }
 
-/// `ClientAddr` over a real connection (peer 127.0.0.1), with the live config's
+/// `ClientAddr` over a real connection (the client binds 127.0.0.2, so the peer address is
+/// told apart from the loopback used when no peer is known), with the live config's
 /// `trusted_proxies` changed between requests.
 #[tokio::test]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() {
@@ -597,7 +598,10 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let server = tokio::spawn(fairgate::serving::serve(listener, app, st.clone(), async {
         let _ = rx.await;
     }));
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
     let ip = |xff: Option<&'static str>| {
         let http = http.clone();
         let url = format!("{base}/ip");
@@ -615,16 +619,16 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         st.live.store(Arc::new(c));
     };
     // No trusted proxies: the header is anyone's to forge.
-    assert_eq!(ip(Some("6.6.6.6, 1.2.3.4")).await, "127.0.0.1");
-    assert_eq!(ip(None).await, "127.0.0.1");
+    assert_eq!(ip(Some("6.6.6.6, 1.2.3.4")).await, "127.0.0.2");
+    assert_eq!(ip(None).await, "127.0.0.2");
     // The peer is a trusted proxy: the right-most untrusted hop.
-    set_trusted(&["127.0.0.1", "10.0.0.0/8"]);
+    set_trusted(&["127.0.0.2", "10.0.0.0/8"]);
     assert_eq!(ip(Some("6.6.6.6, 1.2.3.4, 10.1.1.1")).await, "1.2.3.4");
-    assert_eq!(ip(Some("garbage")).await, "127.0.0.1");
-    assert_eq!(ip(None).await, "127.0.0.1");
+    assert_eq!(ip(Some("garbage")).await, "127.0.0.2");
+    assert_eq!(ip(None).await, "127.0.0.2");
     // Trusted proxies elsewhere: this peer is not one of them.
-    set_trusted(&["10.0.0.0/8"]);
-    assert_eq!(ip(Some("1.2.3.4")).await, "127.0.0.1");
+    set_trusted(&["10.0.0.0/8", "127.0.0.1"]);
+    assert_eq!(ip(Some("1.2.3.4")).await, "127.0.0.2");
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }
