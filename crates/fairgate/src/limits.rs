@@ -157,7 +157,7 @@ fn closing(mut resp: Response) -> Response {
 /// Middleware for `/admin/v1` (after the token check): JSON bodies up to
 /// `limits.admin_body_bytes`, OpenAI-shaped refusals.
 pub async fn admin_body(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let limit = st.live.load().limits.admin_body_bytes;
+    let limit = st.config.limits.admin_body_bytes;
     match buffered(req, limit).await {
         Ok(req) => next.run(req).await,
         Err(r) => closing(
@@ -175,7 +175,7 @@ pub async fn admin_body(State(st): State<Arc<AppState>>, req: Request, next: Nex
 /// with a page. It runs before any extractor, so an anonymous client cannot make the portal
 /// buffer more than this.
 pub async fn portal_body(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let limit = st.live.load().limits.portal_body_bytes;
+    let limit = st.config.limits.portal_body_bytes;
     match buffered(req, limit).await {
         Ok(req) => next.run(req).await,
         Err(r) => closing(portal_refusal(&r, limit)),

@@ -299,18 +299,9 @@ pub async fn reload_config(st: &Arc<AppState>) -> anyhow::Result<ReloadReport> {
     if new.shutdown_grace_ms != old.shutdown_grace_ms {
         needs_restart.push("shutdown_grace_ms");
     }
-    let server_limits = |c: &Config| {
-        let l = &c.limits;
-        (
-            l.max_header_bytes,
-            l.max_uri_bytes,
-            l.header_read_timeout_ms,
-            l.body_read_timeout_ms,
-        )
-    };
-    if server_limits(&new) != server_limits(old) {
-        // The HTTP server is built with these; the body limits of /portal and /admin are live.
-        needs_restart.push("limits (headers, URL, read timeouts)");
+    if new.limits != old.limits {
+        // The HTTP server and the router are built with these.
+        needs_restart.push("limits");
     }
     let names = |c: &Config| -> Vec<String> { c.models.iter().map(|m| m.name.clone()).collect() };
     if names(&new) != names(old) {
