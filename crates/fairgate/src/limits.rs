@@ -53,15 +53,15 @@ pub fn is_body_timeout(err: &(dyn StdError + 'static)) -> bool {
 
 /// A request body that fails with [`BodyTimeout`] when it is still being read at `deadline`:
 /// a client trickling its body cannot hold a handler (and its buffer) open for ever.
-pub struct DeadlineBody {
-    inner: Body,
+pub struct DeadlineBody<B = Body> {
+    inner: B,
     deadline: Instant,
     /// Made on the first read that has to wait, so bodies read at once cost no timer.
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
-impl DeadlineBody {
-    pub fn new(inner: Body, timeout: Duration) -> DeadlineBody {
+impl<B> DeadlineBody<B> {
+    pub fn new(inner: B, timeout: Duration) -> DeadlineBody<B> {
         DeadlineBody {
             inner,
             deadline: Instant::now() + timeout,
@@ -70,7 +70,11 @@ impl DeadlineBody {
     }
 }
 
-impl http_body::Body for DeadlineBody {
+impl<B> http_body::Body for DeadlineBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
     type Data = Bytes;
     type Error = axum::BoxError;
 

@@ -232,7 +232,7 @@ impl tower_service::Service<http::Request<Incoming>> for Edge {
             if http_body::Body::is_end_stream(&b) {
                 Body::new(b)
             } else {
-                Body::new(crate::limits::DeadlineBody::new(Body::new(b), timeout))
+                Body::new(crate::limits::DeadlineBody::new(b, timeout))
             }
         });
         if let Some(peer) = self.peer {
