@@ -701,6 +701,26 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     // Trusted proxies elsewhere: this peer is not one of them.
     set_trusted(&["10.0.0.0/8", "127.0.0.1"]);
     assert_eq!(ip(Some("1.2.3.4")).await, "127.0.0.2");
+    // A router called without a socket (no ConnectInfo) gets loopback, not a panic.
+    set_trusted(&[]);
+    let mut direct = axum::Router::new()
+        .route(
+            "/ip",
+            get(|ClientAddr(ip): ClientAddr| async move { ip.to_string() }),
+        )
+        .with_state(st.clone());
+    let req = http::Request::get("/ip")
+        .header("x-forwarded-for", "1.2.3.4")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = tower_service::Service::call(&mut direct, req)
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"127.0.0.1");
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }
