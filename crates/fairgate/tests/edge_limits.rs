@@ -890,3 +890,41 @@ async fn plain_client_sees_the_413_page() {
     }
     gw.shutdown().await;
 }
+
+/// The read timeouts bound what the client sends, not how long an answer may take: a stream
+/// that outlasts the header and body timeouts several times over completes.
+#[tokio::test]
+async fn long_streams_outlast_the_read_timeouts() {
+    let sim = Sim::start(SimConfig {
+        model: "slow".into(),
+        decode_step_base: Duration::from_millis(20),
+        prefill_overhead: Duration::from_millis(1),
+        ..SimConfig::default()
+    })
+    .await;
+    let gw = start(Some(("slow", &sim.url)), |_| {}).await;
+    let key = gw.key().await;
+    let started = std::time::Instant::now();
+    let resp = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(&key)
+        .json(&json!({
+            "model": "slow",
+            "messages": [{"role": "user", "content": "take your time"}],
+            "max_tokens": 120,
+            "stream": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (events, done) = common::sse_events(resp).await;
+    assert!(done, "stream did not finish: {events:?}");
+    // Only meaningful if the stream really outlasted the timeouts.
+    assert!(
+        started.elapsed() > Duration::from_millis(2 * HEADER_TIMEOUT_MS.max(BODY_TIMEOUT_MS)),
+        "the simulator was too fast for this test to mean anything"
+    );
+    gw.shutdown().await;
+}
