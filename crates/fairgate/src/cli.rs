@@ -153,6 +153,9 @@ struct SimArgs {
     /// Distinct LoRA adapters allowed in the running batch at once (vLLM `--max-loras`).
     #[arg(long)]
     max_loras: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on /v1/* (vLLM `--api-key`, env `VLLM_API_KEY`).
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -548,6 +551,7 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<()> {
         c.startup_delay = Duration::from_millis(v);
     }
     c.lora_modules = a.lora_modules;
+    c.api_key = a.api_key.filter(|k| !k.is_empty());
     if let Some(v) = a.max_loras {
         c.max_loras = v;
     }
