@@ -625,3 +625,75 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(max: usize) -> Metrics {
+        let m = Metrics::new().unwrap();
+        m.labels().set_models(["m", "alias"]);
+        m.labels().set_tenants(["t", "u"]);
+        m.labels().set_max_series(max);
+        m
+    }
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render(&Upstreams::default())).unwrap()
+    }
+
+    #[test]
+    fn labels_take_only_known_or_fixed_values() {
+        let l = metrics(100);
+        let l = l.labels();
+        assert_eq!(l.clean(Kind::Model, "m"), "m");
+        assert_eq!(l.clean(Kind::Model, "made-up"), UNKNOWN);
+        assert_eq!(l.clean(Kind::Model, ""), "");
+        assert_eq!(l.clean(Kind::Tenant, "t"), "t");
+        assert_eq!(l.clean(Kind::Tenant, "gone"), UNKNOWN);
+        assert_eq!(l.clean(Kind::Tenant, ""), ANONYMOUS);
+        assert_eq!(l.clean(Kind::Status, "404"), "404");
+        assert_eq!(l.clean(Kind::Status, "4040"), OTHER);
+        assert_eq!(l.clean(Kind::Status, "abc"), OTHER);
+        assert_eq!(l.clean(Kind::Code, "rate_limited"), "rate_limited");
+        assert_eq!(l.clean(Kind::Code, "a b\n"), OTHER);
+        assert_eq!(l.clean(Kind::Backend, "gpu-1"), "gpu-1");
+        assert_eq!(l.clean(Kind::Backend, "http://x/"), OTHER);
+    }
+
+    #[test]
+    fn a_full_family_diverts_new_label_sets_to_overflow() {
+        let m = metrics(2);
+        m.requests.with_label_values(&["t", "m", "200"]).inc();
+        m.requests.with_label_values(&["u", "m", "200"]).inc();
+        // Known label sets keep counting; a third one overflows.
+        m.requests.with_label_values(&["t", "m", "200"]).inc();
+        m.requests.with_label_values(&["t", "m", "500"]).inc();
+        m.requests.with_label_values(&["u", "alias", "429"]).inc();
+        assert_eq!(m.requests.series(), 2);
+        let t = text(&m);
+        assert!(t.contains(r#"fairgate_requests_total{model="m",status="200",tenant="t"} 2"#), "{t}");
+        assert!(t.contains(r#"fairgate_requests_total{model="_overflow",status="_overflow",tenant="_overflow"} 2"#), "{t}");
+        assert!(t.contains(r#"fairgate_metrics_series_dropped_total{metric="fairgate_requests_total"} 2"#), "{t}");
+        // Unknown values collapse before the cap is consulted: no new series.
+        let m = metrics(100);
+        for i in 0..50 {
+            m.requests
+                .with_label_values(&[&format!("x{i}"), &format!("y{i}"), "404"])
+                .inc();
+        }
+        assert_eq!(m.requests.series(), 1);
+    }
+
+    #[test]
+    fn removing_a_series_frees_its_place_under_the_cap() {
+        let m = metrics(1);
+        m.backend_up.with_label_values(&["m", "a"]).set(1);
+        m.backend_up.remove_label_values(&["m", "a"]);
+        assert_eq!(m.backend_up.series(), 0);
+        m.backend_up.with_label_values(&["m", "b"]).set(1);
+        let t = text(&m);
+        assert!(t.contains(r#"fairgate_backend_up{backend="b",model="m"} 1"#), "{t}");
+        assert!(!t.contains(r#"backend="a""#), "{t}");
+    }
+}
