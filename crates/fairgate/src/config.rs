@@ -355,7 +355,9 @@ impl BackendConfig {
         }
         if let Some(k) = &self.api_key {
             if k.expose().trim().is_empty()
-                || k.expose().bytes().any(|b| b.is_ascii_control() || b == b' ')
+                || k.expose()
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b' ')
             {
                 return Err(("api_key", "must be non-empty, without spaces".into()));
             }
@@ -896,10 +898,7 @@ impl Config {
         }
         if let Some(t) = &self.metrics_token {
             if t.expose().len() < 16 {
-                return Err(field_err(
-                    "metrics_token",
-                    "must be at least 16 characters",
-                ));
+                return Err(field_err("metrics_token", "must be at least 16 characters"));
             }
         }
         if self.metrics.max_series < 10 {

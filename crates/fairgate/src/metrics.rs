@@ -192,10 +192,7 @@ impl<T: MetricVecBuilder> Family<T> {
         if admitted {
             return self.vec.with_label_values(&clean);
         }
-        self.shared
-            .dropped
-            .with_label_values(&[self.name])
-            .inc();
+        self.shared.dropped.with_label_values(&[self.name]).inc();
         let overflow = vec![OVERFLOW; clean.len()];
         self.vec.with_label_values(&overflow)
     }
@@ -672,9 +669,17 @@ mod tests {
         m.requests.with_label_values(&["u", "alias", "429"]).inc();
         assert_eq!(m.requests.series(), 2);
         let t = text(&m);
-        assert!(t.contains(r#"fairgate_requests_total{model="m",status="200",tenant="t"} 2"#), "{t}");
+        assert!(
+            t.contains(r#"fairgate_requests_total{model="m",status="200",tenant="t"} 2"#),
+            "{t}"
+        );
         assert!(t.contains(r#"fairgate_requests_total{model="_overflow",status="_overflow",tenant="_overflow"} 2"#), "{t}");
-        assert!(t.contains(r#"fairgate_metrics_series_dropped_total{metric="fairgate_requests_total"} 2"#), "{t}");
+        assert!(
+            t.contains(
+                r#"fairgate_metrics_series_dropped_total{metric="fairgate_requests_total"} 2"#
+            ),
+            "{t}"
+        );
         // Unknown values collapse before the cap is consulted: no new series.
         let m = metrics(100);
         for i in 0..50 {
@@ -693,7 +698,10 @@ mod tests {
         assert_eq!(m.backend_up.series(), 0);
         m.backend_up.with_label_values(&["m", "b"]).set(1);
         let t = text(&m);
-        assert!(t.contains(r#"fairgate_backend_up{backend="b",model="m"} 1"#), "{t}");
+        assert!(
+            t.contains(r#"fairgate_backend_up{backend="b",model="m"} 1"#),
+            "{t}"
+        );
         assert!(!t.contains(r#"backend="a""#), "{t}");
     }
 }

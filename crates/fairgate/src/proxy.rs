@@ -675,9 +675,11 @@ async fn forward(
             Ok(r) => r,
             Err(e) => return t.fail(ApiError::Internal(e.to_string())),
         };
-        let sent =
-            tokio::time::timeout(Duration::from_millis(timeout_ms), backend.client(&st.client).request(up_req))
-                .await;
+        let sent = tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            backend.client(&st.client).request(up_req),
+        )
+        .await;
         let (err, why) = match sent {
             Ok(Ok(r)) if !r.status().is_server_error() => {
                 lease.succeeded();

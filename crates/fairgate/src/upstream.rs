@@ -27,9 +27,9 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -111,10 +111,7 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static
         .collect::<Result<_, _>>()
         .map_err(|e| format!("`{}` is not a PEM certificate file: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!(
-            "`{}` holds no PEM certificate",
-            path.display()
-        ));
+        return Err(format!("`{}` holds no PEM certificate", path.display()));
     }
     let mut store = rustls::RootCertStore::empty();
     for c in &certs {
@@ -142,7 +139,9 @@ fn roots(system: bool, extra: Option<&std::path::Path>) -> rustls::RootCertStore
                     let _ = store.add(c);
                 }
             }
-            Err(e) => tracing::error!(error = %e, "CA file unusable; its backends will not connect"),
+            Err(e) => {
+                tracing::error!(error = %e, "CA file unusable; its backends will not connect")
+            }
         }
     }
     store

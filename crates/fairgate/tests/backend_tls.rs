@@ -28,7 +28,12 @@ async fn simulator_requires_its_api_key_like_vllm() {
     let sim = Sim::start(sim_with_key()).await;
     let http = reqwest::Client::new();
     let chat_url = format!("{}/v1/chat/completions", sim.url);
-    let resp = http.post(&chat_url).json(&chat("m", 4, false)).send().await.unwrap();
+    let resp = http
+        .post(&chat_url)
+        .json(&chat("m", 4, false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.text().await.unwrap(), r#"{"error":"Unauthorized"}"#);
     let resp = http
@@ -39,7 +44,11 @@ async fn simulator_requires_its_api_key_like_vllm() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let resp = http.get(format!("{}/v1/models", sim.url)).send().await.unwrap();
+    let resp = http
+        .get(format!("{}/v1/models", sim.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let resp = http
         .post(&chat_url)
@@ -78,7 +87,9 @@ async fn gateway_sends_the_backend_key_from_config_or_environment() {
     gw.tenant("t", 1).await;
     let (_, key) = gw.key("t", None).await;
     for _ in 0..6 {
-        let resp = gw.post(&key, "/v1/chat/completions", chat("m", 4, false)).await;
+        let resp = gw
+            .post(&key, "/v1/chat/completions", chat("m", 4, false))
+            .await;
         assert_eq!(resp.status(), 200);
     }
     // Both backends served (each with its own way of getting the key).
@@ -100,7 +111,10 @@ async fn gateway_sends_the_backend_key_from_config_or_environment() {
     )];
     c.metrics_token = Some(Secret::new("metrics-token-0123456789"));
     let dump = format!("{c:?}");
-    assert!(!dump.contains(KEY) && !dump.contains("metrics-token-0123456789"), "{dump}");
+    assert!(
+        !dump.contains(KEY) && !dump.contains("metrics-token-0123456789"),
+        "{dump}"
+    );
     gw.shutdown().await;
     std::env::remove_var(&var);
 }
@@ -113,7 +127,11 @@ fn key_settings_are_validated() {
         )
     };
     let load = |t: &str| {
-        Config::from_toml_str(t, std::path::Path::new("t.toml"), Vec::<(String, String)>::new())
+        Config::from_toml_str(
+            t,
+            std::path::Path::new("t.toml"),
+            Vec::<(String, String)>::new(),
+        )
     };
     let e = load(&base("api_key_env = \"FAIRGATE_TEST_SURELY_UNSET_VAR\""))
         .unwrap_err()
@@ -130,17 +148,14 @@ fn key_settings_are_validated() {
     let e = load(&base("name = \"has space\"")).unwrap_err().to_string();
     assert!(e.contains("models[0].backends[0].name"), "{e}");
     // Credentials in the URL are refused without echoing them.
-    let e = load(
-        "[[models]]\nname = \"m\"\n[[models.backends]]\nurl = \"https://u:hunter2@h:1\"\n",
-    )
-    .unwrap_err()
-    .to_string();
+    let e =
+        load("[[models]]\nname = \"m\"\n[[models.backends]]\nurl = \"https://u:hunter2@h:1\"\n")
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
     let c = load(&base("api_key = \"k1\"")).unwrap();
     assert_eq!(c.models[0].backends[0].display_name(), "127.0.0.1:8000");
-    let c = load(
-        "metrics_token = \"short\"\n",
-    );
+    let c = load("metrics_token = \"short\"\n");
     assert!(c.unwrap_err().to_string().contains("metrics_token"));
 }
 
@@ -159,8 +174,8 @@ fn pki() -> Pki {
         .push(DnType::CommonName, "fairgate test CA");
     let ca_key = KeyPair::generate().unwrap();
     let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap();
+    let leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
     let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
     Pki {
@@ -201,8 +216,12 @@ async fn terminate(sim_url: &str, pki: &Pki) -> Terminator {
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, target, ok, failed) =
-                (acceptor.clone(), target.clone(), ok2.clone(), failed2.clone());
+            let (acceptor, target, ok, failed) = (
+                acceptor.clone(),
+                target.clone(),
+                ok2.clone(),
+                failed2.clone(),
+            );
             conns.spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     failed.fetch_add(1, Ordering::SeqCst);
@@ -251,8 +270,12 @@ async fn https_backend_works_with_the_right_ca_and_fails_with_a_wrong_one() {
     }
     let db = fresh_db(Db::Sqlite).await.unwrap();
     let mut setup = Setup::one("own", &terms[0].url, 4);
-    setup.models.push(("shared".into(), vec![(terms[1].url.clone(), 4)]));
-    setup.models.push(("bad".into(), vec![(terms[2].url.clone(), 4)]));
+    setup
+        .models
+        .push(("shared".into(), vec![(terms[1].url.clone(), 4)]));
+    setup
+        .models
+        .push(("bad".into(), vec![(terms[2].url.clone(), 4)]));
     let (r, w) = (ca_right.clone(), ca_wrong.clone());
     let gw = TestGateway::start(
         setup.with(move |c| {
@@ -268,7 +291,9 @@ async fn https_backend_works_with_the_right_ca_and_fails_with_a_wrong_one() {
     gw.tenant("t", 1).await;
     let (_, key) = gw.key("t", None).await;
     for model in ["own", "shared"] {
-        let resp = gw.post(&key, "/v1/chat/completions", chat(model, 4, false)).await;
+        let resp = gw
+            .post(&key, "/v1/chat/completions", chat(model, 4, false))
+            .await;
         assert_eq!(resp.status(), 200, "{model}");
         let v: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(v["model"], model);
@@ -276,13 +301,18 @@ async fn https_backend_works_with_the_right_ca_and_fails_with_a_wrong_one() {
     assert!(terms[0].ok.load(Ordering::SeqCst) > 0);
     assert!(terms[1].ok.load(Ordering::SeqCst) > 0);
 
-    let resp = gw.post(&key, "/v1/chat/completions", chat("bad", 4, false)).await;
+    let resp = gw
+        .post(&key, "/v1/chat/completions", chat("bad", 4, false))
+        .await;
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
     // 502 when the request itself met the bad certificate, 503 when the health probe had
     // already ejected the backend for it: never an answer from behind an unverified peer.
     assert!(status == 502 || status == 503, "{status} {body}");
-    assert!(!body.contains("127.0.0.1") && !body.contains("https://"), "{body}");
+    assert!(
+        !body.contains("127.0.0.1") && !body.contains("https://"),
+        "{body}"
+    );
     assert_eq!(sims[2].sim.stats().prompt_tokens_total, 0);
     assert_eq!(terms[2].ok.load(Ordering::SeqCst), 0);
     // The handshake was tried (the request or the probe) and refused by the gateway.

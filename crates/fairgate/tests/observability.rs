@@ -39,14 +39,23 @@ async fn made_up_model_names_add_no_series() {
     let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
     gw.tenant("t", 1).await;
     let (_, key) = gw.key("t", None).await;
-    assert_eq!(gw.post(&key, "/v1/chat/completions", chat("m", 4, false)).await.status(), 200);
+    assert_eq!(
+        gw.post(&key, "/v1/chat/completions", chat("m", 4, false))
+            .await
+            .status(),
+        200
+    );
     // The first unknown model makes the `_unknown` series; later ones must add nothing.
-    let resp = gw.post(&key, "/v1/chat/completions", chat("nope-0", 4, false)).await;
+    let resp = gw
+        .post(&key, "/v1/chat/completions", chat("nope-0", 4, false))
+        .await;
     assert_eq!(resp.status(), 404);
     let before = scrape(&gw).await;
     for i in 0..40 {
         let name = format!("random-{i}-{}", i * 7919);
-        let resp = gw.post(&key, "/v1/chat/completions", chat(&name, 4, false)).await;
+        let resp = gw
+            .post(&key, "/v1/chat/completions", chat(&name, 4, false))
+            .await;
         assert_eq!(resp.status(), 404);
     }
     let after = scrape(&gw).await;
@@ -95,14 +104,23 @@ async fn series_cap_sends_new_label_sets_to_overflow() {
         keys.push(gw.key(&t, None).await.1);
     }
     for k in &keys {
-        assert_eq!(gw.post(k, "/v1/chat/completions", chat("m", 4, false)).await.status(), 200);
+        assert_eq!(
+            gw.post(k, "/v1/chat/completions", chat("m", 4, false))
+                .await
+                .status(),
+            200
+        );
     }
     let text = scrape(&gw).await;
     let requests: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("fairgate_requests_total{"))
         .collect();
-    assert_eq!(requests.len(), 11, "10 label sets + _overflow: {requests:#?}");
+    assert_eq!(
+        requests.len(),
+        11,
+        "10 label sets + _overflow: {requests:#?}"
+    );
     assert!(
         text.contains(
             r#"fairgate_requests_total{model="_overflow",status="_overflow",tenant="_overflow"} 2"#
@@ -110,7 +128,9 @@ async fn series_cap_sends_new_label_sets_to_overflow() {
         "{text}"
     );
     assert!(
-        text.contains(r#"fairgate_metrics_series_dropped_total{metric="fairgate_requests_total"} 2"#),
+        text.contains(
+            r#"fairgate_metrics_series_dropped_total{metric="fairgate_requests_total"} 2"#
+        ),
         "{text}"
     );
     gw.shutdown().await;
@@ -132,10 +152,18 @@ async fn backends_are_labelled_by_name_and_leave_with_their_series() {
     gw.tenant("t", 1).await;
     let (_, key) = gw.key("t", None).await;
     for _ in 0..4 {
-        assert_eq!(gw.post(&key, "/v1/chat/completions", chat("m", 4, false)).await.status(), 200);
+        assert_eq!(
+            gw.post(&key, "/v1/chat/completions", chat("m", 4, false))
+                .await
+                .status(),
+            200
+        );
     }
     let text = scrape(&gw).await;
-    assert!(text.contains(r#"fairgate_backend_up{backend="gpu-a",model="m"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"fairgate_backend_up{backend="gpu-a",model="m"} 1"#),
+        "{text}"
+    );
     assert!(text.contains(r#"backend="gpu-b""#), "{text}");
     for url in [&a.url, &b.url] {
         assert!(!text.contains(url.as_str()), "{text}");
@@ -220,10 +248,18 @@ async fn metrics_token_is_required_when_set() {
         .unwrap();
     assert_eq!(resp.status(), 401);
     let resp = gw.http.get(&url).bearer_auth(ADMIN).send().await.unwrap();
-    assert_eq!(resp.status(), 401, "the admin token is not the metrics token");
+    assert_eq!(
+        resp.status(),
+        401,
+        "the admin token is not the metrics token"
+    );
     let resp = gw.http.get(&url).bearer_auth(token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.text().await.unwrap().contains("fairgate_in_flight_requests"));
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("fairgate_in_flight_requests"));
     gw.shutdown().await;
 }
 
@@ -245,7 +281,9 @@ async fn refused_connection_502_names_no_address() {
     .await;
     gw.tenant("t", 1).await;
     let (_, key) = gw.key("t", None).await;
-    let resp = gw.post(&key, "/v1/chat/completions", chat("m", 4, false)).await;
+    let resp = gw
+        .post(&key, "/v1/chat/completions", chat("m", 4, false))
+        .await;
     assert_eq!(resp.status(), 502);
     let body = resp.text().await.unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

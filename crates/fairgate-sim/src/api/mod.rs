@@ -91,7 +91,10 @@ async fn require_api_key(
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|given| given == key);
         if guarded && !ok {
-            return json_response(StatusCode::UNAUTHORIZED, br#"{"error":"Unauthorized"}"#.to_vec());
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                br#"{"error":"Unauthorized"}"#.to_vec(),
+            );
         }
     }
     next.run(req).await

@@ -82,11 +82,7 @@ async fn ask(client: &HttpClient, p: &ModelPool) -> Option<u64> {
     max_model_len(&body, &p.name)
 }
 
-async fn fetch(
-    client: &HttpClient,
-    b: &crate::upstream::Backend,
-    url: &str,
-) -> Option<Bytes> {
+async fn fetch(client: &HttpClient, b: &crate::upstream::Backend, url: &str) -> Option<Bytes> {
     let mut req = http::Request::get(url)
         .body(
             Full::new(Bytes::new())
