@@ -681,7 +681,12 @@ async fn forward(
         )
         .await;
         let (err, why) = match sent {
-            Ok(Ok(r)) if !r.status().is_server_error() => {
+            // A 401 from a backend refuses the gateway's own credential (clients never
+            // authenticate there): a backend fault, retried elsewhere, never relayed as if the
+            // client's key were wrong.
+            Ok(Ok(r))
+                if !r.status().is_server_error() && r.status() != StatusCode::UNAUTHORIZED =>
+            {
                 lease.succeeded();
                 break r;
             }

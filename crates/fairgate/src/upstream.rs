@@ -92,6 +92,15 @@ fn tls_client(connect_timeout: Duration, roots: rustls::RootCertStore) -> HttpCl
         .build(https)
 }
 
+/// The key a backend config gives. Validation checked it; a variable unset since then sends
+/// no key (the backend refuses, which shows in its health) rather than stopping the gateway.
+fn key_of(cfg: &BackendConfig) -> Option<Secret> {
+    cfg.resolve_api_key().unwrap_or_else(|e| {
+        tracing::error!(backend = %cfg.display_name(), error = %e, "backend API key unavailable");
+        None
+    })
+}
+
 /// An error with its causes, for logs and operator views (never for clients).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -185,8 +194,9 @@ pub struct Backend {
     pub url: String,
     /// What metrics, the ledger and operator pages call it (unique within its model).
     pub name: String,
-    /// Sent as `Authorization: Bearer` (vLLM's `--api-key`); redacted in `Debug`.
-    api_key: Option<Secret>,
+    /// Sent as `Authorization: Bearer` (vLLM's `--api-key`); redacted in `Debug`; replaced
+    /// on reload (a rotated key in the environment takes effect without a restart).
+    api_key: arc_swap::ArcSwapOption<Secret>,
     /// Its own client when it trusts its own CA (`ca_file`); else the gateway's.
     client: Option<HttpClient>,
     pub origin: Origin,
@@ -214,16 +224,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Backend {
     fn new(cfg: &BackendConfig, origin: Origin, routing: &RoutingConfig) -> Backend {
-        let api_key = cfg.resolve_api_key().unwrap_or_else(|e| {
-            // Validation checked it; a variable unset since then sends no key (the backend
-            // refuses, which shows in its health) rather than stopping the gateway.
-            tracing::error!(backend = %cfg.display_name(), error = %e, "backend API key unavailable");
-            None
-        });
         Backend {
             url: cfg.url.trim_end_matches('/').to_owned(),
             name: cfg.display_name(),
-            api_key,
+            api_key: arc_swap::ArcSwapOption::new(key_of(cfg).map(Arc::new)),
             client: cfg.ca_file.as_deref().map(|f| {
                 tls_client(
                     Duration::from_millis(CONNECT_TIMEOUT_MS.load(Ordering::Relaxed)),
@@ -260,7 +264,7 @@ impl Backend {
     /// Adds this backend's credential to an upstream request's headers (after the client's
     /// own credentials were stripped).
     pub fn authorize(&self, headers: &mut http::HeaderMap) {
-        if let Some(k) = &self.api_key {
+        if let Some(k) = self.api_key.load().as_deref() {
             if let Ok(mut v) = http::HeaderValue::from_str(&format!("Bearer {}", k.expose())) {
                 v.set_sensitive(true);
                 headers.insert(http::header::AUTHORIZATION, v);
@@ -854,6 +858,7 @@ impl ModelPool {
             match self.backend(&bc.url) {
                 Some(b) => {
                     b.max_in_flight.store(bc.max_in_flight, Ordering::Relaxed);
+                    b.api_key.store(key_of(bc).map(Arc::new));
                 }
                 None => {
                     if let Ok(b) = self.add(bc, Origin::Config, routing) {

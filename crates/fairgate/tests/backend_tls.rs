@@ -325,3 +325,123 @@ async fn https_backend_works_with_the_right_ca_and_fails_with_a_wrong_one() {
     assert!(terms[2].failed.load(Ordering::SeqCst) > 0);
     gw.shutdown().await;
 }
+
+/// A gateway serving from a config file, reloaded through the admin API.
+async fn gateway_from_file(path: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let config = Config::load(Some(path), std::env::vars()).unwrap();
+    let gw = fairgate::server::Gateway::build_with_path(config, Some(path.to_owned()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(gw.serve(listener, async move {
+        let _ = rx.await;
+    }));
+    (base, tx)
+}
+
+#[tokio::test]
+async fn reload_rereads_the_key_and_drops_the_series_of_backends_that_left() {
+    let a = Sim::start(sim_with_key()).await;
+    let b = Sim::start(SimConfig::instant("m")).await;
+    let var = format!("FAIRGATE_TEST_RELOAD_KEY_{}", std::process::id());
+    std::env::set_var(&var, "sk-not-the-right-one");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fairgate.toml");
+    let file = |with_b: bool| {
+        let mut t = format!(
+            "listen = \"127.0.0.1:0\"\ndatabase = \"sqlite://{db}\"\ndata_dir = \"{data}\"\n\
+             admin_token = \"{ADMIN}\"\n[routing]\nmax_attempts = 1\nstrategy = \"round_robin\"\n\
+             [[models]]\nname = \"m\"\n\
+             [[models.backends]]\nurl = \"{a}\"\nname = \"keyed\"\napi_key_env = \"{var}\"\n",
+            db = dir.path().join("fg.db").display(),
+            data = dir.path().display(),
+            a = a.url,
+        );
+        if with_b {
+            t.push_str(&format!(
+                "[[models.backends]]\nurl = \"{}\"\nname = \"open\"\n",
+                b.url
+            ));
+        }
+        t
+    };
+    std::fs::write(&path, file(true)).unwrap();
+    let (base, stop) = gateway_from_file(&path).await;
+    let http = reqwest::Client::new();
+    let admin = |method: Method, p: &str| {
+        http.request(method, format!("{base}/admin/v1{p}"))
+            .bearer_auth(ADMIN)
+    };
+    let resp = admin(Method::POST, "/tenants")
+        .json(&serde_json::json!({"name": "t"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let v: serde_json::Value = admin(Method::POST, "/keys")
+        .json(&serde_json::json!({"tenant": "t", "name": "k"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = v["key"].as_str().unwrap().to_owned();
+    let send = || {
+        http.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&chat("m", 4, false))
+            .send()
+    };
+    let metrics = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // The wrong key: the keyed backend refuses the gateway.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(send().await.unwrap().status().as_u16());
+    }
+    // The backend's 401 is the gateway's fault, not the client's: a 502.
+    assert!(statuses.contains(&502), "{statuses:?}");
+    assert!(!statuses.contains(&401), "{statuses:?}");
+    assert_eq!(a.sim.stats().prompt_tokens_total, 0);
+    assert!(metrics().await.contains(r#"backend="open""#));
+
+    // The key rotated in the environment and `open` dropped from the file: after a reload
+    // every request is served by `keyed`, and `open`'s series are gone.
+    std::env::set_var(&var, KEY);
+    std::fs::write(&path, file(false)).unwrap();
+    let resp = admin(Method::POST, "/reload").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = metrics().await;
+        if !text.contains(r#"backend="open""#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!text.contains(r#"backend="open""#), "{text}");
+    // The probe may have ejected `keyed` meanwhile (401 is not a health failure, but be
+    // patient with a trial): within a few tries it serves.
+    let mut ok = false;
+    for _ in 0..150 {
+        if send().await.unwrap().status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok);
+    assert!(a.sim.stats().prompt_tokens_total > 0);
+    let _ = stop.send(());
+    std::env::remove_var(&var);
+}
