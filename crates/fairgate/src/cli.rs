@@ -287,6 +287,12 @@ enum BackendCmd {
         url: String,
         #[arg(long, default_value_t = 32)]
         max_in_flight: usize,
+        /// Name in metrics, the ledger and the portal (default host:port).
+        #[arg(long)]
+        name: Option<String>,
+        /// Environment variable, on the gateway's host, holding the backend's API key.
+        #[arg(long)]
+        api_key_env: Option<String>,
     },
     /// Send it no new requests; requests in flight finish.
     Drain { model: String, url: String },
@@ -674,10 +680,17 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
                     model,
                     url,
                     max_in_flight,
+                    name,
+                    api_key_env,
                 } => (
                     reqwest::Method::POST,
                     at(&model, ""),
-                    Some(json!({"url": url, "max_in_flight": max_in_flight})),
+                    Some(json!({
+                        "url": url,
+                        "max_in_flight": max_in_flight,
+                        "name": name,
+                        "api_key_env": api_key_env,
+                    })),
                 ),
                 BackendCmd::Drain { model, url } => (
                     reqwest::Method::POST,
