@@ -155,6 +155,19 @@ fn key_settings_are_validated() {
     assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
     let c = load(&base("api_key = \"k1\"")).unwrap();
     assert_eq!(c.models[0].backends[0].display_name(), "127.0.0.1:8000");
+    let c = Config::from_toml_str(
+        "",
+        std::path::Path::new("t.toml"),
+        vec![(
+            "FAIRGATE_METRICS_TOKEN".to_owned(),
+            "metrics-token-from-env-0123".to_owned(),
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        c.metrics_token.as_ref().map(Secret::expose),
+        Some("metrics-token-from-env-0123")
+    );
     let c = load("metrics_token = \"short\"\n");
     assert!(c.unwrap_err().to_string().contains("metrics_token"));
 }
