@@ -56,6 +56,10 @@ pub struct SimConfig {
     pub startup_delay: Duration,
     /// Length of the vectors `/v1/embeddings` returns.
     pub embedding_dim: usize,
+    /// vLLM's `--api-key`: when set, every `/v1/*` request needs `Authorization: Bearer
+    /// <key>` or gets 401 `{"error":"Unauthorized"}`; `/health`, `/metrics` and the rest stay
+    /// open, as in vLLM.
+    pub api_key: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -81,6 +85,7 @@ impl Default for SimConfig {
             slow_start: Duration::ZERO,
             startup_delay: Duration::ZERO,
             embedding_dim: 64,
+            api_key: None,
         }
     }
 }

@@ -156,6 +156,9 @@ struct SimArgs {
     /// Distinct LoRA adapters allowed in the running batch at once (vLLM `--max-loras`).
     #[arg(long)]
     max_loras: Option<usize>,
+    /// Require `Authorization: Bearer KEY` on /v1/* (vLLM `--api-key`, env `VLLM_API_KEY`).
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -287,6 +290,12 @@ enum BackendCmd {
         url: String,
         #[arg(long, default_value_t = 32)]
         max_in_flight: usize,
+        /// Name in metrics, the ledger and the portal (default host:port).
+        #[arg(long)]
+        name: Option<String>,
+        /// Environment variable, on the gateway's host, holding the backend's API key.
+        #[arg(long)]
+        api_key_env: Option<String>,
     },
     /// Send it no new requests; requests in flight finish.
     Drain { model: String, url: String },
@@ -559,6 +568,7 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<()> {
         c.startup_delay = Duration::from_millis(v);
     }
     c.lora_modules = a.lora_modules;
+    c.api_key = a.api_key.filter(|k| !k.is_empty());
     if let Some(v) = a.max_loras {
         c.max_loras = v;
     }
@@ -681,10 +691,17 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
                     model,
                     url,
                     max_in_flight,
+                    name,
+                    api_key_env,
                 } => (
                     reqwest::Method::POST,
                     at(&model, ""),
-                    Some(json!({"url": url, "max_in_flight": max_in_flight})),
+                    Some(json!({
+                        "url": url,
+                        "max_in_flight": max_in_flight,
+                        "name": name,
+                        "api_key_env": api_key_env,
+                    })),
                 ),
                 BackendCmd::Drain { model, url } => (
                     reqwest::Method::POST,

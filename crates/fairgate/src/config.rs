@@ -73,6 +73,14 @@ pub struct Config {
     /// `[limits]`: request size and time bounds for every route.
     #[serde(default)]
     pub limits: LimitsConfig,
+    // --- Metrics exposure (issue 10, bounded observability) ---
+    /// Bearer token `GET /metrics` requires; `FAIRGATE_METRICS_TOKEN` overrides. Without one
+    /// `/metrics` is open: set it, or keep the port away from untrusted networks.
+    #[serde(default)]
+    pub metrics_token: Option<Secret>,
+    /// `[metrics]`: bounds on the gateway's own metric series.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// Bounds on what a client may send and how slowly (`[limits]`). Applied at start (a reload
@@ -111,6 +119,49 @@ impl Default for LimitsConfig {
             header_read_timeout_ms: defaults::header_read_timeout_ms(),
             body_read_timeout_ms: defaults::body_read_timeout_ms(),
         }
+    }
+}
+
+// --- Metrics and backend secrets (issue 10) ---
+
+/// `[metrics]`: how many series the gateway's own metrics may have.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Label sets one metric family may hold; new ones beyond it are counted under the
+    /// `_overflow` label value (and in `fairgate_metrics_series_dropped_total`).
+    #[serde(default = "defaults::max_series")]
+    pub max_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            max_series: defaults::max_series(),
+        }
+    }
+}
+
+/// A secret from the config (a token, a backend's API key): its `Debug` never shows it, and
+/// nothing serializes it, so config dumps and logs cannot leak it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that sends or compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
     }
 }
 
@@ -261,6 +312,22 @@ pub struct BackendConfig {
     /// Which of the model's adapters this backend serves; all of them when absent.
     #[serde(default)]
     pub adapters: Option<Vec<String>>,
+    // --- Backend identity, credentials and TLS (issue 10) ---
+    /// Name used in metric labels, the ledger and operator pages (never the URL); unique per
+    /// model. Default: the URL's `host:port`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Sent as `Authorization: Bearer <key>` (vLLM's `--api-key`) on every request to this
+    /// backend. Prefer `api_key_env`.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Name of an environment variable holding the API key, read at start and on reload.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// PEM file of CA certificates that sign this `https://` backend's certificate (instead of
+    /// `upstream.ca_file` and the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ModelConfig {
@@ -277,6 +344,14 @@ impl ModelConfig {
     }
 }
 
+/// Backend names: what metric labels and operator pages may carry.
+fn valid_backend_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}
+
 impl BackendConfig {
     pub fn new(url: impl Into<String>, max_in_flight: usize) -> BackendConfig {
         BackendConfig {
@@ -284,7 +359,77 @@ impl BackendConfig {
             max_in_flight,
             max_tokens_in_flight: None,
             adapters: None,
+            name: None,
+            api_key: None,
+            api_key_env: None,
+            ca_file: None,
         }
+    }
+
+    /// The backend's name: the configured one, else the URL's `host:port`.
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let rest = self
+            .url
+            .strip_prefix("https://")
+            .or_else(|| self.url.strip_prefix("http://"))
+            .unwrap_or(&self.url);
+        let host = rest.split('/').next().unwrap_or(rest);
+        // Userinfo is refused by validation; strip it anyway so it can never reach a label.
+        host.rsplit('@').next().unwrap_or(host).to_owned()
+    }
+
+    /// The API key to send: `api_key`, or the variable `api_key_env` names (read now).
+    pub fn resolve_api_key(&self) -> Result<Option<Secret>, String> {
+        match (&self.api_key, &self.api_key_env) {
+            (Some(_), Some(_)) => Err("set either api_key or api_key_env, not both".into()),
+            (Some(k), None) => Ok(Some(k.clone())),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Some(Secret(v.trim().to_owned()))),
+                _ => Err(format!("environment variable `{var}` is not set or empty")),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Checks the fields added for identity, credentials and TLS; `Err` is (field, message).
+    pub(crate) fn validate_access(&self) -> Result<(), (&'static str, String)> {
+        if let Some(n) = &self.name {
+            if !valid_backend_name(n) {
+                return Err((
+                    "name",
+                    format!("`{n}` is invalid (1-64 characters from A-Z a-z 0-9 - _ . : @)"),
+                ));
+            }
+        }
+        if let Some(k) = &self.api_key {
+            if k.expose().trim().is_empty()
+                || k.expose()
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b' ')
+            {
+                return Err(("api_key", "must be non-empty, without spaces".into()));
+            }
+        }
+        self.resolve_api_key().map_err(|m| {
+            (
+                if self.api_key_env.is_some() {
+                    "api_key_env"
+                } else {
+                    "api_key"
+                },
+                m,
+            )
+        })?;
+        if let Some(f) = &self.ca_file {
+            if !self.url.starts_with("https://") {
+                return Err(("ca_file", "only applies to https:// backends".into()));
+            }
+            crate::upstream::read_ca_file(f).map_err(|m| ("ca_file", m))?;
+        }
+        Ok(())
     }
 }
 
@@ -306,6 +451,11 @@ pub struct UpstreamConfig {
     /// early-ended streams are then charged an estimated prompt plus counted chunks.
     #[serde(default = "defaults::yes")]
     pub continuous_usage: bool,
+    // --- TLS to backends (issue 10) ---
+    /// PEM file of extra CA certificates trusted for `https://` backends, besides the system
+    /// roots (a backend's own `ca_file` replaces both).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -438,6 +588,9 @@ mod defaults {
     pub fn scrape_interval_ms() -> u64 {
         100
     }
+    pub fn max_series() -> usize {
+        10_000
+    }
     pub fn metrics_stale_ms() -> u64 {
         2_000
     }
@@ -487,6 +640,7 @@ impl Default for UpstreamConfig {
             first_byte_timeout_ms: defaults::first_byte_timeout_ms(),
             idle_timeout_ms: defaults::idle_timeout_ms(),
             continuous_usage: defaults::yes(),
+            ca_file: None,
         }
     }
 }
@@ -570,6 +724,8 @@ const ENV_FIELDS: &[&str] = &[
     "trusted_proxies",
     "shutdown_grace_ms",
     "limits",
+    "metrics_token",
+    "metrics",
 ];
 
 impl Config {
@@ -732,9 +888,22 @@ impl Config {
                     format!("model `{}` needs at least one backend", m.name),
                 ));
             }
+            let mut backend_names = std::collections::HashSet::new();
             for (j, b) in m.backends.iter().enumerate() {
                 let at = format!("models[{i}].backends[{j}]");
                 validate_backend_url(&b.url).map_err(|msg| field_err(format!("{at}.url"), msg))?;
+                b.validate_access()
+                    .map_err(|(f, msg)| field_err(format!("{at}.{f}"), msg))?;
+                if !backend_names.insert(b.display_name()) {
+                    return Err(field_err(
+                        format!("{at}.name"),
+                        format!(
+                            "`{}` names another backend of model `{}` too (names are unique per model)",
+                            b.display_name(),
+                            m.name
+                        ),
+                    ));
+                }
                 if b.max_tokens_in_flight == Some(0) {
                     return Err(field_err(
                         format!("{at}.max_tokens_in_flight"),
@@ -803,6 +972,17 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(t) = &self.metrics_token {
+            if t.expose().len() < 16 {
+                return Err(field_err("metrics_token", "must be at least 16 characters"));
+            }
+        }
+        if self.metrics.max_series < 10 {
+            return Err(field_err("metrics.max_series", "must be at least 10"));
+        }
+        if let Some(f) = &self.upstream.ca_file {
+            crate::upstream::read_ca_file(f).map_err(|m| field_err("upstream.ca_file", m))?;
         }
         let r = &self.routing;
         for (field, v) in [
@@ -897,11 +1077,16 @@ fn valid_name(s: &str) -> bool {
 }
 
 pub(crate) fn validate_backend_url(url: &str) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("`{url}` must start with http:// (TLS to backends is not built in yet)")
-    })?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{url}` must start with http:// or https://"))?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err(format!("`{url}` has no host"));
+    }
+    if rest.split('/').next().is_some_and(|h| h.contains('@')) {
+        // Credentials in the URL would end up in logs; use api_key / api_key_env.
+        return Err("must not contain credentials (use api_key or api_key_env)".into());
     }
     if url.parse::<http::Uri>().is_err() {
         return Err(format!("`{url}` is not a valid URL"));

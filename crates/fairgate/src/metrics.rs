@@ -3,7 +3,22 @@
 //! Names start with `fairgate_`. Load gauges (in flight, queued) are read from the pools at
 //! scrape time rather than updated per request, so the hot path only touches counters and
 //! histograms.
+//!
+//! Series are bounded (issue 10): every family is a [`Family`], whose `with_label_values`
+//! passes each label through [`Labels`] first. Models and tenants the gateway does not know
+//! (a client's made-up `model`, a deleted tenant) become `_unknown`, requests without a tenant
+//! `_anonymous`, status and reason labels come from fixed shapes, backends are labelled by
+//! their name (never their URL), and a family holding `metrics.max_series` label sets sends
+//! new ones to `_overflow`, counted in `fairgate_metrics_series_dropped_total`. Per-user figures
+//! are never labels: they come from the ledger.
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -13,38 +28,240 @@ use crate::router::Reason;
 
 use crate::upstream::Upstreams;
 
+/// Label value of a model or tenant the gateway does not know.
+pub const UNKNOWN: &str = "_unknown";
+/// Tenant label of a request no key was found for.
+pub const ANONYMOUS: &str = "_anonymous";
+/// Every label of a series that would exceed its family's cap.
+pub const OVERFLOW: &str = "_overflow";
+/// A status or reason label of an unexpected shape.
+pub const OTHER: &str = "_other";
+
+/// What a label holds, which decides the values it may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A configured model, adapter or alias; else `_unknown` (empty stays empty: no model yet).
+    Model,
+    /// A tenant of the directory; else `_unknown`; empty is `_anonymous`.
+    Tenant,
+    /// A backend's name (validated at config load / admin add).
+    Backend,
+    /// An HTTP status code.
+    Status,
+    /// A code-chosen word (`admitted`, an error class, a routing reason).
+    Code,
+}
+
+/// The known label values, refreshed from the config and the tenant directory.
+pub struct Labels {
+    models: ArcSwap<HashSet<String>>,
+    tenants: ArcSwap<HashSet<String>>,
+    max_series: AtomicUsize,
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Labels {
+            models: ArcSwap::from_pointee(HashSet::new()),
+            tenants: ArcSwap::from_pointee(HashSet::new()),
+            max_series: AtomicUsize::new(10_000),
+        }
+    }
+}
+
+fn word(v: &str, extra: &[u8]) -> bool {
+    v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || extra.contains(&b))
+}
+
+impl Labels {
+    /// The value a label of `kind` may carry for `v`.
+    pub fn clean<'a>(&self, kind: Kind, v: &'a str) -> &'a str {
+        match kind {
+            Kind::Model if v.is_empty() => "",
+            Kind::Model if self.models.load().contains(v) => v,
+            Kind::Model => UNKNOWN,
+            Kind::Tenant if v.is_empty() => ANONYMOUS,
+            Kind::Tenant if self.tenants.load().contains(v) => v,
+            Kind::Tenant => UNKNOWN,
+            Kind::Backend if !v.is_empty() && word(v, b".:@") => v,
+            Kind::Backend => OTHER,
+            Kind::Status if v.len() == 3 && v.parse::<u16>().is_ok_and(|s| s >= 100) => v,
+            Kind::Status => OTHER,
+            Kind::Code if word(v, b".") => v,
+            Kind::Code => OTHER,
+        }
+    }
+
+    pub fn set_models<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let set: HashSet<String> = names.into_iter().map(str::to_owned).collect();
+        if **self.models.load() != set {
+            self.models.store(Arc::new(set));
+        }
+    }
+
+    pub fn set_tenants<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let set: HashSet<String> = names.into_iter().map(str::to_owned).collect();
+        if **self.tenants.load() != set {
+            self.tenants.store(Arc::new(set));
+        }
+    }
+
+    pub fn set_max_series(&self, n: usize) {
+        self.max_series.store(n.max(1), Ordering::Relaxed);
+    }
+
+    pub fn max_series(&self) -> usize {
+        self.max_series.load(Ordering::Relaxed)
+    }
+}
+
+/// What the families share: the known values and the counter of diverted label sets.
+struct Shared {
+    labels: Labels,
+    dropped: IntCounterVec,
+}
+
+/// A metric family whose label values are bounded (see the module docs); same call shape as
+/// the prometheus vector it wraps.
+pub struct Family<T: MetricVecBuilder> {
+    name: &'static str,
+    vec: MetricVec<T>,
+    kinds: Vec<Kind>,
+    shared: Arc<Shared>,
+    /// Hashes of the label sets this family holds (bounded by `max_series`).
+    seen: Mutex<HashSet<u64>>,
+}
+
+fn family<T: MetricVecBuilder>(
+    shared: &Arc<Shared>,
+    name: &'static str,
+    vec: MetricVec<T>,
+    labels: &[&str],
+) -> Family<T> {
+    Family {
+        name,
+        vec,
+        kinds: labels
+            .iter()
+            .map(|l| match *l {
+                "model" => Kind::Model,
+                "tenant" => Kind::Tenant,
+                "backend" => Kind::Backend,
+                "status" => Kind::Status,
+                _ => Kind::Code,
+            })
+            .collect(),
+        shared: shared.clone(),
+        seen: Mutex::new(HashSet::new()),
+    }
+}
+
+fn hash_of(vals: &[&str]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for v in vals {
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+impl<T: MetricVecBuilder> Family<T> {
+    fn cleaned<'a>(&self, vals: &[&'a str]) -> Vec<&'a str> {
+        vals.iter()
+            .zip(self.kinds.iter().chain(std::iter::repeat(&Kind::Code)))
+            .map(|(v, k)| self.shared.labels.clean(*k, v))
+            .collect()
+    }
+
+    /// The series for these labels, bounded: unknown values mapped, a full family diverted
+    /// to `_overflow`.
+    pub fn with_label_values(&self, vals: &[&str]) -> T::M {
+        let clean = self.cleaned(vals);
+        let h = hash_of(&clean);
+        let admitted = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.contains(&h) || {
+                let room = seen.len() < self.shared.labels.max_series();
+                if room {
+                    seen.insert(h);
+                }
+                room
+            }
+        };
+        if admitted {
+            return self.vec.with_label_values(&clean);
+        }
+        self.shared.dropped.with_label_values(&[self.name]).inc();
+        let overflow = vec![OVERFLOW; clean.len()];
+        self.vec.with_label_values(&overflow)
+    }
+
+    /// Removes a series (a backend that left); absent ones are ignored.
+    pub fn remove_label_values(&self, vals: &[&str]) {
+        let clean = self.cleaned(vals);
+        if self.vec.remove_label_values(&clean).is_ok() {
+            self.seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&hash_of(&clean));
+        }
+    }
+
+    /// Label sets held now (for tests and the cap).
+    pub fn series(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+pub type CounterB = <IntCounterVec as VecOf>::B;
+pub type HistB = <HistogramVec as VecOf>::B;
+pub type IGaugeB = <IntGaugeVec as VecOf>::B;
+pub type FGaugeB = <GaugeVec as VecOf>::B;
+
+/// Names the builder type of a prometheus vector.
+pub trait VecOf {
+    type B: MetricVecBuilder;
+}
+impl<T: MetricVecBuilder> VecOf for MetricVec<T> {
+    type B = T;
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Requests by tenant, model and HTTP status the client received.
-    pub requests: IntCounterVec,
-    pub prompt_tokens: IntCounterVec,
-    pub completion_tokens: IntCounterVec,
-    pub ttft: HistogramVec,
-    pub inter_token: HistogramVec,
-    pub e2e: HistogramVec,
-    pub queue_wait: HistogramVec,
+    pub requests: Family<CounterB>,
+    pub prompt_tokens: Family<CounterB>,
+    pub completion_tokens: Family<CounterB>,
+    pub ttft: Family<HistB>,
+    pub inter_token: Family<HistB>,
+    pub e2e: Family<HistB>,
+    pub queue_wait: Family<HistB>,
     /// Time spent inside the gateway itself (request path before the upstream call plus
     /// response handling), excluding queue wait and upstream time.
-    pub overhead: HistogramVec,
+    pub overhead: Family<HistB>,
     /// Admission decisions by model, tenant, result (`admitted`, `rejected`, `cache_hit`) and
     /// rejection reason.
-    pub admissions: IntCounterVec,
-    in_flight: IntGaugeVec,
-    queued: IntGaugeVec,
-    tenant_queued: IntGaugeVec,
-    tenant_in_flight: IntGaugeVec,
-    tenant_service: IntCounterVec,
-    tenant_weight: IntGaugeVec,
-    backend_in_flight: IntGaugeVec,
-    backend_capacity: IntGaugeVec,
-    backend_up: IntGaugeVec,
-    backend_waiting: GaugeVec,
-    backend_kv: GaugeVec,
-    backend_attempts: IntCounterVec,
-    backend_failures: IntCounterVec,
-    backend_retries: IntCounterVec,
-    backend_ejections: IntCounterVec,
-    backend_picks: IntCounterVec,
+    pub admissions: Family<CounterB>,
+    in_flight: Family<IGaugeB>,
+    queued: Family<IGaugeB>,
+    tenant_queued: Family<IGaugeB>,
+    tenant_in_flight: Family<IGaugeB>,
+    tenant_service: Family<CounterB>,
+    tenant_weight: Family<IGaugeB>,
+    backend_in_flight: Family<IGaugeB>,
+    backend_capacity: Family<IGaugeB>,
+    backend_up: Family<IGaugeB>,
+    backend_waiting: Family<FGaugeB>,
+    backend_kv: Family<FGaugeB>,
+    backend_attempts: Family<CounterB>,
+    backend_failures: Family<CounterB>,
+    backend_retries: Family<CounterB>,
+    backend_ejections: Family<CounterB>,
+    backend_picks: Family<CounterB>,
+    shared: Arc<Shared>,
+    /// (model, backend name) pairs exported at the last scrape, to remove those that left.
+    exported_backends: Mutex<HashSet<(String, String)>>,
 }
 
 /// Moves a counter up to `total` (counters published from running totals kept elsewhere).
@@ -69,36 +286,54 @@ const OVERHEAD_BUCKETS: &[f64] = &[
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let hist = |name: &str,
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "fairgate_metrics_series_dropped_total",
+                "Updates sent to the `_overflow` series because their family already held metrics.max_series label sets",
+            ),
+            &["metric"],
+        )?;
+        registry.register(Box::new(dropped.clone()))?;
+        let shared = Arc::new(Shared {
+            labels: Labels::default(),
+            dropped,
+        });
+        let counter = |name: &'static str,
+                       help: &str,
+                       labels: &[&str]|
+         -> Result<Family<CounterB>, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(family(&shared, name, c, labels))
+        };
+        let hist = |name: &'static str,
                     help: &str,
                     buckets: &[f64],
                     labels: &[&str]|
-         -> Result<HistogramVec, prometheus::Error> {
+         -> Result<Family<HistB>, prometheus::Error> {
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(buckets.to_vec()),
                 labels,
             )?;
             registry.register(Box::new(h.clone()))?;
-            Ok(h)
+            Ok(family(&shared, name, h, labels))
         };
-        let gauge =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
-                Ok(g)
-            };
-        let fgauge =
-            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
-                let g = GaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
-                Ok(g)
-            };
+        let gauge = |name: &'static str,
+                     help: &str,
+                     labels: &[&str]|
+         -> Result<Family<IGaugeB>, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(family(&shared, name, g, labels))
+        };
+        let fgauge = |name: &'static str,
+                      help: &str,
+                      labels: &[&str]|
+         -> Result<Family<FGaugeB>, prometheus::Error> {
+            let g = GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(family(&shared, name, g, labels))
+        };
         let mb = &["model", "backend"];
         Ok(Metrics {
             backend_up: gauge(
@@ -231,12 +466,72 @@ impl Metrics {
                 "Configured in-flight capacity per backend",
                 &["model", "backend"],
             )?,
+            shared: shared.clone(),
+            exported_backends: Mutex::new(HashSet::new()),
             registry,
         })
     }
 
+    /// The known label values and the series cap.
+    pub fn labels(&self) -> &Labels {
+        &self.shared.labels
+    }
+
+    /// Brings the known models (with adapters and aliases), tenants and the series cap up to
+    /// date; called at start, on every directory refresh and on config reload.
+    pub fn learn<'a>(
+        &self,
+        config: &crate::config::Config,
+        upstreams: &Upstreams,
+        tenants: impl IntoIterator<Item = &'a str>,
+    ) {
+        let l = self.labels();
+        l.set_models(
+            upstreams
+                .names()
+                .chain(config.models.iter().map(|m| m.name.as_str()))
+                .chain(
+                    config
+                        .models
+                        .iter()
+                        .flat_map(|m| m.adapters.iter().map(String::as_str)),
+                )
+                .chain(config.aliases.iter().map(|a| a.name.as_str())),
+        );
+        l.set_tenants(tenants);
+        l.set_max_series(config.metrics.max_series);
+    }
+
+    /// Every backend family, with its label set for (model, backend).
+    fn remove_backend(&self, model: &str, backend: &str) {
+        let mb = [model, backend];
+        for f in [
+            &self.backend_in_flight,
+            &self.backend_capacity,
+            &self.backend_up,
+        ] {
+            f.remove_label_values(&mb);
+        }
+        for f in [&self.backend_waiting, &self.backend_kv] {
+            f.remove_label_values(&mb);
+        }
+        for f in [
+            &self.backend_attempts,
+            &self.backend_failures,
+            &self.backend_retries,
+            &self.backend_ejections,
+        ] {
+            f.remove_label_values(&mb);
+        }
+        for r in Reason::ALL {
+            self.backend_picks
+                .remove_label_values(&[model, backend, r.as_str()]);
+        }
+    }
+
     /// Renders the registry, refreshing load gauges from the pools first.
     pub fn render(&self, upstreams: &Upstreams) -> Vec<u8> {
+        let mut exported = HashSet::new();
         for pool in &upstreams.pools {
             self.in_flight
                 .with_label_values(&[&pool.name])
@@ -263,7 +558,8 @@ impl Metrics {
                 );
             }
             for b in pool.backends().iter() {
-                let labels = [pool.name.as_str(), &b.url];
+                exported.insert((pool.name.clone(), b.name.clone()));
+                let labels = [pool.name.as_str(), &b.name];
                 let s = b.status();
                 self.backend_in_flight
                     .with_label_values(&labels)
@@ -299,7 +595,7 @@ impl Metrics {
                         follow(
                             &self.backend_picks.with_label_values(&[
                                 &pool.name,
-                                &b.url,
+                                &b.name,
                                 r.as_str(),
                             ]),
                             n,
@@ -308,10 +604,104 @@ impl Metrics {
                 }
             }
         }
+        // Backends that left (removed live, reconciled away on reload) take their series along.
+        {
+            let mut last = self
+                .exported_backends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (model, backend) in last.difference(&exported) {
+                self.remove_backend(model, backend);
+            }
+            *last = exported;
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(max: usize) -> Metrics {
+        let m = Metrics::new().unwrap();
+        m.labels().set_models(["m", "alias"]);
+        m.labels().set_tenants(["t", "u"]);
+        m.labels().set_max_series(max);
+        m
+    }
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render(&Upstreams::default())).unwrap()
+    }
+
+    #[test]
+    fn labels_take_only_known_or_fixed_values() {
+        let l = metrics(100);
+        let l = l.labels();
+        assert_eq!(l.clean(Kind::Model, "m"), "m");
+        assert_eq!(l.clean(Kind::Model, "made-up"), UNKNOWN);
+        assert_eq!(l.clean(Kind::Model, ""), "");
+        assert_eq!(l.clean(Kind::Tenant, "t"), "t");
+        assert_eq!(l.clean(Kind::Tenant, "gone"), UNKNOWN);
+        assert_eq!(l.clean(Kind::Tenant, ""), ANONYMOUS);
+        assert_eq!(l.clean(Kind::Status, "404"), "404");
+        assert_eq!(l.clean(Kind::Status, "4040"), OTHER);
+        assert_eq!(l.clean(Kind::Status, "abc"), OTHER);
+        assert_eq!(l.clean(Kind::Code, "rate_limited"), "rate_limited");
+        assert_eq!(l.clean(Kind::Code, "a b\n"), OTHER);
+        assert_eq!(l.clean(Kind::Backend, "gpu-1"), "gpu-1");
+        assert_eq!(l.clean(Kind::Backend, "http://x/"), OTHER);
+    }
+
+    #[test]
+    fn a_full_family_diverts_new_label_sets_to_overflow() {
+        let m = metrics(2);
+        m.requests.with_label_values(&["t", "m", "200"]).inc();
+        m.requests.with_label_values(&["u", "m", "200"]).inc();
+        // Known label sets keep counting; a third one overflows.
+        m.requests.with_label_values(&["t", "m", "200"]).inc();
+        m.requests.with_label_values(&["t", "m", "500"]).inc();
+        m.requests.with_label_values(&["u", "alias", "429"]).inc();
+        assert_eq!(m.requests.series(), 2);
+        let t = text(&m);
+        assert!(
+            t.contains(r#"fairgate_requests_total{model="m",status="200",tenant="t"} 2"#),
+            "{t}"
+        );
+        assert!(t.contains(r#"fairgate_requests_total{model="_overflow",status="_overflow",tenant="_overflow"} 2"#), "{t}");
+        assert!(
+            t.contains(
+                r#"fairgate_metrics_series_dropped_total{metric="fairgate_requests_total"} 2"#
+            ),
+            "{t}"
+        );
+        // Unknown values collapse before the cap is consulted: no new series.
+        let m = metrics(100);
+        for i in 0..50 {
+            m.requests
+                .with_label_values(&[&format!("x{i}"), &format!("y{i}"), "404"])
+                .inc();
+        }
+        assert_eq!(m.requests.series(), 1);
+    }
+
+    #[test]
+    fn removing_a_series_frees_its_place_under_the_cap() {
+        let m = metrics(1);
+        m.backend_up.with_label_values(&["m", "a"]).set(1);
+        m.backend_up.remove_label_values(&["m", "a"]);
+        assert_eq!(m.backend_up.series(), 0);
+        m.backend_up.with_label_values(&["m", "b"]).set(1);
+        let t = text(&m);
+        assert!(
+            t.contains(r#"fairgate_backend_up{backend="b",model="m"} 1"#),
+            "{t}"
+        );
+        assert!(!t.contains(r#"backend="a""#), "{t}");
     }
 }

@@ -660,7 +660,7 @@ async fn forward(
             return t.fail(ApiError::Internal("admission lost its lease".into()));
         };
         let backend = lease.backend.clone();
-        t.row.backend = Some(backend.url.clone());
+        t.row.backend = Some(backend.name.clone());
         t.row.attempts = lease.attempts();
         let mut builder = http::Request::builder()
             .method(parts.method.clone())
@@ -674,17 +674,25 @@ async fn forward(
             if let Ok(v) = HeaderValue::from_str(t.row.id.as_str()) {
                 h.insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
             }
+            backend.authorize(h);
         }
         let body = Full::new(plan.body.clone()).map_err(|never| match never {});
         let up_req = match builder.body(body.boxed()) {
             Ok(r) => r,
             Err(e) => return t.fail(ApiError::Internal(e.to_string())),
         };
-        let sent =
-            tokio::time::timeout(Duration::from_millis(timeout_ms), st.client.request(up_req))
-                .await;
+        let sent = tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            backend.client(&st.client).request(up_req),
+        )
+        .await;
         let (err, why) = match sent {
-            Ok(Ok(r)) if !r.status().is_server_error() => {
+            // A 401 from a backend refuses the gateway's own credential (clients never
+            // authenticate there): a backend fault, retried elsewhere, never relayed as if the
+            // client's key were wrong.
+            Ok(Ok(r))
+                if !r.status().is_server_error() && r.status() != StatusCode::UNAUTHORIZED =>
+            {
                 lease.succeeded();
                 break r;
             }
@@ -715,12 +723,14 @@ async fn forward(
                 (err, format!("answered HTTP {}", status.as_u16()))
             }
             Ok(Err(e)) => {
+                // The client learns only that it failed; where and why goes to the log.
                 let detail = if e.is_connect() {
-                    format!("connection failed ({})", backend.url)
+                    "connection failed"
                 } else {
-                    format!("request failed: {e}")
-                };
-                let why = detail.clone();
+                    "request failed"
+                }
+                .to_owned();
+                let why = crate::upstream::error_chain(&e);
                 (
                     ApiError::UpstreamConnect {
                         model: served.clone(),
@@ -737,7 +747,7 @@ async fn forward(
                 format!("no response head within {timeout_ms} ms"),
             ),
         };
-        tracing::warn!(request_id = %t.row.id, backend = %backend.url, reason = %why, "upstream attempt failed");
+        tracing::warn!(request_id = %t.row.id, backend = %backend.name, url = %backend.url, reason = %why, "upstream attempt failed");
         let Some(lease) = t.admitted.as_mut().map(|a| &mut a.lease) else {
             return t.fail(err);
         };

@@ -105,7 +105,7 @@ impl Gateway {
             admission: Admission::new(&config),
             portal: crate::portal::Portal::default(),
             upstreams: Upstreams::from_config(&config),
-            client: http_client(Duration::from_millis(config.upstream.connect_timeout_ms)),
+            client: http_client(&config.upstream),
             config: Arc::new(config),
             store,
             identity,
@@ -237,6 +237,12 @@ pub async fn refresh_directory(st: &AppState) -> Result<(), fairgate_store::Stor
 /// weights at the next dispatch) and seeds budget accounts from the ledger.
 async fn sync_directory(st: &AppState) {
     let dir = st.identity.snapshot_arc();
+    // Metric labels accept only known models and tenants (issue 10).
+    st.metrics.learn(
+        &st.live.load(),
+        &st.upstreams,
+        dir.tenants().map(|t| t.name.as_str()),
+    );
     for pool in &st.upstreams.pools {
         for t in dir.tenants() {
             let gw = t.group.as_deref().map_or(t.weight, |g| dir.group_weight(g));
@@ -412,9 +418,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// `GET /metrics`: open, or behind `metrics_token` (a bearer token, compared in constant time)
+/// when one is configured.
 async fn metrics(
     axum::extract::State(st): axum::extract::State<Arc<AppState>>,
-) -> impl axum::response::IntoResponse {
+    headers: http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let live = st.live.load();
+    if let Some(want) = &live.metrics_token {
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let ok: bool =
+            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), want.expose().as_bytes()).into();
+        if !ok {
+            return (
+                http::StatusCode::UNAUTHORIZED,
+                [(http::header::WWW_AUTHENTICATE, "Bearer")],
+                "metrics token required\n",
+            )
+                .into_response();
+        }
+    }
+    drop(live);
     (
         [(
             http::header::CONTENT_TYPE,
@@ -422,6 +451,7 @@ async fn metrics(
         )],
         st.metrics.render(&st.upstreams),
     )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -25,13 +25,16 @@ use fairgate_admission::fair::Mode;
 use fairgate_admission::pool::{AdmitError, AdmitRequest, CostWeights, Permit, Pool, PoolConfig};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    AdmissionConfig, BackendConfig, Config, ModelConfig, RoutingConfig, SchedulerMode,
+    AdmissionConfig, BackendConfig, Config, ModelConfig, RoutingConfig, SchedulerMode, Secret,
 };
 use crate::router::health::{Breaker, Routable, State};
 use crate::router::prefix::PrefixIndex;
@@ -40,16 +43,117 @@ use crate::router::{self, LoraFit, Reason, Strategy, Thresholds, View};
 
 /// Request body type sent upstream.
 pub type UpBody = BoxBody<Bytes, std::convert::Infallible>;
-pub type HttpClient = Client<HttpConnector, UpBody>;
+/// Speaks `http://` and `https://` (rustls); which one follows the backend's URL.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpBody>;
 
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
+/// Connect timeout of the clients built for backends with their own CA (set with the shared
+/// client, which comes first).
+static CONNECT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(2_000);
+
+/// The client for backends: plain HTTP, or TLS trusting the system roots plus
+/// `upstream.ca_file`.
+pub fn http_client(cfg: &crate::config::UpstreamConfig) -> HttpClient {
+    CONNECT_TIMEOUT_MS.store(cfg.connect_timeout_ms, Ordering::Relaxed);
+    tls_client(
+        Duration::from_millis(cfg.connect_timeout_ms),
+        roots(true, cfg.ca_file.as_deref()),
+    )
+}
+
+/// A client trusting exactly `roots` for `https://`.
+fn tls_client(connect_timeout: Duration, roots: rustls::RootCertStore) -> HttpClient {
     let mut conn = HttpConnector::new();
     conn.set_connect_timeout(Some(connect_timeout));
     conn.set_nodelay(true);
+    conn.enforce_http(false);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let tls = match tls {
+        Ok(t) => t,
+        Err(e) => {
+            // Cannot happen with ring's defaults; fail closed (no roots) rather than panic.
+            tracing::error!(error = %e, "TLS setup failed; https backends will not connect");
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        }
+    };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(conn);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
-        .build(conn)
+        .build(https)
+}
+
+/// The key a backend config gives. Validation checked it; a variable unset since then sends
+/// no key (the backend refuses, which shows in its health) rather than stopping the gateway.
+fn key_of(cfg: &BackendConfig) -> Option<Secret> {
+    cfg.resolve_api_key().unwrap_or_else(|e| {
+        tracing::error!(backend = %cfg.display_name(), error = %e, "backend API key unavailable");
+        None
+    })
+}
+
+/// An error with its causes, for logs and operator views (never for clients).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+/// Reads a PEM file of CA certificates; `Err` says why it is unusable.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`{}` is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("`{}` holds no PEM certificate", path.display()));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for c in &certs {
+        store
+            .add(c.clone())
+            .map_err(|e| format!("`{}`: unusable CA certificate: {e}", path.display()))?;
+    }
+    Ok(certs)
+}
+
+/// Trust anchors: the system's (when `system`) plus those of `extra`. A CA file that became
+/// unreadable since validation adds nothing: TLS then fails closed.
+fn roots(system: bool, extra: Option<&std::path::Path>) -> rustls::RootCertStore {
+    let mut store = rustls::RootCertStore::empty();
+    if system {
+        let found = rustls_native_certs::load_native_certs();
+        for c in found.certs {
+            let _ = store.add(c);
+        }
+    }
+    if let Some(f) = extra {
+        match read_ca_file(f) {
+            Ok(certs) => {
+                for c in certs {
+                    let _ = store.add(c);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "CA file unusable; its backends will not connect")
+            }
+        }
+    }
+    store
 }
 
 /// Where a backend came from: reloading the config file only touches its own.
@@ -86,8 +190,15 @@ struct Load {
 /// One backend server (a vLLM instance or the simulator).
 #[derive(Debug)]
 pub struct Backend {
-    /// Server root without a trailing slash.
+    /// Server root without a trailing slash. Operator-only: never in client bodies or metrics.
     pub url: String,
+    /// What metrics, the ledger and operator pages call it (unique within its model).
+    pub name: String,
+    /// Sent as `Authorization: Bearer` (vLLM's `--api-key`); redacted in `Debug`; replaced
+    /// on reload (a rotated key in the environment takes effect without a restart).
+    api_key: arc_swap::ArcSwapOption<Secret>,
+    /// Its own client when it trusts its own CA (`ca_file`); else the gateway's.
+    client: Option<HttpClient>,
     pub origin: Origin,
     max_in_flight: AtomicUsize,
     max_tokens_in_flight: Option<u64>,
@@ -115,6 +226,14 @@ impl Backend {
     fn new(cfg: &BackendConfig, origin: Origin, routing: &RoutingConfig) -> Backend {
         Backend {
             url: cfg.url.trim_end_matches('/').to_owned(),
+            name: cfg.display_name(),
+            api_key: arc_swap::ArcSwapOption::new(key_of(cfg).map(Arc::new)),
+            client: cfg.ca_file.as_deref().map(|f| {
+                tls_client(
+                    Duration::from_millis(CONNECT_TIMEOUT_MS.load(Ordering::Relaxed)),
+                    roots(false, Some(f)),
+                )
+            }),
             origin,
             max_in_flight: AtomicUsize::new(cfg.max_in_flight),
             max_tokens_in_flight: cfg.max_tokens_in_flight,
@@ -135,6 +254,22 @@ impl Backend {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The client to reach this backend with: its own (own CA) or `shared`.
+    pub fn client<'a>(&'a self, shared: &'a HttpClient) -> &'a HttpClient {
+        self.client.as_ref().unwrap_or(shared)
+    }
+
+    /// Adds this backend's credential to an upstream request's headers (after the client's
+    /// own credentials were stripped).
+    pub fn authorize(&self, headers: &mut http::HeaderMap) {
+        if let Some(k) = self.api_key.load().as_deref() {
+            if let Ok(mut v) = http::HeaderValue::from_str(&format!("Bearer {}", k.expose())) {
+                v.set_sensitive(true);
+                headers.insert(http::header::AUTHORIZATION, v);
+            }
+        }
     }
 
     pub fn max_in_flight(&self) -> usize {
@@ -235,7 +370,7 @@ impl Backend {
     fn failed(&self, why: String) -> bool {
         let ejected = lock(&self.health).on_failure(Instant::now(), why.clone());
         if ejected {
-            tracing::warn!(backend = %self.url, reason = %why, "backend ejected");
+            tracing::warn!(backend = %self.name, url = %self.url, reason = %why, "backend ejected");
         }
         ejected
     }
@@ -261,6 +396,7 @@ impl Backend {
         let pick = |r: Reason| self.stats.picks[r.index()].load(Ordering::Relaxed);
         BackendStatus {
             url: self.url.clone(),
+            name: self.name.clone(),
             origin: self.origin,
             state,
             draining: self.is_draining(),
@@ -311,6 +447,7 @@ fn lora_fit(s: &Scraped, adapter: Option<&str>) -> LoraFit {
 #[derive(Clone, Debug, Serialize)]
 pub struct BackendStatus {
     pub url: String,
+    pub name: String,
     pub origin: Origin,
     /// `healthy`, `half_open` (one trial request) or `ejected`.
     pub state: &'static str,
@@ -660,6 +797,18 @@ impl ModelPool {
         let b = {
             let _g = lock(&self.edit);
             let url = cfg.url.trim_end_matches('/');
+            let name = cfg.display_name();
+            if let Some(other) = self
+                .backends
+                .load()
+                .iter()
+                .find(|b| b.name == name && b.url != url)
+            {
+                return Err(format!(
+                    "backend named `{name}` of model `{}` (at {})",
+                    self.name, other.url
+                ));
+            }
             if let Some(existing) = self.backends.load().iter().find(|b| b.url == url) {
                 if existing.removing.load(Ordering::Relaxed) {
                     return Err(format!(
@@ -709,6 +858,7 @@ impl ModelPool {
             match self.backend(&bc.url) {
                 Some(b) => {
                     b.max_in_flight.store(bc.max_in_flight, Ordering::Relaxed);
+                    b.api_key.store(key_of(bc).map(Arc::new));
                 }
                 None => {
                     if let Ok(b) = self.add(bc, Origin::Config, routing) {
@@ -841,7 +991,8 @@ async fn watcher(st: Weak<crate::server::AppState>, pool: Weak<ModelPool>, b: Ar
             return;
         }
         let timeout = Duration::from_millis(routing.probe_timeout_ms);
-        match get(&client, &format!("{}/metrics", b.url), timeout).await {
+        let client = b.client(&client);
+        match get(client, &b, "/metrics", timeout).await {
             Ok((200, body)) => match std::str::from_utf8(&body).ok().and_then(scrape::parse) {
                 Some(scraped) => {
                     if let Some(kv) = scraped.kv_tokens {
@@ -864,7 +1015,7 @@ async fn watcher(st: Weak<crate::server::AppState>, pool: Weak<ModelPool>, b: Ar
         }
         if Instant::now() >= next_probe {
             let before = b.routable(Instant::now());
-            match get(&client, &format!("{}/health", b.url), timeout).await {
+            match get(client, &b, "/health", timeout).await {
                 Ok((s, _)) if (200..300).contains(&s) => {
                     lock(&b.health).on_probe_ok(Instant::now())
                 }
@@ -886,15 +1037,21 @@ async fn watcher(st: Weak<crate::server::AppState>, pool: Weak<ModelPool>, b: Ar
     }
 }
 
-/// A small GET with a deadline: status and body.
-async fn get(client: &HttpClient, url: &str, timeout: Duration) -> Result<(u16, Bytes), String> {
-    let req = http::Request::get(url)
+/// A small GET of `path` on backend `b` (with its credential) with a deadline: status and body.
+async fn get(
+    client: &HttpClient,
+    b: &Backend,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, Bytes), String> {
+    let mut req = http::Request::get(format!("{}{path}", b.url))
         .body(
             Full::new(Bytes::new())
                 .map_err(|never| match never {})
                 .boxed(),
         )
         .map_err(|e| e.to_string())?;
+    b.authorize(req.headers_mut());
     let fut = async {
         let resp = client.request(req).await.map_err(|e| {
             if e.is_connect() {

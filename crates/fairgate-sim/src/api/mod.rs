@@ -68,7 +68,40 @@ pub(crate) fn router(sim: Simulator, stop: CancellationToken) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            sim.clone(),
+            require_api_key,
+        ))
         .with_state(AppState { sim, stop })
+}
+
+/// vLLM's `--api-key` check: `/v1/*` needs the bearer key (CORS preflights pass), the other
+/// routes do not.
+async fn require_api_key(
+    State(sim): State<Simulator>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(key) = &sim.config().api_key {
+        let guarded = req.uri().path().starts_with("/v1") && req.method() != http_method_options();
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| given == key);
+        if guarded && !ok {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                br#"{"error":"Unauthorized"}"#.to_vec(),
+            );
+        }
+    }
+    next.run(req).await
+}
+
+fn http_method_options() -> axum::http::Method {
+    axum::http::Method::OPTIONS
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {

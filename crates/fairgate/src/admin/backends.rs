@@ -75,6 +75,18 @@ pub(crate) struct NewBackend {
     pub(crate) max_tokens_in_flight: Option<u64>,
     #[serde(default)]
     pub(crate) adapters: Option<Vec<String>>,
+    /// Label and display name; default `host:port`.
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    /// The backend's API key (write-only: never returned, audited or logged).
+    #[serde(default)]
+    pub(crate) api_key: Option<crate::config::Secret>,
+    /// Environment variable of the gateway holding the key.
+    #[serde(default)]
+    pub(crate) api_key_env: Option<String>,
+    /// CA certificates (PEM file on the gateway's host) for an https:// backend.
+    #[serde(default)]
+    pub(crate) ca_file: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn default_max_in_flight() -> usize {
@@ -125,7 +137,13 @@ pub(crate) async fn add_backend(
         max_in_flight: req.max_in_flight,
         max_tokens_in_flight: req.max_tokens_in_flight,
         adapters: req.adapters,
+        name: req.name,
+        api_key: req.api_key,
+        api_key_env: req.api_key_env,
+        ca_file: req.ca_file,
     };
+    cfg.validate_access()
+        .map_err(|(f, m)| ApiError::AdminBadRequest(format!("{f}: {m}")))?;
     let routing = st.live.load().routing.clone();
     let b = p
         .add(&cfg, Origin::Api, &routing)
@@ -138,7 +156,12 @@ pub(crate) async fn add_backend(
         "backend.add",
         format!("model:{model} backend:{}", b.url),
         None,
-        json_of(&serde_json::json!({"url": b.url, "max_in_flight": cfg.max_in_flight})),
+        json_of(&serde_json::json!({
+            "url": b.url,
+            "name": b.name,
+            "max_in_flight": cfg.max_in_flight,
+            "api_key": cfg.api_key.is_some() || cfg.api_key_env.is_some(),
+        })),
     )
     .await;
     Ok(status)

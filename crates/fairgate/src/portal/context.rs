@@ -73,22 +73,24 @@ impl ContextLengths {
 
 /// Asks the first healthy, non-draining backend of `p`.
 async fn ask(client: &HttpClient, p: &ModelPool) -> Option<u64> {
-    let url = p.backends().iter().find_map(|b| {
+    let b = p.backends().iter().find_map(|b| {
         let s = b.status();
-        (s.state == "healthy" && !s.draining).then(|| b.url.clone())
+        (s.state == "healthy" && !s.draining).then(|| b.clone())
     })?;
-    let body = fetch(client, &format!("{url}/v1/models")).await?;
+    // vLLM's --api-key guards /v1/*: the backend's own credential and CA go along.
+    let body = fetch(b.client(client), &b, &format!("{}/v1/models", b.url)).await?;
     max_model_len(&body, &p.name)
 }
 
-async fn fetch(client: &HttpClient, url: &str) -> Option<Bytes> {
-    let req = http::Request::get(url)
+async fn fetch(client: &HttpClient, b: &crate::upstream::Backend, url: &str) -> Option<Bytes> {
+    let mut req = http::Request::get(url)
         .body(
             Full::new(Bytes::new())
                 .map_err(|never| match never {})
                 .boxed(),
         )
         .ok()?;
+    b.authorize(req.headers_mut());
     let fut = async {
         let resp = client.request(req).await.ok()?;
         if !resp.status().is_success() {

@@ -238,7 +238,8 @@ fn row(v: &View, model: &str, b: &BackendStatus, csrf: &str) -> (String, Vec<Str
     let attrs = format!("data-url=\"{}\" data-mode=\"{}\"", esc(&b.url), mode(b));
     let cells = vec![
         format!(
-            "<code>{}</code>{}",
+            "<strong>{}</strong> <code>{}</code>{}",
+            esc(&b.name),
             esc(&b.url),
             if b.origin == Origin::Api {
                 " <span class=\"muted\">(added live)</span>"
@@ -313,12 +314,14 @@ async fn backends_html(st: &AppState, s: &Signed, rej: Option<&Rejected>) -> Str
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><div class=\"grid\">\
              <label>Server root URL (fairgate adds <code>/v1/...</code>) <input name=\"url\" required inputmode=\"url\" autocomplete=\"off\" placeholder=\"http://10.0.0.7:8000\" value=\"{}\"></label>\
              <label>Most requests in flight (max_in_flight) <input name=\"max_in_flight\" type=\"number\" min=\"1\" required value=\"{}\"></label>\
+             <label>Name (optional; default host:port) <input name=\"name\" autocomplete=\"off\" value=\"{}\"></label>\
              </div><button class=\"primary\" type=\"submit\">Add backend</button></form></section>",
             esc(&m.model),
             esc(&m.model),
             esc(&urlencode(&m.model)),
             shown(typed, "add", "url", ""),
             shown(typed, "add", "max_in_flight", default_max_in_flight()),
+            shown(typed, "add", "name", ""),
         ));
     }
     body.push_str(SCRIPT);
@@ -346,7 +349,7 @@ function button(m,u,act,label,confirmIt){return '<form class="inline" method="po
  '><input type="hidden" name="csrf" value="'+esc(csrf)+'"><input type="hidden" name="url" value="'+esc(u)+'"><button type="submit" aria-label="'+label+' '+esc(u)+'">'+label+'</button></form>';}
 function actions(m,b){const md=mode(b);return '<span class="nowrap">'+(md==='removing'?button(m,b.url,'resume','Resume',false):
  button(m,b.url,md==='draining'?'resume':'drain',md==='draining'?'Resume':'Drain',false)+' '+button(m,b.url,'remove','Remove',true))+'</span>';}
-function cells(d,b){return ['<code>'+esc(b.url)+'</code>'+(b.origin==='api'?' <span class="muted">(added live)</span>':''),state(b),b.in_flight+' / '+b.max_in_flight,
+function cells(d,b){return ['<strong>'+esc(b.name)+'</strong> <code>'+esc(b.url)+'</code>'+(b.origin==='api'?' <span class="muted">(added live)</span>':''),state(b),b.in_flight+' / '+b.max_in_flight,
  num(b.waiting),num(b.running),kv(b.kv_cache_usage,d.saturation_kv_usage),age(b.metrics_age_ms,d.metrics_stale_ms),String(b.consecutive_failures),
  String(b.ejections),b.last_error?esc(b.last_error):'—',b.attempts+' / '+b.failures+' / '+b.retries,String(b.prefix_hits)];}
 function summary(m){return badge(m.status,cls[m.status]||'bad')+' '+m.healthy+' of '+m.total+' healthy · '+m.in_flight+' / '+m.capacity+' in flight · '+m.queued+' queued · context '+(m.context_length==null?'—':m.context_length+' tokens');}
@@ -470,6 +473,12 @@ pub(in crate::portal) async fn add(
             max_in_flight,
             max_tokens_in_flight: None,
             adapters: None,
+            name: Some(f.get("name").trim())
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
+            api_key: None,
+            api_key_env: None,
+            ca_file: None,
         };
         add_backend(&st, &s.user.email, &model, req)
             .await
