@@ -41,8 +41,10 @@ warn() {
 
 # The one CI rule (same as fairgate_testkit::in_ci and tests/demo_process.py's in_ci).
 in_ci() {
-    case "${CI:-}" in
-        "" | 0 | false | FALSE | False) return 1 ;;
+    local ci="${CI:-}"
+    ci="${ci//[[:space:]]/}"
+    case "${ci,,}" in
+        "" | 0 | false) return 1 ;;
         *) return 0 ;;
     esac
 }
