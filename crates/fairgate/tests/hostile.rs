@@ -663,7 +663,7 @@ fn check_shape(r: &Resp, shape: Shape, code: Option<&str>, leak: &[String]) -> R
             let v: Value = serde_json::from_slice(&r.body)
                 .map_err(|e| format!("error body is not JSON ({e}): {body:.300}"))?;
             let e = &v["error"];
-            if !e["message"].as_str().is_some_and(|m| !m.is_empty()) {
+            if e["message"].as_str().is_none_or(str::is_empty) {
                 return Err(format!("error.message missing or empty: {v}"));
             }
             if !e["type"].is_string() {
