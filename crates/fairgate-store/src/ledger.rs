@@ -374,10 +374,9 @@ impl LedgerHandle {
             }
             // The writer syncs within 100 ms of being woken.
             Ok(_) => self.wake.notify_one(),
-            Err(e) => log_rows_as_last_resort(
-                rows,
-                &format!("{}: {e}", self.spill.dir().display()),
-            ),
+            Err(e) => {
+                log_rows_as_last_resort(rows, &format!("{}: {e}", self.spill.dir().display()))
+            }
         }
     }
 
@@ -636,7 +635,9 @@ impl Writer {
     async fn spill_rows(&mut self, rows: Vec<LedgerRow>) -> Option<PathBuf> {
         let spill = self.spill.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let r = spill.append_rows(&rows).and_then(|p| spill.sync().map(|()| p));
+            let r = spill
+                .append_rows(&rows)
+                .and_then(|p| spill.sync().map(|()| p));
             (rows, r)
         })
         .await;

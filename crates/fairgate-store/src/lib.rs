@@ -34,6 +34,7 @@
 pub mod db;
 pub mod ledger;
 pub mod migrate;
+pub mod retention;
 pub mod spill;
 
 mod admin;
@@ -45,8 +46,9 @@ pub use ledger::{
     import_spill, spawn_ledger, spill_file_rows, LedgerConfig, LedgerError, LedgerHandle,
     LedgerWriter, SHUTDOWN_TIMEOUT,
 };
+pub use retention::spawn_retention;
+pub use rows::{Spend, SpendScope, UserUsage};
 pub use spill::is_spill_file;
-pub use rows::{Spend, SpendScope};
 
 /// Everything the store can fail with. `Conflict` and `NotFound` are the caller's fault and map
 /// to 409/404 in the admin API; the rest are operational.

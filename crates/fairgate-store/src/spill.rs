@@ -96,7 +96,10 @@ impl Spill {
     }
 
     fn add_pending(&self, n: u64) {
-        let now = self.pending.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        let now = self
+            .pending
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
         self.pending_gauge.set(gauge(now));
     }
 
