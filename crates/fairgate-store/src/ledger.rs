@@ -863,3 +863,77 @@ pub async fn import_spill(store: &Store, path: impl AsRef<Path>) -> Result<usize
     store.insert_ledger_rows(&rows).await?;
     Ok(rows.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn registering_twice_fails_cleanly_and_leaves_no_half_set() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let registry = Registry::new();
+        let (_h, w) = spawn_ledger(store.clone(), LedgerConfig::default(), &registry).unwrap();
+        assert!(spawn_ledger(store.clone(), LedgerConfig::default(), &registry).is_err());
+        w.shutdown().await.unwrap();
+
+        // A registry already holding one of the names rejects the set and keeps nothing of it.
+        let registry = Registry::new();
+        let clash = IntCounter::new("fairgate_ledger_rows_spilled_total", "x").unwrap();
+        registry.register(Box::new(clash)).unwrap();
+        assert!(spawn_ledger(store.clone(), LedgerConfig::default(), &registry).is_err());
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.get_name().to_owned())
+            .collect();
+        assert_eq!(names, vec!["fairgate_ledger_rows_spilled_total".to_owned()]);
+    }
+
+    #[test]
+    fn spawning_outside_a_runtime_is_an_error_not_a_panic() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = rt.block_on(Store::connect("sqlite::memory:")).unwrap();
+        let result = spawn_ledger(store, LedgerConfig::default(), &Registry::new());
+        assert!(matches!(result, Err(prometheus::Error::Msg(_))));
+    }
+
+    /// With the database known down, shutdown does not wait out its (hour-long) bound: it
+    /// spills at once.
+    #[tokio::test]
+    async fn shutdown_with_database_known_down_spills_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = Store::connect("sqlite::memory:").await.unwrap();
+        dead.close().await;
+        let cfg = LedgerConfig {
+            spill_dir: Some(dir.path().to_owned()),
+            ..LedgerConfig::default()
+        };
+        let (h, w) = spawn_ledger(dead, cfg, &Registry::new()).unwrap();
+        let rec = |i: i64| {
+            h.record(LedgerRow::new(
+                fairgate_types::RequestId(format!("r{i}")),
+                i,
+                "/v1/x".into(),
+            ))
+        };
+        // A failed commit (or the failed start-up ping) marks the database down.
+        (0..10).for_each(rec);
+        assert!(matches!(h.flush().await, Err(LedgerError::Spilled { .. })));
+        (10..15).for_each(rec);
+        let result = tokio::time::timeout(
+            Duration::from_secs(120),
+            w.shutdown_with_timeout(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("shutdown must not wait for a database known to be down");
+        assert!(matches!(result, Err(LedgerError::Spilled { rows: 5, .. })));
+        let rows: usize = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| spill_file_rows(e.unwrap().path()).unwrap().len())
+            .sum();
+        assert_eq!(rows, 15);
+    }
+}

@@ -335,3 +335,68 @@ impl Reader {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fairgate_types::RequestId;
+
+    fn spill(dir: &Path) -> Arc<Spill> {
+        Spill::new(
+            dir.to_owned(),
+            IntCounter::new("s", "s").unwrap(),
+            IntGauge::new("f", "f").unwrap(),
+            IntGauge::new("p", "p").unwrap(),
+        )
+    }
+
+    fn row(i: i64) -> LedgerRow {
+        LedgerRow::new(RequestId(format!("r{i}")), i, "/v1/chat/completions".into())
+    }
+
+    #[test]
+    fn appends_rotate_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spill(&dir.path().join("nested"));
+        assert!(s.files().is_empty(), "no directory yet is no files");
+        let a = s.append_rows(&[row(1), row(2)]).unwrap();
+        assert!(is_spill_file(&a));
+        assert!(s.files().is_empty(), "the open file is not replayable yet");
+        assert_eq!(s.pending(), 2);
+        assert_eq!(s.rotate().unwrap(), Some(a.clone()));
+        let b = s.append_rows(&[row(3)]).unwrap();
+        assert_ne!(a, b);
+        s.sync().unwrap();
+        assert_eq!(s.files(), vec![a.clone()]);
+        assert_eq!(s.pending(), 3);
+        assert_eq!(s.files_gauge.get(), 2);
+
+        let mut r = Reader::open(&a).unwrap();
+        assert_eq!(r.chunk(1).unwrap(), vec![row(1)]);
+        assert_eq!(r.chunk(10).unwrap(), vec![row(2)]);
+        assert!(r.chunk(10).unwrap().is_empty());
+        s.remove(&a, r.consumed).unwrap();
+        assert_eq!(s.pending(), 1);
+
+        // A new Spill (the next run) counts what the last one left.
+        s.rotate().unwrap();
+        let again = spill(&dir.path().join("nested"));
+        assert_eq!(again.pending(), 1);
+        assert_eq!(again.files(), vec![b]);
+    }
+
+    #[test]
+    fn torn_and_bad_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger-spill-1.jsonl");
+        let good = serde_json::to_string(&row(1)).unwrap();
+        std::fs::write(
+            &path,
+            format!("{good}\n\n{{not json\n{good}\n{{\"id\":\"ha"),
+        )
+        .unwrap();
+        let mut r = Reader::open(&path).unwrap();
+        assert_eq!(r.chunk(100).unwrap(), vec![row(1), row(1)]);
+        assert_eq!(r.consumed, 4);
+    }
+}
