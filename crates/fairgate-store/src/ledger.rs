@@ -68,7 +68,7 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// One commit attempt that hangs this long (a black-holed network, a stuck lock) counts as a
 /// failure, so the writer cannot stall on one attempt; meanwhile rows overflow to the spill.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rows per replay transaction.
 const REPLAY_CHUNK: usize = 1_000;
@@ -316,6 +316,7 @@ pub fn spawn_ledger(
         waiters: Vec::new(),
         rx,
         stop: Some(stop_rx),
+        stop_at: None,
         db_up: true,
         backoff: BACKOFF_FIRST,
         // Ping at once: a replay of left-over files waits for it, and the gauge should be
@@ -451,6 +452,32 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// Runs a database call bounded by `limit`, by `deadline`, and by the deadline of a shutdown
+/// requested meanwhile (recorded in `stop_at`). `Err` if it was cut off.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = T>,
+    limit: Duration,
+    deadline: Option<Instant>,
+    stop: &mut Option<oneshot::Receiver<Duration>>,
+    stop_at: &mut Option<Instant>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    tokio::pin!(call);
+    loop {
+        let mut until = started + limit;
+        for d in [deadline, *stop_at].into_iter().flatten() {
+            until = until.min(d);
+        }
+        tokio::select! {
+            r = &mut call => return Ok(r),
+            timeout = stop_requested(stop) => *stop_at = Some(Instant::now() + timeout),
+            () = tokio::time::sleep_until(until) => {
+                return Err(format!("no answer after {:?}", started.elapsed()));
+            }
+        }
+    }
+}
+
 /// A spill file being replayed.
 struct Replay {
     path: PathBuf,
@@ -474,6 +501,8 @@ struct Writer {
     waiters: Vec<oneshot::Sender<Fate>>,
     rx: mpsc::Receiver<Msg>,
     stop: Option<oneshot::Receiver<Duration>>,
+    /// When a shutdown requested during a database call must be done.
+    stop_at: Option<Instant>,
     /// The last commit or ping succeeded.
     db_up: bool,
     backoff: Duration,
@@ -498,6 +527,11 @@ impl Writer {
     async fn run(mut self) -> Result<(), LedgerError> {
         let mut buf: Vec<Msg> = Vec::with_capacity(self.batch_size);
         loop {
+            if let Some(at) = self.stop_at {
+                // Shutdown arrived while the writer was waiting on the database.
+                let left = at.saturating_duration_since(Instant::now());
+                return self.shutdown(buf, left).await;
+            }
             let tick = self.oldest.map(|t| t + self.flush_interval);
             if self.sync_at.is_none() && self.spill.is_dirty() {
                 self.sync_at = Some(Instant::now() + spill::SYNC_INTERVAL);
@@ -583,13 +617,23 @@ impl Writer {
     }
 
     /// One insert attempt, bounded by [`ATTEMPT_TIMEOUT`] or `deadline`, whichever is first.
-    async fn insert(&self, rows: &[LedgerRow], deadline: Option<Instant>) -> Result<(), String> {
-        let limit = Instant::now() + ATTEMPT_TIMEOUT;
-        let limit = deadline.map_or(limit, |d| d.min(limit));
-        match tokio::time::timeout_at(limit, self.store.insert_ledger_rows(rows)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("attempt timed out".to_owned()),
-        }
+    /// A shutdown request arriving meanwhile bounds it too (the attempt is cut at the
+    /// shutdown's deadline), so a hung or refused connection cannot stretch the exit.
+    async fn insert(
+        &mut self,
+        rows: &[LedgerRow],
+        deadline: Option<Instant>,
+    ) -> Result<(), String> {
+        let store = self.store.clone();
+        bounded(
+            store.insert_ledger_rows(rows),
+            ATTEMPT_TIMEOUT,
+            deadline,
+            &mut self.stop,
+            &mut self.stop_at,
+        )
+        .await
+        .and_then(|r| r.map_err(|e| e.to_string()))
     }
 
     /// Commits `batch` if the database is up; spills it if it is down or the commit fails.
@@ -600,7 +644,10 @@ impl Writer {
             let mut committed = false;
             if self.db_up {
                 let started = Instant::now();
-                match self.insert(&self.batch, None).await {
+                let batch = std::mem::take(&mut self.batch);
+                let result = self.insert(&batch, None).await;
+                self.batch = batch;
+                match result {
                     Ok(()) => {
                         self.metrics
                             .batch_seconds
@@ -665,11 +712,16 @@ impl Writer {
     }
 
     async fn ping(&mut self) {
-        let ok = matches!(
-            tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await,
-            Ok(Ok(()))
-        );
-        self.set_up(ok);
+        let store = self.store.clone();
+        let result = bounded(
+            store.ping(),
+            PING_TIMEOUT,
+            None,
+            &mut self.stop,
+            &mut self.stop_at,
+        )
+        .await;
+        self.set_up(matches!(result, Ok(Ok(()))));
     }
 
     fn answer_waiters(&mut self) {

@@ -467,6 +467,7 @@ async fn sigterm_with_postgres_down_spills_everything_and_replays_at_next_start(
     let (seen, _) = load.stop().await;
     assert!(seen.failures.is_empty(), "{:?}", seen.failures);
 
+    let signalled = Instant::now();
     gw.signal("TERM");
     // The bound is `shutdown_flush_ms` for the ledger after the HTTP side drained; the slack
     // only absorbs a slow, shared machine. Exiting at all (not hanging on the database) is
@@ -478,6 +479,11 @@ async fn sigterm_with_postgres_down_spills_everything_and_replays_at_next_start(
         status.is_some_and(|s| s.success()),
         "exit {status:?}\n{}",
         gw.log_tail()
+    );
+    // Reported, not asserted (README, "The ledger").
+    eprintln!(
+        "SIGTERM with PostgreSQL down: exited after {:?}",
+        signalled.elapsed()
     );
 
     // Every served request is in the database (committed before the outage) or in a spill file.
