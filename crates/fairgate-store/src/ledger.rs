@@ -72,6 +72,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rows per replay transaction.
 const REPLAY_CHUNK: usize = 1_000;
+/// Replay steps (chunks or file removals) a flush does before answering.
+const FLUSH_REPLAY_STEPS: usize = 20;
 
 /// Tuning for the writer. The defaults suit a single gateway on SQLite or PostgreSQL.
 #[derive(Clone, Debug)]
@@ -581,8 +583,15 @@ impl Writer {
                     // Everything recorded before this flush is in `batch`, committed or spilled.
                     self.waiters.push(tx);
                     self.commit_or_spill().await;
-                    // Spilled rows count as recorded before it too: replay them if possible.
-                    while self.db_up && (self.replay.is_some() || self.spill.pending() > 0) {
+                    // Spilled rows count as recorded before it too: replay them if possible,
+                    // but only so much (a big backlog keeps replaying in the background and
+                    // the flush reports the rest as spilled rather than stall its caller).
+                    let mut steps = 0;
+                    while steps < FLUSH_REPLAY_STEPS
+                        && self.db_up
+                        && (self.replay.is_some() || self.spill.pending() > 0)
+                    {
+                        steps += 1;
                         if !self.replay_step().await {
                             break;
                         }
