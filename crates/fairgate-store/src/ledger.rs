@@ -383,6 +383,22 @@ impl LedgerHandle {
         }
     }
 
+    /// Enqueues a row only if the queue has room; gives it back otherwise. Prefer
+    /// [`LedgerHandle::record`], which never gives a row back (it spills instead); this is
+    /// for callers that would rather drop a row of their own making than touch the disk.
+    // The row comes back by value so the fallback costs no allocation.
+    #[allow(clippy::result_large_err)]
+    pub fn try_record(&self, row: LedgerRow) -> Result<(), LedgerRow> {
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                self.depth.add(1);
+                permit.send(Msg::Row(row));
+                Ok(())
+            }
+            Err(_) => Err(row),
+        }
+    }
+
     /// Resolves once every row recorded before this call is committed (replaying spilled rows
     /// first if the database is up). Returns [`LedgerError::Spilled`] at once if rows are in
     /// spill files instead (the database is down; they are replayed when it returns), and
