@@ -211,11 +211,21 @@ impl Store {
 /// `retention_days` (none when it is 0: returns `None`). Failures are logged and retried at the
 /// next run; a run interrupted between batches leaves every row counted exactly once.
 pub fn spawn_retention(store: Store, retention_days: u32) -> Option<JoinHandle<()>> {
+    spawn_retention_every(store, retention_days, ROLLUP_FIRST, ROLLUP_EVERY)
+}
+
+/// [`spawn_retention`] with its own schedule (tests).
+pub fn spawn_retention_every(
+    store: Store,
+    retention_days: u32,
+    first: Duration,
+    every: Duration,
+) -> Option<JoinHandle<()>> {
     if retention_days == 0 {
         return None;
     }
     Some(tokio::spawn(async move {
-        tokio::time::sleep(ROLLUP_FIRST).await;
+        tokio::time::sleep(first).await;
         loop {
             if let Some(cutoff) = retention_cutoff(now_millis(), retention_days) {
                 match store.roll_up_ledger(cutoff, ROLLUP_BATCH).await {
@@ -230,7 +240,7 @@ pub fn spawn_retention(store: Store, retention_days: u32) -> Option<JoinHandle<(
                     }
                 }
             }
-            tokio::time::sleep(ROLLUP_EVERY).await;
+            tokio::time::sleep(every).await;
         }
     }))
 }
@@ -238,6 +248,43 @@ pub fn spawn_retention(store: Store, retention_days: u32) -> Option<JoinHandle<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fairgate_types::{LedgerRow, RequestId};
+
+    #[tokio::test]
+    async fn the_task_rolls_up_only_rows_past_retention() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let now = now_millis();
+        let mut old = LedgerRow::new(RequestId::from("old"), now - 40 * DAY_MS, "/v1/x".into());
+        old.tenant = Some("t".into());
+        old.model = Some("m".into());
+        old.prompt_tokens = 5;
+        let mut new = old.clone();
+        new.id = RequestId::from("new");
+        new.ts = now;
+        store.insert_ledger_rows(&[old, new]).await.unwrap();
+        let before = store.usage(None, None, None).await.unwrap();
+        assert!(spawn_retention_every(store.clone(), 0, Duration::ZERO, Duration::ZERO).is_none());
+        let task = spawn_retention_every(
+            store.clone(),
+            30,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        for _ in 0..1000 {
+            if store.ledger_count().await.unwrap() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task.abort();
+        assert_eq!(store.ledger_count().await.unwrap(), 1);
+        assert_eq!(store.ledger_daily_count().await.unwrap(), 1);
+        assert_eq!(store.usage(None, None, None).await.unwrap(), before);
+        let left = store.requests(None, 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id.as_str(), "new");
+    }
 
     #[test]
     fn days_and_cutoffs() {
