@@ -1,59 +1,79 @@
-//! The ledger writer: one task that batches ledger rows and commits them off the request path.
+//! The ledger writer: one task that batches ledger rows and commits them off the request path,
+//! and spills them to disk whenever the database cannot take them, so no fault loses a row.
 //!
-//! Request handlers call [`LedgerHandle::record`], which only enqueues the row on a bounded
-//! channel; it waits only when the queue is full (backpressure), never on the database. A single
-//! writer task receives rows and commits a batch when it holds `batch_size` rows or when
-//! `flush_interval` has passed since the oldest uncommitted row arrived. Flush requests travel
-//! through the same channel as rows, so a flush covers exactly the rows recorded before it.
+//! # The hand-off
+//! Request handlers call [`LedgerHandle::record`], which is neither async nor blocking: it puts
+//! the row on a bounded in-memory queue, or, when the queue is full (or the writer has shut
+//! down), appends it to the spill file (a `write` of one line; see [`crate::spill`]). Nothing
+//! on the request path waits for the database, and memory stays bounded by the queue's
+//! capacity whatever the database does.
 //!
-//! When a commit fails the writer keeps the batch and retries it with capped exponential
-//! backoff (50 ms doubling to 5 s), logging every failure with `tracing::warn!` and counting it
-//! in `fairgate_ledger_write_errors_total`. Meanwhile the queue fills and `record` starts to
-//! wait, which is the intended backpressure. Retried batches cannot double-count: inserts are
-//! idempotent on the request id.
+//! # The writer
+//! A single task receives rows and commits a batch when it holds `batch_size` rows or when
+//! `flush_interval` has passed since the oldest uncommitted row arrived. When a commit fails,
+//! the database is taken to be down (`fairgate_database_up` 0): that batch and every later one
+//! are appended to the spill file (fsynced per batch, and recorder appends at least every
+//! 100 ms) instead of being held in memory, and the writer pings the database with back-off
+//! (200 ms doubling to 5 s). The first successful ping brings it back up; while the database is
+//! up and idle it is pinged every `ping_interval` (5 s), so the gauge also notices outages when
+//! no traffic flows.
 //!
-//! Shutdown ([`LedgerWriter::shutdown`]) stops accepting rows, drains the queue and commits
-//! everything. It is bounded: if the database stays unreachable for about 10 s, the rows still in
-//! memory are written to `spill_dir/ledger-spill-<unix millis>.jsonl` (one JSON [`LedgerRow`] per
-//! line, fsynced) and shutdown returns [`LedgerError::Spilled`] naming that file; an operator
-//! replays it with [`import_spill`] (idempotent, so replaying twice is harmless). If even the
-//! spill file cannot be written, every row is logged at error level as JSON, the last place left.
+//! # Replay
+//! Whenever the database is up and spill rows are pending (at start-up, left by an earlier
+//! run; after an outage; after a queue overflow) the writer replays spill files, oldest first,
+//! in chunks, between batches of new rows. Inserts are idempotent on the request id (`ON
+//! CONFLICT (id) DO NOTHING` on both backends), so a replay interrupted and redone, a file
+//! replayed twice, or a batch both committed and spilled (commit sent, answer lost) never
+//! counts a request twice. A file is removed only after all its rows are committed.
+//!
+//! # Shutdown
+//! [`LedgerWriter::shutdown_with_timeout`] stops accepting rows into the queue (later
+//! [`LedgerHandle::record`] calls spill directly), drains it, and commits what it holds for at
+//! most the given time, then spills the rest; if the database was already down it spills at
+//! once. It returns [`LedgerError::Spilled`] when rows went to a spill file at shutdown; they
+//! are replayed at the next start.
 //!
 //! # What a crash can lose
-//! A crash (SIGKILL, OOM kill, a panic that aborts) loses at most the rows recorded but not yet
-//! committed, all of which are in memory: the queue (at most `queue_capacity` rows) plus what the
-//! writer task holds (at most two batches: the one being committed and the rest of the messages
-//! it last received). In steady state that is about `flush_interval` worth of traffic; more only
-//! while the database is slow or down and a backlog builds. Committed batches are as durable as
-//! the database makes them (this crate leaves SQLite's `synchronous` setting at its default).
-//! [`LedgerHandle::queued`] and the `fairgate_ledger_queue_depth` gauge show that exposure at
-//! any moment.
+//! A crash (SIGKILL, OOM kill, an aborting panic) loses the rows recorded but neither committed
+//! nor appended to a spill file: the queue (at most `queue_capacity` rows) plus what the writer
+//! task holds (one batch, at most `batch_size`). In steady state that is about
+//! `flush_interval` worth of traffic (100 ms by default). Spilled rows survive a process kill
+//! (they are in the kernel once appended) and a power loss once synced (within 100 ms).
+//! [`LedgerHandle::queued`] and `fairgate_ledger_queue_depth` show that exposure.
 //!
 //! Metrics, registered in the registry given to [`spawn_ledger`]:
 //! `fairgate_ledger_rows_written_total`, `fairgate_ledger_write_errors_total` (failed commit
 //! attempts), `fairgate_ledger_queue_depth` (rows recorded but not yet committed or spilled),
-//! `fairgate_ledger_batch_seconds` (duration of successful commits) and
-//! `fairgate_ledger_rows_spilled_total`.
+//! `fairgate_ledger_batch_seconds`, `fairgate_ledger_rows_spilled_total`,
+//! `fairgate_ledger_rows_replayed_total` (spilled rows committed by a replay),
+//! `fairgate_ledger_spill_files`, `fairgate_ledger_spill_pending_rows` (spilled, not yet
+//! replayed) and `fairgate_database_up`.
 
+use crate::spill::{self, Spill};
 use crate::{Store, StoreError};
-use fairgate_types::{now_millis, LedgerRow};
+use fairgate_types::LedgerRow;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// How long [`LedgerWriter::shutdown`] keeps retrying an unreachable database before spilling.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+/// How long [`LedgerWriter::shutdown`] tries the database before spilling what is left.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// One commit attempt that hangs this long (a black-holed network, a stuck lock) is abandoned
-/// and retried like any other failure, so the writer cannot stall forever on one attempt.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// One commit attempt that hangs this long (a black-holed network, a stuck lock) counts as a
+/// failure, so the writer cannot stall on one attempt; meanwhile rows overflow to the spill.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rows per replay transaction.
+const REPLAY_CHUNK: usize = 1_000;
+/// Replay steps (chunks or file removals) a flush does before answering.
+const FLUSH_REPLAY_STEPS: usize = 20;
 
 /// Tuning for the writer. The defaults suit a single gateway on SQLite or PostgreSQL.
 #[derive(Clone, Debug)]
@@ -62,11 +82,14 @@ pub struct LedgerConfig {
     pub batch_size: usize,
     /// Longest a recorded row waits in memory before its batch is committed.
     pub flush_interval: Duration,
-    /// Rows the queue holds before `record` waits: the bound on what a crash can lose.
+    /// Rows the queue holds before `record` spills instead: the bound on memory and on what a
+    /// crash can lose.
     pub queue_capacity: usize,
-    /// Where shutdown spills rows it could not commit; `None` means the system temp directory,
-    /// because losing rows is worse than writing them somewhere unexpected.
+    /// Where rows are spilled; `None` means the system temp directory, because losing rows is
+    /// worse than writing them somewhere unexpected.
     pub spill_dir: Option<PathBuf>,
+    /// How often an idle (or failed) database is pinged to keep `fairgate_database_up` true.
+    pub ping_interval: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -76,6 +99,7 @@ impl Default for LedgerConfig {
             flush_interval: Duration::from_millis(100),
             queue_capacity: 65_536,
             spill_dir: None,
+            ping_interval: Duration::from_secs(5),
         }
     }
 }
@@ -85,7 +109,8 @@ pub enum LedgerError {
     #[error("the ledger writer has shut down")]
     Closed,
     #[error(
-        "database unavailable; {rows} ledger rows spilled to {path} (replay with import_spill)"
+        "database unavailable; {rows} ledger rows spilled to {path} (replayed automatically at \
+         the next start, or with import_spill)"
     )]
     Spilled { path: PathBuf, rows: usize },
     #[error(
@@ -116,7 +141,6 @@ pub enum LedgerError {
 enum Fate {
     Committed,
     Spilled { path: PathBuf, rows: usize },
-    Unwritten { rows: usize, reason: String },
 }
 
 impl Fate {
@@ -124,7 +148,6 @@ impl Fate {
         match self {
             Fate::Committed => Ok(()),
             Fate::Spilled { path, rows } => Err(LedgerError::Spilled { path, rows }),
-            Fate::Unwritten { rows, reason } => Err(LedgerError::Unwritten { rows, reason }),
         }
     }
 }
@@ -144,7 +167,13 @@ struct Metrics {
     depth: IntGauge,
     batch_seconds: Histogram,
     spilled: IntCounter,
+    replayed: IntCounter,
+    spill_files: IntGauge,
+    spill_pending: IntGauge,
+    db_up: IntGauge,
 }
+
+const METRIC_COUNT: usize = 9;
 
 impl Metrics {
     fn new() -> Result<Metrics, prometheus::Error> {
@@ -155,7 +184,7 @@ impl Metrics {
             )?,
             errors: IntCounter::new(
                 "fairgate_ledger_write_errors_total",
-                "Failed ledger batch commit attempts (each is retried).",
+                "Failed ledger batch commit attempts (the rows are spilled and replayed).",
             )?,
             depth: IntGauge::new(
                 "fairgate_ledger_queue_depth",
@@ -172,23 +201,43 @@ impl Metrics {
             )?,
             spilled: IntCounter::new(
                 "fairgate_ledger_rows_spilled_total",
-                "Ledger rows written to a spill file because the database was unavailable.",
+                "Ledger rows written to a spill file (database down or queue full).",
+            )?,
+            replayed: IntCounter::new(
+                "fairgate_ledger_rows_replayed_total",
+                "Spilled ledger rows committed to the database by a replay.",
+            )?,
+            spill_files: IntGauge::new(
+                "fairgate_ledger_spill_files",
+                "Ledger spill files on disk, not yet fully replayed.",
+            )?,
+            spill_pending: IntGauge::new(
+                "fairgate_ledger_spill_pending_rows",
+                "Ledger rows in spill files, not yet replayed.",
+            )?,
+            db_up: IntGauge::new(
+                "fairgate_database_up",
+                "1 if the last database commit or ping succeeded, else 0.",
             )?,
         })
     }
 
-    /// Handles to the five metrics (clones share their values).
-    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 5] {
+    /// Handles to the metrics (clones share their values).
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; METRIC_COUNT] {
         [
             Box::new(self.written.clone()),
             Box::new(self.errors.clone()),
             Box::new(self.depth.clone()),
             Box::new(self.batch_seconds.clone()),
             Box::new(self.spilled.clone()),
+            Box::new(self.replayed.clone()),
+            Box::new(self.spill_files.clone()),
+            Box::new(self.spill_pending.clone()),
+            Box::new(self.db_up.clone()),
         ]
     }
 
-    /// Registers all five, or none: a half-registered set would make a retry fail forever.
+    /// Registers all, or none: a half-registered set would make a retry fail forever.
     fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         for (i, c) in self.collectors().into_iter().enumerate() {
             if let Err(e) = registry.register(c) {
@@ -221,7 +270,9 @@ impl Depth {
     }
 }
 
-/// Starts the writer task on the current Tokio runtime and registers its metrics.
+/// Starts the writer task on the current Tokio runtime and registers its metrics. Spill files
+/// already in the spill directory (an earlier run's) are replayed as soon as the database
+/// answers.
 ///
 /// Fails if the metrics are already registered in `registry`, or (reported as
 /// `prometheus::Error::Msg`) if called outside a Tokio runtime.
@@ -235,6 +286,8 @@ pub fn spawn_ledger(
     })?;
     let metrics = Metrics::new()?;
     metrics.register(registry)?;
+    // Optimistic until a commit or ping says otherwise.
+    metrics.db_up.set(1);
     // Zero would make the channel panic and the batch never fill; one is the smallest sane value.
     let batch_size = cfg.batch_size.max(1);
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
@@ -243,25 +296,45 @@ pub fn spawn_ledger(
         count: Arc::new(AtomicUsize::new(0)),
         gauge: metrics.depth.clone(),
     };
+    let spill = Spill::new(
+        cfg.spill_dir.unwrap_or_else(std::env::temp_dir),
+        metrics.spilled.clone(),
+        metrics.spill_files.clone(),
+        metrics.spill_pending.clone(),
+    );
+    let wake = Arc::new(Notify::new());
+    let ping_interval = cfg.ping_interval.max(Duration::from_millis(10));
     let writer = Writer {
         store,
         batch_size,
         flush_interval: cfg.flush_interval,
-        spill_dir: cfg.spill_dir.unwrap_or_else(std::env::temp_dir),
+        ping_interval,
         metrics,
         depth: depth.clone(),
+        spill: spill.clone(),
+        wake: wake.clone(),
         batch: Vec::with_capacity(batch_size),
         oldest: None,
         waiters: Vec::new(),
-        ctl: Control {
-            rx,
-            stop: Some(stop_rx),
-            deadline: None,
-        },
+        rx,
+        stop: Some(stop_rx),
+        stop_at: None,
+        db_up: true,
+        backoff: BACKOFF_FIRST,
+        // Ping at once: a replay of left-over files waits for it, and the gauge should be
+        // right from the start.
+        next_ping: Instant::now(),
+        sync_at: None,
+        replay: None,
     };
     let join = runtime.spawn(writer.run());
     Ok((
-        LedgerHandle { tx, depth },
+        LedgerHandle {
+            tx,
+            depth,
+            spill,
+            wake,
+        },
         LedgerWriter {
             stop: stop_tx,
             join,
@@ -274,36 +347,46 @@ pub fn spawn_ledger(
 pub struct LedgerHandle {
     tx: mpsc::Sender<Msg>,
     depth: Depth,
+    spill: Arc<Spill>,
+    wake: Arc<Notify>,
 }
 
 impl LedgerHandle {
-    /// Enqueues a row. Waits only while the queue is full. If the future is dropped while
-    /// waiting, the row is not recorded (nothing was enqueued). After shutdown the row cannot
-    /// be recorded; it is logged at error level as JSON instead of vanishing.
-    pub async fn record(&self, row: LedgerRow) {
-        match self.tx.reserve().await {
+    /// Hands a row over, never waiting: onto the queue, or, if it is full or the writer has shut
+    /// down, appended to the spill file. Rows queued this way are ordered before any later
+    /// [`LedgerHandle::flush`]. Only if the spill file cannot be written either (disk full) is
+    /// the row logged at error level as JSON, the last place left.
+    pub fn record(&self, row: LedgerRow) {
+        let closed = match self.tx.try_reserve() {
             Ok(permit) => {
                 // Counted before it is visible to the writer, so the count never underflows.
                 self.depth.add(1);
                 permit.send(Msg::Row(row));
+                return;
             }
-            Err(_) => {
-                let json = serde_json::to_string(&row)
-                    .unwrap_or_else(|e| format!("<unencodable row: {e}>"));
-                tracing::error!(
-                    request_id = %row.id,
-                    row = %json,
-                    "ledger writer has shut down; ledger row not recorded"
-                );
+            Err(mpsc::error::TrySendError::Full(())) => false,
+            Err(mpsc::error::TrySendError::Closed(())) => true,
+        };
+        let rows = std::slice::from_ref(&row);
+        match self.spill.append_rows(rows) {
+            Ok(_) if closed => {
+                // No writer left to sync it: do it now (rare: rows finishing after shutdown).
+                if let Err(e) = self.spill.sync() {
+                    tracing::warn!(error = %e, "syncing the ledger spill file failed");
+                }
+            }
+            // The writer syncs within 100 ms of being woken.
+            Ok(_) => self.wake.notify_one(),
+            Err(e) => {
+                log_rows_as_last_resort(rows, &format!("{}: {e}", self.spill.dir().display()))
             }
         }
     }
 
-    /// Enqueues a row without waiting; gives it back if the queue is full (or the writer is
-    /// gone), so the caller can fall back to [`LedgerHandle::record`]. Rows enqueued this way
-    /// are ordered before any later [`LedgerHandle::flush`], which is what lets a reader see a
-    /// request's row as soon as its response has completed.
-    // The row comes back by value so the fallback costs no allocation on the request path.
+    /// Enqueues a row only if the queue has room; gives it back otherwise. Prefer
+    /// [`LedgerHandle::record`], which never gives a row back (it spills instead); this is
+    /// for callers that would rather drop a row of their own making than touch the disk.
+    // The row comes back by value so the fallback costs no allocation.
     #[allow(clippy::result_large_err)]
     pub fn try_record(&self, row: LedgerRow) -> Result<(), LedgerRow> {
         match self.tx.try_reserve() {
@@ -316,10 +399,10 @@ impl LedgerHandle {
         }
     }
 
-    /// Resolves once every row recorded before this call is committed. Returns
-    /// [`LedgerError::Spilled`] if they were spilled at shutdown instead, and
-    /// [`LedgerError::Closed`] if the writer is already gone. While the database is down this
-    /// waits (the writer keeps retrying); wrap it in a timeout if that matters.
+    /// Resolves once every row recorded before this call is committed (replaying spilled rows
+    /// first if the database is up). Returns [`LedgerError::Spilled`] at once if rows are in
+    /// spill files instead (the database is down; they are replayed when it returns), and
+    /// [`LedgerError::Closed`] if the writer is already gone.
     pub async fn flush(&self) -> Result<(), LedgerError> {
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -329,9 +412,14 @@ impl LedgerHandle {
         rx.await.map_err(|_| LedgerError::Closed)?.into_result()
     }
 
-    /// Rows recorded but not yet committed (or spilled): what a crash right now would lose.
+    /// Rows recorded but not yet committed or spilled: what a crash right now would lose.
     pub fn queued(&self) -> usize {
         self.depth.count.load(Ordering::Relaxed)
+    }
+
+    /// Rows in spill files, waiting for a replay.
+    pub fn spill_pending(&self) -> u64 {
+        self.spill.pending()
     }
 }
 
@@ -343,14 +431,14 @@ pub struct LedgerWriter {
 }
 
 impl LedgerWriter {
-    /// Stops accepting rows, commits everything queued and returns when done. If the database
-    /// stays unreachable for [`SHUTDOWN_TIMEOUT`], spills the remaining rows and returns
-    /// [`LedgerError::Spilled`] naming the file.
+    /// [`shutdown_with_timeout`](Self::shutdown_with_timeout) with [`SHUTDOWN_TIMEOUT`].
     pub async fn shutdown(self) -> Result<(), LedgerError> {
         self.shutdown_with_timeout(SHUTDOWN_TIMEOUT).await
     }
 
-    /// [`shutdown`](Self::shutdown) with a different bound on retrying the database.
+    /// Stops the queue, commits everything in it, trying the database for at most `timeout`
+    /// (not at all if it is known to be down), then spills what is left and returns
+    /// [`LedgerError::Spilled`] naming the file.
     pub async fn shutdown_with_timeout(self, timeout: Duration) -> Result<(), LedgerError> {
         // An error means the task already ended (every handle was dropped); its result is in
         // the join handle either way.
@@ -358,30 +446,6 @@ impl LedgerWriter {
         match self.join.await {
             Ok(result) => result,
             Err(e) => Err(LedgerError::Task(e.to_string())),
-        }
-    }
-}
-
-/// The writer task gave up on the database (only ever while draining, past the deadline).
-struct GaveUp(String);
-
-/// The task's inbox and shutdown state, kept apart from the batch so both can be borrowed at
-/// once while a commit is in flight.
-struct Control {
-    rx: mpsc::Receiver<Msg>,
-    /// `None` once shutdown was requested or the [`LedgerWriter`] was dropped.
-    stop: Option<oneshot::Receiver<Duration>>,
-    /// Set once draining: after it, give up on the database and spill.
-    deadline: Option<Instant>,
-}
-
-impl Control {
-    fn begin_drain(&mut self, timeout: Duration) {
-        self.stop = None;
-        if self.deadline.is_none() {
-            // Closing makes further sends fail while keeping what is buffered receivable.
-            self.rx.close();
-            self.deadline = Some(Instant::now() + timeout);
         }
     }
 }
@@ -406,86 +470,149 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// Runs a database call bounded by `limit`, by `deadline`, and by the deadline of a shutdown
+/// requested meanwhile (recorded in `stop_at`). `Err` if it was cut off.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = T>,
+    limit: Duration,
+    deadline: Option<Instant>,
+    stop: &mut Option<oneshot::Receiver<Duration>>,
+    stop_at: &mut Option<Instant>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    tokio::pin!(call);
+    loop {
+        let mut until = started + limit;
+        for d in [deadline, *stop_at].into_iter().flatten() {
+            until = until.min(d);
+        }
+        tokio::select! {
+            r = &mut call => return Ok(r),
+            timeout = stop_requested(stop) => *stop_at = Some(Instant::now() + timeout),
+            () = tokio::time::sleep_until(until) => {
+                return Err(format!("no answer after {:?}", started.elapsed()));
+            }
+        }
+    }
+}
+
+/// A spill file being replayed.
+struct Replay {
+    path: PathBuf,
+    reader: spill::Reader,
+}
+
 struct Writer {
     store: Store,
     batch_size: usize,
     flush_interval: Duration,
-    spill_dir: PathBuf,
+    ping_interval: Duration,
     metrics: Metrics,
     depth: Depth,
+    spill: Arc<Spill>,
+    /// Woken by the request path after it spilled, so the append is synced soon.
+    wake: Arc<Notify>,
     batch: Vec<LedgerRow>,
     /// When the oldest row in `batch` arrived.
     oldest: Option<Instant>,
     /// Flushes waiting for `batch` to commit.
     waiters: Vec<oneshot::Sender<Fate>>,
-    ctl: Control,
+    rx: mpsc::Receiver<Msg>,
+    stop: Option<oneshot::Receiver<Duration>>,
+    /// When a shutdown requested during a database call must be done.
+    stop_at: Option<Instant>,
+    /// The last commit or ping succeeded.
+    db_up: bool,
+    backoff: Duration,
+    next_ping: Instant,
+    /// When unsynced spill appends must be synced.
+    sync_at: Option<Instant>,
+    replay: Option<Replay>,
 }
 
 enum Event {
     Stop(Duration),
     Msgs,
-    Tick,
     Closed,
+    Tick,
+    Sync,
+    Woken,
+    Ping,
+    Replay,
 }
 
 impl Writer {
     async fn run(mut self) -> Result<(), LedgerError> {
         let mut buf: Vec<Msg> = Vec::with_capacity(self.batch_size);
         loop {
+            if let Some(at) = self.stop_at {
+                // Shutdown arrived while the writer was waiting on the database.
+                let left = at.saturating_duration_since(Instant::now());
+                return self.shutdown(buf, left).await;
+            }
             let tick = self.oldest.map(|t| t + self.flush_interval);
+            if self.sync_at.is_none() && self.spill.is_dirty() {
+                self.sync_at = Some(Instant::now() + spill::SYNC_INTERVAL);
+            }
+            let replay_ready = self.db_up && (self.replay.is_some() || self.spill.pending() > 0);
             let event = tokio::select! {
                 biased;
-                timeout = stop_requested(&mut self.ctl.stop) => Event::Stop(timeout),
-                n = self.ctl.rx.recv_many(&mut buf, self.batch_size) => {
+                timeout = stop_requested(&mut self.stop) => Event::Stop(timeout),
+                n = self.rx.recv_many(&mut buf, self.batch_size) => {
                     if n == 0 { Event::Closed } else { Event::Msgs }
                 }
                 () = sleep_until_opt(tick) => Event::Tick,
+                () = sleep_until_opt(self.sync_at) => Event::Sync,
+                () = self.wake.notified() => Event::Woken,
+                () = tokio::time::sleep_until(self.next_ping) => Event::Ping,
+                () = std::future::ready(()), if replay_ready => Event::Replay,
             };
-            let step = match event {
-                Event::Stop(timeout) => {
-                    self.ctl.begin_drain(timeout);
-                    Ok(())
-                }
+            match event {
+                Event::Stop(timeout) => return self.shutdown(buf, timeout).await,
+                // Every handle is gone: nothing more can arrive.
+                Event::Closed => return self.shutdown(buf, SHUTDOWN_TIMEOUT).await,
                 Event::Msgs => self.handle(&mut buf).await,
-                Event::Tick => self.commit().await,
-                Event::Closed => {
-                    // Every handle is gone, or shutdown was requested and the queue is empty.
-                    self.ctl.begin_drain(SHUTDOWN_TIMEOUT);
-                    match self.commit().await {
-                        Ok(()) => return Ok(()),
-                        Err(gave_up) => Err(gave_up),
-                    }
+                Event::Tick => self.commit_or_spill().await,
+                Event::Sync => self.sync().await,
+                Event::Woken => {}
+                Event::Ping => self.ping().await,
+                Event::Replay => {
+                    self.replay_step().await;
                 }
-            };
-            if let Err(gave_up) = step {
-                return self.spill_everything(buf, gave_up).await;
             }
         }
     }
 
-    /// Processes received messages in order. On giving up, the unprocessed ones are left in
-    /// `buf` for the spill.
-    async fn handle(&mut self, buf: &mut Vec<Msg>) -> Result<(), GaveUp> {
-        let mut msgs = std::mem::take(buf).into_iter();
-        while let Some(msg) = msgs.next() {
-            let full = match msg {
+    async fn handle(&mut self, buf: &mut Vec<Msg>) {
+        for msg in buf.drain(..) {
+            match msg {
                 Msg::Row(row) => {
                     if self.batch.is_empty() {
                         self.oldest = Some(Instant::now());
                     }
                     self.batch.push(row);
-                    self.batch.len() >= self.batch_size
+                    if self.batch.len() >= self.batch_size {
+                        self.commit_or_spill().await;
+                    }
                 }
                 Msg::Flush(tx) => {
-                    // Everything recorded before this flush is in `batch` or already committed.
+                    // Everything recorded before this flush is in `batch`, committed or spilled.
                     self.waiters.push(tx);
-                    true
-                }
-            };
-            if full {
-                if let Err(gave_up) = self.commit().await {
-                    buf.extend(msgs);
-                    return Err(gave_up);
+                    self.commit_or_spill().await;
+                    // Spilled rows count as recorded before it too: replay them if possible,
+                    // but only so much (a big backlog keeps replaying in the background and
+                    // the flush reports the rest as spilled rather than stall its caller).
+                    let mut steps = 0;
+                    while steps < FLUSH_REPLAY_STEPS
+                        && self.db_up
+                        && (self.replay.is_some() || self.spill.pending() > 0)
+                    {
+                        steps += 1;
+                        if !self.replay_step().await {
+                            break;
+                        }
+                    }
+                    self.answer_waiters();
                 }
             }
         }
@@ -495,146 +622,274 @@ impl Writer {
             .oldest
             .is_some_and(|t| t.elapsed() >= self.flush_interval)
         {
-            self.commit().await?;
+            self.commit_or_spill().await;
         }
-        Ok(())
     }
 
-    /// Commits `batch`, retrying until it succeeds or (only while draining) the deadline passes.
-    async fn commit(&mut self) -> Result<(), GaveUp> {
-        if self.batch.is_empty() {
-            self.answer(Fate::Committed);
-            return Ok(());
+    fn set_up(&mut self, up: bool) {
+        if up {
+            self.backoff = BACKOFF_FIRST;
+            self.next_ping = Instant::now() + self.ping_interval;
+            if !self.db_up {
+                tracing::info!("database reachable again; replaying spilled ledger rows");
+            }
+        } else {
+            self.next_ping = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         }
-        let rows = self.batch.len();
-        let mut backoff = BACKOFF_FIRST;
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let started = Instant::now();
-            let result = {
-                let insert = self.store.insert_ledger_rows(&self.batch);
-                tokio::pin!(insert);
-                loop {
-                    let limit = self.ctl.deadline.map_or(started + ATTEMPT_TIMEOUT, |d| {
-                        d.min(started + ATTEMPT_TIMEOUT)
-                    });
-                    tokio::select! {
-                        r = &mut insert => break r.map_err(|e| e.to_string()),
-                        timeout = stop_requested(&mut self.ctl.stop) => {
-                            // Shutdown arrived mid-commit: keep waiting, now under the deadline.
-                            self.ctl.begin_drain(timeout);
-                        }
-                        () = tokio::time::sleep_until(limit) => {
-                            break Err(format!("attempt timed out after {:?}", started.elapsed()));
-                        }
+        self.db_up = up;
+        self.metrics.db_up.set(i64::from(up));
+    }
+
+    /// One insert attempt, bounded by [`ATTEMPT_TIMEOUT`] or `deadline`, whichever is first.
+    /// A shutdown request arriving meanwhile bounds it too (the attempt is cut at the
+    /// shutdown's deadline), so a hung or refused connection cannot stretch the exit.
+    async fn insert(
+        &mut self,
+        rows: &[LedgerRow],
+        deadline: Option<Instant>,
+    ) -> Result<(), String> {
+        let store = self.store.clone();
+        bounded(
+            store.insert_ledger_rows(rows),
+            ATTEMPT_TIMEOUT,
+            deadline,
+            &mut self.stop,
+            &mut self.stop_at,
+        )
+        .await
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    }
+
+    /// Commits `batch` if the database is up; spills it if it is down or the commit fails.
+    /// Answers waiting flushes unless rows are still pending elsewhere.
+    async fn commit_or_spill(&mut self) {
+        if !self.batch.is_empty() {
+            let rows = self.batch.len();
+            let mut committed = false;
+            if self.db_up {
+                let started = Instant::now();
+                let batch = std::mem::take(&mut self.batch);
+                let result = self.insert(&batch, None).await;
+                self.batch = batch;
+                match result {
+                    Ok(()) => {
+                        self.metrics
+                            .batch_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        self.metrics
+                            .written
+                            .inc_by(u64::try_from(rows).unwrap_or(u64::MAX));
+                        self.set_up(true);
+                        committed = true;
+                    }
+                    Err(error) => {
+                        self.metrics.errors.inc();
+                        tracing::warn!(%error, rows, "ledger batch write failed; spilling until the database answers");
+                        self.set_up(false);
                     }
                 }
-            };
-            match result {
-                Ok(()) => {
-                    self.metrics
-                        .batch_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics
-                        .written
-                        .inc_by(u64::try_from(rows).unwrap_or(u64::MAX));
-                    self.depth.sub(rows);
-                    self.batch.clear();
-                    self.oldest = None;
-                    self.answer(Fate::Committed);
-                    return Ok(());
-                }
-                Err(error) => {
-                    self.metrics.errors.inc();
-                    if let Some(deadline) = self.ctl.deadline {
-                        if Instant::now() >= deadline {
-                            tracing::warn!(%error, rows, attempt, "ledger batch write failed; giving up");
-                            return Err(GaveUp(error));
-                        }
-                    }
-                    tracing::warn!(
-                        %error,
-                        rows,
-                        attempt,
-                        retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-                        "ledger batch write failed; will retry"
-                    );
-                    let wake = self.ctl.deadline.map_or(Instant::now() + backoff, |d| {
-                        d.min(Instant::now() + backoff)
-                    });
-                    tokio::select! {
-                        () = tokio::time::sleep_until(wake) => {}
-                        timeout = stop_requested(&mut self.ctl.stop) => self.ctl.begin_drain(timeout),
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
+            }
+            if !committed {
+                let batch = std::mem::take(&mut self.batch);
+                self.spill_rows(batch).await;
+            }
+            self.batch.clear();
+            self.oldest = None;
+            self.depth.sub(rows);
+        }
+        if !self.waiters.is_empty() && (!self.db_up || self.spill.pending() == 0) {
+            self.answer_waiters();
+        }
+    }
+
+    /// Appends rows to the spill file and syncs it (per batch). Returns the file, if written.
+    async fn spill_rows(&mut self, rows: Vec<LedgerRow>) -> Option<PathBuf> {
+        let spill = self.spill.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let r = spill
+                .append_rows(&rows)
+                .and_then(|p| spill.sync().map(|()| p));
+            (rows, r)
+        })
+        .await;
+        match result {
+            Ok((_, Ok(path))) => Some(path),
+            Ok((rows, Err(e))) => {
+                log_rows_as_last_resort(&rows, &format!("{}: {e}", self.spill.dir().display()));
+                None
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "ledger spill task failed; rows lost");
+                None
             }
         }
     }
 
-    fn answer(&mut self, fate: Fate) {
+    async fn sync(&mut self) {
+        self.sync_at = None;
+        let spill = self.spill.clone();
+        match tokio::task::spawn_blocking(move || spill.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "syncing the ledger spill file failed"),
+            Err(e) => tracing::warn!(error = %e, "syncing the ledger spill file failed"),
+        }
+    }
+
+    async fn ping(&mut self) {
+        let store = self.store.clone();
+        let result = bounded(
+            store.ping(),
+            PING_TIMEOUT,
+            None,
+            &mut self.stop,
+            &mut self.stop_at,
+        )
+        .await;
+        self.set_up(matches!(result, Ok(Ok(()))));
+    }
+
+    fn answer_waiters(&mut self) {
+        let pending = self.spill.pending();
+        let fate = if pending == 0 {
+            Fate::Committed
+        } else {
+            Fate::Spilled {
+                path: self.spill.dir().to_owned(),
+                rows: usize::try_from(pending).unwrap_or(usize::MAX),
+            }
+        };
         for w in self.waiters.drain(..) {
             // A flush whose caller went away needs no answer.
             let _ = w.send(fate.clone());
         }
     }
 
-    /// Gave up on the database while draining: write every row still in memory (the failed
-    /// batch, messages received but unprocessed, and the rest of the closed queue) to a spill
-    /// file, answer every waiting flush, and end the task.
-    async fn spill_everything(
-        mut self,
-        pending: Vec<Msg>,
-        gave_up: GaveUp,
-    ) -> Result<(), LedgerError> {
-        let mut rows = std::mem::take(&mut self.batch);
-        let mut msgs = pending;
-        // The channel is closed (draining), so this ends as soon as the buffer is empty.
-        while let Some(m) = self.ctl.rx.recv().await {
-            msgs.push(m);
+    /// Replays one chunk of spilled rows. Returns whether it made progress.
+    async fn replay_step(&mut self) -> bool {
+        if self.replay.is_none() {
+            // Close the file being appended to, so its rows are replayable too.
+            if let Err(e) = self.spill.rotate() {
+                tracing::warn!(error = %e, "closing the ledger spill file failed");
+            }
+            let Some(path) = self.spill.files().into_iter().next() else {
+                // Nothing left on disk: whatever the count says is stale.
+                let stale = self.spill.pending();
+                self.spill.sub_pending(stale);
+                return false;
+            };
+            match spill::Reader::open(&path) {
+                Ok(reader) => self.replay = Some(Replay { path, reader }),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot read ledger spill file; set aside");
+                    let aside = path.with_extension("jsonl.unreadable");
+                    let _ = std::fs::rename(&path, aside);
+                    self.spill.files_gauge.dec();
+                    return false;
+                }
+            }
         }
-        for m in msgs {
+        let Some(replay) = self.replay.as_mut() else {
+            return false;
+        };
+        let chunk = match replay.reader.chunk(REPLAY_CHUNK) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(path = %replay.path.display(), error = %e, "reading ledger spill file failed; will retry");
+                self.replay = None;
+                return false;
+            }
+        };
+        if chunk.is_empty() {
+            // The whole file is committed: remove it.
+            let Some(done) = self.replay.take() else {
+                return false;
+            };
+            if let Err(e) = self.spill.remove(&done.path, done.reader.consumed) {
+                tracing::error!(path = %done.path.display(), error = %e, "removing a replayed ledger spill file failed");
+            } else {
+                tracing::info!(path = %done.path.display(), rows = done.reader.consumed, "ledger spill file replayed");
+            }
+            return true;
+        }
+        match self.insert(&chunk, None).await {
+            Ok(()) => {
+                self.metrics.replayed.inc_by(chunk.len() as u64);
+                self.set_up(true);
+                true
+            }
+            Err(error) => {
+                self.metrics.errors.inc();
+                tracing::warn!(%error, "replaying spilled ledger rows failed; will retry");
+                // Start the file over later: rows already committed are skipped by id.
+                self.replay = None;
+                self.set_up(false);
+                false
+            }
+        }
+    }
+
+    /// Drains the closed queue, commits for at most `timeout` (if the database is up), spills
+    /// the rest, syncs and answers every flush.
+    async fn shutdown(mut self, mut buf: Vec<Msg>, timeout: Duration) -> Result<(), LedgerError> {
+        // Closing makes further sends fail (so `record` spills) while keeping what is buffered.
+        self.rx.close();
+        let deadline = Instant::now() + timeout;
+        while let Some(m) = self.rx.recv().await {
+            buf.push(m);
+        }
+        let mut rows = std::mem::take(&mut self.batch);
+        for m in buf {
             match m {
                 Msg::Row(r) => rows.push(r),
                 Msg::Flush(tx) => self.waiters.push(tx),
             }
         }
-        let n = rows.len();
-        let dir = self.spill_dir.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let result = write_spill(&dir, &rows);
-            (rows, result)
-        })
-        .await;
-        let fate = match written {
-            Ok((_, Ok(path))) => {
-                self.metrics
-                    .spilled
-                    .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
-                tracing::error!(
-                    rows = n,
-                    path = %path.display(),
-                    error = %gave_up.0,
-                    "database unavailable at shutdown; ledger rows spilled (replay with import_spill)"
-                );
-                Fate::Spilled { path, rows: n }
+        let total = rows.len();
+        let mut rest = rows.as_slice();
+        while self.db_up && !rest.is_empty() {
+            let n = rest.len().min(self.batch_size);
+            match self.insert(&rest[..n], Some(deadline)).await {
+                Ok(()) => {
+                    self.metrics
+                        .written
+                        .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+                    rest = &rest[n..];
+                }
+                Err(error) => {
+                    self.metrics.errors.inc();
+                    tracing::warn!(%error, rows = rest.len(), "ledger write failed at shutdown; spilling");
+                    self.set_up(false);
+                }
             }
-            Ok((rows, Err(e))) => {
-                let reason = format!("{}: {e}", self.spill_dir.display());
-                log_rows_as_last_resort(&rows, &reason);
-                Fate::Unwritten { rows: n, reason }
+        }
+        let left = rest.len();
+        let mut result = Ok(());
+        if left > 0 {
+            let rest = rest.to_vec();
+            match self.spill_rows(rest).await {
+                Some(path) => {
+                    tracing::error!(
+                        rows = left,
+                        path = %path.display(),
+                        "database unavailable at shutdown; ledger rows spilled (replayed at the next start)"
+                    );
+                    result = Err(LedgerError::Spilled { path, rows: left });
+                }
+                None => {
+                    result = Err(LedgerError::Unwritten {
+                        rows: left,
+                        reason: "spill failed".to_owned(),
+                    })
+                }
             }
-            Err(join) => {
-                // The blocking task panicked and took the rows with it; say so loudly.
-                let reason = format!("spill task failed: {join}");
-                tracing::error!(rows = n, %reason, "ledger rows lost");
-                Fate::Unwritten { rows: n, reason }
-            }
-        };
-        self.depth.sub(n);
-        self.answer(fate.clone());
-        fate.into_result()
+        }
+        if let Err(e) = self.spill.rotate() {
+            tracing::warn!(error = %e, "closing the ledger spill file failed");
+        }
+        self.depth.sub(total);
+        self.answer_waiters();
+        result
     }
 }
 
@@ -650,43 +905,7 @@ fn log_rows_as_last_resort(rows: &[LedgerRow], reason: &str) {
     }
 }
 
-/// Writes rows as JSON lines to a new `ledger-spill-<unix millis>.jsonl` in `dir` (a numeric
-/// suffix avoids clobbering a file from the same millisecond) and fsyncs it.
-fn write_spill(dir: &Path, rows: &[LedgerRow]) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let ts = now_millis();
-    for n in 0..1000 {
-        let name = if n == 0 {
-            format!("ledger-spill-{ts}.jsonl")
-        } else {
-            format!("ledger-spill-{ts}-{n}.jsonl")
-        };
-        let path = dir.join(name);
-        let file = match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        };
-        let mut w = std::io::BufWriter::new(file);
-        for row in rows {
-            serde_json::to_writer(&mut w, row)?;
-            w.write_all(b"\n")?;
-        }
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        return Ok(path);
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AlreadyExists,
-        "too many spill files for one millisecond",
-    ))
-}
-
-/// Reads a spill file back into rows (blank lines are skipped).
+/// Reads a spill file back into rows (blank lines are skipped; any bad line is an error).
 pub fn spill_file_rows(path: impl AsRef<Path>) -> Result<Vec<LedgerRow>, LedgerError> {
     let path = path.as_ref();
     let io = |source| LedgerError::SpillIo {
@@ -711,7 +930,8 @@ pub fn spill_file_rows(path: impl AsRef<Path>) -> Result<Vec<LedgerRow>, LedgerE
 }
 
 /// Replays a spill file into the store and returns how many rows it held. Rows already stored
-/// are skipped, so importing the same file twice is harmless.
+/// are skipped, so importing the same file twice is harmless. (The writer replays its spill
+/// directory by itself; this is for files moved elsewhere.)
 pub async fn import_spill(store: &Store, path: impl AsRef<Path>) -> Result<usize, LedgerError> {
     let path = path.as_ref().to_owned();
     let rows = tokio::task::spawn_blocking(move || spill_file_rows(path))
@@ -724,68 +944,6 @@ pub async fn import_spill(store: &Store, path: impl AsRef<Path>) -> Result<usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fairgate_types::{Outcome, RequestId, UsageSource};
-
-    fn row(i: u64) -> LedgerRow {
-        LedgerRow {
-            id: RequestId(format!("r{i}")),
-            ts: 1_700_000_000_000 + i64::try_from(i).unwrap(),
-            tenant: Some("t".into()),
-            user: None,
-            key_id: None,
-            model: Some("m".into()),
-            backend: None,
-            endpoint: "/v1/chat/completions".into(),
-            stream: i % 2 == 0,
-            prompt_tokens: i,
-            completion_tokens: 2 * i,
-            cached_tokens: 0,
-            reserved_tokens: 3 * i,
-            usage_source: UsageSource::Upstream,
-            status: 200,
-            outcome: Outcome::Ok,
-            error_class: None,
-            queue_ms: 1,
-            ttft_ms: Some(5),
-            duration_ms: 9,
-            cost: fairgate_types::Micros(i),
-            cache_hit: i % 3 == 0,
-            priority: fairgate_types::Priority::Batch,
-            attempts: (i % 3) as u32,
-        }
-    }
-
-    #[test]
-    fn spill_files_roundtrip_and_never_clobber() {
-        let dir = tempfile::tempdir().unwrap();
-        let rows: Vec<LedgerRow> = (0..5).map(row).collect();
-        let a = write_spill(&dir.path().join("nested"), &rows).unwrap();
-        let b = write_spill(&dir.path().join("nested"), &rows[..2]).unwrap();
-        assert_ne!(a, b);
-        assert!(a
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("ledger-spill-"));
-        assert_eq!(spill_file_rows(&a).unwrap(), rows);
-        assert_eq!(spill_file_rows(&b).unwrap(), rows[..2].to_vec());
-    }
-
-    #[test]
-    fn bad_spill_lines_are_reported_with_their_number() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.jsonl");
-        let good = serde_json::to_string(&row(1)).unwrap();
-        std::fs::write(&path, format!("{good}\n\n{{not json\n")).unwrap();
-        match spill_file_rows(&path) {
-            Err(LedgerError::SpillParse { line, .. }) => assert_eq!(line, 3),
-            other => panic!("expected a parse error, got {other:?}"),
-        }
-        assert!(matches!(
-            spill_file_rows(dir.path().join("missing")),
-            Err(LedgerError::SpillIo { .. })
-        ));
-    }
 
     #[tokio::test]
     async fn registering_twice_fails_cleanly_and_leaves_no_half_set() {
@@ -817,5 +975,42 @@ mod tests {
         let store = rt.block_on(Store::connect("sqlite::memory:")).unwrap();
         let result = spawn_ledger(store, LedgerConfig::default(), &Registry::new());
         assert!(matches!(result, Err(prometheus::Error::Msg(_))));
+    }
+
+    /// With the database known down, shutdown does not wait out its (hour-long) bound: it
+    /// spills at once.
+    #[tokio::test]
+    async fn shutdown_with_database_known_down_spills_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = Store::connect("sqlite::memory:").await.unwrap();
+        dead.close().await;
+        let cfg = LedgerConfig {
+            spill_dir: Some(dir.path().to_owned()),
+            ..LedgerConfig::default()
+        };
+        let (h, w) = spawn_ledger(dead, cfg, &Registry::new()).unwrap();
+        let rec = |i: i64| {
+            h.record(LedgerRow::new(
+                fairgate_types::RequestId(format!("r{i}")),
+                i,
+                "/v1/x".into(),
+            ))
+        };
+        // A failed commit (or the failed start-up ping) marks the database down.
+        (0..10).for_each(rec);
+        assert!(matches!(h.flush().await, Err(LedgerError::Spilled { .. })));
+        (10..15).for_each(rec);
+        let result = tokio::time::timeout(
+            Duration::from_secs(120),
+            w.shutdown_with_timeout(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("shutdown must not wait for a database known to be down");
+        assert!(matches!(result, Err(LedgerError::Spilled { rows: 5, .. })));
+        let rows: usize = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| spill_file_rows(e.unwrap().path()).unwrap().len())
+            .sum();
+        assert_eq!(rows, 15);
     }
 }

@@ -26,12 +26,16 @@
 //! - `admin`: tenant, key and group CRUD (policies included).
 //! - `portal`: portal users (emails stored lower-cased), browser sessions and the audit log.
 //! - `rows`: ledger SQL: chunked idempotent inserts, usage and spend sums, request listings.
-//! - [`ledger`]: the batched writer task that keeps ledger writes off the request path, and
-//!   spill-file replay.
+//! - [`ledger`]: the batched writer task that keeps ledger writes off the request path, spills
+//!   rows to disk while the database is down and replays them when it returns.
+//! - [`spill`]: the append-only spill files.
+//! - `retention`: rolls old ledger rows into daily aggregates (`ledger_daily`).
 
 pub mod db;
 pub mod ledger;
 pub mod migrate;
+pub mod retention;
+pub mod spill;
 
 mod admin;
 mod portal;
@@ -40,9 +44,11 @@ mod rows;
 pub use db::Store;
 pub use ledger::{
     import_spill, spawn_ledger, spill_file_rows, LedgerConfig, LedgerError, LedgerHandle,
-    LedgerWriter,
+    LedgerWriter, SHUTDOWN_TIMEOUT,
 };
-pub use rows::{Spend, SpendScope};
+pub use retention::spawn_retention;
+pub use rows::{Spend, SpendScope, UserUsage};
+pub use spill::is_spill_file;
 
 /// Everything the store can fail with. `Conflict` and `NotFound` are the caller's fault and map
 /// to 409/404 in the admin API; the rest are operational.
@@ -125,11 +131,11 @@ mod tests {
         let registry = prometheus::Registry::new();
         let (h, w) = spawn_ledger(s.clone(), LedgerConfig::default(), &registry).unwrap();
         is_send(h.flush());
-        is_send(h.record(LedgerRow::new(
+        h.record(LedgerRow::new(
             fairgate_types::RequestId::from("x"),
             0,
             String::new(),
-        )));
+        ));
         w.shutdown().await.unwrap();
     }
 }

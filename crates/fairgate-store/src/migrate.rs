@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "routing",
         sql: include_str!("../migrations/0004_routing.sql"),
     },
+    Migration {
+        version: 5,
+        name: "ledger_daily",
+        sql: include_str!("../migrations/0005_ledger_daily.sql"),
+    },
 ];
 
 /// Advisory lock key: "fairgate" in ASCII, so it is recognisable in `pg_locks`.

@@ -175,6 +175,18 @@ pub struct Spend {
     pub cost: Micros,
 }
 
+/// One line of the usage export: a (tenant, user, model) and its totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserUsage {
+    pub tenant: String,
+    pub user: String,
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost: Micros,
+}
+
 /// Sums of BIGINT columns are split as `SUM(v / 2^32)` and `SUM(v % 2^32)` and joined in Rust.
 /// A plain SUM overflows on both backends (an error, not a wrap) once the total passes
 /// `i64::MAX`, which one clamped absurd row plus any other row does; a budget check that errors
@@ -248,48 +260,61 @@ impl Store {
     }
 
     /// Token sums per (tenant, model) over rows with both set, optionally for one tenant and a
-    /// time window (`since` inclusive, `until` exclusive), ordered by tenant then model.
+    /// time window (`since` inclusive, `until` exclusive), ordered by tenant then model. Rows
+    /// rolled up by retention count too (a rolled-up day counts when its UTC midnight is in
+    /// the window; see [`crate::retention`]).
     pub async fn usage(
         &self,
         tenant: Option<&str>,
         since: Option<UnixMillis>,
         until: Option<UnixMillis>,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        // SUM over BIGINT is NUMERIC on PostgreSQL, which Any cannot read; cast it back.
-        let mut sql = String::from(
-            "SELECT tenant, model, COUNT(*) AS requests, \
-             CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
-             CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
-             CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens \
-             FROM ledger WHERE tenant IS NOT NULL AND model IS NOT NULL",
-        );
         let mut n = 0;
         let mut next = || {
             n += 1;
             n
         };
-        if tenant.is_some() {
-            sql.push_str(&format!(" AND tenant = ${}", next()));
-        }
-        if since.is_some() {
-            sql.push_str(&format!(" AND ts >= ${}", next()));
-        }
-        if until.is_some() {
-            sql.push_str(&format!(" AND ts < ${}", next()));
-        }
+        // The same filters on both tables (distinct placeholders: repeating one is not
+        // portable across the two drivers).
+        let mut filter = |time_col: &str| {
+            let mut f = String::from(" WHERE tenant IS NOT NULL AND model IS NOT NULL");
+            if tenant.is_some() {
+                f.push_str(&format!(" AND tenant = ${}", next()));
+            }
+            if since.is_some() {
+                f.push_str(&format!(" AND {time_col} >= ${}", next()));
+            }
+            if until.is_some() {
+                f.push_str(&format!(" AND {time_col} < ${}", next()));
+            }
+            f
+        };
+        let live = filter("ts");
+        let rolled = filter("day");
         let c = self.backend.text_order();
-        sql.push_str(&format!(
-            " GROUP BY tenant, model ORDER BY tenant{c}, model{c}"
-        ));
+        // SUM over BIGINT is NUMERIC on PostgreSQL, which Any cannot read; cast it back.
+        let sql = format!(
+            "SELECT tenant, model, CAST(SUM(requests) AS BIGINT) AS requests, \
+             CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
+             CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
+             CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens FROM ( \
+             SELECT tenant, model, CAST(1 AS BIGINT) AS requests, prompt_tokens, \
+             completion_tokens, cached_tokens FROM ledger{live} \
+             UNION ALL SELECT tenant, model, requests, prompt_tokens, completion_tokens, \
+             cached_tokens FROM ledger_daily{rolled}) u \
+             GROUP BY tenant, model ORDER BY tenant{c}, model{c}"
+        );
         let mut q = sqlx::query(&sql);
-        if let Some(t) = tenant {
-            q = q.bind(t);
-        }
-        if let Some(s) = since {
-            q = q.bind(s);
-        }
-        if let Some(u) = until {
-            q = q.bind(u);
+        for _ in 0..2 {
+            if let Some(t) = tenant {
+                q = q.bind(t);
+            }
+            if let Some(s) = since {
+                q = q.bind(s);
+            }
+            if let Some(u) = until {
+                q = q.bind(u);
+            }
         }
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter()
@@ -304,6 +329,62 @@ impl Store {
                     completion_tokens,
                     cached_tokens: unsigned(row, "cached_tokens")?,
                     total_tokens: prompt_tokens.saturating_add(completion_tokens),
+                })
+            })
+            .collect()
+    }
+
+    /// Totals per (tenant, user, model) of every row in `[since, until)` (absent tenant, user
+    /// or model read as ""), optionally of one tenant, ordered by those three: what the usage
+    /// export prints. Includes rolled-up days like [`Store::usage`].
+    pub async fn usage_by_user(
+        &self,
+        tenant: Option<&str>,
+        since: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Vec<UserUsage>, StoreError> {
+        let (live, rolled) = if tenant.is_some() {
+            (
+                " WHERE tenant = $1 AND ts >= $2 AND ts < $3",
+                " WHERE tenant = $4 AND day >= $5 AND day < $6",
+            )
+        } else {
+            (
+                " WHERE ts >= $1 AND ts < $2",
+                " WHERE day >= $3 AND day < $4",
+            )
+        };
+        let c = self.backend.text_order();
+        let sql = format!(
+            "SELECT t, u, m, CAST(SUM(requests) AS BIGINT) AS requests, {}, {}, {} FROM ( \
+             SELECT COALESCE(tenant, '') AS t, COALESCE(user_name, '') AS u, \
+             COALESCE(model, '') AS m, CAST(1 AS BIGINT) AS requests, prompt_tokens, \
+             completion_tokens, cost FROM ledger{live} \
+             UNION ALL SELECT COALESCE(tenant, ''), COALESCE(user_name, ''), COALESCE(model, ''), \
+             requests, prompt_tokens, completion_tokens, cost FROM ledger_daily{rolled}) x \
+             GROUP BY t, u, m ORDER BY t{c}, u{c}, m{c}",
+            split_sum("prompt_tokens"),
+            split_sum("completion_tokens"),
+            split_sum("cost"),
+        );
+        let mut q = sqlx::query(&sql);
+        for _ in 0..2 {
+            if let Some(t) = tenant {
+                q = q.bind(t);
+            }
+            q = q.bind(since).bind(until);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UserUsage {
+                    tenant: row.try_get("t")?,
+                    user: row.try_get("u")?,
+                    model: row.try_get("m")?,
+                    requests: unsigned(row, "requests")?,
+                    prompt_tokens: joined_sum(row, "prompt_tokens")?,
+                    completion_tokens: joined_sum(row, "completion_tokens")?,
+                    cost: Micros(joined_sum(row, "cost")?),
                 })
             })
             .collect()
@@ -353,14 +434,21 @@ impl Store {
             SpendScope::Tenant(t) => ("tenant", t),
             SpendScope::Key(k) => ("key_id", k.as_str()),
         };
-        // Served by the (tenant, ts) and (key_id, ts) indexes.
+        // Served by the (tenant, ts) and (key_id, ts) indexes and their `ledger_daily`
+        // counterparts; rolled-up days count when their UTC midnight is at or after `since`.
         let sql = format!(
-            "SELECT {}, {}, {} FROM ledger WHERE {col} = $1 AND ts >= $2",
+            "SELECT {}, {}, {} FROM ( \
+             SELECT prompt_tokens, completion_tokens, cost FROM ledger \
+             WHERE {col} = $1 AND ts >= $2 \
+             UNION ALL SELECT prompt_tokens, completion_tokens, cost FROM ledger_daily \
+             WHERE {col} = $3 AND day >= $4) u",
             split_sum("prompt_tokens"),
             split_sum("completion_tokens"),
             split_sum("cost"),
         );
         let row = sqlx::query(&sql)
+            .bind(value)
+            .bind(since)
             .bind(value)
             .bind(since)
             .fetch_one(&self.pool)

@@ -503,6 +503,16 @@ pub struct LedgerSettings {
     pub flush_interval_ms: u64,
     #[serde(default = "defaults::ledger_queue_capacity")]
     pub queue_capacity: usize,
+    // --- fault tolerance and retention (issue 10, helper `ledger`) ---
+    /// At shutdown, longest the ledger tries the database before spilling what it holds
+    /// (skipped when the database already failed its last attempt).
+    #[serde(default = "defaults::ledger_shutdown_flush_ms")]
+    pub shutdown_flush_ms: u64,
+    /// Rows older than this many days are rolled into daily aggregates and deleted;
+    /// 0 keeps every row forever.
+    #[serde(default = "defaults::ledger_retention_days")]
+    pub retention_days: u32,
+    // --- end ledger fault tolerance ---
 }
 
 mod defaults {
@@ -578,6 +588,12 @@ mod defaults {
     }
     pub fn ledger_queue_capacity() -> usize {
         65_536
+    }
+    pub fn ledger_shutdown_flush_ms() -> u64 {
+        3_000
+    }
+    pub fn ledger_retention_days() -> u32 {
+        90
     }
     pub fn probe_interval_ms() -> u64 {
         2_000
@@ -675,6 +691,8 @@ impl Default for LedgerSettings {
             batch_size: defaults::ledger_batch_size(),
             flush_interval_ms: defaults::ledger_flush_interval_ms(),
             queue_capacity: defaults::ledger_queue_capacity(),
+            shutdown_flush_ms: defaults::ledger_shutdown_flush_ms(),
+            retention_days: defaults::ledger_retention_days(),
         }
     }
 }
@@ -817,6 +835,18 @@ impl Config {
             return Err(field_err(
                 "ledger.queue_capacity",
                 "must be at least ledger.batch_size",
+            ));
+        }
+        if self.ledger.shutdown_flush_ms > 60_000 {
+            return Err(field_err(
+                "ledger.shutdown_flush_ms",
+                "must be at most 60000 (rows not committed by then are spilled, not lost)",
+            ));
+        }
+        if self.ledger.retention_days > 36_500 {
+            return Err(field_err(
+                "ledger.retention_days",
+                "must be at most 36500 (use 0 to keep rows forever)",
             ));
         }
         let a = &self.admission;

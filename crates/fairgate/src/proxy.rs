@@ -188,18 +188,10 @@ impl Tracker {
                 .observe(self.overhead_before.as_secs_f64());
         }
         let row = std::mem::replace(&mut self.row, placeholder_row());
-        // Enqueue in order right now (so a later admin read that flushes sees the row); only
-        // when the queue is full does recording wait, in a tracked task that shutdown awaits,
-        // so the response is never held up by the ledger.
-        let Err(row) = self.st.ledger.try_record(row) else {
-            return;
-        };
-        let ledger = self.st.ledger.clone();
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.st.tasks.spawn(async move { ledger.record(row).await });
-        } else {
-            tracing::error!(request_id = %row.id, "no runtime to record ledger row; row lost");
-        }
+        // Never waits: onto the ledger's bounded queue (in order, so a later admin read that
+        // flushes sees the row), or, when it is full or the database is down, into the spill
+        // file that is replayed later. The response is never held up by the ledger.
+        self.st.ledger.record(row);
     }
 }
 

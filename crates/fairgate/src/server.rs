@@ -3,8 +3,9 @@
 //!
 //! Shutdown order matters for "no lost data": stop accepting connections and let in-flight
 //! requests finish for up to `shutdown_grace_ms` ([`crate::serving`]; requests still open then
-//! are dropped and recorded as cancelled), then wait for the tracked ledger-recording tasks,
-//! then drain and commit the ledger writer's queue.
+//! are dropped and recorded as cancelled), then drain the ledger writer's queue: committed if
+//! the database answers within `[ledger] shutdown_flush_ms`, else spilled to `data_dir`
+//! (replayed at the next start). Recording a row never spawns a task, so nothing else waits.
 
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -18,7 +19,6 @@ use axum::Router;
 use fairgate_store::{LedgerConfig, LedgerHandle, LedgerWriter, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::config::Config;
@@ -44,8 +44,6 @@ pub struct AppState {
     pub client: HttpClient,
     pub ledger: LedgerHandle,
     pub metrics: Metrics,
-    /// Ledger-recording tasks spawned by finishing requests; shutdown waits for them.
-    pub tasks: TaskTracker,
     /// Unix seconds when the gateway started (the `created` of `/v1/models` entries).
     pub started_at: i64,
     /// Fired when serving ends: stops the backend watchers.
@@ -89,7 +87,10 @@ impl Gateway {
             flush_interval: Duration::from_millis(config.ledger.flush_interval_ms),
             queue_capacity: config.ledger.queue_capacity,
             spill_dir: Some(config.data_dir.clone()),
+            ..LedgerConfig::default()
         };
+        // The writer replays spill files an earlier run left in `data_dir` as soon as the
+        // database answers (it pings at once).
         let (ledger, ledger_writer) =
             fairgate_store::spawn_ledger(store.clone(), ledger_cfg, &metrics.registry)
                 .context("starting the ledger writer")?;
@@ -111,7 +112,6 @@ impl Gateway {
             identity,
             ledger,
             metrics,
-            tasks: TaskTracker::new(),
             started_at: chrono::Utc::now().timestamp(),
             shutdown: CancellationToken::new(),
             stopping: CancellationToken::new(),
@@ -158,6 +158,11 @@ impl Gateway {
             tokio::spawn(async move { reload_on_hangup(state, signals).await })
         };
         crate::upstream::watch_all(&state, &state.shutdown);
+        // Rolls ledger rows past `[ledger] retention_days` into daily aggregates (hourly).
+        let retention = fairgate_store::spawn_retention(
+            state.store.clone(),
+            state.config.ledger.retention_days,
+        );
         let app = self.router();
         let result = crate::serving::serve(listener, app, state.clone(), shutdown)
             .await
@@ -165,14 +170,21 @@ impl Gateway {
         state.shutdown.cancel();
         refresh.abort();
         hangup.abort();
-        tracing::info!("draining: waiting for ledger records of finished requests");
-        state.tasks.close();
-        state.tasks.wait().await;
-        self.ledger_writer
-            .shutdown()
-            .await
-            .context("flushing the ledger at shutdown")?;
-        tracing::info!("ledger flushed; bye");
+        if let Some(r) = retention {
+            r.abort();
+        }
+        // Bounded: tries the database for at most `shutdown_flush_ms` (not at all if it is
+        // known to be down), then spills. Spilled rows are safe on disk, so that is no error.
+        let flush = Duration::from_millis(state.config.ledger.shutdown_flush_ms);
+        match self.ledger_writer.shutdown_with_timeout(flush).await {
+            Ok(()) => tracing::info!("ledger flushed; bye"),
+            Err(fairgate_store::LedgerError::Spilled { path, rows }) => tracing::warn!(
+                rows,
+                path = %path.display(),
+                "ledger rows spilled at shutdown; they are replayed at the next start"
+            ),
+            Err(e) => return Err(e).context("flushing the ledger at shutdown"),
+        }
         result
     }
 }

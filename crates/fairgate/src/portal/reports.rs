@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{Datelike, NaiveDate};
-use fairgate_types::{now_millis, KeyRecord, LedgerRow, Role, Tenant};
+use fairgate_types::{now_millis, KeyRecord, Role, Tenant};
 use http::{header, HeaderMap, HeaderValue};
 use serde::Deserialize;
 
@@ -19,15 +19,6 @@ use crate::upstream::ModelPool;
 
 /// Most ledger rows read for the tenant page's per-member totals (newest first).
 const TENANT_ROWS: u32 = 10_000;
-
-/// Most ledger rows the CSV export reads (newest first, before filtering by date).
-///
-/// The store has no aggregate-by-user query, so the export reads raw rows with
-/// `Store::requests` and sums them in memory. That call returns the newest rows of the scope
-/// regardless of the date range: when more than this many rows are newer than `until`, or the
-/// range itself holds more, the oldest part of the range is silently missing. Fine for a
-/// department-sized gateway; a big one wants a `GROUP BY` query in the store instead.
-const EXPORT_ROWS: u32 = 100_000;
 
 // ---- models -------------------------------------------------------------------------
 
@@ -485,22 +476,22 @@ pub fn csv_field(s: &str) -> String {
 /// Per (tenant, user, model): requests, prompt, completion, total tokens and cost.
 type Totals = BTreeMap<(String, String, String), [u64; 5]>;
 
-fn aggregate(rows: &[LedgerRow], since: i64, until: i64) -> Totals {
-    let mut out = Totals::new();
-    for r in rows.iter().filter(|r| r.ts >= since && r.ts < until) {
-        let key = (
-            r.tenant.clone().unwrap_or_default(),
-            r.user.clone().unwrap_or_default(),
-            r.model.clone().unwrap_or_default(),
-        );
-        let e = out.entry(key).or_default();
-        e[0] += 1;
-        e[1] = e[1].saturating_add(r.prompt_tokens);
-        e[2] = e[2].saturating_add(r.completion_tokens);
-        e[3] = e[3].saturating_add(r.prompt_tokens.saturating_add(r.completion_tokens));
-        e[4] = e[4].saturating_add(r.cost.0);
-    }
-    out
+/// The export's totals from the store's `GROUP BY` (ledger rows and rolled-up days alike).
+fn aggregate(rows: &[fairgate_store::UserUsage]) -> Totals {
+    rows.iter()
+        .map(|r| {
+            (
+                (r.tenant.clone(), r.user.clone(), r.model.clone()),
+                [
+                    r.requests,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.prompt_tokens.saturating_add(r.completion_tokens),
+                    r.cost.0,
+                ],
+            )
+        })
+        .collect()
 }
 
 fn to_csv(totals: &Totals) -> String {
@@ -554,8 +545,11 @@ pub(super) async fn export_csv(
         return Err(Refusal::BadRequest("`until` must be after `since`".into()));
     }
     let _ = st.ledger.flush().await;
-    let rows = st.store.requests(tenant.as_deref(), EXPORT_ROWS).await?;
-    let totals = aggregate(&rows, day_millis(since), day_millis(until));
+    let rows = st
+        .store
+        .usage_by_user(tenant.as_deref(), day_millis(since), day_millis(until))
+        .await?;
+    let totals = aggregate(&rows);
     let mut resp = to_csv(&totals).into_response();
     let h = resp.headers_mut();
     h.insert(
