@@ -22,6 +22,7 @@
 //! Benchmarks: `cargo bench -p fairgate-relay` (plain `harness = false` timing loops).
 
 mod json;
+pub mod model;
 pub mod prefix;
 pub mod request;
 pub mod response;
@@ -29,9 +30,11 @@ mod rewrite;
 mod sse;
 pub mod stream;
 
+pub use model::{read_model, BodyKind, ModelRead, ModelSource};
 pub use request::{
-    estimate_text_tokens, parse_request, reservation_tokens, with_include_usage, with_model,
-    with_stream_usage, Endpoint, ParsedRequest, RequestError, NON_TEXT_PART_TOKENS,
+    estimate_text_tokens, parse_request, reservation_tokens, reservation_tokens_within,
+    with_include_usage, with_model, with_model_set, with_stream_usage, Endpoint, ParsedRequest,
+    RequestError, NON_TEXT_PART_TOKENS,
 };
 pub use response::usage_from_body;
 pub use stream::{Pushed, StreamRelay, MAX_EVENT_BYTES};

@@ -435,6 +435,12 @@ enum ChunkKey {
     Choices,
     Usage,
     Error,
+    /// The Responses API's events: `response` carries the response so far, whose `usage` is
+    /// set on `response.completed` (and `response.incomplete` / `response.failed`).
+    Response,
+    /// The Responses API's text events (`response.output_text.delta`) carry a top-level
+    /// `delta` string: a content-bearing chunk.
+    Delta,
     Other,
 }
 
@@ -457,14 +463,25 @@ impl<'de> Handler<'de> for ChunkH {
         let mut usage = None;
         let mut usage_object = false;
         let mut error = false;
+        let mut delta_text = false;
         while let Some(key) = map.next_key_seed(KeySeed(|k: &str| match k {
             "choices" => ChunkKey::Choices,
             "usage" => ChunkKey::Usage,
             "error" => ChunkKey::Error,
+            "response" => ChunkKey::Response,
+            "delta" => ChunkKey::Delta,
             _ => ChunkKey::Other,
         }))? {
             match key {
                 ChunkKey::Choices => choices = map.next_value_seed(Seed(ChoicesH))?,
+                ChunkKey::Response => {
+                    if let Some(u) = map.next_value_seed(Seed(ResponseH))? {
+                        usage = Some(u);
+                    }
+                }
+                ChunkKey::Delta => {
+                    delta_text |= map.next_value_seed(Seed(ShapeOf))?.is_non_empty_str();
+                }
                 ChunkKey::Usage => {
                     usage = map.next_value_seed(Seed(UsageH))?;
                     usage_object |= usage.is_some();
@@ -476,12 +493,35 @@ impl<'de> Handler<'de> for ChunkH {
             }
         }
         Ok(Chunk {
-            bearing: choices.is_some_and(|c: Choices| c.bearing),
+            bearing: choices.is_some_and(|c: Choices| c.bearing) || delta_text,
             choices_empty: choices.is_some_and(|c| c.count == 0),
             usage,
             usage_object,
             error,
         })
+    }
+}
+
+/// A Responses API event's `response` object: its `usage`, when an object.
+struct ResponseH;
+
+impl<'de> Handler<'de> for ResponseH {
+    type Out = Option<Usage>;
+
+    fn scalar(self, _: Shape) -> Option<Usage> {
+        None
+    }
+
+    fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Usage>, A::Error> {
+        let mut usage = None;
+        while let Some(is_usage) = map.next_key_seed(KeySeed(|k: &str| k == "usage"))? {
+            if is_usage {
+                usage = map.next_value_seed(Seed(UsageH))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(usage)
     }
 }
 
