@@ -24,6 +24,7 @@ pub mod admission;
 pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod client_addr;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -156,6 +156,7 @@ impl Gateway {
         };
         crate::upstream::watch_all(&state, &state.shutdown);
         let app = self.router();
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let result = axum::serve(listener.tap_io(no_delay), app)
             .with_graceful_shutdown(shutdown)
             .await
