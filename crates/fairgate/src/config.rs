@@ -342,6 +342,9 @@ pub struct RelayConfig {
     /// `fairgate_anonymous_rejections_total` and one `anonymous:suppressed` row a minute.
     #[serde(default = "defaults::anonymous_rows_per_minute")]
     pub anonymous_rows_per_minute: u32,
+    /// Seconds between the `anonymous:suppressed` summary rows.
+    #[serde(default = "defaults::anonymous_summary_s")]
+    pub anonymous_summary_s: u64,
 }
 
 impl Default for RelayConfig {
@@ -350,6 +353,7 @@ impl Default for RelayConfig {
             allowed_paths: defaults::relay_allowed_paths(),
             operator_paths: defaults::relay_operator_paths(),
             anonymous_rows_per_minute: defaults::anonymous_rows_per_minute(),
+            anonymous_summary_s: defaults::anonymous_summary_s(),
         }
     }
 }
@@ -529,6 +533,9 @@ mod defaults {
         256 * 1024 * 1024
     }
     pub fn anonymous_rows_per_minute() -> u32 {
+        60
+    }
+    pub fn anonymous_summary_s() -> u64 {
         60
     }
     /// vLLM's tenant-facing endpoints beyond chat, completions and embeddings. Not

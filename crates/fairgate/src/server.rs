@@ -50,6 +50,8 @@ pub struct AppState {
     pub started_at: i64,
     /// Fired when serving ends: stops the backend watchers.
     pub shutdown: CancellationToken,
+    /// Request-path bounds: memory for backend answers, anonymous ledger rows.
+    pub proxy_limits: crate::proxy_limits::ProxyLimits,
 }
 
 /// A built gateway, not yet serving.
@@ -94,6 +96,8 @@ impl Gateway {
         apply_declared(&store, &config)
             .await
             .context("applying tenants and groups declared in the config file")?;
+        let proxy_limits = crate::proxy_limits::ProxyLimits::new(&config, &metrics.registry)
+            .context("registering request-path metrics")?;
         let identity = Identity::load(store.clone())
             .await
             .context("loading tenants and keys")?;
@@ -112,6 +116,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             started_at: chrono::Utc::now().timestamp(),
             shutdown: CancellationToken::new(),
+            proxy_limits,
         });
         sync_directory(&state).await;
         Ok(Gateway {
@@ -155,6 +160,7 @@ impl Gateway {
             tokio::spawn(async move { reload_on_hangup(state, signals).await })
         };
         crate::upstream::watch_all(&state, &state.shutdown);
+        crate::proxy_limits::AnonymousFailures::start_summaries(&state);
         let app = self.router();
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let result = axum::serve(listener.tap_io(no_delay), app)
@@ -167,6 +173,8 @@ impl Gateway {
         tracing::info!("draining: waiting for ledger records of finished requests");
         state.tasks.close();
         state.tasks.wait().await;
+        // Counts of suppressed anonymous failures not yet summarized.
+        crate::proxy_limits::write_summary(&state);
         self.ledger_writer
             .shutdown()
             .await
