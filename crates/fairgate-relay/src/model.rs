@@ -88,9 +88,11 @@ pub fn read_model(
     let from_query = query_model(query.unwrap_or(""))?;
     let (kind, from_body) = body_model(content_type, body)?;
     let (model, source) = match (from_body, from_query) {
-        (Some(b), Some(q)) if b != q => return Err(ambiguous(format!(
+        (Some(b), Some(q)) if b != q => {
+            return Err(ambiguous(format!(
             "the `model` query parameter ({q:?}) and the body's `model` ({b:?}) disagree; send one"
-        ))),
+        )))
+        }
         (Some(b), _) => (Some(b), ModelSource::Body),
         (None, Some(q)) => {
             if kind == BodyKind::Form {

@@ -104,7 +104,9 @@ pub enum ApiError {
     #[error("internal error: {0}")]
     Internal(String),
     // --- request path hardening (helper proxypath) ---
-    #[error("`{0}` is an operator endpoint of the model server: it needs the gateway's admin token")]
+    #[error(
+        "`{0}` is an operator endpoint of the model server: it needs the gateway's admin token"
+    )]
     AdminOnly(String),
     #[error("the answer of the backend of model `{model}` is larger than the gateway's limit of {limit} bytes")]
     UpstreamResponseTooLarge { model: String, limit: usize },

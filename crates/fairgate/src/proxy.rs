@@ -82,8 +82,7 @@ impl Tracker {
                 ..LedgerRow::new(
                     RequestId::new(),
                     now_millis(),
-                    crate::proxy_limits::truncate_at_char(endpoint, MAX_ENDPOINT_BYTES)
-                        .to_owned(),
+                    crate::proxy_limits::truncate_at_char(endpoint, MAX_ENDPOINT_BYTES).to_owned(),
                 )
             },
             start: Instant::now(),
@@ -296,11 +295,7 @@ pub async fn embeddings(
 /// as-is to the model's backend when the path is on `relay.allowed_paths` (an authenticated
 /// tenant) or `relay.operator_paths` (the admin token only, see [`operator`]); anything else is
 /// a 404 `unknown_url`. Logged in the ledger either way.
-pub async fn generic(
-    State(st): State<Arc<AppState>>,
-    addr: ClientAddr,
-    req: Request,
-) -> Response {
+pub async fn generic(State(st): State<Arc<AppState>>, addr: ClientAddr, req: Request) -> Response {
     let live = st.live.load_full();
     let path = req.uri().path();
     if live.relay.is_operator(path) {
@@ -456,11 +451,7 @@ fn authenticate(
 /// Decides whether an anonymous failure gets its own ledger row (see `proxy_limits`).
 fn gate_anonymous(st: &AppState, t: &mut Tracker, addr: ClientAddr, reason: AnonymousReason) {
     let per_minute = st.live.load().relay.anonymous_rows_per_minute;
-    if !st
-        .proxy_limits
-        .anonymous
-        .admit(addr.0, reason, per_minute)
-    {
+    if !st.proxy_limits.anonymous.admit(addr.0, reason, per_minute) {
         t.suppressed = true;
     }
 }
@@ -822,8 +813,8 @@ async fn forward(
                     .await
                     .ok()
                     .and_then(|b| upstream_error_message(&b.bytes))
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default();
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
                 let err = if status == StatusCode::SERVICE_UNAVAILABLE {
                     ApiError::UpstreamUnavailable {
                         model: served.clone(),
@@ -878,6 +869,8 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if status.is_success() && is_sse {
+        // Relayed paths learn only here that the answer streams.
+        t.row.stream = true;
         let relay = StreamRelay::with_options(plan.strip_usage_chunk, plan.strip_chunk_usage);
         return relay_stream(st, t, resp, relay);
     }
@@ -1299,7 +1292,11 @@ fn unknown_route(st: &Arc<AppState>, addr: ClientAddr, req: &Request) -> Respons
         None => gate_anonymous(st, &mut t, addr, AnonymousReason::UnknownRoute),
     }
     let path = crate::proxy_limits::truncate_at_char(req.uri().path(), MAX_ENDPOINT_BYTES);
-    t.fail(ApiError::RouteNotFound(format!("{} {}", req.method(), path)))
+    t.fail(ApiError::RouteNotFound(format!(
+        "{} {}",
+        req.method(),
+        path
+    )))
 }
 
 /// vLLM's operator endpoints (`relay.operator_paths`: LoRA adapters, caches, sleep, profiling,
@@ -1344,7 +1341,10 @@ async fn operator(st: Arc<AppState>, addr: ClientAddr, req: Request) -> Response
     t.row.model = Some(pool.name.clone());
     let backends = pool.backends();
     let Some(first_backend) = backends.first() else {
-        return t.fail(crate::admission::no_backend(&pool.name, Duration::from_secs(1)));
+        return t.fail(crate::admission::no_backend(
+            &pool.name,
+            Duration::from_secs(1),
+        ));
     };
     t.row.backend = Some(first_backend.url.clone());
     let path_q = parts
@@ -1364,7 +1364,11 @@ async fn operator(st: Arc<AppState>, addr: ClientAddr, req: Request) -> Response
         if let Some(h) = builder.headers_mut() {
             *h = upstream_headers(&parts.headers, t.row.id.as_str());
         }
-        let up_req = match builder.body(Full::new(bytes.clone()).map_err(|never| match never {}).boxed()) {
+        let up_req = match builder.body(
+            Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed(),
+        ) {
             Ok(r) => r,
             Err(e) => return t.fail(ApiError::Internal(e.to_string())),
         };
@@ -1376,7 +1380,10 @@ async fn operator(st: Arc<AppState>, addr: ClientAddr, req: Request) -> Response
                 } else {
                     format!("request failed: {e}")
                 };
-                return t.fail(ApiError::UpstreamConnect { model: pool.name.clone(), detail });
+                return t.fail(ApiError::UpstreamConnect {
+                    model: pool.name.clone(),
+                    detail,
+                });
             }
             Err(_) => {
                 return t.fail(ApiError::UpstreamTimeout {
@@ -1391,7 +1398,9 @@ async fn operator(st: Arc<AppState>, addr: ClientAddr, req: Request) -> Response
             Err(e) => {
                 let model = pool.name.clone();
                 return t.fail(match e {
-                    ReadError::TooLarge(limit) => ApiError::UpstreamResponseTooLarge { model, limit },
+                    ReadError::TooLarge(limit) => {
+                        ApiError::UpstreamResponseTooLarge { model, limit }
+                    }
                     ReadError::NoMemory => ApiError::UpstreamMemoryExhausted { model },
                     ReadError::Broken(detail) => ApiError::UpstreamStatus {
                         model,
@@ -1434,4 +1443,51 @@ async fn operator(st: Arc<AppState>, addr: ClientAddr, req: Request) -> Response
     t.decorate(out.headers_mut());
     t.record();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn client_credentials_are_not_sent_upstream() {
+        let client = headers(&[
+            ("authorization", "Bearer fg-key"),
+            ("proxy-authorization", "Basic x"),
+            ("cookie", "fg_session=s"),
+            ("x-api-key", "k"),
+            ("api-key", "k"),
+            ("x-fairgate-priority", "batch"),
+            ("x-fairgate-cache", "on"),
+            ("host", "gw"),
+            ("content-type", "application/json"),
+            ("x-trace", "1"),
+        ]);
+        let up = upstream_headers(&client, "req-1");
+        let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["content-type", "x-trace", "x-request-id"]);
+    }
+
+    #[test]
+    fn backend_cookies_are_not_relayed() {
+        let backend = headers(&[
+            ("set-cookie", "fg_session=evil; Path=/"),
+            ("set-cookie2", "x=1"),
+            ("content-type", "application/json"),
+            ("transfer-encoding", "chunked"),
+            ("x-backend", "1"),
+        ]);
+        let mut out = HeaderMap::new();
+        copy_response_headers(&backend, &mut out);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["content-type", "x-backend"]);
+    }
 }

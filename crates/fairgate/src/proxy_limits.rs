@@ -115,11 +115,8 @@ impl ResponseMemory {
         let mut left = n;
         while left > 0 {
             let chunk = u32::try_from(left).unwrap_or(u32::MAX);
-            let got = tokio::time::timeout(
-                MEMORY_WAIT,
-                self.sem.clone().acquire_many_owned(chunk),
-            )
-            .await;
+            let got =
+                tokio::time::timeout(MEMORY_WAIT, self.sem.clone().acquire_many_owned(chunk)).await;
             let Ok(Ok(p)) = got else {
                 return false;
             };
@@ -399,16 +396,35 @@ mod tests {
             .count();
         assert_eq!(own, 3);
         assert!(a.admit(other, AnonymousReason::Unauthenticated, 3));
-        assert_eq!(
-            a.metric.with_label_values(&["unknown_route"]).get(),
-            7
-        );
+        assert_eq!(a.metric.with_label_values(&["unknown_route"]).get(), 7);
         let rows = a.take_summary();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].endpoint, SUPPRESSED_ENDPOINT);
         assert_eq!(rows[0].status, 404);
         assert_eq!(rows[0].attempts, 7);
         assert!(a.take_summary().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_budget_is_shared_and_given_back() {
+        let m = ResponseMemory::new(1000);
+        let mut a = None;
+        assert!(m.take(600, &mut a).await);
+        let mut b = None;
+        // No room: waits MEMORY_WAIT (paused time), then gives up holding nothing extra.
+        assert!(!m.take(600, &mut b).await);
+        assert_eq!(m.available(), 400);
+        drop(a);
+        assert_eq!(m.available(), 1000);
+        assert!(m.take(1000, &mut b).await);
+        let held = HeldBytes {
+            bytes: Bytes::from_static(b"abc"),
+            permit: b,
+        };
+        let body = held.into_body();
+        assert_eq!(m.available(), 0, "held while the body is alive");
+        drop(body);
+        assert_eq!(m.available(), 1000);
     }
 
     #[test]

@@ -881,5 +881,9 @@ fn responses_api_stream_usage_and_deltas() {
         })
     );
     assert_eq!(o.counted, 2);
-    assert!(!o.done);
+    assert!(o.done, "response.completed ends the stream");
+    assert_split_invariant(false, MAX_EVENT_BYTES, RESPONSES.as_bytes());
+    // A failed response is a mid-stream error.
+    let failed = "data: {\"type\":\"response.failed\",\"response\":{\"usage\":null}}\n\n";
+    assert!(whole(false, failed).error);
 }
