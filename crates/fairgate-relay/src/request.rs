@@ -210,8 +210,8 @@ struct TopFields {
     model: Option<Result<String, Shape>>,
     /// How many top-level `model` members there were: more than one is refused.
     model_count: usize,
-    n: Option<Shape>,
-    best_of: Option<Shape>,
+    n: Option<u64>,
+    best_of: Option<u64>,
     stream: Option<Shape>,
     stream_options: Option<Result<StreamOptions, Shape>>,
     max_tokens: Option<Shape>,
@@ -293,10 +293,7 @@ impl TopFields {
         let max_tokens = token_limit("max_tokens", self.max_tokens)?;
         let max_completion_tokens =
             token_limit("max_completion_tokens", self.max_completion_tokens)?;
-        // Absent, null or 0 mean one sequence; the backend validates the rest.
-        let n = token_limit("n", self.n)?.unwrap_or(1);
-        let best_of = token_limit("best_of", self.best_of)?.unwrap_or(1);
-        let choices = n.max(best_of).max(1);
+        let choices = self.n.unwrap_or(1).max(self.best_of.unwrap_or(1)).max(1);
         let (field, prompt_tokens_estimate) = match endpoint {
             Endpoint::ChatCompletions => ("messages", self.payload),
             Endpoint::Completions => ("prompt", self.payload),
@@ -382,8 +379,8 @@ impl<'de> Handler<'de> for TopH {
                     f.model_count = f.model_count.saturating_add(1);
                     f.model = Some(map.next_value_seed(Seed(StringH))?)
                 }
-                TopKey::N => f.n = Some(map.next_value_seed(Seed(ShapeOf))?),
-                TopKey::BestOf => f.best_of = Some(map.next_value_seed(Seed(ShapeOf))?),
+                TopKey::N => f.n = Some(map.next_value_seed(Seed(CountH))?),
+                TopKey::BestOf => f.best_of = Some(map.next_value_seed(Seed(CountH))?),
                 TopKey::Stream => f.stream = Some(map.next_value_seed(Seed(ShapeOf))?),
                 TopKey::StreamOptions => {
                     f.stream_options = Some(map.next_value_seed(Seed(StreamOptionsH))?)
@@ -405,6 +402,34 @@ impl<'de> Handler<'de> for TopH {
             }
         }
         Ok(Ok(f))
+    }
+}
+
+/// `n` / `best_of` read as leniently as the backend's validation (pydantic's lax mode takes
+/// `4`, `4.0` and `"4"`), never refused here: what the backend refuses costs nothing, and
+/// what it accepts must be reserved for. Fractions round up; anything else reads as 1.
+struct CountH;
+
+impl Handler<'_> for CountH {
+    type Out = u64;
+
+    fn scalar(self, shape: Shape) -> u64 {
+        match shape {
+            Shape::UInt(n) => n,
+            Shape::Float(f) if f.is_finite() && f > 0.0 => f.ceil() as u64,
+            _ => 1,
+        }
+    }
+
+    fn string(self, s: &str) -> u64 {
+        let s = s.trim();
+        match s.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => match s.parse::<f64>() {
+                Ok(f) => self.scalar(Shape::Float(f)),
+                Err(_) => 1,
+            },
+        }
     }
 }
 
@@ -1058,12 +1083,21 @@ mod tests {
         assert_eq!(reservation_tokens_within(&p, 512, Some(1000)), 10 + 3 * 990);
         // A prompt estimate beyond the context still reserves at least one token per sequence.
         assert_eq!(reservation_tokens_within(&p, 512, Some(5)), 10 + 3);
-        assert_eq!(
-            chat_err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":-1}"#)
-                .param
-                .as_deref(),
-            Some("n")
-        );
+        // Lenient like the backend: never refused here, never less than one sequence.
+        for (n, want) in [
+            ("\"3\"", 3),
+            ("2.5", 3),
+            ("-1", 1),
+            ("[2]", 1),
+            ("null", 1),
+            ("0", 1),
+        ] {
+            let p = chat(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"n":{n}}}"#
+            ))
+            .unwrap();
+            assert_eq!(p.choices, want, "n = {n}");
+        }
     }
 
     #[test]
