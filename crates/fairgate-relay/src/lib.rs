@@ -30,7 +30,7 @@ mod rewrite;
 mod sse;
 pub mod stream;
 
-pub use model::{read_model, BodyKind, ModelRead, ModelSource};
+pub use model::{query_model, read_model, BodyKind, ModelRead, ModelSource};
 pub use request::{
     estimate_text_tokens, parse_request, reservation_tokens, reservation_tokens_within,
     with_include_usage, with_model, with_model_set, with_stream_usage, Endpoint, ParsedRequest,

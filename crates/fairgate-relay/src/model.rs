@@ -113,8 +113,9 @@ pub fn read_model(
     })
 }
 
-/// The `model` query parameter, percent- and `+`-decoded; refused when repeated.
-fn query_model(query: &str) -> Result<Option<String>, RequestError> {
+/// The `model` query parameter, percent- and `+`-decoded (`None` when absent or empty);
+/// refused when repeated.
+pub fn query_model(query: &str) -> Result<Option<String>, RequestError> {
     let mut found: Option<String> = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -339,12 +339,21 @@ pub async fn generic(State(st): State<Arc<AppState>>, addr: ClientAddr, req: Req
     } else {
         (bytes, in_body)
     };
+    // A JSON body is roughly its prompt (bytes / 4, as for typed bodies' text); other bodies
+    // (audio, forms) have no token estimate. It is reserved, and charged if the client leaves
+    // before the backend reports usage.
+    let prompt_estimate = match read.body {
+        fairgate_relay::BodyKind::Json => {
+            fairgate_relay::estimate_text_tokens(std::str::from_utf8(&body).unwrap_or_default())
+        }
+        _ => 0,
+    };
     let plan = Plan {
         model,
         strip_usage_chunk: false,
         strip_chunk_usage: false,
-        reservation: 0,
-        prompt_estimate: 0,
+        reservation: prompt_estimate,
+        prompt_estimate,
         cache_candidate: false,
         endpoint: None,
         parsed: None,
@@ -384,8 +393,19 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, addr: ClientAddr, req: Request) 
     };
     // The backend reads the body only; a query `model` that says otherwise is a request whose
     // meaning depends on who reads it.
-    if let Err(e) = fairgate_relay::read_model("application/json", parts.uri.query(), &bytes) {
-        return t.fail(ApiError::BadRequest(e));
+    match fairgate_relay::query_model(parts.uri.query().unwrap_or("")) {
+        Err(e) => return t.fail(ApiError::BadRequest(e)),
+        Ok(Some(q)) if q != parsed.model => {
+            return t.fail(ApiError::BadRequest(fairgate_relay::RequestError {
+                message: format!(
+                    "the `model` query parameter ({q:?}) and the body's `model` ({:?}) disagree; send one",
+                    parsed.model
+                ),
+                param: Some("model".into()),
+                code: "ambiguous_model",
+            }))
+        }
+        Ok(_) => {}
     }
     t.row.stream = parsed.stream;
     let reservation = fairgate_relay::reservation_tokens(&parsed, st.config.default_max_tokens);

@@ -453,6 +453,10 @@ async fn responses_api_usage_is_accounted_streamed_and_not() {
         "both carry the backend's usage"
     );
     assert!(rows.iter().all(|r| r["outcome"] == "ok"), "{rows:#?}");
+    // A relayed JSON body reserves a rough prompt estimate (bytes / 4).
+    assert!(rows
+        .iter()
+        .all(|r| r["reserved_tokens"].as_u64().unwrap() > 0));
     gw.shutdown().await;
 }
 
