@@ -9,6 +9,7 @@
 //! |--------------------------------------------------|-------------------------------------------|
 //! | none, `application/json`, `application/*+json`   | JSON: the top-level `model` member        |
 //! | `multipart/form-data; boundary=...`              | form: the part named `model`              |
+//! | `application/x-www-form-urlencoded`              | form: the field named `model`             |
 //! | anything else                                    | not read by the backend as JSON or a form |
 //!
 //! For "anything else" the backend does not parse the body as JSON (FastAPI hands such a body
@@ -187,6 +188,13 @@ fn body_model(content_type: &str, body: &[u8]) -> Result<(BodyKind, Option<Strin
     if media == "multipart/form-data" {
         return form_model(content_type, body).map(|m| (BodyKind::Form, m));
     }
+    if media == "application/x-www-form-urlencoded" {
+        // FastAPI's `Form()` parameters (vLLM's audio endpoints) accept this too.
+        let text = std::str::from_utf8(body).map_err(RequestError::invalid_utf8)?;
+        return query_model(text)
+            .map_err(|_| ambiguous("the form has more than one `model` field"))
+            .map(|m| (BodyKind::Form, m));
+    }
     if body.trim_ascii().is_empty() {
         return Ok((BodyKind::Empty, None));
     }
@@ -362,13 +370,19 @@ fn form_model(content_type: &str, body: &[u8]) -> Result<Option<String>, Request
         let head = std::str::from_utf8(part.get(..head_end).unwrap_or_default())
             .map_err(|_| bad_form("a part's headers are not UTF-8"))?;
         let value = part.get(head_end + 4..).unwrap_or_default();
-        let name = head.split("\r\n").find_map(|line| {
+        let disposition = head.split("\r\n").find_map(|line| {
             let (k, v) = line.split_once(':')?;
             k.trim()
                 .eq_ignore_ascii_case("content-disposition")
-                .then(|| header_param(v, "name"))
-                .flatten()
+                .then_some(v)
         });
+        // RFC 5987's `name*=` may be read by some parsers and not others: refuse it.
+        if disposition.is_some_and(|v| header_param(v, "name*").is_some()) {
+            return Err(ambiguous(
+                "a form field is named with `name*=`; use `name=`",
+            ));
+        }
+        let name = disposition.and_then(|v| header_param(v, "name"));
         if name.as_deref() != Some("model") {
             continue;
         }
@@ -488,5 +502,16 @@ mod tests {
             Err("invalid_value")
         );
         assert_eq!(read(ct, None, b"--XyZ\r\nno end"), Err("invalid_value"));
+        let star =
+            b"--XyZ\r\nContent-Disposition: form-data; name*=UTF-8''model\r\n\r\nb\r\n--XyZ--";
+        assert_eq!(read(ct, None, star), Err("ambiguous_model"));
+        let url = "application/x-www-form-urlencoded";
+        assert_eq!(read(url, None, b"file=x&model=w"), Ok(Some("w".into())));
+        assert_eq!(read(url, None, b"model=a&model=b"), Err("ambiguous_model"));
+        assert_eq!(
+            read(url, Some("model=a"), b"model=b"),
+            Err("ambiguous_model")
+        );
+        assert_eq!(read(url, Some("model=a"), b"x=1"), Err("ambiguous_model"));
     }
 }
