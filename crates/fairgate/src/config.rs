@@ -81,8 +81,8 @@ pub struct Config {
     pub limits: LimitsConfig,
 }
 
-/// Bounds on what a client may send and how slowly (`[limits]`). The body limits of the
-/// portal and admin API apply live; the HTTP-server ones (headers, URL, timeouts) at start.
+/// Bounds on what a client may send and how slowly (`[limits]`). Applied at start (a reload
+/// reports a change as needing a restart).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
