@@ -13,7 +13,9 @@
 //!   [`estimate_text_tokens`], [`reservation_tokens`], [`with_include_usage`] and
 //!   [`with_stream_usage`] (implemented in `rewrite.rs`: a byte-level splice, not a
 //!   re-serialization).
-//! - [`response`]: [`usage_from_body`] for non-stream responses.
+//! - [`model`]: [`read_model`], the one reading of a relayed request's model (content type,
+//!   query and body), refusing what could be read two ways.
+//! - [`response`]: [`usage_from_body`] for non-stream responses (both usage shapes).
 //! - [`stream`]: [`StreamRelay`], the SSE relay with usage stripping and accounting, built on
 //!   `sse.rs` (event framing that tolerates any split and every SSE line ending).
 //! - `json.rs`: the serde visitor plumbing all of the above share; it is where the
