@@ -190,9 +190,8 @@ impl Window {
     fn sum(&self, now_sec: u64) -> u64 {
         self.buckets
             .iter()
-            .filter(|(s, _)| *s != u64::MAX && s + 60 > now_sec && *s <= now_sec)
-            .map(|(_, c)| *c)
-            .sum()
+            .filter(|(s, _)| *s != u64::MAX && s.saturating_add(60) > now_sec && *s <= now_sec)
+            .fold(0u64, |acc, (_, c)| acc.saturating_add(*c))
     }
 }
 
@@ -561,13 +560,14 @@ impl Inner {
                 || self
                     .cfg
                     .max_tokens_in_flight
-                    .is_none_or(|m| self.tokens_in_flight + tokens <= m))
+                    .is_none_or(|m| self.tokens_in_flight.saturating_add(tokens) <= m))
     }
 
     /// Occupies a slot and charges the prompt estimate (VTC charges prefill at admission).
     fn take(&mut self, tenant: TenantId, tokens: u64, prompt_cost: u64) {
         self.in_flight += 1;
-        self.tokens_in_flight += tokens;
+        // Saturating: reservations come from client input (`max_tokens` up to u64::MAX).
+        self.tokens_in_flight = self.tokens_in_flight.saturating_add(tokens);
         self.account(tenant, prompt_cost);
     }
 
@@ -659,7 +659,7 @@ impl Permit {
         let mut g = self.pool.lock();
         let cost = n.saturating_mul(g.cfg.cost.output);
         g.account(self.tenant, cost);
-        self.completion_charged += n;
+        self.completion_charged = self.completion_charged.saturating_add(n);
     }
 
     /// Completion tokens charged so far.
@@ -826,5 +826,34 @@ mod tests {
         drop(a);
         let c = p.admit(req("a", 1)).await.unwrap();
         drop((b, c));
+    }
+
+    /// `max_tokens = u64::MAX` from two clients at once: every token sum saturates instead of
+    /// overflowing (which panics in debug builds, where this test runs).
+    #[tokio::test(start_paused = true)]
+    async fn huge_reservations_saturate() {
+        for bound in [None, Some(u64::MAX), Some(1_000)] {
+            let p = Pool::new(
+                "m",
+                PoolConfig {
+                    max_in_flight: 4,
+                    max_tokens_in_flight: bound,
+                    ..PoolConfig::default()
+                },
+            );
+            let mut r = req("a", 1);
+            r.tokens = u64::MAX;
+            r.prompt_estimate = u64::MAX;
+            let mut a = p.admit(r.clone()).await.unwrap();
+            let b = p.admit(r.clone()).await;
+            a.add_completion_tokens(u64::MAX);
+            a.add_completion_tokens(u64::MAX);
+            a.settle(u64::MAX, u64::MAX);
+            drop(b);
+            drop(a);
+            let b = p.admit(r).await.unwrap();
+            drop(b);
+            assert_eq!(p.in_flight(), 0);
+        }
     }
 }

@@ -13,7 +13,9 @@
 //!   [`estimate_text_tokens`], [`reservation_tokens`], [`with_include_usage`] and
 //!   [`with_stream_usage`] (implemented in `rewrite.rs`: a byte-level splice, not a
 //!   re-serialization).
-//! - [`response`]: [`usage_from_body`] for non-stream responses.
+//! - [`model`]: [`read_model`], the one reading of a relayed request's model (content type,
+//!   query and body), refusing what could be read two ways.
+//! - [`response`]: [`usage_from_body`] for non-stream responses (both usage shapes).
 //! - [`stream`]: [`StreamRelay`], the SSE relay with usage stripping and accounting, built on
 //!   `sse.rs` (event framing that tolerates any split and every SSE line ending).
 //! - `json.rs`: the serde visitor plumbing all of the above share; it is where the
@@ -22,6 +24,7 @@
 //! Benchmarks: `cargo bench -p fairgate-relay` (plain `harness = false` timing loops).
 
 mod json;
+pub mod model;
 pub mod prefix;
 pub mod request;
 pub mod response;
@@ -29,9 +32,11 @@ mod rewrite;
 mod sse;
 pub mod stream;
 
+pub use model::{query_model, read_model, BodyKind, ModelRead, ModelSource};
 pub use request::{
-    estimate_text_tokens, parse_request, reservation_tokens, with_include_usage, with_model,
-    with_stream_usage, Endpoint, ParsedRequest, RequestError, NON_TEXT_PART_TOKENS,
+    estimate_text_tokens, parse_request, reservation_tokens, reservation_tokens_within,
+    with_include_usage, with_model, with_model_set, with_stream_usage, Endpoint, ParsedRequest,
+    RequestError, NON_TEXT_PART_TOKENS,
 };
 pub use response::usage_from_body;
 pub use stream::{Pushed, StreamRelay, MAX_EVENT_BYTES};

@@ -16,7 +16,9 @@
 //! | `max_completion_tokens`                 | yes  | no          | no         |
 //! | `messages` / `prompt` / `input`         | chat | completions | embeddings |
 //!
-//! Duplicate keys: the last occurrence wins, at every level, as in Python's `json` (so the
+//! Duplicate top-level `model` members are refused (`ambiguous_model`): which one a backend
+//! runs would depend on its parser. Other duplicate keys: the last occurrence wins, at every
+//! level, as in Python's `json` (so the
 //! gateway bills and routes exactly the request the upstream will execute).
 //!
 //! Error precedence: syntax errors anywhere beat type errors (the whole body is checked first);
@@ -28,7 +30,7 @@ use crate::json::{skip_map, skip_seq, Handler, KeySeed, Seed, Shape, ShapeOf};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
 use std::fmt;
 
-pub use crate::rewrite::{with_include_usage, with_model, with_stream_usage};
+pub use crate::rewrite::{with_include_usage, with_model, with_model_set, with_stream_usage};
 
 /// Which OpenAI-compatible endpoint a body was sent to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +57,9 @@ pub struct ParsedRequest {
     pub max_tokens: Option<u64>,
     /// See [`estimate_text_tokens`] and the per-endpoint rules on [`parse_request`].
     pub prompt_tokens_estimate: u64,
+    /// Sequences the backend generates per request: the larger of `n` and `best_of` (chat and
+    /// completions), at least 1. The reservation multiplies `max_tokens` by it.
+    pub choices: u64,
 }
 
 /// Why a request body was refused; maps onto an OpenAI-style `invalid_request_error`.
@@ -157,12 +162,27 @@ fn estimate_len(bytes: usize) -> u64 {
     u64::try_from(bytes).unwrap_or(u64::MAX).div_ceil(4)
 }
 
-/// Tokens to reserve at admission: the prompt estimate plus `max_tokens`, or plus
-/// `default_max_tokens` when the client set none. Embeddings reserve the prompt only (their
-/// `max_tokens` is `Some(0)`).
+/// Tokens to reserve at admission: the prompt estimate plus `choices` × `max_tokens` (or
+/// `default_max_tokens` when the client set none). Embeddings reserve the prompt only (their
+/// `max_tokens` is `Some(0)`). Saturating: any input gives a finite answer.
 pub fn reservation_tokens(req: &ParsedRequest, default_max_tokens: u64) -> u64 {
+    reservation_tokens_within(req, default_max_tokens, None)
+}
+
+/// [`reservation_tokens`] with each sequence's output clamped to what fits in the model's
+/// context (`context_len` minus the prompt estimate, at least 1) when the context length is
+/// known: the backend cannot produce more, however large the client's `max_tokens`.
+pub fn reservation_tokens_within(
+    req: &ParsedRequest,
+    default_max_tokens: u64,
+    context_len: Option<u64>,
+) -> u64 {
+    let mut out = req.max_tokens.unwrap_or(default_max_tokens);
+    if let Some(ctx) = context_len {
+        out = out.min(ctx.saturating_sub(req.prompt_tokens_estimate).max(1));
+    }
     req.prompt_tokens_estimate
-        .saturating_add(req.max_tokens.unwrap_or(default_max_tokens))
+        .saturating_add(out.saturating_mul(req.choices.max(1)))
 }
 
 /// Validates a client body for `endpoint` and extracts what the gateway needs.
@@ -188,6 +208,10 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, R
 #[derive(Default)]
 struct TopFields {
     model: Option<Result<String, Shape>>,
+    /// How many top-level `model` members there were: more than one is refused.
+    model_count: usize,
+    n: Option<u64>,
+    best_of: Option<u64>,
     stream: Option<Shape>,
     stream_options: Option<Result<StreamOptions, Shape>>,
     max_tokens: Option<Shape>,
@@ -202,6 +226,8 @@ enum TopKey {
     StreamOptions,
     MaxTokens,
     MaxCompletionTokens,
+    N,
+    BestOf,
     Messages,
     Prompt,
     Input,
@@ -216,6 +242,8 @@ fn classify_top_key(endpoint: Endpoint, key: &str) -> TopKey {
         ("stream_options", ChatCompletions | Completions) => TopKey::StreamOptions,
         ("max_tokens", ChatCompletions | Completions) => TopKey::MaxTokens,
         ("max_completion_tokens", ChatCompletions) => TopKey::MaxCompletionTokens,
+        ("n", ChatCompletions | Completions) => TopKey::N,
+        ("best_of", ChatCompletions | Completions) => TopKey::BestOf,
         ("messages", ChatCompletions) => TopKey::Messages,
         ("prompt", Completions) => TopKey::Prompt,
         ("input", Embeddings) => TopKey::Input,
@@ -225,6 +253,12 @@ fn classify_top_key(endpoint: Endpoint, key: &str) -> TopKey {
 
 impl TopFields {
     fn finish(self, endpoint: Endpoint) -> Result<ParsedRequest, RequestError> {
+        if self.model_count > 1 {
+            return Err(crate::model::ambiguous(format!(
+                "the body has {} `model` members; send exactly one",
+                self.model_count
+            )));
+        }
         let model = match self.model {
             None => return Err(RequestError::missing("model".into())),
             Some(Err(got)) => {
@@ -259,6 +293,7 @@ impl TopFields {
         let max_tokens = token_limit("max_tokens", self.max_tokens)?;
         let max_completion_tokens =
             token_limit("max_completion_tokens", self.max_completion_tokens)?;
+        let choices = self.n.unwrap_or(1).max(self.best_of.unwrap_or(1)).max(1);
         let (field, prompt_tokens_estimate) = match endpoint {
             Endpoint::ChatCompletions => ("messages", self.payload),
             Endpoint::Completions => ("prompt", self.payload),
@@ -288,6 +323,11 @@ impl TopFields {
             client_wants_continuous_usage,
             max_tokens,
             prompt_tokens_estimate,
+            choices: if endpoint == Endpoint::Embeddings {
+                1
+            } else {
+                choices
+            },
         })
     }
 }
@@ -335,7 +375,12 @@ impl<'de> Handler<'de> for TopH {
         let mut f = TopFields::default();
         while let Some(key) = map.next_key_seed(KeySeed(|k: &str| classify_top_key(endpoint, k)))? {
             match key {
-                TopKey::Model => f.model = Some(map.next_value_seed(Seed(StringH))?),
+                TopKey::Model => {
+                    f.model_count = f.model_count.saturating_add(1);
+                    f.model = Some(map.next_value_seed(Seed(StringH))?)
+                }
+                TopKey::N => f.n = Some(map.next_value_seed(Seed(CountH))?),
+                TopKey::BestOf => f.best_of = Some(map.next_value_seed(Seed(CountH))?),
                 TopKey::Stream => f.stream = Some(map.next_value_seed(Seed(ShapeOf))?),
                 TopKey::StreamOptions => {
                     f.stream_options = Some(map.next_value_seed(Seed(StreamOptionsH))?)
@@ -357,6 +402,34 @@ impl<'de> Handler<'de> for TopH {
             }
         }
         Ok(Ok(f))
+    }
+}
+
+/// `n` / `best_of` read as leniently as the backend's validation (pydantic's lax mode takes
+/// `4`, `4.0` and `"4"`), never refused here: what the backend refuses costs nothing, and
+/// what it accepts must be reserved for. Fractions round up; anything else reads as 1.
+struct CountH;
+
+impl Handler<'_> for CountH {
+    type Out = u64;
+
+    fn scalar(self, shape: Shape) -> u64 {
+        match shape {
+            Shape::UInt(n) => n,
+            Shape::Float(f) if f.is_finite() && f > 0.0 => f.ceil() as u64,
+            _ => 1,
+        }
+    }
+
+    fn string(self, s: &str) -> u64 {
+        let s = s.trim();
+        match s.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => match s.parse::<f64>() {
+                Ok(f) => self.scalar(Shape::Float(f)),
+                Err(_) => 1,
+            },
+        }
     }
 }
 
@@ -863,6 +936,7 @@ mod tests {
                 client_wants_continuous_usage: false,
                 max_tokens: Some(100),
                 prompt_tokens_estimate: 19,
+                choices: 1,
             }
         );
     }
@@ -966,12 +1040,64 @@ mod tests {
     #[test]
     fn duplicate_keys_last_wins() {
         let p = chat(
-            r#"{"model":"a","model":"b","stream":"bad","stream":true,"messages":5,"messages":[{"role":"user","content":"x","content":"hello world"}]}"#,
+            r#"{"model":"b","stream":"bad","stream":true,"messages":5,"messages":[{"role":"user","content":"x","content":"hello world"}]}"#,
         )
         .unwrap();
         assert_eq!(p.model, "b");
         assert!(p.stream);
         assert_eq!(p.prompt_tokens_estimate, 3 + 1 + 3 + 3);
+    }
+
+    #[test]
+    fn duplicate_model_is_ambiguous() {
+        for body in [
+            r#"{"model":"a","model":"b","messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"a","mod\u0065l":"a","messages":[{"role":"user","content":"x"}]}"#,
+        ] {
+            let e = chat_err(body);
+            assert_eq!(e.code, "ambiguous_model", "{body}");
+            assert_eq!(e.param.as_deref(), Some("model"));
+        }
+        let e = err(
+            Endpoint::Embeddings,
+            br#"{"model":"a","input":"x","model":"b"}"#,
+        );
+        assert_eq!(e.code, "ambiguous_model");
+    }
+
+    #[test]
+    fn reservation_counts_n_and_best_of_and_clamps_to_context() {
+        let p = chat(r#"{"model":"m","messages":[{"role":"user","content":"hello world"}],"max_tokens":100,"n":4}"#).unwrap();
+        assert_eq!(p.choices, 4);
+        assert_eq!(reservation_tokens(&p, 512), 10 + 400);
+        let p = parse_request(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":"x","max_tokens":10,"n":2,"best_of":5}"#,
+        )
+        .unwrap();
+        assert_eq!(p.choices, 5);
+        assert_eq!(reservation_tokens(&p, 512), 1 + 50);
+        let p = chat(r#"{"model":"m","messages":[{"role":"user","content":"hello world"}],"max_tokens":18446744073709551615,"n":3}"#).unwrap();
+        assert_eq!(reservation_tokens(&p, 512), u64::MAX);
+        // Known context of 1000 tokens: each sequence can make at most 1000 - 10.
+        assert_eq!(reservation_tokens_within(&p, 512, Some(1000)), 10 + 3 * 990);
+        // A prompt estimate beyond the context still reserves at least one token per sequence.
+        assert_eq!(reservation_tokens_within(&p, 512, Some(5)), 10 + 3);
+        // Lenient like the backend: never refused here, never less than one sequence.
+        for (n, want) in [
+            ("\"3\"", 3),
+            ("2.5", 3),
+            ("-1", 1),
+            ("[2]", 1),
+            ("null", 1),
+            ("0", 1),
+        ] {
+            let p = chat(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"n":{n}}}"#
+            ))
+            .unwrap();
+            assert_eq!(p.choices, want, "n = {n}");
+        }
     }
 
     #[test]

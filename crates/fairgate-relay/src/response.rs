@@ -10,7 +10,8 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess};
 
 /// Usage reported in a non-stream JSON response body: `usage.prompt_tokens`,
 /// `usage.completion_tokens` (0 when absent, as for embeddings) and
-/// `usage.prompt_tokens_details.cached_tokens` (0 when absent).
+/// `usage.prompt_tokens_details.cached_tokens` (0 when absent). The Responses API's shape
+/// (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`) reads the same way.
 ///
 /// `None` when the body is not a valid JSON object or has no `usage` object (absent or null).
 /// Counts that are not non-negative integers read as 0. Duplicate keys: last wins.
@@ -71,9 +72,10 @@ impl<'de> Handler<'de> for UsageH {
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Usage>, A::Error> {
         let mut usage = Usage::default();
         while let Some(key) = map.next_key_seed(KeySeed(|k: &str| match k {
-            "prompt_tokens" => UsageKey::Prompt,
-            "completion_tokens" => UsageKey::Completion,
-            "prompt_tokens_details" => UsageKey::Details,
+            // Chat/completions/embeddings, and the Responses API's names for the same counts.
+            "prompt_tokens" | "input_tokens" => UsageKey::Prompt,
+            "completion_tokens" | "output_tokens" => UsageKey::Completion,
+            "prompt_tokens_details" | "input_tokens_details" => UsageKey::Details,
             _ => UsageKey::Other,
         }))? {
             match key {
@@ -155,6 +157,12 @@ mod tests {
         assert_eq!(usage_from_body(b"[]"), None);
         assert_eq!(usage_from_body(b""), None);
         assert_eq!(usage_from_body(b"\xff"), None);
+    }
+
+    #[test]
+    fn responses_api_usage() {
+        let body = br#"{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":11,"input_tokens_details":{"cached_tokens":3},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":18}}"#;
+        assert_eq!(usage_from_body(body), usage(11, 7, 3));
     }
 
     #[test]

@@ -66,6 +66,24 @@ pub fn with_model(body: &[u8], model: &str) -> Result<Bytes, RequestError> {
     splice(body, &mut [(at, at + old.get().len(), &value)])
 }
 
+/// Like [`with_model`], but a body without a top-level `model` gets one, inserted right after
+/// the opening brace: the model then travels in the body the backend reads, not only in a query
+/// string it ignores.
+pub fn with_model_set(body: &[u8], model: &str) -> Result<Bytes, RequestError> {
+    let text = std::str::from_utf8(body).map_err(RequestError::invalid_utf8)?;
+    let top = parse_object(text, ["model"])?.map_err(RequestError::not_an_object)?;
+    if top.targets[0].is_some() {
+        return with_model(body, model);
+    }
+    let open = brace_offset(text, text).ok_or_else(internal)?;
+    let mut insert = br#""model":"#.to_vec();
+    insert.extend_from_slice(&serde_json::to_vec(model).map_err(|_| internal())?);
+    if top.entries > 0 {
+        insert.push(b',');
+    }
+    splice(body, &mut [(open + 1, open + 1, &insert)])
+}
+
 /// Sets every flag in `flags` to `true` inside the top-level `stream_options`.
 fn enable_stream_options<const N: usize>(
     body: &[u8],
@@ -513,6 +531,18 @@ mod tests {
         assert_eq!(&out[..], br#"{"model":"a","model":"c"}"#);
         assert_eq!(with_model(b"{}", "c").unwrap_err().code, "missing_field");
         assert_eq!(with_model(b"[]", "c").unwrap_err().code, "invalid_json");
+        assert_eq!(
+            &with_model_set(b" {}", "c").unwrap()[..],
+            br#" {"model":"c"}"#
+        );
+        assert_eq!(
+            &with_model_set(br#"{"x":1}"#, "c").unwrap()[..],
+            br#"{"model":"c","x":1}"#
+        );
+        assert_eq!(
+            &with_model_set(br#"{"model":"a"}"#, "c").unwrap()[..],
+            br#"{"model":"c"}"#
+        );
     }
 
     #[test]

@@ -210,7 +210,8 @@ impl StreamRelay {
         self.tokens
     }
 
-    /// `data: [DONE]` was seen.
+    /// `data: [DONE]` was seen, or the Responses API's `response.completed` (or
+    /// `response.incomplete`) event, which ends its streams instead.
     pub fn saw_done(&self) -> bool {
         self.done
     }
@@ -330,6 +331,7 @@ impl StreamRelay {
                     self.usage = c.usage;
                 }
                 self.error |= c.error;
+                self.done |= c.terminal;
             }
             Event::Other => {}
         }
@@ -374,6 +376,8 @@ struct Chunk {
     /// Some top-level `usage` member (not necessarily the last) is an object.
     usage_object: bool,
     error: bool,
+    /// A Responses API event that ends the stream (`response.completed`, ...).
+    terminal: bool,
 }
 
 /// The event's data payload: its only data value where it lies, or all of them joined with
@@ -435,6 +439,16 @@ enum ChunkKey {
     Choices,
     Usage,
     Error,
+    /// The Responses API's events: `response` carries the response so far, whose `usage` is
+    /// set on `response.completed` (and `response.incomplete` / `response.failed`).
+    Response,
+    /// The Responses API's text events (`response.output_text.delta`) carry a top-level
+    /// `delta` string: a content-bearing chunk.
+    Delta,
+    /// The Responses API's event type: `response.completed` / `response.incomplete` end the
+    /// stream as `[DONE]` does for chat (that API sends no `[DONE]`); `response.failed` and
+    /// `error` are mid-stream errors.
+    Type,
     Other,
 }
 
@@ -457,14 +471,32 @@ impl<'de> Handler<'de> for ChunkH {
         let mut usage = None;
         let mut usage_object = false;
         let mut error = false;
+        let mut delta_text = false;
+        let mut terminal = false;
         while let Some(key) = map.next_key_seed(KeySeed(|k: &str| match k {
             "choices" => ChunkKey::Choices,
             "usage" => ChunkKey::Usage,
             "error" => ChunkKey::Error,
+            "response" => ChunkKey::Response,
+            "delta" => ChunkKey::Delta,
+            "type" => ChunkKey::Type,
             _ => ChunkKey::Other,
         }))? {
             match key {
                 ChunkKey::Choices => choices = map.next_value_seed(Seed(ChoicesH))?,
+                ChunkKey::Response => {
+                    if let Some(u) = map.next_value_seed(Seed(ResponseH))? {
+                        usage = Some(u);
+                    }
+                }
+                ChunkKey::Delta => {
+                    delta_text |= map.next_value_seed(Seed(ShapeOf))?.is_non_empty_str();
+                }
+                ChunkKey::Type => match map.next_value_seed(Seed(EventTypeH))? {
+                    EventType::End => terminal = true,
+                    EventType::Failed => error = true,
+                    EventType::Other => {}
+                },
                 ChunkKey::Usage => {
                     usage = map.next_value_seed(Seed(UsageH))?;
                     usage_object |= usage.is_some();
@@ -476,12 +508,62 @@ impl<'de> Handler<'de> for ChunkH {
             }
         }
         Ok(Chunk {
-            bearing: choices.is_some_and(|c: Choices| c.bearing),
+            bearing: choices.is_some_and(|c: Choices| c.bearing) || delta_text,
             choices_empty: choices.is_some_and(|c| c.count == 0),
             usage,
             usage_object,
             error,
+            terminal,
         })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum EventType {
+    End,
+    Failed,
+    Other,
+}
+
+/// A Responses API event's `type`.
+struct EventTypeH;
+
+impl Handler<'_> for EventTypeH {
+    type Out = EventType;
+
+    fn scalar(self, _: Shape) -> EventType {
+        EventType::Other
+    }
+
+    fn string(self, s: &str) -> EventType {
+        match s {
+            "response.completed" | "response.incomplete" => EventType::End,
+            "response.failed" | "error" => EventType::Failed,
+            _ => EventType::Other,
+        }
+    }
+}
+
+/// A Responses API event's `response` object: its `usage`, when an object.
+struct ResponseH;
+
+impl<'de> Handler<'de> for ResponseH {
+    type Out = Option<Usage>;
+
+    fn scalar(self, _: Shape) -> Option<Usage> {
+        None
+    }
+
+    fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Usage>, A::Error> {
+        let mut usage = None;
+        while let Some(is_usage) = map.next_key_seed(KeySeed(|k: &str| k == "usage"))? {
+            if is_usage {
+                usage = map.next_value_seed(Seed(UsageH))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(usage)
     }
 }
 

@@ -557,3 +557,76 @@ fn remove_usage_nulls(v: &mut Value) {
         _ => {}
     }
 }
+
+/// A JSON object body written out member by member, so keys may repeat (serde_json's `Map`
+/// cannot say that).
+fn object_text(members: &[(String, Value)]) -> String {
+    let parts: Vec<String> = members
+        .iter()
+        .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), v))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+fn content_type() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("application/json".to_string()),
+        Just("application/json; charset=utf-8".to_string()),
+        Just("text/plain".to_string()),
+        Just("multipart/form-data; boundary=b".to_string()),
+        Just("application/x-www-form-urlencoded".to_string()),
+        "\\PC{0,20}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// `read_model` never panics, whatever the content type, query and body.
+    #[test]
+    fn read_model_never_panics(
+        ctype in content_type(),
+        query in proptest::option::of("\\PC{0,30}"),
+        body in prop::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let _ = fairgate_relay::read_model(&ctype, query.as_deref(), &body);
+    }
+
+    /// For JSON bodies, the model read is exactly what a last-wins parser (serde_json, Python's
+    /// `json`) reads when `model` appears once, and the request is refused as ambiguous when it
+    /// appears more than once.
+    #[test]
+    fn read_model_agrees_with_the_backend_or_refuses(
+        members in prop::collection::vec((key(), json_value()), 0..6),
+        ws in "[ \t\r\n]{0,3}",
+    ) {
+        let text = format!("{ws}{}", object_text(&members));
+        let n_model = members.iter().filter(|(k, _)| k == "model").count();
+        let got = fairgate_relay::read_model("application/json", None, text.as_bytes());
+        let backend: Value = serde_json::from_str(&text).unwrap();
+        match n_model {
+            0 => prop_assert_eq!(got.unwrap().model, None),
+            1 => match &backend["model"] {
+                Value::String(s) if !s.is_empty() => {
+                    prop_assert_eq!(got.unwrap().model, Some(s.clone()))
+                }
+                Value::String(_) | Value::Null => prop_assert_eq!(got.unwrap().model, None),
+                _ => prop_assert_eq!(got.unwrap_err().code, "invalid_type"),
+            },
+            _ => prop_assert_eq!(got.unwrap_err().code, "ambiguous_model"),
+        }
+    }
+
+    /// A query `model` and a body `model` that differ are always refused.
+    #[test]
+    fn query_and_body_must_agree(a in "[a-z]{1,4}", b in "[a-z]{1,4}") {
+        let body = format!(r#"{{"model":"{b}"}}"#);
+        let got = fairgate_relay::read_model("application/json", Some(&format!("model={a}")), body.as_bytes());
+        if a == b {
+            prop_assert_eq!(got.unwrap().model, Some(b));
+        } else {
+            prop_assert_eq!(got.unwrap_err().code, "ambiguous_model");
+        }
+    }
+}

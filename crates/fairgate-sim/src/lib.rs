@@ -115,7 +115,21 @@ struct Inner {
     next_id: AtomicU64,
     /// Cleared by [`Simulator::set_healthy`] to play a dead engine.
     healthy: AtomicBool,
+    /// The last requests received, for tests (see [`Simulator::recent_requests`]).
+    seen: std::sync::Mutex<std::collections::VecDeque<SeenRequest>>,
 }
+
+/// One request as the simulator received it: what a gateway passed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path_and_query: String,
+    /// Header names (lowercase) and values, in arrival order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Requests remembered at most.
+const SEEN_MAX: usize = 256;
 
 #[derive(Debug)]
 enum Backend {
@@ -171,6 +185,7 @@ impl Simulator {
                 id_salt,
                 next_id: AtomicU64::new(0),
                 healthy: AtomicBool::new(true),
+                seen: std::sync::Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -222,6 +237,22 @@ impl Simulator {
     /// ([`SimConfig::startup_delay`]) is separate: `/health` answers 503 during it either way.
     pub fn is_healthy(&self) -> bool {
         self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The last requests received (up to 256, oldest first), except `/metrics` scrapes and
+    /// `/health` probes: a debugging aid for tests of what a gateway forwards.
+    #[doc(hidden)]
+    pub fn recent_requests(&self) -> Vec<SeenRequest> {
+        let seen = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter().cloned().collect()
+    }
+
+    pub(crate) fn remember(&self, r: SeenRequest) {
+        let mut seen = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= SEEN_MAX {
+            seen.pop_front();
+        }
+        seen.push_back(r);
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

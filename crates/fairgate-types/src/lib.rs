@@ -154,6 +154,10 @@ pub enum UsageSource {
     Counted,
     /// Nothing reached the upstream or nothing came back: the gateway's estimate or zero.
     None,
+    /// The upstream worked on the request but reported nothing (a non-stream request the
+    /// client cancelled): the prompt is the gateway's estimate, charged so that GPU time spent
+    /// is never free.
+    Estimated,
 }
 
 impl UsageSource {
@@ -162,6 +166,7 @@ impl UsageSource {
             UsageSource::Upstream => "upstream",
             UsageSource::Counted => "counted",
             UsageSource::None => "none",
+            UsageSource::Estimated => "estimated",
         }
     }
 
@@ -170,6 +175,7 @@ impl UsageSource {
             "upstream" => UsageSource::Upstream,
             "counted" => UsageSource::Counted,
             "none" => UsageSource::None,
+            "estimated" => UsageSource::Estimated,
             _ => return None,
         })
     }

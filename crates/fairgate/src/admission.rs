@@ -147,7 +147,7 @@ impl Admission {
         } else {
             let max_out = ask.reservation.saturating_sub(ask.prompt_estimate);
             let min = Spend::new(
-                ask.prompt_estimate + 1,
+                ask.prompt_estimate.saturating_add(1),
                 ask.price.cost(ask.prompt_estimate, 1),
             );
             let est = Spend::new(
@@ -284,7 +284,7 @@ impl Admitted {
         };
         let prompt = prompt_tokens.unwrap_or(self.prompt_estimate);
         let so_far = Spend::new(
-            prompt + completion_so_far,
+            prompt.saturating_add(completion_so_far),
             self.price.cost(prompt, completion_so_far),
         );
         hold.extend(so_far).map_err(|e| e.to_string())
@@ -295,7 +295,7 @@ impl Admitted {
         let cost = self
             .price
             .cost(usage.prompt_tokens, usage.completion_tokens);
-        let tokens = usage.prompt_tokens + usage.completion_tokens;
+        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
         self.lease
             .permit
             .settle(usage.prompt_tokens, usage.completion_tokens);

@@ -48,6 +48,12 @@ pub struct Config {
     pub portal: PortalConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    // --- relayed paths (helper proxypath) ---
+    /// Which model-server paths beyond the typed ones are relayed, and which need the admin
+    /// token; plus the rate at which anonymous failures are written to the ledger.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    // --- end relayed paths ---
     #[serde(default)]
     pub models: Vec<ModelConfig>,
     /// Other names for models: `[[aliases]] name = "chat", models = ["big", "small"]` sends
@@ -456,6 +462,69 @@ pub struct UpstreamConfig {
     /// roots (a backend's own `ca_file` replaces both).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    // --- bounded backend answers (helper proxypath) ---
+    /// Largest backend answer read whole (non-stream answers, error bodies); a larger one is
+    /// answered 502 `upstream_response_too_large`.
+    #[serde(default = "defaults::max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Memory all answers being read whole may hold together. A read waits up to
+    /// `first_byte_timeout_ms` for room, then fails 503 `upstream_memory_exhausted`.
+    #[serde(default = "defaults::response_memory_bytes")]
+    pub response_memory_bytes: usize,
+    // --- end bounded backend answers ---
+}
+
+/// `[relay]`: model-server paths the gateway relays as-is (beyond chat, completions,
+/// embeddings and models).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Paths tenants may call; a trailing `*` matches any rest (`/v1/audio/*`). Others are
+    /// 404 `unknown_url`.
+    #[serde(default = "defaults::relay_allowed_paths")]
+    pub allowed_paths: Vec<String>,
+    /// vLLM's operator endpoints (adapters, cache, sleep, profiling): relayed only with the
+    /// admin token, to every backend of the model, and 403 `admin_only` with a tenant key.
+    #[serde(default = "defaults::relay_operator_paths")]
+    pub operator_paths: Vec<String>,
+    /// Ledger rows per client address and minute for anonymous failures (401 without a valid
+    /// key, 404 unknown route); the rest are counted in
+    /// `fairgate_anonymous_rejections_total` and one `anonymous:suppressed` row a minute.
+    #[serde(default = "defaults::anonymous_rows_per_minute")]
+    pub anonymous_rows_per_minute: u32,
+    /// Seconds between the `anonymous:suppressed` summary rows.
+    #[serde(default = "defaults::anonymous_summary_s")]
+    pub anonymous_summary_s: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            allowed_paths: defaults::relay_allowed_paths(),
+            operator_paths: defaults::relay_operator_paths(),
+            anonymous_rows_per_minute: defaults::anonymous_rows_per_minute(),
+            anonymous_summary_s: defaults::anonymous_summary_s(),
+        }
+    }
+}
+
+impl RelayConfig {
+    fn matches(patterns: &[String], path: &str) -> bool {
+        patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => p == path,
+        })
+    }
+
+    /// A tenant may call `path` (a relayed, non-operator path).
+    pub fn allows(&self, path: &str) -> bool {
+        Self::matches(&self.allowed_paths, path)
+    }
+
+    /// `path` is an operator endpoint (admin token only).
+    pub fn is_operator(&self, path: &str) -> bool {
+        Self::matches(&self.operator_paths, path)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -625,6 +694,67 @@ mod defaults {
     pub fn saturation_kv_usage() -> f64 {
         0.9
     }
+    // --- relayed paths and backend answers (helper proxypath) ---
+    pub fn max_response_bytes() -> usize {
+        32 * 1024 * 1024
+    }
+    pub fn response_memory_bytes() -> usize {
+        256 * 1024 * 1024
+    }
+    pub fn anonymous_rows_per_minute() -> u32 {
+        60
+    }
+    pub fn anonymous_summary_s() -> u64 {
+        60
+    }
+    /// vLLM's tenant-facing endpoints beyond chat, completions and embeddings. Not
+    /// `/v1/responses/{id}`: the gateway cannot tell whose stored response an id is.
+    pub fn relay_allowed_paths() -> Vec<String> {
+        [
+            "/v1/responses",
+            "/v1/audio/transcriptions",
+            "/v1/audio/translations",
+            "/v1/audio/speech",
+            "/v1/rerank",
+            "/v2/rerank",
+            "/v1/score",
+            "/v1/classify",
+            "/v1/pooling",
+            "/v1/tokenize",
+            "/v1/detokenize",
+            "/tokenize",
+            "/detokenize",
+            "/rerank",
+            "/score",
+            "/pooling",
+            "/classify",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    /// vLLM's endpoints that change or inspect the server itself.
+    pub fn relay_operator_paths() -> Vec<String> {
+        [
+            "/v1/load_lora_adapter",
+            "/v1/unload_lora_adapter",
+            "/reset_prefix_cache",
+            "/reset_mm_cache",
+            "/sleep",
+            "/wake_up",
+            "/is_sleeping",
+            "/start_profile",
+            "/stop_profile",
+            "/collective_rpc",
+            "/scale_elastic_ep",
+            "/is_scaling_elastic_ep",
+            "/pause",
+            "/resume",
+            "/is_paused",
+            "/server_info",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
     // Edge hardening (issue 10).
     pub fn shutdown_grace_ms() -> u64 {
         10_000
@@ -657,6 +787,8 @@ impl Default for UpstreamConfig {
             idle_timeout_ms: defaults::idle_timeout_ms(),
             continuous_usage: defaults::yes(),
             ca_file: None,
+            max_response_bytes: defaults::max_response_bytes(),
+            response_memory_bytes: defaults::response_memory_bytes(),
         }
     }
 }
@@ -738,6 +870,7 @@ const ENV_FIELDS: &[&str] = &[
     "cache",
     "portal",
     "routing",
+    "relay",
     // Edge hardening (issue 10).
     "trusted_proxies",
     "shutdown_grace_ms",
@@ -825,6 +958,42 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return Err(field_err("max_body_bytes", "must be at least 1024"));
         }
+        // --- relayed paths and backend answers (helper proxypath) ---
+        if self.upstream.max_response_bytes < 1024 {
+            return Err(field_err(
+                "upstream.max_response_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.upstream.response_memory_bytes < self.upstream.max_response_bytes {
+            return Err(field_err(
+                "upstream.response_memory_bytes",
+                "must be at least upstream.max_response_bytes (one answer must fit)",
+            ));
+        }
+        for (i, p) in self.relay.allowed_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(field_err(
+                    format!("relay.allowed_paths[{i}]"),
+                    "must start with `/`",
+                ));
+            }
+            if self.relay.is_operator(p) {
+                return Err(field_err(
+                    format!("relay.allowed_paths[{i}]"),
+                    format!("`{p}` is an operator path (relay.operator_paths); it needs the admin token"),
+                ));
+            }
+        }
+        for (i, p) in self.relay.operator_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(field_err(
+                    format!("relay.operator_paths[{i}]"),
+                    "must start with `/`",
+                ));
+            }
+        }
+        // --- end relayed paths ---
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(field_err("log_format", "must be \"text\" or \"json\""));
         }

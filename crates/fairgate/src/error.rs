@@ -107,6 +107,16 @@ pub enum ApiError {
     AdminConflict(String),
     #[error("internal error: {0}")]
     Internal(String),
+    // --- request path hardening (helper proxypath) ---
+    #[error(
+        "`{0}` is an operator endpoint of the model server: it needs the gateway's admin token"
+    )]
+    AdminOnly(String),
+    #[error("the answer of the backend of model `{model}` is larger than the gateway's limit of {limit} bytes")]
+    UpstreamResponseTooLarge { model: String, limit: usize },
+    #[error("the gateway is holding too many backend answers in memory right now; retry shortly")]
+    UpstreamMemoryExhausted { model: String },
+    // --- end request path hardening ---
 }
 
 /// The JSON body every error is sent with.
@@ -132,7 +142,9 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             AdminUnauthorized(_) => StatusCode::UNAUTHORIZED,
-            ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            ModelNotAllowed(_) | AdminOnly(_) => StatusCode::FORBIDDEN,
+            UpstreamResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamMemoryExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ModelNotFound(_) | RouteNotFound(_) | AdminNotFound(_) => StatusCode::NOT_FOUND,
             BadRequest(_) | MissingModel(_) | BodyRead(_) | AdminBadRequest(_) => {
                 StatusCode::BAD_REQUEST
@@ -163,7 +175,8 @@ impl ApiError {
         match self {
             MissingKey | InvalidKey | KeyRevoked | KeyExpired | KeyDisabled
             | AdminUnauthorized(_) => "authentication_error",
-            ModelNotAllowed(_) => "permission_error",
+            ModelNotAllowed(_) | AdminOnly(_) => "permission_error",
+            UpstreamResponseTooLarge { .. } | UpstreamMemoryExhausted { .. } => "server_error",
             QueueTimeout {
                 overloaded: true, ..
             }
@@ -222,6 +235,9 @@ impl ApiError {
             AdminNotFound(_) => "not_found",
             AdminConflict(_) => "conflict",
             Internal(_) => "internal_error",
+            AdminOnly(_) => "admin_only",
+            UpstreamResponseTooLarge { .. } => "upstream_response_too_large",
+            UpstreamMemoryExhausted { .. } => "upstream_memory_exhausted",
         }
     }
 
@@ -246,6 +262,8 @@ impl ApiError {
             | UpstreamStatus { .. }
             | UpstreamUnavailable { .. }
             | NoHealthyBackend { .. }
+            | UpstreamResponseTooLarge { .. }
+            | UpstreamMemoryExhausted { .. }
             | Internal(_) => Outcome::UpstreamError,
             _ => Outcome::Rejected,
         }
@@ -260,6 +278,7 @@ impl ApiError {
             | ApiError::RateLimited { retry_after_s, .. }
             | ApiError::NoHealthyBackend { retry_after_s, .. } => Some((*retry_after_s).max(1)),
             ApiError::UpstreamUnavailable { .. } => Some(5),
+            ApiError::UpstreamMemoryExhausted { .. } => Some(1),
             _ => None,
         }
     }

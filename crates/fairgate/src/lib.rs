@@ -5,7 +5,8 @@
 //! - [`config`]: the TOML file plus `FAIRGATE_*` overrides, validated into [`config::Config`].
 //! - [`identity`]: API key format and hashing; the in-memory key directory the hot path reads.
 //! - [`upstream`]: model pools, backends and their in-flight capacity (admission seam).
-//! - [`proxy`]: the OpenAI request path, from arrival to the settled ledger row.
+//! - [`proxy`]: the OpenAI request path, from arrival to the settled ledger row;
+//!   [`proxy_limits`] bounds what it may cost (answer memory, anonymous ledger rows).
 //! - [`admin`]: the `/admin/v1` JSON API.
 //! - [`metrics`]: Prometheus metrics served at `/metrics`.
 //! - [`error`]: the one error enum of the HTTP boundary and its mapping to OpenAI bodies.
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod portal;
 pub mod proxy;
+pub mod proxy_limits;
 pub mod routebench;
 pub mod router;
 pub mod server;

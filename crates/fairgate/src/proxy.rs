@@ -31,15 +31,14 @@ use hyper::body::Incoming;
 
 use crate::admission::{Admitted, Ask};
 use crate::cache::{CacheKey, CachedResponse};
+use crate::client_addr::ClientAddr;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::identity::Principal;
+use crate::proxy_limits::{AnonymousReason, HeldBytes, ReadError, MAX_ENDPOINT_BYTES};
 use crate::router::Strategy;
 use crate::server::AppState;
 use crate::upstream::{Route, Target};
-
-/// Largest upstream body the gateway reads whole (non-stream answers, error bodies).
-const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const QUEUE_WAIT_HEADER: &str = "x-fairgate-queue-wait-ms";
@@ -67,6 +66,9 @@ pub(crate) struct Tracker {
     /// The admission (backend slot, limits, budget) this request holds; settled with the
     /// real usage when the row is recorded, which also frees the slot.
     admitted: Option<Admitted>,
+    /// An anonymous failure over its address's row budget: metrics only, no ledger row of its
+    /// own (it is counted into the next `anonymous:suppressed` summary row instead).
+    suppressed: bool,
     done: bool,
 }
 
@@ -76,13 +78,19 @@ impl Tracker {
             st: st.clone(),
             row: LedgerRow {
                 status: CLIENT_CLOSED,
-                ..LedgerRow::new(RequestId::new(), now_millis(), endpoint.to_owned())
+                // Paths are client input of any length: the row keeps a bounded prefix.
+                ..LedgerRow::new(
+                    RequestId::new(),
+                    now_millis(),
+                    crate::proxy_limits::truncate_at_char(endpoint, MAX_ENDPOINT_BYTES).to_owned(),
+                )
             },
             start: Instant::now(),
             upstream_sent: None,
             overhead_before: Duration::ZERO,
             prompt_estimate: 0,
             admitted: None,
+            suppressed: false,
             done: false,
         }
     }
@@ -108,6 +116,19 @@ impl Tracker {
                     .with_label_values(&[m])
                     .observe(t.as_secs_f64());
             }
+        }
+    }
+
+    /// The backend was sent the request but reported no usage (the client left first): the
+    /// prompt is charged as estimated, so GPU time spent is neither free nor refunded to fair
+    /// share (settling with the estimate keeps the prompt charge admission made).
+    fn charge_unreported_work(&mut self) {
+        if self.upstream_sent.is_some()
+            && self.row.usage_source == UsageSource::None
+            && self.prompt_estimate > 0
+        {
+            self.row.prompt_tokens = self.row.prompt_tokens.max(self.prompt_estimate);
+            self.row.usage_source = UsageSource::Estimated;
         }
     }
 
@@ -187,6 +208,9 @@ impl Tracker {
                 .with_label_values(&[model])
                 .observe(self.overhead_before.as_secs_f64());
         }
+        if self.suppressed {
+            return;
+        }
         let row = std::mem::replace(&mut self.row, placeholder_row());
         // Never waits: onto the ledger's bounded queue (in order, so a later admin read that
         // flushes sees the row), or, when it is full or the database is down, into the spill
@@ -205,6 +229,7 @@ impl Drop for Tracker {
             // The handler future was dropped: the client disconnected before an answer.
             self.row.outcome = Outcome::Cancelled;
             self.row.error_class = Some("client_closed".to_owned());
+            self.charge_unreported_work();
             self.record();
         }
     }
@@ -223,27 +248,56 @@ struct Plan {
     cache_candidate: bool,
     /// The parsed endpoint (`None` for relayed paths): where prompt prefix hashing can look.
     endpoint: Option<Endpoint>,
+    /// The parsed body (typed endpoints): the reservation is recomputed from it once the
+    /// model's context length is known.
+    parsed: Option<fairgate_relay::ParsedRequest>,
+    /// The backend will not see the model name in the body (a relayed request whose model
+    /// came from the query or from the only model): it then runs its base model, so the name
+    /// must not be one of the pool's adapters.
+    model_not_in_body: bool,
     /// Body to send upstream.
     body: Bytes,
 }
 
-pub async fn chat_completions(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    typed(st, Endpoint::ChatCompletions, req).await
+pub async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    addr: ClientAddr,
+    req: Request,
+) -> Response {
+    typed(st, Endpoint::ChatCompletions, addr, req).await
 }
 
-pub async fn completions(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    typed(st, Endpoint::Completions, req).await
+pub async fn completions(
+    State(st): State<Arc<AppState>>,
+    addr: ClientAddr,
+    req: Request,
+) -> Response {
+    typed(st, Endpoint::Completions, addr, req).await
 }
 
-pub async fn embeddings(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    typed(st, Endpoint::Embeddings, req).await
+pub async fn embeddings(
+    State(st): State<Arc<AppState>>,
+    addr: ClientAddr,
+    req: Request,
+) -> Response {
+    typed(st, Endpoint::Embeddings, addr, req).await
 }
 
-/// Any other model-server path (`/v1/audio/...`, `/v1/rerank`, `/tokenize`, ...): authenticated,
-/// relayed as-is to the model's backend, logged in the ledger.
-pub async fn generic(State(st): State<Arc<AppState>>, req: Request) -> Response {
+/// Any other model-server path (`/v1/audio/...`, `/v1/rerank`, `/tokenize`, ...): relayed
+/// as-is to the model's backend when the path is on `relay.allowed_paths` (an authenticated
+/// tenant) or `relay.operator_paths` (the admin token only, see [`operator`]); anything else is
+/// a 404 `unknown_url`. Logged in the ledger either way.
+pub async fn generic(State(st): State<Arc<AppState>>, addr: ClientAddr, req: Request) -> Response {
+    let live = st.live.load_full();
+    let path = req.uri().path();
+    if live.relay.is_operator(path) {
+        return operator(st, addr, req).await;
+    }
+    if !live.relay.allows(path) {
+        return unknown_route(&st, addr, &req);
+    }
     let mut t = Tracker::start(&st, req.uri().path());
-    let principal = match authenticate(&st, &mut t, req.headers()) {
+    let principal = match authenticate(&st, &mut t, req.headers(), addr) {
         Ok(p) => p,
         Err(resp) => return resp,
     };
@@ -252,30 +306,71 @@ pub async fn generic(State(st): State<Arc<AppState>>, req: Request) -> Response 
         Ok(b) => b,
         Err(e) => return close_after(t.fail(e)),
     };
-    let model = match find_model_generic(&st, &parts.headers, parts.uri.query(), &bytes) {
-        Some(m) => m,
-        None => {
-            return t.fail(ApiError::MissingModel(
-                "cannot tell which model this request is for: put `model` in the JSON body, the multipart form or the `model` query parameter".into(),
-            ))
+    let read = match read_model_of(&parts, &bytes) {
+        Ok(r) => r,
+        Err(e) => return t.fail(ApiError::BadRequest(e)),
+    };
+    let (model, in_body) = match read.model.clone() {
+        Some(m) => (m, read.source == fairgate_relay::ModelSource::Body),
+        None => match st.upstreams.pools.as_slice() {
+            // One model: the backend runs it whatever the body says.
+            [only] => (only.name.clone(), false),
+            _ => {
+                return t.fail(ApiError::MissingModel(
+                    "cannot tell which model this request is for: put `model` in the JSON body, the multipart form or the `model` query parameter".into(),
+                ))
+            }
+        },
+    };
+    // A JSON body gets the model the query named, so the backend runs the model checked.
+    let (body, in_body) = if read.needs_model_in_body() {
+        match fairgate_relay::with_model_set(&bytes, &model) {
+            Ok(b) => (b, true),
+            Err(e) => return t.fail(ApiError::BadRequest(e)),
         }
+    } else {
+        (bytes, in_body)
+    };
+    // A JSON body is roughly its prompt (bytes / 4, as for typed bodies' text); other bodies
+    // (audio, forms) have no token estimate. It is reserved, and charged if the client leaves
+    // before the backend reports usage.
+    let prompt_estimate = match read.body {
+        fairgate_relay::BodyKind::Json => {
+            fairgate_relay::estimate_text_tokens(std::str::from_utf8(&body).unwrap_or_default())
+        }
+        _ => 0,
     };
     let plan = Plan {
         model,
         strip_usage_chunk: false,
         strip_chunk_usage: false,
-        reservation: 0,
-        prompt_estimate: 0,
+        reservation: prompt_estimate,
+        prompt_estimate,
         cache_candidate: false,
         endpoint: None,
-        body: bytes,
+        parsed: None,
+        model_not_in_body: !in_body,
+        body,
     };
     forward(st, t, principal, parts, plan).await
 }
 
-async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
+/// The model of a request as its backend will read it ([`fairgate_relay::read_model`]).
+fn read_model_of(
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Result<fairgate_relay::ModelRead, fairgate_relay::RequestError> {
+    let ctype = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("application/octet-stream"))
+        .unwrap_or("");
+    fairgate_relay::read_model(ctype, parts.uri.query(), body)
+}
+
+async fn typed(st: Arc<AppState>, ep: Endpoint, addr: ClientAddr, req: Request) -> Response {
     let mut t = Tracker::start(&st, req.uri().path());
-    let principal = match authenticate(&st, &mut t, req.headers()) {
+    let principal = match authenticate(&st, &mut t, req.headers(), addr) {
         Ok(p) => p,
         Err(resp) => return resp,
     };
@@ -288,6 +383,22 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
         Ok(p) => p,
         Err(e) => return t.fail(ApiError::BadRequest(e)),
     };
+    // The backend reads the body only; a query `model` that says otherwise is a request whose
+    // meaning depends on who reads it.
+    match fairgate_relay::query_model(parts.uri.query().unwrap_or("")) {
+        Err(e) => return t.fail(ApiError::BadRequest(e)),
+        Ok(Some(q)) if q != parsed.model => {
+            return t.fail(ApiError::BadRequest(fairgate_relay::RequestError {
+                message: format!(
+                    "the `model` query parameter ({q:?}) and the body's `model` ({:?}) disagree; send one",
+                    parsed.model
+                ),
+                param: Some("model".into()),
+                code: "ambiguous_model",
+            }))
+        }
+        Ok(_) => {}
+    }
     t.row.stream = parsed.stream;
     let reservation = fairgate_relay::reservation_tokens(&parsed, st.config.default_max_tokens);
     // Streams always ask the backend for usage, cumulatively on every chunk where the backend
@@ -306,13 +417,15 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
         Err(e) => return t.fail(ApiError::BadRequest(e)),
     };
     let plan = Plan {
-        model: parsed.model,
+        model: parsed.model.clone(),
         strip_usage_chunk: !parsed.client_wants_usage,
         strip_chunk_usage: continuous && !wants_continuous,
         reservation,
         prompt_estimate: parsed.prompt_tokens_estimate,
         cache_candidate: !parsed.stream,
         endpoint: Some(ep),
+        parsed: Some(parsed),
+        model_not_in_body: false,
         body,
     };
     forward(st, t, principal, parts, plan).await
@@ -326,6 +439,7 @@ fn authenticate(
     st: &AppState,
     t: &mut Tracker,
     headers: &HeaderMap,
+    addr: ClientAddr,
 ) -> Result<Principal, Response> {
     let auth = headers
         .get(header::AUTHORIZATION)
@@ -336,12 +450,36 @@ fn authenticate(
             Ok(p)
         }
         Err(f) => {
-            if let Some(k) = &f.known {
-                t.attribute(k);
+            match &f.known {
+                Some(k) => t.attribute(k),
+                // Nobody to bill: rows at a bounded rate per address.
+                None => gate_anonymous(st, t, addr, AnonymousReason::Unauthenticated),
             }
             Err(t.fail(f.error))
         }
     }
+}
+
+/// Decides whether an anonymous failure gets its own ledger row (see `proxy_limits`).
+fn gate_anonymous(st: &AppState, t: &mut Tracker, addr: ClientAddr, reason: AnonymousReason) {
+    let per_minute = st.live.load().relay.anonymous_rows_per_minute;
+    if !st.proxy_limits.anonymous.admit(addr.0, reason, per_minute) {
+        t.suppressed = true;
+    }
+}
+
+/// Whether the request carries the gateway's admin token (compared in constant time).
+fn is_admin(st: &AppState, headers: &HeaderMap) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(expected) = st.config.admin_token.as_deref() else {
+        return false;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// Reads the body under `limit`, refusing at once when `Content-Length` already says too much.
@@ -391,68 +529,16 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
     }
 }
 
-/// Finds the model of a request on a path the gateway does not parse.
-fn find_model_generic(
-    st: &AppState,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    body: &[u8],
-) -> Option<String> {
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ctype.starts_with("application/json") || body.first() == Some(&b'{') {
-        #[derive(serde::Deserialize)]
-        struct M {
-            model: Option<String>,
-        }
-        if let Ok(M { model: Some(m) }) = serde_json::from_slice::<M>(body) {
-            return Some(m);
-        }
-    }
-    if ctype.starts_with("multipart/form-data") {
-        // The form field `model` (OpenAI's audio endpoints put it there).
-        let needle = b"name=\"model\"";
-        if let Some(pos) = body.windows(needle.len()).position(|w| w == needle) {
-            let rest = &body[pos + needle.len()..];
-            if let Some(start) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-                let value = &rest[start + 4..];
-                let end = value
-                    .windows(2)
-                    .position(|w| w == b"\r\n")
-                    .unwrap_or(value.len());
-                if let Ok(s) = std::str::from_utf8(&value[..end]) {
-                    return Some(s.trim().to_owned());
-                }
-            }
-        }
-    }
-    if let Some(q) = query {
-        for pair in q.split('&') {
-            if let Some(v) = pair.strip_prefix("model=") {
-                return Some(v.to_owned());
-            }
-        }
-    }
-    match st.upstreams.pools.as_slice() {
-        [only] => Some(only.name.clone()),
-        _ => None,
-    }
-}
-
-/// Headers never forwarded in either direction (hop-by-hop, or owned by the gateway).
-fn skip_header(name: &HeaderName) -> bool {
+/// Hop-by-hop headers and those the gateway sets itself: never copied in either direction.
+fn hop_or_framing(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "host"
-            | "authorization"
             | "content-length"
             | "connection"
             | "keep-alive"
-            | "proxy-authorization"
-            | "proxy-authenticate"
             | "proxy-connection"
+            | "proxy-authenticate"
             | "te"
             | "trailer"
             | "transfer-encoding"
@@ -460,6 +546,46 @@ fn skip_header(name: &HeaderName) -> bool {
             | "accept-encoding"
             | "content-encoding"
     )
+}
+
+/// Client credentials and gateway controls: meant for the gateway, never for a backend. A
+/// backend (or anyone who can read its logs or traffic) must not learn a tenant's key, the
+/// portal session cookie, or anything else that would let it act as the client.
+fn client_only(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(
+        n,
+        "authorization"
+            | "proxy-authorization"
+            | "cookie"
+            | "cookie2"
+            | "x-api-key"
+            | "api-key"
+            | "x-auth-token"
+            | "x-amz-security-token"
+    ) || n.starts_with("x-fairgate-")
+}
+
+/// Backend answers must not set state in the client's browser under the gateway's origin
+/// (the portal's session cookie lives there).
+fn backend_only(name: &HeaderName) -> bool {
+    matches!(name.as_str(), "set-cookie" | "set-cookie2")
+}
+
+/// The one place the headers of an upstream request are built: the client's headers minus
+/// hop-by-hop ones and every client credential, plus the request id. A backend credential of
+/// the gateway's own (`Authorization: Bearer <backend key>`) is added here, after filtering.
+fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(client.len() + 1);
+    for (k, v) in client.iter() {
+        if !hop_or_framing(k) && !client_only(k) {
+            h.append(k.clone(), v.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+    }
+    h
 }
 
 /// The pool a requested model name leads to: the model itself (or the model an adapter
@@ -529,9 +655,34 @@ async fn forward(
         return t.fail(ApiError::ModelNotAllowed(plan.model));
     }
     let pool = target.pool.clone();
+    if plan.model_not_in_body && target.adapter.is_some() {
+        // The backend would run its base model, not the adapter the key was checked for.
+        return t.fail(ApiError::BadRequest(fairgate_relay::RequestError {
+            message: format!(
+                "`{}` is an adapter, and this request's body cannot carry the model name: send `model` in a JSON body or a form field",
+                plan.model
+            ),
+            param: Some("model".into()),
+            code: "ambiguous_model",
+        }));
+    }
+    // The backend cannot produce more than fits in the model's context: reserve no more.
+    if let Some(parsed) = &plan.parsed {
+        if let Some(ctx) = st.portal.context.known_or_refresh(&st, &pool.name) {
+            plan.reservation = fairgate_relay::reservation_tokens_within(
+                parsed,
+                st.config.default_max_tokens,
+                Some(ctx),
+            );
+            t.row.reserved_tokens = plan.reservation;
+        }
+    }
     // The name the backend serves: the adapter's own, or the model an alias or fallback chose.
     let served = target.adapter.clone().unwrap_or_else(|| pool.name.clone());
-    if served != plan.model {
+    if plan.model_not_in_body {
+        // Nothing to rewrite: the backend runs the model of the pool it is sent to.
+        t.row.model = Some(served.clone());
+    } else if served != plan.model {
         plan.body = match fairgate_relay::with_model(&plan.body, &served) {
             Ok(b) => b,
             Err(e) => return t.fail(ApiError::BadRequest(e)),
@@ -658,14 +809,7 @@ async fn forward(
             .method(parts.method.clone())
             .uri(format!("{}{}", backend.url, path_q));
         if let Some(h) = builder.headers_mut() {
-            for (k, v) in parts.headers.iter() {
-                if !skip_header(k) {
-                    h.append(k.clone(), v.clone());
-                }
-            }
-            if let Ok(v) = HeaderValue::from_str(t.row.id.as_str()) {
-                h.insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
-            }
+            *h = upstream_headers(&parts.headers, t.row.id.as_str());
             backend.authorize(h);
         }
         let body = Full::new(plan.body.clone()).map_err(|never| match never {});
@@ -691,15 +835,12 @@ async fn forward(
             Ok(Ok(r)) => {
                 let status = r.status();
                 let (_, body) = r.into_parts();
-                let detail = read_upstream_body(
-                    body,
-                    Duration::from_millis(st.config.upstream.idle_timeout_ms),
-                )
-                .await
-                .ok()
-                .and_then(|b| upstream_error_message(&b))
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default();
+                let detail = read_upstream_body(&st, body)
+                    .await
+                    .ok()
+                    .and_then(|b| upstream_error_message(&b.bytes))
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
                 let err = if status == StatusCode::SERVICE_UNAVAILABLE {
                     ApiError::UpstreamUnavailable {
                         model: served.clone(),
@@ -756,6 +897,8 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if status.is_success() && is_sse {
+        // Relayed paths learn only here that the answer streams.
+        t.row.stream = true;
         let relay = StreamRelay::with_options(plan.strip_usage_chunk, plan.strip_chunk_usage);
         return relay_stream(st, t, resp, relay);
     }
@@ -764,29 +907,22 @@ async fn forward(
 
 fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (k, v) in from.iter() {
-        if !skip_header(k) {
+        if !hop_or_framing(k) && !backend_only(k) && k != header::AUTHORIZATION {
             to.append(k.clone(), v.clone());
         }
     }
 }
 
-async fn read_upstream_body(mut body: Incoming, idle: Duration) -> Result<Bytes, String> {
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        match tokio::time::timeout(idle, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    if buf.len() + data.len() > MAX_UPSTREAM_BODY {
-                        return Err("upstream body too large".into());
-                    }
-                    buf.extend_from_slice(&data);
-                }
-            }
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(None) => return Ok(buf.freeze()),
-            Err(_) => return Err("upstream went idle".into()),
-        }
-    }
+/// Reads a backend body whole, within the per-request limit and the shared memory budget.
+async fn read_upstream_body(st: &AppState, body: Incoming) -> Result<HeldBytes, ReadError> {
+    st.proxy_limits
+        .response_memory
+        .read(
+            body,
+            Duration::from_millis(st.config.upstream.idle_timeout_ms),
+            st.config.upstream.max_response_bytes,
+        )
+        .await
 }
 
 fn upstream_error_message(body: &[u8]) -> Option<String> {
@@ -849,15 +985,18 @@ async fn relay_whole(
     cache_key: Option<CacheKey>,
 ) -> Response {
     let (parts, body) = resp.into_parts();
-    let idle = Duration::from_millis(st.config.upstream.idle_timeout_ms);
-    let bytes = match read_upstream_body(body, idle).await {
+    let HeldBytes { bytes, permit } = match read_upstream_body(&st, body).await {
         Ok(b) => b,
-        Err(detail) => {
+        Err(e) => {
             let model = t.row.model.clone().unwrap_or_default();
-            return t.fail(ApiError::UpstreamStatus {
-                model,
-                status: parts.status.as_u16(),
-                detail: format!(": broken response body ({detail})"),
+            return t.fail(match e {
+                ReadError::TooLarge(limit) => ApiError::UpstreamResponseTooLarge { model, limit },
+                ReadError::NoMemory => ApiError::UpstreamMemoryExhausted { model },
+                ReadError::Broken(detail) => ApiError::UpstreamStatus {
+                    model,
+                    status: parts.status.as_u16(),
+                    detail: format!(": broken response body ({detail})"),
+                },
             });
         }
     };
@@ -886,7 +1025,8 @@ async fn relay_whole(
         t.row.outcome = Outcome::UpstreamRejected;
         t.row.error_class = Some(format!("upstream_{}", parts.status.as_u16()));
     }
-    let mut out = Response::new(Body::from(bytes));
+    // The answer's share of the memory budget is held until its bytes are handed on.
+    let mut out = Response::new(HeldBytes { bytes, permit }.into_body());
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     t.decorate(out.headers_mut());
@@ -930,8 +1070,13 @@ impl Relay {
         };
         // Without upstream usage the prompt is known only as the gateway's estimate.
         let mut usage = usage;
+        let mut source = source;
         if source == UsageSource::Counted {
             usage.prompt_tokens = self.tracker.prompt_estimate;
+        } else if source == UsageSource::None && self.tracker.prompt_estimate > 0 {
+            // The backend took the prompt (the stream had started) but reported nothing.
+            usage.prompt_tokens = self.tracker.prompt_estimate;
+            source = UsageSource::Estimated;
         }
         self.tracker.set_usage(usage, source);
         self.tracker.row.outcome = outcome;
@@ -1090,9 +1235,13 @@ fn relay_stream(
 }
 
 /// `GET /v1/models`: the models this key may use.
-pub async fn list_models(State(st): State<Arc<AppState>>, req: Request) -> Response {
+pub async fn list_models(
+    State(st): State<Arc<AppState>>,
+    addr: ClientAddr,
+    req: Request,
+) -> Response {
     let mut t = Tracker::start(&st, req.uri().path());
-    let principal = match authenticate(&st, &mut t, req.headers()) {
+    let principal = match authenticate(&st, &mut t, req.headers(), addr) {
         Ok(p) => p,
         Err(resp) => return resp,
     };
@@ -1134,22 +1283,240 @@ pub async fn list_models(State(st): State<Arc<AppState>>, req: Request) -> Respo
     resp
 }
 
-/// Anything else: an OpenAI-shaped 404, recorded like every request.
-pub async fn not_found(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    let mut t = Tracker::start(&st, req.uri().path());
-    if req.method() != Method::GET || req.uri().path().starts_with("/v1/") {
-        let auth = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if let Ok(p) = st.identity.authenticate(auth) {
-            t.attribute(&p);
-        }
+/// Anything else: an OpenAI-shaped 404, recorded like every request. Paths on
+/// `relay.allowed_paths` or `relay.operator_paths` that have no route of their own (root
+/// paths such as `/reset_prefix_cache` or `/v2/rerank`) are relayed from here.
+pub async fn not_found(
+    State(st): State<Arc<AppState>>,
+    addr: ClientAddr,
+    req: Request,
+) -> Response {
+    let relayed = {
+        let relay = &st.live.load().relay;
+        relay.allows(req.uri().path()) || relay.is_operator(req.uri().path())
+    };
+    if relayed {
+        return generic(State(st), addr, req).await;
     }
-    let path = req.uri().path().to_owned();
+    unknown_route(&st, addr, &req)
+}
+
+/// The 404 `unknown_url`, attributed to the key when it is a valid one, else anonymous (rows
+/// at a bounded rate per client address).
+fn unknown_route(st: &Arc<AppState>, addr: ClientAddr, req: &Request) -> Response {
+    let mut t = Tracker::start(st, req.uri().path());
+    // A browser's stray GET (`/favicon.ico`) is not worth a key lookup.
+    let known = (req.method() != Method::GET || req.uri().path().starts_with("/v1/"))
+        .then(|| {
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            st.identity.authenticate(auth).ok()
+        })
+        .flatten();
+    match known {
+        Some(p) => t.attribute(&p),
+        None => gate_anonymous(st, &mut t, addr, AnonymousReason::UnknownRoute),
+    }
+    let path = crate::proxy_limits::truncate_at_char(req.uri().path(), MAX_ENDPOINT_BYTES);
     t.fail(ApiError::RouteNotFound(format!(
         "{} {}",
         req.method(),
         path
     )))
+}
+
+/// vLLM's operator endpoints (`relay.operator_paths`: LoRA adapters, caches, sleep, profiling,
+/// ...). Only the gateway's admin token may call them (a tenant key gets 403 `admin_only`);
+/// the admin token itself is not passed on. The call goes to EVERY backend of the model named
+/// by the body's or the query's `model` (or the only model): an adapter loaded on one replica
+/// only would fail on the others, and a cache reset or sleep is meant for the model, not for
+/// whichever replica a balancer picks. Backends are called one after another; the answer is
+/// the first failing backend's (status and body) or, when all succeeded, the first one's,
+/// with `x-fairgate-backends: <succeeded>/<called>`. No fair-share slot is taken: these calls
+/// do no inference.
+async fn operator(st: Arc<AppState>, addr: ClientAddr, req: Request) -> Response {
+    let mut t = Tracker::start(&st, req.uri().path());
+    if !is_admin(&st, req.headers()) {
+        if let Err(resp) = authenticate(&st, &mut t, req.headers(), addr) {
+            return resp;
+        }
+        let path = crate::proxy_limits::truncate_at_char(req.uri().path(), MAX_ENDPOINT_BYTES);
+        return t.fail(ApiError::AdminOnly(path.to_owned()));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match read_body_checked(&parts.headers, body, st.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return close_after(t.fail(e)),
+    };
+    let model = match read_model_of(&parts, &bytes) {
+        Err(e) => return t.fail(ApiError::BadRequest(e)),
+        Ok(r) => match (r.model, st.upstreams.pools.as_slice()) {
+            (Some(m), _) => m,
+            (None, [only]) => only.name.clone(),
+            (None, _) => {
+                return t.fail(ApiError::MissingModel(
+                    "say which model's backends this is for: the `model` query parameter".into(),
+                ))
+            }
+        },
+    };
+    let Some(target) = st.upstreams.target(&model) else {
+        return t.fail(ApiError::ModelNotFound(model));
+    };
+    let pool = target.pool;
+    t.row.model = Some(pool.name.clone());
+    let backends = pool.backends();
+    let Some(first_backend) = backends.first() else {
+        return t.fail(crate::admission::no_backend(
+            &pool.name,
+            Duration::from_secs(1),
+        ));
+    };
+    t.row.backend = Some(first_backend.name.clone());
+    let path_q = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let timeout = Duration::from_millis(st.config.upstream.first_byte_timeout_ms);
+    t.upstream_sent = Some(Instant::now());
+    let mut answer: Option<(http::response::Parts, HeldBytes)> = None;
+    let mut ok = 0usize;
+    for b in backends.iter() {
+        t.row.attempts = t.row.attempts.saturating_add(1);
+        let mut builder = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("{}{}", b.url, path_q));
+        if let Some(h) = builder.headers_mut() {
+            *h = upstream_headers(&parts.headers, t.row.id.as_str());
+            b.authorize(h);
+        }
+        let up_req = match builder.body(
+            Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed(),
+        ) {
+            Ok(r) => r,
+            Err(e) => return t.fail(ApiError::Internal(e.to_string())),
+        };
+        let resp = match tokio::time::timeout(timeout, b.client(&st.client).request(up_req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let detail = if e.is_connect() {
+                    "connection failed".to_owned()
+                } else {
+                    format!("request failed: {e}")
+                };
+                return t.fail(ApiError::UpstreamConnect {
+                    model: pool.name.clone(),
+                    detail,
+                });
+            }
+            Err(_) => {
+                return t.fail(ApiError::UpstreamTimeout {
+                    model: pool.name.clone(),
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
+        };
+        let (head, body) = resp.into_parts();
+        let held = match read_upstream_body(&st, body).await {
+            Ok(h) => h,
+            Err(e) => {
+                let model = pool.name.clone();
+                return t.fail(match e {
+                    ReadError::TooLarge(limit) => {
+                        ApiError::UpstreamResponseTooLarge { model, limit }
+                    }
+                    ReadError::NoMemory => ApiError::UpstreamMemoryExhausted { model },
+                    ReadError::Broken(detail) => ApiError::UpstreamStatus {
+                        model,
+                        status: head.status.as_u16(),
+                        detail: format!(": broken response body ({detail})"),
+                    },
+                });
+            }
+        };
+        let success = head.status.is_success();
+        if success {
+            ok += 1;
+        }
+        if answer.is_none() || !success {
+            let keep_going = success;
+            answer = Some((head, held));
+            if !keep_going {
+                t.row.backend = Some(b.url.clone());
+                break;
+            }
+        }
+    }
+    let Some((head, held)) = answer else {
+        return t.fail(ApiError::Internal("no backend answered".into()));
+    };
+    t.row.status = head.status.as_u16();
+    if head.status.is_success() {
+        t.row.outcome = Outcome::Ok;
+    } else {
+        t.row.outcome = Outcome::UpstreamRejected;
+        t.row.error_class = Some(format!("upstream_{}", head.status.as_u16()));
+    }
+    let mut out = Response::new(held.into_body());
+    *out.status_mut() = head.status;
+    copy_response_headers(&head.headers, out.headers_mut());
+    if let Ok(v) = HeaderValue::from_str(&format!("{ok}/{}", t.row.attempts)) {
+        out.headers_mut()
+            .insert(HeaderName::from_static("x-fairgate-backends"), v);
+    }
+    t.decorate(out.headers_mut());
+    t.record();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn client_credentials_are_not_sent_upstream() {
+        let client = headers(&[
+            ("authorization", "Bearer fg-key"),
+            ("proxy-authorization", "Basic x"),
+            ("cookie", "fg_session=s"),
+            ("x-api-key", "k"),
+            ("api-key", "k"),
+            ("x-fairgate-priority", "batch"),
+            ("x-fairgate-cache", "on"),
+            ("host", "gw"),
+            ("content-type", "application/json"),
+            ("x-trace", "1"),
+        ]);
+        let up = upstream_headers(&client, "req-1");
+        let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["content-type", "x-trace", "x-request-id"]);
+    }
+
+    #[test]
+    fn backend_cookies_are_not_relayed() {
+        let backend = headers(&[
+            ("set-cookie", "fg_session=evil; Path=/"),
+            ("set-cookie2", "x=1"),
+            ("content-type", "application/json"),
+            ("transfer-encoding", "chunked"),
+            ("x-backend", "1"),
+        ]);
+        let mut out = HeaderMap::new();
+        copy_response_headers(&backend, &mut out);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["content-type", "x-backend"]);
+    }
 }

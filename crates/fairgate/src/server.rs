@@ -48,6 +48,8 @@ pub struct AppState {
     pub started_at: i64,
     /// Fired when serving ends: stops the backend watchers.
     pub shutdown: CancellationToken,
+    /// Request-path bounds: memory for backend answers, anonymous ledger rows.
+    pub proxy_limits: crate::proxy_limits::ProxyLimits,
     /// Fired when shutdown begins (SIGTERM): `/readyz` answers 503 and connections drain.
     pub stopping: CancellationToken,
 }
@@ -97,6 +99,8 @@ impl Gateway {
         apply_declared(&store, &config)
             .await
             .context("applying tenants and groups declared in the config file")?;
+        let proxy_limits = crate::proxy_limits::ProxyLimits::new(&config, &metrics.registry)
+            .context("registering request-path metrics")?;
         let identity = Identity::load(store.clone())
             .await
             .context("loading tenants and keys")?;
@@ -114,6 +118,7 @@ impl Gateway {
             metrics,
             started_at: chrono::Utc::now().timestamp(),
             shutdown: CancellationToken::new(),
+            proxy_limits,
             stopping: CancellationToken::new(),
         });
         sync_directory(&state).await;
@@ -163,6 +168,7 @@ impl Gateway {
             state.store.clone(),
             state.config.ledger.retention_days,
         );
+        crate::proxy_limits::AnonymousFailures::start_summaries(&state);
         let app = self.router();
         let result = crate::serving::serve(listener, app, state.clone(), shutdown)
             .await
@@ -170,6 +176,8 @@ impl Gateway {
         state.shutdown.cancel();
         refresh.abort();
         hangup.abort();
+        // Counts of suppressed anonymous failures not yet summarized.
+        crate::proxy_limits::write_summary(&state);
         if let Some(r) = retention {
             r.abort();
         }

@@ -862,3 +862,28 @@ proptest! {
         prop_assert_eq!(relay_opts(opts, cap, &pieces), reference);
     }
 }
+
+/// A Responses API stream (`/v1/responses` with `stream: true`): text deltas are top-level
+/// `delta` strings and the usage rides on `response.completed`'s `response.usage`, in the
+/// `input_tokens`/`output_tokens` shape.
+const RESPONSES: &str = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\",\"usage\":null}}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"m1\",\"delta\":\"Hel\"}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"m1\",\"delta\":\"lo\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":4},\"output_tokens\":2,\"total_tokens\":11}}}\n\n";
+
+#[test]
+fn responses_api_stream_usage_and_deltas() {
+    let o = whole(false, RESPONSES);
+    assert_eq!(text(&o.out), RESPONSES);
+    assert_eq!(
+        o.usage,
+        Some(Usage {
+            prompt_tokens: 9,
+            completion_tokens: 2,
+            cached_tokens: 4
+        })
+    );
+    assert_eq!(o.counted, 2);
+    assert!(o.done, "response.completed ends the stream");
+    assert_split_invariant(false, MAX_EVENT_BYTES, RESPONSES.as_bytes());
+    // A failed response is a mid-stream error.
+    let failed = "data: {\"type\":\"response.failed\",\"response\":{\"usage\":null}}\n\n";
+    assert!(whole(false, failed).error);
+}

@@ -17,6 +17,7 @@
 //! per-chunk objects also carry `prompt_tokens_details`, like every usage object here.
 
 mod render;
+mod responses;
 mod wire;
 
 use std::time::Duration;
@@ -61,12 +62,17 @@ pub(crate) fn router(sim: Simulator, stop: CancellationToken) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses::responses))
         .route("/tokenize", post(tokenize))
         .route("/health", get(health))
         .route("/ping", get(health).post(health))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            sim.clone(),
+            record_request,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             sim.clone(),
@@ -96,6 +102,35 @@ async fn require_api_key(
                 br#"{"error":"Unauthorized"}"#.to_vec(),
             );
         }
+    }
+    next.run(req).await
+}
+
+/// Remembers what arrived (see [`Simulator::recent_requests`]); probes and scrapes are left out.
+async fn record_request(
+    State(sim): State<Simulator>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if path != "/metrics" && path != "/health" {
+        sim.remember(crate::SeenRequest {
+            method: req.method().to_string(),
+            path_and_query: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| path.to_owned(), |p| p.as_str().to_owned()),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        });
     }
     next.run(req).await
 }

@@ -29,6 +29,8 @@ const MAX_BODY: usize = 1024 * 1024;
 #[derive(Default)]
 pub struct ContextLengths {
     known: Mutex<HashMap<String, (Instant, Option<u64>)>>,
+    /// A background refresh for the request path is running.
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl ContextLengths {
@@ -63,6 +65,35 @@ impl ContextLengths {
             .iter()
             .filter_map(|(k, (_, v))| v.map(|v| (k.clone(), v)))
             .collect()
+    }
+
+    /// The request path's read: the length last learnt for `model`, without waiting on any
+    /// backend. When it is unknown or due, one background refresh is started, so later
+    /// requests see it (reservations clamp `max_tokens` to it).
+    pub fn known_or_refresh(&self, st: &Arc<AppState>, model: &str) -> Option<u64> {
+        let now = Instant::now();
+        let (value, due) = match self.lock().get(model) {
+            None => (None, true),
+            Some((at, v)) => {
+                let keep = if v.is_some() { KNOWN_FOR } else { UNKNOWN_FOR };
+                (*v, now.saturating_duration_since(*at) > keep)
+            }
+        };
+        if due
+            && !self
+                .refreshing
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let st = st.clone();
+            tokio::spawn(async move {
+                st.portal.context.all(&st).await;
+                st.portal
+                    .context
+                    .refreshing
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        value
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Option<u64>)>> {
