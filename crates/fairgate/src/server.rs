@@ -101,7 +101,7 @@ impl Gateway {
             live: ArcSwap::from_pointee(config.clone()),
             config_path: path,
             admission: Admission::new(&config),
-            portal: crate::portal::Portal::default(),
+            portal: crate::portal::Portal::new(&config.portal),
             upstreams: Upstreams::from_config(&config),
             client: http_client(Duration::from_millis(config.upstream.connect_timeout_ms)),
             config: Arc::new(config),
