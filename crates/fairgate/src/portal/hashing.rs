@@ -95,6 +95,18 @@ impl HashPool {
         self.peak.load(Ordering::SeqCst)
     }
 
+    /// Test hook: takes every slot until the permit is dropped, to show what a saturated pool
+    /// answers.
+    #[doc(hidden)]
+    pub async fn occupy_all(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let n = u32::try_from(self.size).unwrap_or(u32::MAX);
+        self.permits
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,

@@ -193,6 +193,8 @@ fn routes() -> Router<Arc<AppState>> {
             "/operator/models/{model}/backends/remove",
             post(operator::backends::remove),
         )
+        .route("/operator/users/{id}/disable", post(disable_user))
+        .route("/operator/users/{id}/enable", post(enable_user))
         .route("/api/scheduler", get(operator::scheduler_json))
         .route("/api/backends", get(operator::backends::backends_json))
         .route("/audit", get(audit_page))
@@ -894,6 +896,78 @@ async fn rotate_key(
         "Key rotated",
         notice,
     ))
+}
+
+// ---- off-boarding -------------------------------------------------------------------
+
+async fn disable_user(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, Refusal> {
+    set_user_disabled(&st, &id, &headers, &f.csrf, true).await
+}
+
+async fn enable_user(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, Refusal> {
+    set_user_disabled(&st, &id, &headers, &f.csrf, false).await
+}
+
+/// `POST /portal/operator/users/{id}/disable|enable` (operators): off-boarding. Disabling ends
+/// the person's sessions and stops their API keys at once on this replica (the directory is
+/// refreshed before the answer; other replicas follow at their next refresh). The keys
+/// themselves are not changed, so enabling the person again restores exactly what was there.
+async fn set_user_disabled(
+    st: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    csrf: &str,
+    disabled: bool,
+) -> Result<Response, Refusal> {
+    let s = signed_in(st, headers).await?;
+    require(&s, Role::Operator)?;
+    check_post(&s, headers, csrf)?;
+    let Some(mut u) = st.store.get_user(id).await? else {
+        return Err(Refusal::NotFound("There is no such user.".into()));
+    };
+    if u.id == s.user.id && disabled {
+        return Err(Refusal::BadRequest(
+            "you cannot disable your own account".into(),
+        ));
+    }
+    let before = serde_json::to_string(&u).ok();
+    u.disabled = disabled;
+    if !st.store.update_user(&u).await? {
+        return Err(Refusal::NotFound("There is no such user.".into()));
+    }
+    if disabled {
+        st.store.delete_user_sessions(&u.id).await?;
+    }
+    refresh_directory(st).await?;
+    record_audit(
+        st,
+        &s.user.email,
+        if disabled {
+            "user.disable"
+        } else {
+            "user.enable"
+        },
+        format!("user:{}", u.email),
+        before,
+        serde_json::to_string(&u).ok(),
+    )
+    .await;
+    tracing::info!(email = %u.email, disabled, by = %s.user.email, "portal user state changed");
+    let back = match &u.tenant {
+        Some(t) => format!("/portal/tenant?tenant={}", reports::urlencode(t)),
+        None => "/portal/tenant".to_owned(),
+    };
+    Ok(redirect(&back))
 }
 
 // ---- usage and history --------------------------------------------------------------
