@@ -68,6 +68,11 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .fallback(|req: Request| async move {
             ApiError::RouteNotFound(format!("{} {}", req.method(), req.uri().path()))
         })
+        // Inside the token check: only an admin's body is read, and never past the limit.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::admin_body,
+        ))
         .layer(middleware::from_fn_with_state(state, require_admin))
 }
 

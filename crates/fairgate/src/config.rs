@@ -61,6 +61,57 @@ pub struct Config {
     /// admin-API changes to the same tenant at the next reload).
     #[serde(default)]
     pub tenants: Vec<TenantDecl>,
+    // --- Edge hardening (issue 10): client address, request limits, bounded shutdown. ---
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` names the client; empty: the TCP peer
+    /// is the client. Live on reload.
+    #[serde(default)]
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// On SIGTERM, how long open requests and streams may run before their connections are
+    /// closed (their ledger rows are then recorded as cancelled).
+    #[serde(default = "defaults::shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// `[limits]`: request size and time bounds for every route.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Bounds on what a client may send and how slowly (`[limits]`). The body limits of the
+/// portal and admin API apply live; the HTTP-server ones (headers, URL, timeouts) at start.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest body of a portal form or sign-in.
+    #[serde(default = "defaults::portal_body_bytes")]
+    pub portal_body_bytes: usize,
+    /// Largest admin API JSON body.
+    #[serde(default = "defaults::admin_body_bytes")]
+    pub admin_body_bytes: usize,
+    /// Largest request head (request line and headers); more gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Longest request URL (path and query); more gets 414.
+    #[serde(default = "defaults::max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Time allowed for a request's head to arrive (also how long an idle keep-alive
+    /// connection stays open).
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time allowed to read a whole request body; a trickled body gets 408.
+    #[serde(default = "defaults::body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            portal_body_bytes: defaults::portal_body_bytes(),
+            admin_body_bytes: defaults::admin_body_bytes(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_uri_bytes: defaults::max_uri_bytes(),
+            header_read_timeout_ms: defaults::header_read_timeout_ms(),
+            body_read_timeout_ms: defaults::body_read_timeout_ms(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -443,6 +494,28 @@ mod defaults {
     pub fn saturation_kv_usage() -> f64 {
         0.9
     }
+    // Edge hardening (issue 10).
+    pub fn shutdown_grace_ms() -> u64 {
+        10_000
+    }
+    pub fn portal_body_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn admin_body_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn max_header_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn max_uri_bytes() -> usize {
+        8 * 1024
+    }
+    pub fn header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn body_read_timeout_ms() -> u64 {
+        30_000
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -531,6 +604,10 @@ const ENV_FIELDS: &[&str] = &[
     "cache",
     "portal",
     "routing",
+    // Edge hardening (issue 10).
+    "trusted_proxies",
+    "shutdown_grace_ms",
+    "limits",
 ];
 
 impl Config {
@@ -794,6 +871,33 @@ impl Config {
                 "must be a non-negative number",
             ));
         }
+        // Edge hardening (issue 10). `trusted_proxies` is validated as it is parsed.
+        let l = &self.limits;
+        for (field, v, min) in [
+            ("limits.portal_body_bytes", l.portal_body_bytes, 1024),
+            ("limits.admin_body_bytes", l.admin_body_bytes, 1024),
+            // hyper's read buffer cannot be smaller.
+            ("limits.max_header_bytes", l.max_header_bytes, 8192),
+            ("limits.max_uri_bytes", l.max_uri_bytes, 256),
+        ] {
+            if v < min {
+                return Err(field_err(field, format!("must be at least {min}")));
+            }
+        }
+        if l.max_uri_bytes > l.max_header_bytes {
+            return Err(field_err(
+                "limits.max_uri_bytes",
+                "must not exceed limits.max_header_bytes (the URL is part of the request head)",
+            ));
+        }
+        for (field, v) in [
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.body_read_timeout_ms", l.body_read_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(field_err(field, "must be at least 1"));
+            }
+        }
         Ok(())
     }
 
@@ -998,6 +1102,40 @@ budgets = [ { period = "day", tokens = 5000000 }, { period = "month", cost = 250
     fn syntax_error_names_file() {
         let e = load("listen = ", &[]).unwrap_err().to_string();
         assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn edge_limits_and_trusted_proxies_load_and_validate() {
+        let c = load("", &[]).unwrap();
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.limits.portal_body_bytes, 64 * 1024);
+        assert_eq!(c.limits.admin_body_bytes, 1024 * 1024);
+        assert_eq!(c.shutdown_grace_ms, 10_000);
+        let c = load(
+            "trusted_proxies = [\"10.0.0.0/8\"]\n[limits]\nbody_read_timeout_ms = 500\n",
+            &[("FAIRGATE_LIMITS__PORTAL_BODY_BYTES", "4096")],
+        )
+        .unwrap();
+        assert!(c.trusted_proxies.contains("10.9.8.7".parse().unwrap()));
+        assert_eq!(c.limits.body_read_timeout_ms, 500);
+        assert_eq!(c.limits.portal_body_bytes, 4096);
+        let c = load("", &[("FAIRGATE_TRUSTED_PROXIES", "10.0.0.1, ::1")]).unwrap();
+        assert!(c.trusted_proxies.contains("::1".parse().unwrap()));
+        let e = load("trusted_proxies = [\"10.0.0.0/40\"]", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("trusted_proxies") && e.contains("10.0.0.0/40"),
+            "{e}"
+        );
+        let e = load("[limits]\nmax_header_bytes = 100\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_header_bytes"), "{e}");
+        let e = load("[limits]\nbody_read_timeout_ms = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.body_read_timeout_ms"), "{e}");
     }
 
     #[test]

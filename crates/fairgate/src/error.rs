@@ -35,6 +35,10 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("request body could not be read: {0}")]
     BodyRead(String),
+    #[error("the request body was not received in time; send it faster")]
+    RequestTimeout,
+    #[error("the request URL is longer than the limit of {0} bytes")]
+    UriTooLong(usize),
     #[error("{0}")]
     MissingModel(String),
     #[error("no route for {0}")]
@@ -134,6 +138,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            UriTooLong(_) => StatusCode::URI_TOO_LONG,
             AdminConflict(_) => StatusCode::CONFLICT,
             QueueTimeout {
                 overloaded: true, ..
@@ -189,6 +195,8 @@ impl ApiError {
             BadRequest(e) => e.code,
             BodyTooLarge(_) => "body_too_large",
             BodyRead(_) => "body_read_error",
+            RequestTimeout => "request_timeout",
+            UriTooLong(_) => "uri_too_long",
             MissingModel(_) => "missing_field",
             RouteNotFound(_) => "unknown_url",
             QueueTimeout {

@@ -371,7 +371,10 @@ async fn read_body_checked(
 /// The connection cannot be reused after an unread body, so say so: otherwise a client
 /// sends its next request into a socket the server is closing.
 fn close_after(mut resp: Response) -> Response {
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if matches!(
+        resp.status(),
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+    ) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -386,6 +389,9 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
                 .is_some()
             {
                 Err(ApiError::BodyTooLarge(limit))
+            } else if crate::limits::is_body_timeout(&*e) {
+                // The server's read deadline (`limits.body_read_timeout_ms`) passed.
+                Err(ApiError::RequestTimeout)
             } else {
                 Err(ApiError::BodyRead(e.to_string()))
             }

@@ -2,11 +2,11 @@
 //! with graceful shutdown.
 //!
 //! Shutdown order matters for "no lost data": stop accepting connections and let in-flight
-//! requests finish (axum's graceful shutdown), then wait for the tracked ledger-recording
-//! tasks, then drain and commit the ledger writer's queue.
+//! requests finish for up to `shutdown_grace_ms` ([`crate::serving`]; requests still open then
+//! are dropped and recorded as cancelled), then wait for the tracked ledger-recording tasks,
+//! then drain and commit the ledger writer's queue.
 
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +50,8 @@ pub struct AppState {
     pub started_at: i64,
     /// Fired when serving ends: stops the backend watchers.
     pub shutdown: CancellationToken,
+    /// Fired when shutdown begins (SIGTERM): `/readyz` answers 503 and connections drain.
+    pub stopping: CancellationToken,
 }
 
 /// A built gateway, not yet serving.
@@ -112,6 +114,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             started_at: chrono::Utc::now().timestamp(),
             shutdown: CancellationToken::new(),
+            stopping: CancellationToken::new(),
         });
         sync_directory(&state).await;
         Ok(Gateway {
@@ -156,8 +159,7 @@ impl Gateway {
         };
         crate::upstream::watch_all(&state, &state.shutdown);
         let app = self.router();
-        let result = axum::serve(listener.tap_io(no_delay), app)
-            .with_graceful_shutdown(shutdown)
+        let result = crate::serving::serve(listener, app, state.clone(), shutdown)
             .await
             .context("serving HTTP");
         state.shutdown.cancel();
@@ -294,6 +296,22 @@ pub async fn reload_config(st: &Arc<AppState>) -> anyhow::Result<ReloadReport> {
     if new.database != old.database {
         needs_restart.push("database");
     }
+    if new.shutdown_grace_ms != old.shutdown_grace_ms {
+        needs_restart.push("shutdown_grace_ms");
+    }
+    let server_limits = |c: &Config| {
+        let l = &c.limits;
+        (
+            l.max_header_bytes,
+            l.max_uri_bytes,
+            l.header_read_timeout_ms,
+            l.body_read_timeout_ms,
+        )
+    };
+    if server_limits(&new) != server_limits(old) {
+        // The HTTP server is built with these; the body limits of /portal and /admin are live.
+        needs_restart.push("limits (headers, URL, read timeouts)");
+    }
     let names = |c: &Config| -> Vec<String> { c.models.iter().map(|m| m.name.clone()).collect() };
     if names(&new) != names(old) {
         needs_restart.push("models");
@@ -382,14 +400,24 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(v1)
         .nest("/admin/v1", admin::router(state.clone()))
-        .nest("/portal", crate::portal::router())
+        // The portal's forms are read (under its small limit) before any extractor runs.
+        .nest(
+            "/portal",
+            crate::portal::router().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::limits::portal_body,
+            )),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(proxy::not_found)
-        // Body size is enforced by the handlers (to answer with an OpenAI-shaped 413 and a
-        // ledger row), so axum's own default limit is lifted.
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        // Bodies are bounded per route: /v1 handlers read theirs under `max_body_bytes` (to
+        // answer with an OpenAI-shaped 413 and a ledger row), /portal and /admin through their
+        // limit layers. axum's own limit only backs those up for any extractor added later.
+        .layer(axum::extract::DefaultBodyLimit::max(largest_body(
+            &state.config,
+        )))
         .with_state(state)
 }
 
@@ -409,16 +437,28 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Whether this replica can take requests: its config is loaded (it is running) and it is not
+/// shutting down. Deliberately not the database (the request path never waits on it; the
+/// ledger queues and spills) nor backend health (a model scaled to zero still accepts and
+/// queues work): either would take every replica out of rotation at once.
 async fn readyz(
     axum::extract::State(st): axum::extract::State<Arc<AppState>>,
-) -> (http::StatusCode, String) {
-    match st.store.ping().await {
-        Ok(()) => (http::StatusCode::OK, "ready\n".into()),
-        Err(e) => (
+) -> (http::StatusCode, &'static str) {
+    if st.stopping.is_cancelled() {
+        (
             http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: database: {e}\n"),
-        ),
+            "not ready: shutting down\n",
+        )
+    } else {
+        (http::StatusCode::OK, "ready\n")
     }
+}
+
+/// The largest body any route accepts.
+fn largest_body(c: &Config) -> usize {
+    c.max_body_bytes
+        .max(c.limits.admin_body_bytes)
+        .max(c.limits.portal_body_bytes)
 }
 
 /// Hides a password in a database URL for logs and errors.
@@ -456,14 +496,6 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
-}
-
-/// Streams are many small writes; without `TCP_NODELAY`, Nagle's algorithm meets the peer's
-/// delayed ACK and each stream stalls ~40 ms.
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
 }
 
 #[cfg(test)]
