@@ -189,7 +189,10 @@ fn complete(buf: &[u8]) -> bool {
         return false;
     };
     let raw = parse(buf);
-    match raw.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    match raw
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         Some(n) => buf.len() >= end + n,
         None => false,
     }
@@ -272,7 +275,10 @@ async fn portal_sign_in_over_the_limit_is_refused_with_a_page() {
     // A declared 1.5 GB body, none of it sent: the answer must come without reading it.
     let r = exchange(
         gw.addr,
-        post_head("/portal/login", &format!("{FORM}Content-Length: 1500000000\r\n")),
+        post_head(
+            "/portal/login",
+            &format!("{FORM}Content-Length: 1500000000\r\n"),
+        ),
         hold,
     )
     .await;
@@ -281,7 +287,10 @@ async fn portal_sign_in_over_the_limit_is_refused_with_a_page() {
     let big = vec![b'a'; 1_500_000];
     let r = exchange(
         gw.addr,
-        post_head("/portal/login", &format!("{FORM}Content-Length: {}\r\n", big.len())),
+        post_head(
+            "/portal/login",
+            &format!("{FORM}Content-Length: {}\r\n", big.len()),
+        ),
         move |mut w| async move {
             let _ = w.write_all(&big).await;
             hold(w).await;
@@ -292,7 +301,10 @@ async fn portal_sign_in_over_the_limit_is_refused_with_a_page() {
     // 1.5 MB with no declared length (chunked): refused once 64 KiB have been read.
     let r = exchange(
         gw.addr,
-        post_head("/portal/login", &format!("{FORM}Transfer-Encoding: chunked\r\n")),
+        post_head(
+            "/portal/login",
+            &format!("{FORM}Transfer-Encoding: chunked\r\n"),
+        ),
         |w| async move {
             chunked(w, 1_500_000).await;
         },
@@ -338,7 +350,10 @@ async fn streamed_huge_sign_in_upload_does_not_grow_memory() {
     let (tx, rx) = oneshot::channel();
     let r = exchange(
         gw.addr,
-        post_head("/portal/login", &format!("{FORM}Transfer-Encoding: chunked\r\n")),
+        post_head(
+            "/portal/login",
+            &format!("{FORM}Transfer-Encoding: chunked\r\n"),
+        ),
         move |w| async move {
             let _ = tx.send(chunked(w, 1_500_000_000).await);
         },
@@ -538,7 +553,9 @@ async fn long_urls_and_huge_heads_are_refused() {
     .await;
     assert_eq!(r.status, 431, "{r:?}");
     // Many headers of modest size add up the same way.
-    let many: String = (0..2000).map(|i| format!("X-H{i}: {}\r\n", "c".repeat(40))).collect();
+    let many: String = (0..2000)
+        .map(|i| format!("X-H{i}: {}\r\n", "c".repeat(40)))
+        .collect();
     let r = exchange(
         gw.addr,
         format!("GET /healthz HTTP/1.1\r\nHost: gw\r\n{many}\r\n").into_bytes(),
@@ -687,7 +704,9 @@ async fn shutdown_cuts_stream(h2: bool) {
     let mut content_chunks = 0usize;
     while content_chunks < 5 {
         let chunk = resp.chunk().await.unwrap().expect("stream ended early");
-        content_chunks += String::from_utf8_lossy(&chunk).matches("\"content\"").count();
+        content_chunks += String::from_utf8_lossy(&chunk)
+            .matches("\"content\"")
+            .count();
     }
     let router = fairgate::server::router(gw.state.clone());
     let join = gw.begin_shutdown();
@@ -713,7 +732,9 @@ async fn shutdown_cuts_stream(h2: bool) {
     let reader = tokio::spawn(async move {
         let mut n = content_chunks;
         while let Ok(Some(chunk)) = resp.chunk().await {
-            n += String::from_utf8_lossy(&chunk).matches("\"content\"").count();
+            n += String::from_utf8_lossy(&chunk)
+                .matches("\"content\"")
+                .count();
         }
         n
     });

@@ -27,7 +27,7 @@ pub mod reports;
 pub mod throttle;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
@@ -349,29 +349,27 @@ struct LoginForm {
     password: String,
 }
 
-/// Who is asking: the client's address (for throttling) and the TCP peer (for deciding
-/// whether a proxy's `X-Forwarded-*` may be believed).
-// TODO(edge): replace `ip` with `crate::client_addr::ClientAddr` once merged.
+/// Who is asking: the client's address (per `trusted_proxies`, for throttling) and the TCP
+/// peer (for deciding whether a proxy's `X-Forwarded-Proto` may be believed).
 pub struct Client {
     pub ip: IpAddr,
     pub peer: Option<SocketAddr>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Client {
+impl FromRequestParts<Arc<AppState>> for Client {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut http::request::Parts,
-        _: &S,
+        st: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        Ok(Client {
-            ip: peer.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |p| p.ip()),
-            peer,
-        })
+        let ip =
+            crate::client_addr::client_addr(&parts.headers, peer, &st.live.load().trusted_proxies);
+        Ok(Client { ip, peer })
     }
 }
 
@@ -399,12 +397,10 @@ fn via_tls_proxy(st: &AppState, headers: &HeaderMap, client: &Client) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
-    forwarded_https && client.peer.is_some_and(|p| trusted_proxy(st, p.ip()))
-}
-
-/// TODO(edge): `trusted_proxies` from the config once merged; until then no proxy is trusted.
-fn trusted_proxy(_st: &AppState, _peer: IpAddr) -> bool {
-    false
+    forwarded_https
+        && client
+            .peer
+            .is_some_and(|p| st.live.load().trusted_proxies.contains(p.ip()))
 }
 
 /// The sign-in page again, with a message and a status.
