@@ -356,6 +356,7 @@ async fn sign_in_is_throttled_per_account_and_per_address_before_hashing() {
     let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
     user(&gw, "alice@example.org", "user", None).await;
     user(&gw, "bob@example.org", "user", None).await;
+    user(&gw, "carol@example.org", "user", None).await;
 
     // Five wrong passwords for alice from this address...
     for _ in 0..5 {
@@ -380,16 +381,22 @@ async fn sign_in_is_throttled_per_account_and_per_address_before_hashing() {
     );
 
     // Guessing across random accounts: 20 failures per address, then the address waits,
-    // whoever it asks for (bob's success did not wipe the address's record).
+    // for every account that never signed in from it (bob's success did not wipe the
+    // address's record)...
     for i in 0..15 {
         let r = sign_in(&gw, &format!("nobody{i}@example.org"), "wrong password!!").await;
         assert_eq!(r.status(), 401, "failure {i}");
     }
-    let r = sign_in(&gw, "bob@example.org", PASSWORD).await;
+    let r = sign_in(&gw, "carol@example.org", PASSWORD).await;
     assert_eq!(r.status(), 429);
     assert!((1..=900).contains(&retry_after(&r)));
     let page = r.text().await.unwrap();
     assert!(page.contains("from your network address"), "{page}");
+    // ...while bob, who signed in from here before, is not shut out by the guesser.
+    assert_eq!(
+        sign_in(&gw, "bob@example.org", PASSWORD).await.status(),
+        303
+    );
     gw.shutdown().await;
 }
 

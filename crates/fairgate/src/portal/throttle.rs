@@ -3,8 +3,9 @@
 //! The rule (also in README's portal section), per 15-minute window:
 //!
 //! 1. **Per client address**: 20 failed sign-ins, whatever the accounts, and that address is
-//!    refused (429 with `Retry-After`) until its window ends. IPv6 addresses count per /64,
-//!    the block one client usually holds.
+//!    refused (429 with `Retry-After`) until its window ends, except for accounts that signed
+//!    in from it before (so people behind one busy NAT are not shut out by a neighbour's
+//!    guessing). IPv6 addresses count per /64, the block one client usually holds.
 //! 2. **Per account and address**: 5 failed sign-ins for one account from one address, and
 //!    that address may not try that account again until the window ends. Other addresses,
 //!    the owner's included, are untouched: this is what stops guessing without handing a
@@ -274,7 +275,11 @@ impl MemoryThrottle {
         let now = (self.clock)();
         let (acct, addr) = (account_key(account), address_key(addr));
         let mut m = self.lock();
-        if let Some(w) = m.addresses.get(&addr) {
+        let known_good = m
+            .accounts
+            .get(&acct)
+            .is_some_and(|a| a.good.contains(&addr));
+        if let Some(w) = m.addresses.get(&addr).filter(|_| !known_good) {
             if w.live(now, r.window) >= r.address_failures {
                 return Err(Throttled {
                     retry_after: w.retry_after(now, r.window),
@@ -290,9 +295,10 @@ impl MemoryThrottle {
                 });
             }
         }
-        let slowed = m.accounts.get(&acct).is_some_and(|a| {
-            a.failures.live(now, r.window) >= r.account_slow_after && !a.good.contains(&addr)
-        });
+        let slowed = !known_good
+            && m.accounts
+                .get(&acct)
+                .is_some_and(|a| a.failures.live(now, r.window) >= r.account_slow_after);
         if slowed {
             let a = m.accounts.get_or_insert(acct, || unreachable_account(now));
             if let Some(last) = a.last_slow_attempt {
@@ -427,6 +433,30 @@ mod tests {
         assert_eq!(t.check("fresh@x", ip("203.0.113.10")).await, Ok(()));
         advance(Duration::from_secs(15 * 60)).await;
         assert_eq!(t.check("fresh@x", a).await, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_guesser_behind_a_shared_address_does_not_shut_out_its_regulars() {
+        let t = MemoryThrottle::default();
+        let nat = ip("192.0.2.1");
+        t.check("regular@x", nat).await.unwrap();
+        t.record_success("regular@x", nat).await;
+        for i in 0..20 {
+            fail(&t, &format!("guess{i}@x"), nat).await.unwrap();
+        }
+        assert_eq!(
+            t.check("newcomer@x", nat).await.unwrap_err().reason,
+            ThrottleReason::Address
+        );
+        // Someone who signed in from here before still may, but not endlessly wrongly.
+        assert_eq!(t.check("regular@x", nat).await, Ok(()));
+        for _ in 0..5 {
+            fail(&t, "regular@x", nat).await.unwrap();
+        }
+        assert_eq!(
+            t.check("regular@x", nat).await.unwrap_err().reason,
+            ThrottleReason::AccountFromAddress
+        );
     }
 
     #[tokio::test(start_paused = true)]

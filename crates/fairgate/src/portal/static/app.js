@@ -67,7 +67,8 @@ function button(m,u,act,label,confirmIt){return '<form class="inline" method="po
  '><input type="hidden" name="csrf" value="'+esc(csrf)+'"><input type="hidden" name="url" value="'+esc(u)+'"><button type="submit" aria-label="'+label+' '+esc(u)+'">'+label+'</button></form>';}
 function actions(m,b){const md=mode(b);return '<span class="nowrap">'+(md==='removing'?button(m,b.url,'resume','Resume',false):
  button(m,b.url,md==='draining'?'resume':'drain',md==='draining'?'Resume':'Drain',false)+' '+button(m,b.url,'remove','Remove',true))+'</span>';}
-function cells(d,b){return ['<code>'+esc(b.url)+'</code>'+(b.origin==='api'?' <span class="muted">(added live)</span>':''),state(b),b.in_flight+' / '+b.max_in_flight,
+// A backend's name (when the gateway reports one) before its address, as the server renders it.
+function cells(d,b){return [(b.name?'<strong>'+esc(b.name)+'</strong> ':'')+'<code>'+esc(b.url)+'</code>'+(b.origin==='api'?' <span class="muted">(added live)</span>':''),state(b),b.in_flight+' / '+b.max_in_flight,
  num(b.waiting),num(b.running),kv(b.kv_cache_usage,d.saturation_kv_usage),age(b.metrics_age_ms,d.metrics_stale_ms),String(b.consecutive_failures),
  String(b.ejections),b.last_error?esc(b.last_error):'—',b.attempts+' / '+b.failures+' / '+b.retries,String(b.prefix_hits)];}
 function summary(m){return badge(m.status,cls[m.status]||'bad')+' '+m.healthy+' of '+m.total+' healthy · '+m.in_flight+' / '+m.capacity+' in flight · '+m.queued+' queued · context '+(m.context_length==null?'—':m.context_length+' tokens');}
