@@ -7,7 +7,14 @@
 #   SKIP_LINT=1 ./scripts/test.sh   skip `cargo fmt --check` and clippy (quick local runs)
 #
 # Environment:
-#   FAIRGATE_TEST_POSTGRES_URL  Postgres for the store tests (default postgres://postgres@127.0.0.1:5432/test)
+#   FAIRGATE_TEST_POSTGRES_URL  PostgreSQL for the tests (trust auth). Unset: this script starts a
+#                               private server for the run (initdb in a temp directory, a free
+#                               loopback port, stopped and removed on exit); without the server
+#                               binaries it says what to install, and the PostgreSQL tests skip
+#                               (they fail under CI).
+#   FAIRGATE_TEST_PG_BINDIR     directory holding initdb/postgres/pg_ctl (default: newest
+#                               /usr/lib/postgresql/*/bin, else the initdb on PATH)
+#   CI                          any non-empty value other than false/0: nothing may skip
 #   FAIRGATE_BIN                binary the Python suite starts (default target/debug/fairgate)
 #   PYTHON                      interpreter used to create .venv-test (default python3)
 set -euo pipefail
@@ -28,9 +35,95 @@ die() {
     exit 1
 }
 
+warn() {
+    printf '\nwarning: %s\n' "$*" >&2
+}
+
+# The one CI rule (same as fairgate_testkit::in_ci and tests/demo_process.py's in_ci).
+in_ci() {
+    case "${CI:-}" in
+        "" | 0 | false | FALSE | False) return 1 ;;
+        *) return 0 ;;
+    esac
+}
+
+# --- a private PostgreSQL for the run, when none is given -----------------------------------------
+# One server for the whole run (one initdb instead of one per test binary); each test isolates
+# itself in its own schema. Stopped and removed by the EXIT trap.
+PG_TMP=""
+PG_BINDIR=""
+PG_AS=()
+
+find_pg_bindir() {
+    if [ -n "${FAIRGATE_TEST_PG_BINDIR:-}" ]; then
+        PG_BINDIR="$FAIRGATE_TEST_PG_BINDIR"
+    else
+        # shellcheck disable=SC2012  # version directory names are plain numbers
+        PG_BINDIR="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"
+        if [ -z "$PG_BINDIR" ] || [ ! -x "$PG_BINDIR/initdb" ]; then
+            local initdb
+            initdb="$(command -v initdb || true)"
+            PG_BINDIR="${initdb:+$(dirname "$(readlink -f "$initdb")")}"
+        fi
+    fi
+    [ -n "$PG_BINDIR" ] && [ -x "$PG_BINDIR/initdb" ] && [ -x "$PG_BINDIR/pg_ctl" ] \
+        && [ -x "$PG_BINDIR/postgres" ]
+}
+
+stop_private_postgres() {
+    if [ -n "$PG_TMP" ] && [ -d "$PG_TMP" ]; then
+        if [ -f "$PG_TMP/data/postmaster.pid" ]; then
+            ${PG_AS[@]+"${PG_AS[@]}"} "$PG_BINDIR/pg_ctl" -D "$PG_TMP/data" -m fast -w -t 60 stop \
+                >/dev/null 2>&1 || true
+        fi
+        rm -rf "$PG_TMP"
+    fi
+}
+
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_private_postgres() {
+    if ! find_pg_bindir; then
+        warn "FAIRGATE_TEST_POSTGRES_URL is not set and no PostgreSQL server binaries (initdb, pg_ctl, postgres) were found: install them (Debian/Ubuntu: apt-get install postgresql; Fedora: dnf install postgresql-server; macOS: brew install postgresql) or set FAIRGATE_TEST_POSTGRES_URL. The PostgreSQL tests will SKIP$(in_ci && echo ' and FAIL, because CI is set')."
+        return 0
+    fi
+    PG_TMP="$(mktemp -d "${TMPDIR:-/tmp}/fairgate-test-pg.XXXXXX")"
+    trap stop_private_postgres EXIT
+    if [ "$(id -u)" = 0 ]; then
+        # PostgreSQL refuses to run as root: run it as the `postgres` user the package creates.
+        id postgres >/dev/null 2>&1 \
+            || die "running as root and there is no 'postgres' user to run a private PostgreSQL as (apt-get install postgresql creates it), or set FAIRGATE_TEST_POSTGRES_URL"
+        chown postgres: "$PG_TMP"
+        if command -v runuser >/dev/null 2>&1; then
+            PG_AS=(runuser -u postgres --)
+        else
+            PG_AS=(setpriv --reuid=postgres --regid=postgres --init-groups)
+        fi
+    fi
+    ${PG_AS[@]+"${PG_AS[@]}"} "$PG_BINDIR/initdb" -D "$PG_TMP/data" -U postgres --auth=trust \
+        --encoding=UTF8 --locale=C --no-sync >"$PG_TMP/initdb.log" 2>&1 \
+        || die "initdb of the private PostgreSQL failed: $(tail -n 20 "$PG_TMP/initdb.log")"
+    local port tries=0
+    while :; do
+        port="$(free_port)"
+        if ${PG_AS[@]+"${PG_AS[@]}"} "$PG_BINDIR/pg_ctl" -D "$PG_TMP/data" -l "$PG_TMP/postgres.log" \
+            -w -t 90 -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PG_TMP -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+            start >/dev/null; then
+            break
+        fi
+        tries=$((tries + 1))
+        [ "$tries" -lt 3 ] || die "the private PostgreSQL did not start: $(tail -n 20 "$PG_TMP/postgres.log")"
+    done
+    "$PG_BINDIR/createdb" -h 127.0.0.1 -p "$port" -U postgres -w test \
+        || die "creating database test in the private PostgreSQL failed"
+    export FAIRGATE_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/test"
+    echo "private PostgreSQL for this run: $FAIRGATE_TEST_POSTGRES_URL (data in $PG_TMP)"
+}
+
 command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust via rustup, or add ~/.cargo/bin to PATH)"
 
-export FAIRGATE_TEST_POSTGRES_URL="${FAIRGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 FAIRGATE_BIN="${FAIRGATE_BIN:-target/debug/fairgate}"
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv-test"
@@ -49,7 +142,12 @@ fi
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
-step "cargo test --workspace (FAIRGATE_TEST_POSTGRES_URL=$FAIRGATE_TEST_POSTGRES_URL)"
+if [ -z "${FAIRGATE_TEST_POSTGRES_URL:-}" ]; then
+    step "private PostgreSQL (FAIRGATE_TEST_POSTGRES_URL not set)"
+    start_private_postgres
+fi
+
+step "cargo test --workspace (FAIRGATE_TEST_POSTGRES_URL=${FAIRGATE_TEST_POSTGRES_URL:-<none>})"
 cargo test --workspace
 
 step "python test environment (.venv-test)"

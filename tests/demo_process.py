@@ -28,6 +28,21 @@ REQUIRED_FIELDS = (
 )
 
 
+def in_ci() -> bool:
+    """The one rule for "are we under CI", as in the Rust kit (`fairgate_testkit::in_ci`): `CI`
+    set to anything non-empty other than `false` or `0`."""
+    v = os.environ.get("CI", "").strip()
+    return v != "" and v != "0" and v.lower() != "false"
+
+
+def require(what: str, why: str) -> None:
+    """Something a test needs is missing: fail under CI (CI must not go green without having run
+    it), skip loudly elsewhere."""
+    if in_ci():
+        pytest.fail(f"{what} is required under CI (CI is set): {why}", pytrace=False)
+    pytest.skip(f"SKIP: {what} unavailable: {why}")
+
+
 def fairgate_binary() -> Path:
     p = Path(os.environ.get("FAIRGATE_BIN", "target/debug/fairgate"))
     if not p.is_absolute():

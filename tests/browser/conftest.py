@@ -2,7 +2,8 @@
 
 The gateway comes from the runner shared with tests/python (tests/demo_process.py). Chromium
 and chromedriver are system packages (Debian: `chromium`, `chromium-driver`); override their paths with CHROMIUM_BIN / CHROMEDRIVER_BIN. When they are
-missing the tests skip with the reason, except under CI=true, where they fail.
+missing the tests skip with the reason, except under CI (demo_process.in_ci: any non-empty CI
+other than false/0), where they fail.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from _browser_support import REPO_ROOT, http_json, screenshots_taken, shot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from demo_process import demo_gateway  # noqa: E402
+from demo_process import demo_gateway, require  # noqa: E402
 
 
 
@@ -70,11 +71,8 @@ def browser_paths() -> tuple[str, str]:
     driver = _find("CHROMEDRIVER_BIN", ["chromedriver"])
     missing = [n for n, p in (("chromium (CHROMIUM_BIN)", chromium), ("chromedriver (CHROMEDRIVER_BIN)", driver)) if not p]
     if missing:
-        why = (f"browser tests need {' and '.join(missing)}: "
-               "apt-get install -y chromium chromium-driver, or set the variables")
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(f"CI=true and {why}", pytrace=False)
-        pytest.skip(why)
+        require(" and ".join(missing),
+                "apt-get install -y chromium chromium-driver, or set the variables")
     return chromium, driver
 
 

@@ -43,6 +43,12 @@ const SQLITE_MAX_CONNECTIONS: u32 = 4;
 const POSTGRES_MAX_CONNECTIONS: u32 = 10;
 /// Bounds how long a caller waits for a connection when the database is down or saturated.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `connect` keeps retrying SQLite locks held by other processes starting on the same
+/// file. Switching to WAL needs an exclusive lock that `busy_timeout` does not wait for, and a
+/// loaded machine can hold the migration lock longer than the busy timeout, so both are retried
+/// with back-off; this bounds a stuck start, it is not expected to be reached.
+const SQLITE_START_RETRY: Duration = Duration::from_secs(60);
+const SQLITE_START_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// A handle to the database: a connection pool plus which backend it is. Cheap to clone.
 #[derive(Clone)]
@@ -218,14 +224,21 @@ impl Store {
         if parsed.backend == Backend::Sqlite && !parsed.in_memory {
             // WAL is a property of the file, so setting it once here covers every connection
             // (and every other process). It lets readers run while a ledger batch commits.
-            let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
-                .fetch_one(&store.pool)
-                .await?;
+            let mode: String = retry_while_locked("switch to WAL", || async {
+                Ok(sqlx::query_scalar("PRAGMA journal_mode = WAL")
+                    .fetch_one(&store.pool)
+                    .await?)
+            })
+            .await?;
             if !mode.eq_ignore_ascii_case("wal") {
                 tracing::warn!(journal_mode = %mode, "SQLite did not switch to WAL");
             }
+            // Migrations are idempotent (each claims its version in its own transaction), so a
+            // run that lost a lock race can simply run again.
+            retry_while_locked("migrate", || migrate::run(&store.pool, store.backend)).await?;
+        } else {
+            migrate::run(&store.pool, store.backend).await?;
         }
-        migrate::run(&store.pool, store.backend).await?;
         Ok(store)
     }
 
@@ -247,6 +260,69 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Whether an error is SQLite's "database is locked" (SQLITE_BUSY, any extended code) or
+/// "database table is locked" (SQLITE_LOCKED): another connection holds a lock for now.
+pub(crate) fn is_sqlite_locked(e: &sqlx::Error) -> bool {
+    let Some(d) = e.as_database_error() else {
+        return false;
+    };
+    let primary = d
+        .code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .map(|c| c & 0xff);
+    matches!(primary, Some(5) | Some(6))
+        || d.message().contains("database is locked")
+        || d.message().contains("database table is locked")
+}
+
+fn store_error_is_locked(e: &StoreError) -> bool {
+    match e {
+        StoreError::Db(e) | StoreError::Migration { source: e, .. } => is_sqlite_locked(e),
+        _ => false,
+    }
+}
+
+/// Runs `op` until it succeeds, fails otherwise than with a lock held by someone else, or
+/// [`SQLITE_START_RETRY`] has passed; waits with jittered exponential back-off in between (the
+/// jitter keeps processes that collided once from colliding again in lock-step).
+async fn retry_while_locked<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + SQLITE_START_RETRY;
+    let mut backoff = Duration::from_millis(5);
+    let mut attempts = 0u32;
+    loop {
+        match op().await {
+            Err(e) if store_error_is_locked(&e) && tokio::time::Instant::now() < deadline => {
+                attempts += 1;
+                tracing::debug!(attempts, error = %e, "SQLite {what}: database locked, retrying");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(SQLITE_START_BACKOFF_MAX);
+            }
+            Err(e) => {
+                if attempts > 0 {
+                    tracing::warn!(attempts, error = %e, "SQLite {what} failed after retries");
+                }
+                return Err(e);
+            }
+            Ok(v) => return Ok(v),
+        }
+    }
+}
+
+/// A duration between half and all of `d`, from the std hasher's per-instance random keys
+/// (no RNG dependency needed for this).
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = d / 2;
+    half + Duration::from_nanos(r % (half.as_nanos().max(1) as u64))
 }
 
 #[cfg(test)]
@@ -344,5 +420,80 @@ mod tests {
         assert_eq!(percent_decode("a%20b"), "a b");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_whole() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(100));
+            assert!(
+                j >= Duration::from_millis(50) && j <= Duration::from_millis(100),
+                "{j:?}"
+            );
+        }
+    }
+
+    /// Another process writing to the file while it is still in rollback-journal mode (for
+    /// example one that is itself switching it to WAL or migrating) holds a RESERVED lock.
+    /// Switching to WAL reads first and then asks for the write lock, and SQLite does not call
+    /// the busy handler for that upgrade (it could deadlock), so it fails at once with "database
+    /// is locked". `connect` must wait and retry instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_waits_for_a_writer_blocking_the_switch_to_wal() {
+        use sqlx::{Connection, Executor};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let url = format!("sqlite://{}", path.display());
+        let mut writer = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        writer
+            .execute("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut writer)
+            .await
+            .unwrap();
+        assert_eq!(mode, "delete", "the file starts in rollback-journal mode");
+        // An open write transaction: a RESERVED lock on the file until it ends.
+        writer.execute("BEGIN IMMEDIATE").await.unwrap();
+        writer.execute("INSERT INTO t VALUES (2)").await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut writer)
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+
+        let connecting = tokio::spawn({
+            let url = url.clone();
+            async move { Store::connect(&url).await }
+        });
+        // While the writer holds its lock the switch cannot happen; a connect that gave up
+        // would finish (with an error) during this time.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !connecting.is_finished(),
+            "connect finished while another connection blocked the WAL switch: {:?}",
+            connecting.await.unwrap().err()
+        );
+        writer.execute("COMMIT").await.unwrap();
+        let store = connecting
+            .await
+            .unwrap()
+            .expect("connect after the lock is released");
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        writer.close().await.unwrap();
+        store.close().await;
+    }
+
+    #[test]
+    fn locked_errors_are_recognised() {
+        assert!(!store_error_is_locked(&StoreError::BadUrl("x".into())));
+        assert!(!is_sqlite_locked(&sqlx::Error::PoolTimedOut));
     }
 }

@@ -5,7 +5,8 @@
 //! gets a 4xx and no session.
 //!
 //! Needs `node` and `npm` (`npm ci` runs in `tests/oidc` when `node_modules` is missing).
-//! Without them the test is skipped with a message, except under `CI=true`, where it fails.
+//! Without them the test is skipped with a loud message, except under CI
+//! (`fairgate_testkit::in_ci`), where it fails.
 
 mod common;
 
@@ -29,10 +30,6 @@ const EMAIL: &str = "sso.user@example.org";
 
 fn provider_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// `Some(reason)` when the provider cannot run here.
@@ -81,8 +78,7 @@ fn start_provider() -> Option<Provider> {
 /// `email_verified`: what the provider says in that claim (`true`, `false`), or `omit`.
 fn start_provider_with(email_verified: &str) -> Option<Provider> {
     if let Some(why) = prepare_provider() {
-        assert!(!in_ci(), "OIDC test cannot run under CI: {why}");
-        eprintln!("SKIPPED: OIDC sign-in test needs node and npm: {why}");
+        fairgate_testkit::require("node and npm (for the OIDC provider)", &why);
         return None;
     }
     let mut child = Command::new("node")

@@ -3,24 +3,22 @@
 //! SQLite: a fresh database file in a temp directory (in a nested, not-yet-existing directory,
 //! so every test also exercises directory creation).
 //!
-//! PostgreSQL: `FAIRGATE_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
-//! Each test creates its own schema `fg_t_<uuid>` and connects with
+//! PostgreSQL: `FAIRGATE_TEST_POSTGRES_URL`, else a private server started for this test binary
+//! by `fairgate_testkit::postgres_url` (initdb in a temp directory). Each test creates its own schema `fg_t_<uuid>` and connects with
 //! `?options=-c search_path=<schema>` on the URL, so parallel tests never see each other's
-//! tables; the schema is dropped afterwards, also when the scenario panics. If the server is
-//! unreachable the test prints `SKIPPED: postgres unavailable` to stderr and passes, unless
-//! `CI=true`, where it fails: CI must not go green without having tested PostgreSQL.
+//! tables; the schema is dropped afterwards, also when the scenario panics. If no server is
+//! available the test prints a loud SKIP line and passes, except under CI
+//! (`fairgate_testkit::in_ci`), where it fails: CI must not go green without having tested
+//! PostgreSQL.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use fairgate_store::Store;
 use sqlx::{Connection, Executor, PgConnection};
 use std::future::Future;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// What a scenario gets: a migrated store plus what it needs to open more of the same kind.
 pub struct Db {
@@ -102,13 +100,14 @@ where
     F: FnOnce(Db) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let base = std::env::var("FAIRGATE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-    let admin = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&base)).await;
+    let Some(base) = fairgate_testkit::postgres_url() else {
+        return; // require() has printed the SKIP line (or panicked under CI)
+    };
+    let admin = tokio::time::timeout(Duration::from_secs(30), PgConnection::connect(&base)).await;
     let mut admin = match admin {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return unavailable(name, &base, &e.to_string()),
-        Err(_) => return unavailable(name, &base, "connect timed out after 10s"),
+        Err(_) => return unavailable(name, &base, "connect timed out after 30s"),
     };
     let schema = new_schema_name();
     admin
@@ -171,17 +170,9 @@ where
 }
 
 fn unavailable(name: &str, url: &str, error: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "postgres unavailable at {url} ({error}); CI=true requires PostgreSQL for {name} \
-             (start it, or point FAIRGATE_TEST_POSTGRES_URL at one)"
-        );
-    }
-    // Written to the real stderr, not through eprintln!, which the test harness captures and
-    // hides for passing tests: a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: postgres unavailable at {url} ({error}); {name} did not run on postgres"
+    fairgate_testkit::require(
+        "PostgreSQL",
+        &format!("{url} unreachable ({error}); {name} did not run on postgres"),
     );
 }
 

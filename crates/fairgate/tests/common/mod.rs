@@ -64,13 +64,14 @@ pub struct DbHandle {
     pg_schema: Option<(String, String)>,
 }
 
-pub fn pg_base_url() -> String {
-    std::env::var("FAIRGATE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+/// The PostgreSQL the tests use: `FAIRGATE_TEST_POSTGRES_URL`, else a private instance for this
+/// test binary (`fairgate_testkit::postgres_url`); `None` when neither is available outside CI.
+pub fn pg_base_url() -> Option<String> {
+    fairgate_testkit::postgres_url()
 }
 
-/// A fresh database; `None` if Postgres is unavailable outside CI (under `CI=true` it panics,
-/// so a skipped infrastructure test can never pass silently there).
+/// A fresh database; `None` if PostgreSQL is unavailable outside CI (under CI,
+/// `fairgate_testkit::require` panics, so a skipped infrastructure test never passes there).
 pub async fn fresh_db(db: Db) -> Option<DbHandle> {
     match db {
         Db::Sqlite => {
@@ -83,15 +84,20 @@ pub async fn fresh_db(db: Db) -> Option<DbHandle> {
             })
         }
         Db::Postgres => {
-            let base = pg_base_url();
+            let base = pg_base_url()?;
             use sqlx::Connection;
-            let mut admin = match sqlx::PgConnection::connect(&base).await {
-                Ok(c) => c,
-                Err(e) => {
-                    if std::env::var("CI").as_deref() == Ok("true") {
-                        panic!("PostgreSQL at {base} is required under CI=true: {e}");
-                    }
-                    eprintln!("SKIPPED: postgres unavailable at {base}: {e}");
+            let connect = sqlx::PgConnection::connect(&base);
+            let mut admin = match tokio::time::timeout(Duration::from_secs(30), connect).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    fairgate_testkit::require("PostgreSQL", &format!("connect to {base}: {e}"));
+                    return None;
+                }
+                Err(_) => {
+                    fairgate_testkit::require(
+                        "PostgreSQL",
+                        &format!("connect to {base}: no answer in 30 s"),
+                    );
                     return None;
                 }
             };
