@@ -443,11 +443,27 @@ async fn login(
     State(st): State<Arc<AppState>>,
     client: Client,
     headers: HeaderMap,
-    Form(f): Form<LoginForm>,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     if !same_origin(&headers) {
         return Refusal::Forbidden("cross-origin sign-in refused").into_response();
     }
+    // A body that is not the sign-in form gets the sign-in page, not axum's plain text.
+    let f = match form {
+        Ok(Form(f)) => f,
+        Err(e) => {
+            let status = e.status();
+            return login_refused(
+                &st,
+                if status.is_client_error() {
+                    status
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                "That was not the sign-in form; please use the form below.",
+            );
+        }
+    };
     let email = f.email.trim().to_lowercase();
     let throttle = &st.portal.throttle;
     if let Err(t) = throttle.check(&email, client.ip).await {
