@@ -87,6 +87,8 @@ def driver(browser_paths, request):
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
               "--disable-gpu", "--no-first-run", "--disable-extensions"):
         opts.add_argument(a)
+    # The console log, so a test can see Content-Security-Policy violations.
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # Explicit paths: selenium-manager must never try to download a browser or driver.
     d = webdriver.Chrome(service=Service(executable_path=chromedriver), options=opts)
     d.set_window_size(1280, 900)

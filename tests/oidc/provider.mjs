@@ -14,6 +14,8 @@ const REDIRECT_URI = env('REDIRECT_URI', 'http://127.0.0.1:8080/portal/oidc/call
 const ACCOUNT_ID = env('ACCOUNT_ID', 'acct-1');
 const ACCOUNT_EMAIL = env('ACCOUNT_EMAIL', 'sso.user@example.org');
 const GROUPS = env('GROUPS', 'staff,lab').split(',').filter(Boolean);
+// `true` (default), `false`, or `omit` (an IdP that never says whether it checked the address).
+const EMAIL_VERIFIED = env('EMAIL_VERIFIED', 'true');
 
 const key = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
 key.kid = 'test-' + crypto.randomBytes(4).toString('hex');
@@ -51,7 +53,9 @@ const provider = new Provider(issuer, {
     return {
       accountId: id,
       async claims() {
-        return { sub: id, email: ACCOUNT_EMAIL, email_verified: true, name: 'SSO User', groups: GROUPS };
+        const claims = { sub: id, email: ACCOUNT_EMAIL, name: 'SSO User', groups: GROUPS };
+        if (EMAIL_VERIFIED !== 'omit') claims.email_verified = EMAIL_VERIFIED === 'true';
+        return claims;
       },
     };
   },

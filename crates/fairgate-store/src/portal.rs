@@ -185,6 +185,18 @@ impl Store {
         rows.iter().map(user_from_row).collect()
     }
 
+    /// E-mails (lower-cased) of disabled users. The key directory joins keys to these by their
+    /// `user`, so a disabled person's keys stop working without the keys being changed (and
+    /// re-enabling the person restores exactly what was there).
+    pub async fn disabled_user_emails(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT email FROM users WHERE disabled <> 0")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("email").map_err(StoreError::from))
+            .collect()
+    }
+
     /// Writes every field of the user with `u.id` except `created_at` (email lower-cased);
     /// `false` if there is none, `Conflict` if another user has the email or OIDC subject.
     pub async fn update_user(&self, u: &User) -> Result<bool, StoreError> {

@@ -50,6 +50,7 @@ conformance!(
     users_crud,
     user_conflicts,
     users_by_tenant,
+    disabled_user_emails_lists_only_disabled,
     unknown_role_is_corrupt,
     sessions_lifecycle,
     audit_order_limit_and_paging,
@@ -1929,6 +1930,27 @@ async fn users_by_tenant(db: Db) {
         users[3].clone()
     );
     assert_eq!(s.count_users().await.unwrap(), 5);
+}
+
+/// The key directory joins keys to these e-mails (off-boarding): only disabled users, lower-cased.
+async fn disabled_user_emails_lists_only_disabled(db: Db) {
+    let s = &db.store;
+    assert!(s.disabled_user_emails().await.unwrap().is_empty());
+    let mut gone = user("1", "Gone@Example.com", Some("physics"));
+    gone.disabled = true;
+    s.create_user(&gone).await.unwrap();
+    s.create_user(&user("2", "here@example.com", Some("physics")))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.disabled_user_emails().await.unwrap(),
+        ["gone@example.com"]
+    );
+    // Re-enabled: off the list.
+    let mut back = s.get_user("1").await.unwrap().unwrap();
+    back.disabled = false;
+    assert!(s.update_user(&back).await.unwrap());
+    assert!(s.disabled_user_emails().await.unwrap().is_empty());
 }
 
 async fn unknown_role_is_corrupt(db: Db) {

@@ -1048,6 +1048,9 @@ async fn update_user(
     st.store.update_user(&u).await?;
     // A changed password, role or a disabled account ends the sessions it had.
     st.store.delete_user_sessions(&u.id).await?;
+    // A disabled person's API keys stop (and a re-enabled one's work again) at once here;
+    // other replicas follow at their next directory refresh.
+    crate::server::refresh_directory(&st).await?;
     audit(
         &st,
         "user.update",

@@ -247,24 +247,62 @@ pub struct AliasConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PortalConfig {
-    /// Mark session cookies `Secure`; set it when clients reach fairgate over HTTPS (a TLS
-    /// proxy in front), and links in the portal then use https.
+    /// Mark cookies `Secure` (and write https links): `"auto"` (default) does unless the
+    /// gateway listens on a loopback address and the request did not come through a trusted
+    /// proxy saying `X-Forwarded-Proto: https`; `true` always; `false` never (plain-HTTP
+    /// deployments on a network address).
     #[serde(default)]
-    pub secure_cookies: bool,
+    pub secure_cookies: SecureCookies,
     /// How long a sign-in lasts.
     #[serde(default = "defaults::session_ttl_s")]
     pub session_ttl_s: u64,
     /// `[portal.oidc]`: OpenID Connect sign-in; absent, only passwords.
     #[serde(default)]
     pub oidc: Option<crate::portal::oidc::OidcConfig>,
+    // ---- sign-in hardening (issue 10) ----
+    /// Password hashes (argon2id, 19 MiB each) that may run at once, on blocking threads;
+    /// 0 picks half the cores (at least 1).
+    #[serde(default)]
+    pub password_hash_workers: usize,
+}
+
+/// `portal.secure_cookies`: `"auto"`, `true` or `false`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SecureCookies {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl<'de> Deserialize<'de> for SecureCookies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(SecureCookies::Always),
+            Raw::Bool(false) => Ok(SecureCookies::Never),
+            Raw::Text(t) if t == "auto" => Ok(SecureCookies::Auto),
+            Raw::Text(t) if t == "true" => Ok(SecureCookies::Always),
+            Raw::Text(t) if t == "false" => Ok(SecureCookies::Never),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "`{t}` is not one of \"auto\", true, false"
+            ))),
+        }
+    }
 }
 
 impl Default for PortalConfig {
     fn default() -> Self {
         Self {
-            secure_cookies: false,
+            secure_cookies: SecureCookies::Auto,
             session_ttl_s: defaults::session_ttl_s(),
             oidc: None,
+            password_hash_workers: 0,
         }
     }
 }

@@ -106,6 +106,9 @@ pub struct KeyEntry {
     expires_at: Option<i64>,
     enabled: bool,
     revoked: bool,
+    /// The key's owner (`user`) is a disabled portal user: off-boarding stops the keys
+    /// without touching them, so re-enabling the person restores exactly what was there.
+    owner_disabled: bool,
 }
 
 impl Principal {
@@ -155,6 +158,16 @@ fn decode_hash(hex: &str) -> Option<[u8; 32]> {
 
 impl Directory {
     pub fn build(tenants: Vec<Tenant>, keys: Vec<KeyRecord>) -> Directory {
+        Self::build_with(tenants, keys, &HashSet::new())
+    }
+
+    /// Like [`Directory::build`], with the (lower-cased) e-mails of disabled portal users:
+    /// keys whose `user` is one of them answer `api_key_disabled`.
+    pub fn build_with(
+        tenants: Vec<Tenant>,
+        keys: Vec<KeyRecord>,
+        disabled_users: &HashSet<String>,
+    ) -> Directory {
         let tenants: HashMap<String, Tenant> =
             tenants.into_iter().map(|t| (t.name.clone(), t)).collect();
         let keys = keys
@@ -165,7 +178,12 @@ impl Directory {
                     tracing::error!(key_id = %k.id, "stored key hash is corrupt; key disabled");
                     return None;
                 };
+                let owner_disabled = k
+                    .user
+                    .as_deref()
+                    .is_some_and(|u| disabled_users.contains(&u.trim().to_lowercase()));
                 let entry = KeyEntry {
+                    owner_disabled,
                     id: k.id.clone(),
                     tenant: k.tenant,
                     user: k.user,
@@ -240,7 +258,7 @@ impl Directory {
         if entry.revoked {
             return fail(ApiError::KeyRevoked, Some(principal));
         }
-        if !entry.enabled || !self.tenants.contains_key(&entry.tenant) {
+        if !entry.enabled || entry.owner_disabled || !self.tenants.contains_key(&entry.tenant) {
             return fail(ApiError::KeyDisabled, Some(principal));
         }
         if entry.expires_at.is_some_and(|t| t <= now) {
@@ -266,13 +284,20 @@ impl Identity {
         Ok(id)
     }
 
-    /// Re-reads tenants and keys and swaps the snapshot; readers never wait.
+    /// Re-reads tenants, keys and disabled users and swaps the snapshot; readers never wait.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let tenants = self.store.list_tenants().await?;
         let keys = self.store.list_keys(None).await?;
         let groups = self.store.list_groups().await?;
+        let disabled: HashSet<String> = self
+            .store
+            .disabled_user_emails()
+            .await?
+            .into_iter()
+            .map(|e| e.to_lowercase())
+            .collect();
         self.current.store(Arc::new(
-            Directory::build(tenants, keys).with_groups(groups),
+            Directory::build_with(tenants, keys, &disabled).with_groups(groups),
         ));
         Ok(())
     }
@@ -362,6 +387,45 @@ mod tests {
         assert_eq!(check(&rec, Some(&header), 0), Some("api_key_disabled"));
         rec.revoked_at = Some(1);
         assert_eq!(check(&rec, Some(&header), 0), Some("api_key_revoked"));
+    }
+
+    #[test]
+    fn a_disabled_owner_disables_their_keys_and_re_enabling_restores_them() {
+        let k = mint_key();
+        let mut rec = record(&k, "a");
+        rec.user = Some("Bob@Example.org".into());
+        let header = format!("Bearer {}", k.expose());
+        let other = mint_key();
+        let mut other_rec = record(&other, "a");
+        other_rec.user = Some("carol@example.org".into());
+        let disabled: HashSet<String> = ["bob@example.org".to_owned()].into();
+        let dir = Directory::build_with(
+            vec![tenant("a")],
+            vec![rec.clone(), other_rec.clone()],
+            &disabled,
+        );
+        let err = dir.authenticate(Some(&header), 0).err().unwrap();
+        assert_eq!(err.error.class(), "api_key_disabled");
+        // The failure still names the key, so the ledger row is attributed.
+        assert_eq!(err.known.unwrap().key_id(), &k.id);
+        assert!(dir
+            .authenticate(Some(&format!("Bearer {}", other.expose())), 0)
+            .is_ok());
+        // A revoked key stays revoked whatever its owner's state.
+        let mut revoked = rec.clone();
+        revoked.revoked_at = Some(1);
+        let dir = Directory::build_with(vec![tenant("a")], vec![revoked], &disabled);
+        assert_eq!(
+            dir.authenticate(Some(&header), 0)
+                .err()
+                .unwrap()
+                .error
+                .class(),
+            "api_key_revoked"
+        );
+        // Re-enabled: the same record works again.
+        let dir = Directory::build_with(vec![tenant("a")], vec![rec], &HashSet::new());
+        assert!(dir.authenticate(Some(&header), 0).is_ok());
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Gateway {
             live: ArcSwap::from_pointee(config.clone()),
             config_path: path,
             admission: Admission::new(&config),
-            portal: crate::portal::Portal::default(),
+            portal: crate::portal::Portal::new(&config.portal),
             upstreams: Upstreams::from_config(&config),
             client: http_client(&config.upstream),
             config: Arc::new(config),
@@ -420,10 +420,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         // The portal's forms are read (under its small limit) before any extractor runs.
         .nest(
             "/portal",
-            crate::portal::router().layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                crate::limits::portal_body,
-            )),
+            crate::portal::router()
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::limits::portal_body,
+                ))
+                // Outermost, so the body limit's refusals carry the portal's headers too.
+                .layer(axum::middleware::map_response(
+                    crate::portal::security_headers,
+                )),
         )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

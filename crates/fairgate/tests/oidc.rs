@@ -72,6 +72,11 @@ impl Drop for Provider {
 }
 
 fn start_provider() -> Option<Provider> {
+    start_provider_with("true")
+}
+
+/// `email_verified`: what the provider says in that claim (`true`, `false`), or `omit`.
+fn start_provider_with(email_verified: &str) -> Option<Provider> {
     if let Some(why) = prepare_provider() {
         fairgate_testkit::require("node and npm (for the OIDC provider)", &why);
         return None;
@@ -85,6 +90,7 @@ fn start_provider() -> Option<Provider> {
         .env("ACCOUNT_ID", "acct-42")
         .env("ACCOUNT_EMAIL", EMAIL)
         .env("GROUPS", "staff,lab")
+        .env("EMAIL_VERIFIED", email_verified)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -336,4 +342,62 @@ fn state_of(url: &str) -> String {
         .find(|(k, _)| k == "state")
         .map(|(_, v)| v.into_owned())
         .unwrap()
+}
+
+/// An IdP that omits `email_verified` (or says false) vouches for nothing: its e-mail neither
+/// finds an existing account (a stranger could otherwise take over an operator's) nor creates
+/// one. The sign-in is refused with a page that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_email_never_links_or_creates_an_account() {
+    for claim in ["omit", "false"] {
+        let Some(idp) = start_provider_with(claim) else {
+            return;
+        };
+        let sim = Sim::start(SimConfig::instant("m")).await;
+        let db = fresh_db(Db::Sqlite).await.unwrap();
+        let issuer = idp.issuer.clone();
+        let gw = TestGateway::start(
+            Setup::one("m", &sim.url, 8).with(move |cfg| {
+                cfg.portal.oidc = Some(
+                    toml::from_str::<OidcConfig>(&format!(
+                        "issuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\n\
+                         client_secret = \"{CLIENT_SECRET}\"\n\
+                         redirect_url = \"{PUBLIC}/portal/oidc/callback\"\n\
+                         scopes = [\"openid\", \"email\", \"profile\", \"groups\"]"
+                    ))
+                    .unwrap(),
+                );
+            }),
+            &db.url,
+        )
+        .await;
+
+        // No account with that e-mail: none is created.
+        let (jar, cb) = to_callback(&gw, &idp).await;
+        let r = get_with(&cb, &jar.header()).await;
+        assert_eq!(r.status(), 400, "email_verified {claim}");
+        assert!(!has_session(&r));
+        let page = r.text().await.unwrap();
+        assert!(page.contains("does not confirm"), "{page}");
+        assert!(sso_users(&gw).await.is_empty(), "email_verified {claim}");
+
+        // An operator's password account with that e-mail: never linked.
+        let (s, v) = gw
+            .admin(
+                Method::POST,
+                "/users",
+                Some(serde_json::json!({"email": EMAIL, "password": "operator password 123", "role": "operator"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let (jar, cb) = to_callback(&gw, &idp).await;
+        let r = get_with(&cb, &jar.header()).await;
+        assert_eq!(r.status(), 400, "email_verified {claim}");
+        assert!(!has_session(&r));
+        let users = sso_users(&gw).await;
+        assert_eq!(users.len(), 1, "{users:?}");
+        assert!(users[0]["oidc_subject"].is_null(), "linked: {users:?}");
+        assert_eq!(users[0]["role"], "operator");
+        gw.shutdown().await;
+    }
 }

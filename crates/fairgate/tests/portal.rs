@@ -177,7 +177,14 @@ async fn a_user_signs_in_makes_a_key_once_uses_it_sees_history_and_revokes_it() 
     assert!(history.contains("200 ok"), "{history}");
     let (s, play) = get_page(&gw, &cookie, "/portal/playground").await;
     assert_eq!(s, 200);
-    assert!(play.contains("<option>m</option>") && play.contains("/v1/chat/completions"));
+    // The playground's script is the portal's static app.js (the CSP allows no inline script).
+    assert!(play.contains("<option>m</option>") && play.contains("src=\"/portal/static/app.js"));
+    let r = browser()
+        .get(format!("{}/portal/static/app.js", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("/v1/chat/completions"));
     assert!(
         !play.contains(&secret),
         "the playground never holds a secret"

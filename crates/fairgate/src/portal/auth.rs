@@ -1,13 +1,9 @@
 //! Portal authentication primitives: argon2id password hashing and policy, browser session
-//! secrets and cookies, CSRF comparison, a failed sign-in limiter, and PKCE/state/nonce
+//! secrets and cookies, CSRF comparison, and PKCE/state/nonce
 //! values for the OIDC authorization-code flow.
 //!
-//! Everything here is pure or a small in-memory structure; storage and HTTP handlers live
-//! elsewhere. Session cookies carry 32 random bytes (hex); only their SHA-256 is stored.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! Everything here is pure; storage and HTTP handlers live elsewhere, and the (slow) argon2
+//! calls run through [`super::hashing::HashPool`], never on an async worker. Session cookies carry 32 random bytes (hex); only their SHA-256 is stored.
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -29,9 +25,6 @@ pub const MAX_PASSWORD_CHARS: usize = 1024;
 const ARGON2_M_KIB: u32 = 19 * 1024;
 const ARGON2_T: u32 = 2;
 const ARGON2_P: u32 = 1;
-
-/// Default cap on keys tracked by a [`LoginLimiter`].
-pub const DEFAULT_LIMITER_MAX_KEYS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -181,106 +174,6 @@ pub fn session_from_headers(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.trim().trim_matches('"'))
         .find(|value| !value.is_empty())
         .map(str::to_owned)
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    window_start: Instant,
-}
-
-/// Failed sign-in limiter: at most `max_failures` per key within a fixed window that
-/// starts at the key's first failure. Callers normalize keys (e.g. `email:<lower-cased>`
-/// and `ip:<addr>` as separate keys). Memory is bounded by `max_keys`: expired entries
-/// are evicted first, then the oldest windows.
-#[derive(Debug)]
-pub struct LoginLimiter {
-    max_failures: u32,
-    window: Duration,
-    max_keys: usize,
-    entries: Mutex<HashMap<String, Failures>>,
-}
-
-impl LoginLimiter {
-    pub fn new(max_failures: u32, window: Duration) -> Self {
-        Self {
-            max_failures: max_failures.max(1),
-            window,
-            max_keys: DEFAULT_LIMITER_MAX_KEYS,
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Overrides the cap on tracked keys (at least 1).
-    pub fn with_max_keys(mut self, max_keys: usize) -> Self {
-        self.max_keys = max_keys.max(1);
-        self
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn expired(&self, f: &Failures, now: Instant) -> bool {
-        now.saturating_duration_since(f.window_start) >= self.window
-    }
-
-    /// `Err(retry_after)` when the key has used up its failures in the current window.
-    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let map = self.lock();
-        match map.get(key) {
-            Some(f) if !self.expired(f, now) && f.count >= self.max_failures => {
-                Err((f.window_start + self.window).saturating_duration_since(now))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a failed sign-in for `key`.
-    pub fn record_failure(&self, key: &str, now: Instant) {
-        let mut map = self.lock();
-        if let Some(f) = map.get_mut(key) {
-            if self.expired(f, now) {
-                *f = Failures {
-                    count: 1,
-                    window_start: now,
-                };
-            } else {
-                f.count = f.count.saturating_add(1);
-            }
-            return;
-        }
-        if map.len() >= self.max_keys {
-            map.retain(|_, f| !self.expired(f, now));
-        }
-        while map.len() >= self.max_keys {
-            let oldest = map
-                .iter()
-                .min_by_key(|(_, f)| f.window_start)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => map.remove(&k),
-                None => break,
-            };
-        }
-        map.insert(
-            key.to_owned(),
-            Failures {
-                count: 1,
-                window_start: now,
-            },
-        );
-    }
-
-    /// Clears `key` after a successful sign-in.
-    pub fn record_success(&self, key: &str) {
-        self.lock().remove(key);
-    }
-
-    /// Number of keys currently tracked.
-    pub fn tracked_keys(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 /// Base64url (RFC 4648 §5) without padding.
@@ -465,61 +358,6 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(COOKIE, HeaderValue::from_static("fg_session=\"q\""));
         assert_eq!(session_from_headers(&h).as_deref(), Some("q"));
-    }
-
-    #[test]
-    fn limiter_blocks_and_resets() {
-        let l = LoginLimiter::new(3, Duration::from_secs(60));
-        let t0 = Instant::now();
-        for i in 0..3 {
-            assert_eq!(l.check("email:a@x", t0), Ok(()), "failure {i}");
-            l.record_failure("email:a@x", t0 + Duration::from_secs(i));
-        }
-        assert_eq!(
-            l.check("email:a@x", t0 + Duration::from_secs(10)),
-            Err(Duration::from_secs(50))
-        );
-        assert_eq!(l.check("email:b@x", t0), Ok(()));
-        l.record_success("email:a@x");
-        assert_eq!(l.check("email:a@x", t0 + Duration::from_secs(10)), Ok(()));
-    }
-
-    #[test]
-    fn limiter_window_expiry() {
-        let l = LoginLimiter::new(2, Duration::from_secs(60));
-        let t0 = Instant::now();
-        l.record_failure("ip:1", t0);
-        l.record_failure("ip:1", t0 + Duration::from_secs(30));
-        assert!(l.check("ip:1", t0 + Duration::from_secs(59)).is_err());
-        assert_eq!(l.check("ip:1", t0 + Duration::from_secs(60)), Ok(()));
-        // A failure after expiry starts a new window with count 1.
-        l.record_failure("ip:1", t0 + Duration::from_secs(61));
-        assert_eq!(l.check("ip:1", t0 + Duration::from_secs(62)), Ok(()));
-        l.record_failure("ip:1", t0 + Duration::from_secs(62));
-        assert_eq!(
-            l.check("ip:1", t0 + Duration::from_secs(62)),
-            Err(Duration::from_secs(59))
-        );
-    }
-
-    #[test]
-    fn limiter_bounded_growth() {
-        let l = LoginLimiter::new(5, Duration::from_secs(60)).with_max_keys(100);
-        let t0 = Instant::now();
-        for i in 0..1000u64 {
-            l.record_failure(&format!("ip:{i}"), t0 + Duration::from_millis(i));
-            assert!(l.tracked_keys() <= 100);
-        }
-        assert_eq!(l.tracked_keys(), 100);
-        // The newest keys survive eviction of the oldest.
-        for _ in 0..4 {
-            l.record_failure("ip:999", t0 + Duration::from_secs(1));
-        }
-        assert!(l.check("ip:999", t0 + Duration::from_secs(1)).is_err());
-        // After the window, expired entries are evicted before live ones.
-        let later = t0 + Duration::from_secs(120);
-        l.record_failure("fresh", later);
-        assert_eq!(l.tracked_keys(), 1);
     }
 
     #[test]

@@ -22,35 +22,24 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-const STYLE: &str = r#"
-:root{--fg:#1b1f24;--muted:#5b6470;--line:#d8dde3;--accent:#0b62c4;--bad:#b42318;--ok:#067647;--bg:#fff}
-@media (prefers-color-scheme: dark){:root{--fg:#e6e9ee;--muted:#9aa4b0;--line:#343b45;--accent:#6aa8ff;--bad:#ff8a80;--ok:#7ddc9a;--bg:#14171b}}
-*{box-sizing:border-box}body{margin:0;font:15px/1.5 system-ui,sans-serif;color:var(--fg);background:var(--bg)}
-header{display:flex;flex-wrap:wrap;gap:.75rem 1.25rem;align-items:center;padding:.75rem 1rem;border-bottom:1px solid var(--line)}
-header strong{margin-right:auto}nav{display:flex;flex-wrap:wrap;gap:.25rem 1rem}a{color:var(--accent)}
-main{max-width:64rem;margin:0 auto;padding:1rem}h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
-table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid var(--line)}
-.scroll{overflow-x:auto}form.inline{display:inline}input,select,button{font:inherit;padding:.35rem .5rem}
-button{cursor:pointer;border:1px solid var(--line);border-radius:.35rem;background:transparent;color:var(--fg)}
-button.primary{background:var(--accent);border-color:var(--accent);color:#fff}
-.secret{font-family:ui-monospace,monospace;word-break:break-all;padding:.75rem;border:2px dashed var(--accent);border-radius:.35rem}
-.notice{padding:.75rem;border-left:4px solid var(--accent);background:color-mix(in srgb,var(--accent) 8%,transparent)}
-.error{padding:.75rem;border-left:4px solid var(--bad);color:var(--bad)}.muted{color:var(--muted)}
-pre{overflow-x:auto;padding:.75rem;border:1px solid var(--line);border-radius:.35rem}
-label{display:block;margin:.5rem 0}.grid{display:grid;gap:.5rem;grid-template-columns:repeat(auto-fit,minmax(14rem,1fr))}
-.badge{display:inline-block;padding:0 .4rem;border:1px solid currentColor;border-radius:.75rem;font-size:.85em;white-space:nowrap}
-.ok{color:var(--ok)}.warn{color:#9a6700}.bad{color:var(--bad)}
-@media (prefers-color-scheme: dark){.warn{color:#e3b341}}
-.bar{display:inline-block;vertical-align:middle;width:4rem;height:.6rem;margin-right:.35rem;border:1px solid var(--line);border-radius:.3rem;overflow:hidden}
-.bar>span{display:block;height:100%;background:var(--accent)}.bar>span.hot{background:var(--bad)}
-main:has(table.wide){max-width:96rem}.nowrap{white-space:nowrap}
-@media (max-width:40rem){table.stack thead{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
-table.stack,table.stack tbody,table.stack tr,table.stack td{display:block;width:100%}
-table.stack tr{border-bottom:2px solid var(--line);padding:.35rem 0}
-table.stack td{display:flex;gap:1rem;justify-content:space-between;border:0;padding:.2rem .25rem;text-align:right}
-table.stack td::before{content:attr(data-label);font-weight:600;text-align:left;color:var(--muted)}
-table.stack td[data-label=""]::before{content:none}}
-"#;
+/// The portal's one script and one stylesheet, served from `/portal/static/`: the CSP allows
+/// neither inline script nor inline style.
+pub const APP_JS: &str = include_str!("static/app.js");
+pub const APP_CSS: &str = include_str!("static/app.css");
+
+/// A short digest of both assets, put in their URLs (`?v=`): a new build's pages ask for the
+/// new files, so the files themselves can be cached for long.
+pub fn asset_version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::new()
+            .chain_update(APP_JS)
+            .chain_update(APP_CSS)
+            .finalize();
+        d[..6].iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
 
 /// Who is looking at a page, for the header.
 pub struct Viewer<'a> {
@@ -66,8 +55,12 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: &str) -> String {
         out,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{} · fairgate</title><style>{STYLE}</style></head><body><header><strong>fairgate</strong>",
-        esc(title)
+         <title>{} · fairgate</title>\
+         <link rel=\"stylesheet\" href=\"/portal/static/app.css?v={v}\">\
+         <script src=\"/portal/static/app.js?v={v}\" defer></script>\
+         </head><body><header><strong>fairgate</strong>",
+        esc(title),
+        v = asset_version()
     );
     if let Some(v) = viewer {
         out.push_str("<nav aria-label=\"Main\"><a href=\"/portal\">Keys</a><a href=\"/portal/usage\">Usage</a><a href=\"/portal/history\">History</a><a href=\"/portal/models\">Models</a><a href=\"/portal/playground\">Playground</a>");

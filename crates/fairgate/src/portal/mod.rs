@@ -1,10 +1,15 @@
 //! The browser portal at `/portal`: people sign in and manage their own keys, usage and
 //! history and see the models they may use; operators watch fair share live, manage tenants,
-//! groups, limits and budgets, and watch and change models' backends ([`operator`]). Server-rendered HTML from the same binary, with a few lines of script for
-//! the copy button and the live view.
+//! groups, limits and budgets, and watch and change models' backends ([`operator`]). Server-rendered HTML from the same binary; the little script there is (copy
+//! button, playground, live views) is one static file, `/portal/static/app.js`.
 //!
 //! Security rules, enforced here for every route:
-//! - a session is a random cookie value (HttpOnly, SameSite=Lax, Secure behind TLS); only its
+//! - every answer carries a Content-Security-Policy without inline script or style,
+//!   `X-Frame-Options: DENY`, `nosniff` and `Referrer-Policy: same-origin` ([`security_headers`]);
+//! - sign-in is throttled per client address and per account before any hashing
+//!   ([`throttle`]), and hashing runs on a bounded blocking pool ([`hashing`]);
+//! - a session is a random cookie value (HttpOnly, SameSite=Lax, Secure unless served over
+//!   plain loopback: [`cookies_secure`]); only its
 //!   SHA-256 is stored, and signing in always mints a new one (no session fixation);
 //! - every POST carries the session's CSRF token and, when the browser sends `Origin`, it must
 //!   be this host;
@@ -14,16 +19,18 @@
 
 pub mod auth;
 pub mod context;
+pub mod hashing;
 pub mod html;
 pub mod oidc;
 pub mod operator;
 pub mod reports;
+pub mod throttle;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -35,31 +42,100 @@ use crate::identity::mint_key;
 use crate::server::{record_audit, refresh_directory, AppState};
 use html::{esc, form, page, table, Viewer};
 
-/// Failed sign-ins allowed per account per window before sign-in is refused for a while.
-const LOGIN_FAILURES: u32 = 5;
-const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
-
 /// Portal state that is not in the database.
 pub struct Portal {
-    pub limiter: auth::LoginLimiter,
+    /// Sign-in throttle (per replica today; the trait lets a shared store take over).
+    pub throttle: Box<dyn throttle::SignInThrottle>,
+    /// Where password hashes run: bounded, off the async workers.
+    pub hashing: hashing::HashPool,
     pub oidc: oidc::OidcState,
     /// Models' context lengths as their backends report them.
     pub context: context::ContextLengths,
 }
 
-impl Default for Portal {
-    fn default() -> Self {
+impl Portal {
+    pub fn new(cfg: &crate::config::PortalConfig) -> Portal {
         Portal {
-            limiter: auth::LoginLimiter::new(LOGIN_FAILURES, LOGIN_WINDOW),
+            throttle: Box::new(throttle::MemoryThrottle::default()),
+            hashing: hashing::HashPool::new(cfg.password_hash_workers),
             oidc: oidc::OidcState::default(),
             context: context::ContextLengths::default(),
         }
     }
 }
 
+impl Default for Portal {
+    fn default() -> Self {
+        Portal::new(&crate::config::PortalConfig::default())
+    }
+}
+
+/// The portal's Content-Security-Policy: scripts and styles only from the portal's own static
+/// files (no inline script, no inline style, no `eval`), requests only to this origin, forms
+/// only posting here, never framed, no `<base>` rewriting.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; object-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Adds the security headers to every portal answer, errors and redirects included.
+pub async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    resp
+}
+
 pub fn router() -> Router<Arc<AppState>> {
+    routes()
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+async fn not_found() -> Response {
+    Refusal::NotFound("There is no such portal page.".into()).into_response()
+}
+
+/// `GET /portal/static/app.js`.
+async fn app_js() -> Response {
+    static_asset("text/javascript; charset=utf-8", html::APP_JS)
+}
+
+/// `GET /portal/static/app.css`.
+async fn app_css() -> Response {
+    static_asset("text/css; charset=utf-8", html::APP_CSS)
+}
+
+fn static_asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Pages name the files with a content digest (`?v=`), so a day is safe.
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(keys_page))
+        .route("/static/app.js", get(app_js))
+        .route("/static/app.css", get(app_css))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/oidc/start", get(oidc::start))
@@ -117,6 +193,8 @@ pub fn router() -> Router<Arc<AppState>> {
             "/operator/models/{model}/backends/remove",
             post(operator::backends::remove),
         )
+        .route("/operator/users/{id}/disable", post(disable_user))
+        .route("/operator/users/{id}/enable", post(enable_user))
         .route("/api/scheduler", get(operator::scheduler_json))
         .route("/api/backends", get(operator::backends::backends_json))
         .route("/audit", get(audit_page))
@@ -271,63 +349,164 @@ struct LoginForm {
     password: String,
 }
 
+/// Who is asking: the client's address (per `trusted_proxies`, for throttling) and the TCP
+/// peer (for deciding whether a proxy's `X-Forwarded-Proto` may be believed).
+pub struct Client {
+    pub ip: IpAddr,
+    pub peer: Option<SocketAddr>,
+}
+
+impl FromRequestParts<Arc<AppState>> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        st: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let ip =
+            crate::client_addr::client_addr(&parts.headers, peer, &st.live.load().trusted_proxies);
+        Ok(Client { ip, peer })
+    }
+}
+
+/// Whether cookies get `Secure` (and links https) for this request: `portal.secure_cookies`
+/// decides, and `"auto"` means yes unless the gateway listens on loopback and the request
+/// did not come through a trusted proxy that says the client used https. (A browser never
+/// stores a `Secure` cookie from plain `http://` on a network address, so `"auto"` assumes a
+/// network-facing portal is behind TLS; set `false` for a plain-HTTP lab.)
+pub fn cookies_secure(st: &AppState, headers: &HeaderMap, client: &Client) -> bool {
+    use crate::config::SecureCookies;
+    match st.config.portal.secure_cookies {
+        SecureCookies::Always => true,
+        SecureCookies::Never => false,
+        SecureCookies::Auto => {
+            let loopback = st.config.listen_addr().is_ok_and(|a| a.ip().is_loopback());
+            !loopback || via_tls_proxy(st, headers, client)
+        }
+    }
+}
+
+/// The request came from a configured trusted proxy that says the client spoke https.
+fn via_tls_proxy(st: &AppState, headers: &HeaderMap, client: &Client) -> bool {
+    let forwarded_https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    forwarded_https
+        && client
+            .peer
+            .is_some_and(|p| st.live.load().trusted_proxies.contains(p.ip()))
+}
+
+/// The sign-in page again, with a message and a status.
+fn login_refused(st: &AppState, status: StatusCode, msg: &str) -> Response {
+    (
+        status,
+        Html(login_form(Some(msg), st.config.portal.oidc.is_some())),
+    )
+        .into_response()
+}
+
+/// A 429 page with `Retry-After`.
+fn throttled_page(st: &AppState, t: throttle::Throttled) -> Response {
+    let secs = t.retry_after.as_secs().max(1);
+    let when = if secs < 120 {
+        format!("{secs} seconds")
+    } else {
+        format!("{} minutes", secs.div_ceil(60))
+    };
+    let msg = match t.reason {
+        throttle::ThrottleReason::Address => {
+            format!("Too many failed sign-ins from your network address; try again in {when}.")
+        }
+        throttle::ThrottleReason::AccountFromAddress => {
+            format!("Too many failed sign-ins for this account from your network address; try again in {when}.")
+        }
+        throttle::ThrottleReason::AccountSlowed => format!(
+            "This account is getting many failed sign-ins, so attempts are slowed down; try again in {when}."
+        ),
+    };
+    let mut resp = login_refused(st, StatusCode::TOO_MANY_REQUESTS, &msg);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
+/// Cheap checks first: origin, then the throttle, then the database, and only then the
+/// password hash, on the bounded pool (which answers 503 at once when saturated).
 async fn login(
     State(st): State<Arc<AppState>>,
+    client: Client,
     headers: HeaderMap,
-    Form(f): Form<LoginForm>,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     if !same_origin(&headers) {
         return Refusal::Forbidden("cross-origin sign-in refused").into_response();
     }
+    // A body that is not the sign-in form gets the sign-in page, not axum's plain text.
+    let f = match form {
+        Ok(Form(f)) => f,
+        Err(e) => {
+            let status = e.status();
+            return login_refused(
+                &st,
+                if status.is_client_error() {
+                    status
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                "That was not the sign-in form; please use the form below.",
+            );
+        }
+    };
     let email = f.email.trim().to_lowercase();
-    let now = Instant::now();
-    if let Err(wait) = st.portal.limiter.check(&email, now) {
-        let msg = format!(
-            "Too many failed sign-ins for this account; try again in {} minutes.",
-            wait.as_secs().div_ceil(60).max(1)
-        );
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            Html(login_form(Some(&msg), st.config.portal.oidc.is_some())),
-        )
-            .into_response();
+    let throttle = &st.portal.throttle;
+    if let Err(t) = throttle.check(&email, client.ip).await {
+        tracing::info!(client = %client.ip, "portal sign-in throttled");
+        return throttled_page(&st, t);
     }
     let user = match st.store.get_user_by_email(&email).await {
         Ok(u) => u,
         Err(e) => return Refusal::from(e).into_response(),
     };
-    let ok = match &user {
-        Some(u) if !u.disabled => match &u.password_hash {
-            Some(h) => auth::verify_password(&f.password, h),
-            None => {
-                auth::dummy_verify(&f.password);
-                false
-            }
-        },
-        // Same work for an unknown account, so timing does not tell which emails exist.
-        _ => {
-            auth::dummy_verify(&f.password);
-            false
+    // Unknown, disabled and password-less accounts verify against a dummy hash: the same
+    // work, so timing does not tell which e-mails exist.
+    let phc = user
+        .as_ref()
+        .filter(|u| !u.disabled)
+        .and_then(|u| u.password_hash.clone());
+    let ok = match st.portal.hashing.verify(f.password, phc).await {
+        Ok(ok) => ok,
+        Err(hashing::HashPoolError::Busy) => {
+            tracing::warn!("portal sign-in refused: password hashing saturated");
+            let mut resp = login_refused(
+                &st,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The gateway is busy signing people in; try again in a moment.",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return resp;
         }
+        Err(e) => return Refusal::Internal(e.to_string()).into_response(),
     };
     let Some(user) = user.filter(|_| ok) else {
-        st.portal.limiter.record_failure(&email, now);
-        tracing::info!(email = %email, "portal sign-in failed");
-        return (
-            StatusCode::UNAUTHORIZED,
-            Html(login_form(
-                Some("Wrong email or password."),
-                st.config.portal.oidc.is_some(),
-            )),
-        )
-            .into_response();
+        throttle.record_failure(&email, client.ip).await;
+        tracing::info!(email = %email, client = %client.ip, "portal sign-in failed");
+        return login_refused(&st, StatusCode::UNAUTHORIZED, "Wrong email or password.");
     };
-    st.portal.limiter.record_success(&email);
+    throttle.record_success(&email, client.ip).await;
     // Whatever session cookie came with the request is dropped, never promoted.
     if let Some(old) = auth::session_from_headers(&headers) {
         let _ = st.store.delete_session(&auth::hash_session_id(&old)).await;
     }
-    match start_session(&st, &user).await {
+    let secure = cookies_secure(&st, &headers, &client);
+    match start_session(&st, &user, secure).await {
         Ok(cookie) => {
             tracing::info!(email = %user.email, role = user.role.as_str(), "portal sign-in");
             let mut resp = redirect("/portal");
@@ -339,7 +518,7 @@ async fn login(
 }
 
 /// Mints a session for `user`; returns its `Set-Cookie` value.
-async fn start_session(st: &AppState, user: &User) -> Result<HeaderValue, Refusal> {
+async fn start_session(st: &AppState, user: &User, secure: bool) -> Result<HeaderValue, Refusal> {
     let (value, id_hash, csrf) = auth::new_session_secret();
     let ttl = st.config.portal.session_ttl_s;
     let now = now_millis();
@@ -352,11 +531,7 @@ async fn start_session(st: &AppState, user: &User) -> Result<HeaderValue, Refusa
             expires_at: now + (ttl as i64) * 1000,
         })
         .await?;
-    Ok(auth::session_cookie(
-        &value,
-        ttl,
-        st.config.portal.secure_cookies,
-    ))
+    Ok(auth::session_cookie(&value, ttl, secure))
 }
 
 #[derive(Deserialize)]
@@ -367,6 +542,7 @@ struct CsrfOnly {
 
 async fn logout(
     State(st): State<Arc<AppState>>,
+    client: Client,
     headers: HeaderMap,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
@@ -381,7 +557,7 @@ async fn logout(
     let mut resp = redirect("/portal/login");
     resp.headers_mut().insert(
         header::SET_COOKIE,
-        auth::clear_session_cookie(st.config.portal.secure_cookies),
+        auth::clear_session_cookie(cookies_secure(&st, &headers, &client)),
     );
     resp
 }
@@ -583,7 +759,7 @@ fn secret_page(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1:8080");
-    let scheme = if st.config.portal.secure_cookies {
+    let scheme = if links_https(st, headers) {
         "https"
     } else {
         "http"
@@ -601,7 +777,7 @@ fn secret_page(
     let body = format!(
         "<p class=\"notice\">{}</p>\
          <p id=\"secret\" class=\"secret\">{}</p>\
-         <button type=\"button\" onclick=\"navigator.clipboard.writeText(document.getElementById('secret').textContent)\">Copy key</button>\
+         <button type=\"button\" data-copy=\"secret\">Copy key</button>\
          <h2>Use it</h2><pre id=\"snippet\">{}</pre>\
          <p><a href=\"/portal\">Back to your keys</a></p>",
         esc(notice),
@@ -613,6 +789,23 @@ fn secret_page(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Whether the usage snippet should say https: like [`cookies_secure`], except that any
+/// `X-Forwarded-Proto: https` counts (it only changes the text of an example).
+fn links_https(st: &AppState, headers: &HeaderMap) -> bool {
+    use crate::config::SecureCookies;
+    match st.config.portal.secure_cookies {
+        SecureCookies::Always => true,
+        SecureCookies::Never => false,
+        SecureCookies::Auto => {
+            !st.config.listen_addr().is_ok_and(|a| a.ip().is_loopback())
+                || headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+        }
+    }
 }
 
 /// `application/x-www-form-urlencoded` decoding.
@@ -715,6 +908,78 @@ async fn rotate_key(
         "Key rotated",
         notice,
     ))
+}
+
+// ---- off-boarding -------------------------------------------------------------------
+
+async fn disable_user(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, Refusal> {
+    set_user_disabled(&st, &id, &headers, &f.csrf, true).await
+}
+
+async fn enable_user(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, Refusal> {
+    set_user_disabled(&st, &id, &headers, &f.csrf, false).await
+}
+
+/// `POST /portal/operator/users/{id}/disable|enable` (operators): off-boarding. Disabling ends
+/// the person's sessions and stops their API keys at once on this replica (the directory is
+/// refreshed before the answer; other replicas follow at their next refresh). The keys
+/// themselves are not changed, so enabling the person again restores exactly what was there.
+async fn set_user_disabled(
+    st: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    csrf: &str,
+    disabled: bool,
+) -> Result<Response, Refusal> {
+    let s = signed_in(st, headers).await?;
+    require(&s, Role::Operator)?;
+    check_post(&s, headers, csrf)?;
+    let Some(mut u) = st.store.get_user(id).await? else {
+        return Err(Refusal::NotFound("There is no such user.".into()));
+    };
+    if u.id == s.user.id && disabled {
+        return Err(Refusal::BadRequest(
+            "you cannot disable your own account".into(),
+        ));
+    }
+    let before = serde_json::to_string(&u).ok();
+    u.disabled = disabled;
+    if !st.store.update_user(&u).await? {
+        return Err(Refusal::NotFound("There is no such user.".into()));
+    }
+    if disabled {
+        st.store.delete_user_sessions(&u.id).await?;
+    }
+    refresh_directory(st).await?;
+    record_audit(
+        st,
+        &s.user.email,
+        if disabled {
+            "user.disable"
+        } else {
+            "user.enable"
+        },
+        format!("user:{}", u.email),
+        before,
+        serde_json::to_string(&u).ok(),
+    )
+    .await;
+    tracing::info!(email = %u.email, disabled, by = %s.user.email, "portal user state changed");
+    let back = match &u.tenant {
+        Some(t) => format!("/portal/tenant?tenant={}", reports::urlencode(t)),
+        None => "/portal/tenant".to_owned(),
+    };
+    Ok(redirect(&back))
 }
 
 // ---- usage and history --------------------------------------------------------------
@@ -841,25 +1106,9 @@ async fn playground_page(
         "<form id=\"play\"><div class=\"grid\">\
          <label>API key <input id=\"key\" type=\"password\" autocomplete=\"off\" required placeholder=\"fgk_...\"></label>\
          <label>Model <select id=\"model\">{options}</select></label></div>\
-         <label>Message <textarea id=\"prompt\" rows=\"3\" required style=\"width:100%\">Hello!</textarea></label>\
+         <label>Message <textarea id=\"prompt\" class=\"full\" rows=\"3\" required>Hello!</textarea></label>\
          <button class=\"primary\" type=\"submit\">Send</button></form>\
-         <h2>Reply</h2><pre id=\"reply\" aria-live=\"polite\" style=\"white-space:pre-wrap\"></pre><p id=\"meta\" class=\"muted\"></p>\
-         <script>\
-         document.getElementById('play').addEventListener('submit',async e=>{{e.preventDefault();\
-         const out=document.getElementById('reply'),meta=document.getElementById('meta');out.textContent='';meta.textContent='';\
-         const t0=performance.now();let first=null;\
-         const r=await fetch('/v1/chat/completions',{{method:'POST',headers:{{'Content-Type':'application/json','Authorization':'Bearer '+document.getElementById('key').value}},\
-         body:JSON.stringify({{model:document.getElementById('model').value,stream:true,stream_options:{{include_usage:true}},messages:[{{role:'user',content:document.getElementById('prompt').value}}]}})}});\
-         if(!r.ok){{const j=await r.json().catch(()=>null);out.textContent='HTTP '+r.status+': '+(j&&j.error?j.error.message:'');return;}}\
-         const rd=r.body.getReader(),dec=new TextDecoder();let buf='',usage=null;\
-         for(;;){{const {{done,value}}=await rd.read();if(done)break;buf+=dec.decode(value,{{stream:true}});let i;\
-         while((i=buf.indexOf('\\n\\n'))>=0){{const ev=buf.slice(0,i);buf=buf.slice(i+2);\
-         for(const line of ev.split('\\n')){{if(!line.startsWith('data: '))continue;const d=line.slice(6);if(d==='[DONE]')continue;\
-         try{{const j=JSON.parse(d);if(j.error){{out.textContent+='\\n['+j.error.message+']';continue;}}\
-         const c=j.choices&&j.choices[0]&&j.choices[0].delta&&j.choices[0].delta.content;if(c){{if(first===null)first=performance.now();out.textContent+=c;}}\
-         if(j.usage)usage=j.usage;}}catch(_){{}}}}}}}}\
-         meta.textContent='first token '+Math.round((first??performance.now())-t0)+' ms, queue '+(r.headers.get('x-fairgate-queue-wait-ms')||0)+' ms'+(usage?', '+usage.prompt_tokens+' + '+usage.completion_tokens+' tokens':'');}});\
-         </script>"
+         <h2>Reply</h2><pre id=\"reply\" class=\"wrap\" aria-live=\"polite\"></pre><p id=\"meta\" class=\"muted\"></p>"
     );
     Ok(Html(page("Playground", Some(&s.viewer()), &body)))
 }

@@ -27,7 +27,7 @@ use http::{header, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{auth, redirect, start_session, Refusal};
+use super::{auth, cookies_secure, redirect, start_session, Client, Refusal};
 use crate::server::AppState;
 
 /// `[portal.oidc]`: sign-in with an OpenID provider.
@@ -307,14 +307,19 @@ fn enc(s: &str) -> String {
 }
 
 /// `GET /portal/oidc/start`.
-pub async fn start(State(st): State<Arc<AppState>>) -> Response {
-    match start_inner(&st).await {
+pub async fn start(
+    State(st): State<Arc<AppState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    let secure = cookies_secure(&st, &headers, &client);
+    match start_inner(&st, secure).await {
         Ok(r) => r,
         Err(r) => r.into_response(),
     }
 }
 
-async fn start_inner(st: &AppState) -> Result<Response, Refusal> {
+async fn start_inner(st: &AppState, secure: bool) -> Result<Response, Refusal> {
     let cfg = config(st)?;
     let d = st.portal.oidc.discovery(cfg).await.map_err(provider_down)?;
     let state = auth::random_token();
@@ -349,10 +354,8 @@ async fn start_inner(st: &AppState) -> Result<Response, Refusal> {
         },
     );
     let mut resp = redirect(&url);
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        state_cookie(&state, st.config.portal.secure_cookies),
-    );
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, state_cookie(&state, secure));
     Ok(resp)
 }
 
@@ -383,11 +386,12 @@ pub struct CallbackQuery {
 /// `GET /portal/oidc/callback`.
 pub async fn callback(
     State(st): State<Arc<AppState>>,
+    client: Client,
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
-    let secure = st.config.portal.secure_cookies;
-    let mut resp = match callback_inner(&st, &headers, q).await {
+    let secure = cookies_secure(&st, &headers, &client);
+    let mut resp = match callback_inner(&st, &headers, q, secure).await {
         Ok(r) => r,
         Err(r) => r.into_response(),
     };
@@ -401,6 +405,7 @@ async fn callback_inner(
     st: &AppState,
     headers: &HeaderMap,
     q: CallbackQuery,
+    secure: bool,
 ) -> Result<Response, Refusal> {
     let cfg = config(st)?;
     let Some(state) = q.state.filter(|s| !s.is_empty()) else {
@@ -443,8 +448,9 @@ async fn callback_inner(
         .filter(|s| !s.is_empty())
         .ok_or_else(|| refuse("the ID token has no subject"))?
         .to_owned();
-    // Providers may keep profile claims out of the ID token; ask the userinfo endpoint.
-    if !claims.contains_key(&cfg.user_claim) {
+    // Providers may keep profile claims (the e-mail, or whether it is verified) out of the
+    // ID token; ask the userinfo endpoint.
+    if !claims.contains_key(&cfg.user_claim) || !claims.contains_key("email_verified") {
         if let (Some(ui), Some(at)) = (
             d.userinfo_endpoint.as_deref(),
             tokens.get("access_token").and_then(Value::as_str),
@@ -453,16 +459,14 @@ async fn callback_inner(
             if extra.get("sub").and_then(Value::as_str) != Some(sub.as_str()) {
                 return Err(refuse("userinfo is for another subject"));
             }
-            for (k, v) in extra {
-                claims.entry(k).or_insert(v);
-            }
+            merge_userinfo(&mut claims, extra);
         }
     }
     let user = map_user(st, cfg, &d.issuer, &sub, &claims).await?;
     if let Some(old) = auth::session_from_headers(headers) {
         let _ = st.store.delete_session(&auth::hash_session_id(&old)).await;
     }
-    let cookie = start_session(st, &user).await?;
+    let cookie = start_session(st, &user, secure).await?;
     tracing::info!(email = %user.email, role = user.role.as_str(), "portal SSO sign-in");
     let mut resp = redirect("/portal");
     resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -717,7 +721,45 @@ fn claim_values(c: &Map<String, Value>, name: &str) -> Vec<String> {
     }
 }
 
+/// Adds userinfo claims the ID token lacks. `email_verified` from userinfo is about userinfo's
+/// `email`: it is taken only when that is the e-mail the merged claims end up with.
+fn merge_userinfo(claims: &mut Map<String, Value>, mut extra: Map<String, Value>) {
+    let verified = extra.remove("email_verified");
+    let extra_email = extra.get("email").cloned();
+    for (k, v) in extra {
+        claims.entry(k).or_insert(v);
+    }
+    if let Some(v) = verified {
+        if !claims.contains_key("email_verified") && claims.get("email") == extra_email.as_ref() {
+            claims.insert("email_verified".into(), v);
+        }
+    }
+}
+
+/// Whether the provider vouches for `email` (the address the account would be found or made
+/// by): the `email` claim is that address and `email_verified` is `true` (boolean, or the
+/// string `"true"` some providers send). A missing claim is NOT verified: an IdP that omits
+/// it lets anyone type any address, and linking by such an address hands over the account.
+pub(crate) fn email_is_verified(c: &Map<String, Value>, email: &str) -> bool {
+    let claimed = c
+        .get("email")
+        .and_then(Value::as_str)
+        .map(|e| e.trim().to_lowercase());
+    let verified = match c.get("email_verified") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    };
+    verified && claimed.as_deref() == Some(email)
+}
+
 /// Finds, links or creates the portal user for a verified identity.
+///
+/// A known subject signs in as its user. A new subject needs a verified e-mail (see
+/// [`email_is_verified`]): then it is linked to the account with that e-mail, or an account
+/// is created (`create_users`). With an unverified or missing e-mail it is refused with a
+/// page saying why: never linked (that would let a stranger claim an operator's account) and
+/// never created either (the address would be squatted before its owner arrives).
 async fn map_user(
     st: &AppState,
     cfg: &OidcConfig,
@@ -731,7 +773,6 @@ async fn map_user(
         .and_then(Value::as_str)
         .map(|e| e.trim().to_lowercase())
         .filter(|e| e.contains('@'));
-    let email_verified = c.get("email_verified").and_then(Value::as_bool) != Some(false);
 
     let mut groups = cfg
         .tenant_claim
@@ -762,9 +803,12 @@ async fn map_user(
             let Some(email) = email.clone() else {
                 return Err(refuse("the provider did not supply an email address"));
             };
-            if !email_verified {
+            if !email_is_verified(c, &email) {
+                tracing::info!(email = %email, "SSO sign-in refused: the provider does not vouch for the email");
                 return Err(refuse(
-                    "the provider says this email address is not verified",
+                    "the identity provider does not confirm that this email address is verified \
+                     (no `email_verified: true`), so it cannot be used to find or create a portal \
+                     account; ask an operator to link your account",
                 ));
             }
             match st.store.get_user_by_email(&email).await? {
@@ -864,6 +908,54 @@ mod tests {
         )
         .is_err());
         assert!(check_claims(&claims(good), "https://idp", "c", "other", 950).is_err());
+    }
+
+    #[test]
+    fn email_verified_must_be_explicitly_true() {
+        let e = "op@x.org";
+        assert!(email_is_verified(
+            &claims(json!({"email": "Op@X.org", "email_verified": true})),
+            e
+        ));
+        assert!(email_is_verified(
+            &claims(json!({"email": e, "email_verified": "true"})),
+            e
+        ));
+        for c in [
+            json!({"email": e}),
+            json!({"email": e, "email_verified": false}),
+            json!({"email": e, "email_verified": "false"}),
+            json!({"email": e, "email_verified": null}),
+            json!({"email": e, "email_verified": 1}),
+            json!({"email_verified": true}),
+            // Verified, but another address than the one the account is looked up by.
+            json!({"email": "other@x.org", "email_verified": true}),
+        ] {
+            assert!(!email_is_verified(&claims(c.clone()), e), "{c}");
+        }
+    }
+
+    #[test]
+    fn userinfo_verification_only_counts_for_its_own_email() {
+        let mut c = claims(json!({"sub": "s", "email": "a@x"}));
+        merge_userinfo(
+            &mut c,
+            claims(json!({"sub": "s", "email": "b@x", "email_verified": true})),
+        );
+        assert!(!email_is_verified(&c, "a@x"));
+        let mut c = claims(json!({"sub": "s"}));
+        merge_userinfo(
+            &mut c,
+            claims(json!({"sub": "s", "email": "b@x", "email_verified": true})),
+        );
+        assert!(email_is_verified(&c, "b@x"));
+        // The ID token's own answer wins.
+        let mut c = claims(json!({"sub": "s", "email": "a@x", "email_verified": false}));
+        merge_userinfo(
+            &mut c,
+            claims(json!({"sub": "s", "email": "a@x", "email_verified": true})),
+        );
+        assert!(!email_is_verified(&c, "a@x"));
     }
 
     #[test]

@@ -357,15 +357,8 @@ async fn fair_share_html(
     );
     body.push_str(&live_table(st));
     body.push_str(
-        "</div><script>\
-         async function refresh(){try{const r=await fetch('/portal/api/scheduler',{credentials:'same-origin'});\
-         if(!r.ok)return;const d=await r.json();let h='';\
-         for(const m of d.models){h+='<h3>'+esc(m.model)+' <span class=\"muted\">'+m.mode+', '+m.in_flight+'/'+m.max_in_flight+' in flight, '+m.queued+' queued</span></h3>';\
-         h+='<div class=\"scroll\"><table><thead><tr><th>Tenant</th><th>Weight</th><th>Share (1 min)</th><th>Queued</th><th>In flight</th></tr></thead><tbody>';\
-         for(const t of m.tenants){h+='<tr data-tenant=\"'+esc(t.tenant)+'\"><td>'+esc(t.tenant)+'</td><td class=\"w\">'+t.weight+'</td><td>'+(100*t.share).toFixed(1)+'%</td><td>'+t.queued+'</td><td>'+t.in_flight+'</td></tr>';}\
-         h+='</tbody></table></div>';}document.getElementById('live').innerHTML=h;}catch(e){}}\
-         function esc(s){return String(s).replace(/[&<>\"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','\"':'&quot;',\"'\":'&#39;'}[c]));}\
-         refresh();setInterval(refresh,2000);</script>",
+        // `/portal/static/app.js` keeps `#live` fresh.
+        "</div>",
     );
     Ok(page("Operator: fair share", Some(&s.viewer()), &body))
 }

@@ -12,7 +12,7 @@ use fairgate_types::{now_millis, KeyRecord, Role, Tenant};
 use http::{header, HeaderMap, HeaderValue};
 use serde::Deserialize;
 
-use super::html::{esc, page, stacked_table, table};
+use super::html::{esc, form, page, stacked_table, table};
 use super::{fmt_time, require, signed_in, Refusal, Signed};
 use crate::server::AppState;
 use crate::upstream::ModelPool;
@@ -341,13 +341,33 @@ pub(super) async fn tenant_page(
         .iter()
         .map(|u| {
             let (reqs, tokens) = per_user.get(&u.email).copied().unwrap_or_default();
-            vec![
+            let mut row = vec![
                 esc(&u.email),
                 u.role.as_str().to_owned(),
                 if u.disabled { "disabled" } else { "active" }.to_owned(),
                 reqs.to_string(),
                 format!("<span data-tokens=\"{}\">{tokens}</span>", esc(&u.email)),
-            ]
+            ];
+            // Operators off-board (and back): sessions end and the person's keys stop.
+            if s.user.role == Role::Operator {
+                let (action, label) = if u.disabled {
+                    ("enable", "Enable")
+                } else {
+                    ("disable", "Disable")
+                };
+                row.push(if u.id == s.user.id {
+                    String::new()
+                } else {
+                    form(
+                        &format!("/portal/operator/users/{}/{action}", urlencode(&u.id)),
+                        &s.session.csrf,
+                        "",
+                        label,
+                        false,
+                    )
+                });
+            }
+            row
         })
         .collect();
     let now = now_millis();
@@ -380,10 +400,12 @@ pub(super) async fn tenant_page(
     body.push_str(&format!(
         "<h2>Members</h2><p class=\"muted\">Tokens over the tenant's last {TENANT_ROWS} requests.</p>"
     ));
-    body.push_str(&table(
-        &["Email", "Role", "State", "Requests", "Tokens"],
-        &member_rows,
-    ));
+    let member_head: &[&str] = if s.user.role == Role::Operator {
+        &["Email", "Role", "State", "Requests", "Tokens", ""]
+    } else {
+        &["Email", "Role", "State", "Requests", "Tokens"]
+    };
+    body.push_str(&table(member_head, &member_rows));
     body.push_str("<h2>Keys</h2>");
     body.push_str(&table(
         &["Name", "Id", "Owner", "Models", "Expires", "State"],

@@ -166,8 +166,9 @@ fn kv_cell(v: Option<f64>, hot: f64) -> String {
         return "—".to_owned();
     };
     let pct = (v * 100.0).round().clamp(0.0, 100.0) as u32;
+    // An SVG bar (a width attribute, not a style: the CSP allows no inline style).
     format!(
-        "<span class=\"nowrap\"><span class=\"bar\" aria-hidden=\"true\"><span{} style=\"width:{pct}%\"></span></span>{pct}%</span>",
+        "<span class=\"nowrap\"><svg class=\"bar\" aria-hidden=\"true\" viewBox=\"0 0 100 10\" preserveAspectRatio=\"none\"><rect{} width=\"{pct}\" height=\"10\"></rect></svg>{pct}%</span>",
         if v >= hot { " class=\"hot\"" } else { "" }
     )
 }
@@ -206,7 +207,8 @@ fn button(model: &str, url: &str, csrf: &str, action: &str, label: &str, confirm
          <button type=\"submit\" aria-label=\"{label} {}\">{label}</button></form>",
         esc(&urlencode(model)),
         if confirm {
-            " onsubmit=\"return confirm('Remove this backend? It takes no new requests from now on and leaves once its requests finish.')\""
+            // app.js asks before submitting.
+            " data-confirm=\"Remove this backend? It takes no new requests from now on and leaves once its requests finish.\""
         } else {
             ""
         },
@@ -324,58 +326,10 @@ async fn backends_html(st: &AppState, s: &Signed, rej: Option<&Rejected>) -> Str
             shown(typed, "add", "name", ""),
         ));
     }
-    body.push_str(SCRIPT);
     page("Operator: models and backends", Some(&s.viewer()), &body)
 }
 
-/// Polls `/portal/api/backends` every 2 s and updates the tables in place: cells whose text
-/// changed, rows for backends added or gone; a row's buttons only when its drain state changes
-/// (so keyboard focus on a button survives the refresh).
-const SCRIPT: &str = r#"<script>
-(function(){
-const csrf=(document.querySelector('input[name=csrf]')||{}).value||'';
-function esc(s){return String(s).replace(/[&<>"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));}
-function badge(t,c){return '<span class="badge '+c+'">'+esc(t)+'</span>';}
-const cls={ok:'ok',busy:'warn',down:'bad'};
-function num(v){return v==null?'—':(Number.isInteger(v)?String(v):v.toFixed(1));}
-function state(b){let h=b.state==='healthy'?badge('healthy','ok'):b.state==='half_open'?badge('half-open','warn'):badge('ejected','bad');
- if(b.removing)h+=' '+badge('removing','warn');else if(b.draining)h+=' '+badge('draining','warn');return h;}
-function kv(v,hot){if(v==null)return '—';const p=Math.max(0,Math.min(100,Math.round(v*100)));
- return '<span class="nowrap"><span class="bar" aria-hidden="true"><span'+(v>=hot?' class="hot"':'')+' style="width:'+p+'%"></span></span>'+p+'%</span>';}
-function age(ms,stale){if(ms==null)return '—';const a=ms<1000?ms+' ms':Math.floor(ms/1000)+' s';return ms>stale?a+' (stale)':a;}
-function mode(b){return b.removing?'removing':b.draining?'draining':'active';}
-function button(m,u,act,label,confirmIt){return '<form class="inline" method="post" action="/portal/operator/models/'+esc(encodeURIComponent(m))+'/backends/'+act+'"'+
- (confirmIt?' onsubmit="return confirm(\'Remove this backend? It takes no new requests from now on and leaves once its requests finish.\')"':'')+
- '><input type="hidden" name="csrf" value="'+esc(csrf)+'"><input type="hidden" name="url" value="'+esc(u)+'"><button type="submit" aria-label="'+label+' '+esc(u)+'">'+label+'</button></form>';}
-function actions(m,b){const md=mode(b);return '<span class="nowrap">'+(md==='removing'?button(m,b.url,'resume','Resume',false):
- button(m,b.url,md==='draining'?'resume':'drain',md==='draining'?'Resume':'Drain',false)+' '+button(m,b.url,'remove','Remove',true))+'</span>';}
-function cells(d,b){return ['<strong>'+esc(b.name)+'</strong> <code>'+esc(b.url)+'</code>'+(b.origin==='api'?' <span class="muted">(added live)</span>':''),state(b),b.in_flight+' / '+b.max_in_flight,
- num(b.waiting),num(b.running),kv(b.kv_cache_usage,d.saturation_kv_usage),age(b.metrics_age_ms,d.metrics_stale_ms),String(b.consecutive_failures),
- String(b.ejections),b.last_error?esc(b.last_error):'—',b.attempts+' / '+b.failures+' / '+b.retries,String(b.prefix_hits)];}
-function summary(m){return badge(m.status,cls[m.status]||'bad')+' '+m.healthy+' of '+m.total+' healthy · '+m.in_flight+' / '+m.capacity+' in flight · '+m.queued+' queued · context '+(m.context_length==null?'—':m.context_length+' tokens');}
-function set(el,h){if(el.dataset.h!==h){el.innerHTML=h;el.dataset.h=h;}}
-function show(d){for(const m of d.models){
- const sec=[...document.querySelectorAll('section[data-model]')].find(s=>s.dataset.model===m.model);if(!sec)continue;
- set(sec.querySelector('[data-f=summary]'),summary(m));
- const tb=sec.querySelector('tbody'),labels=[...sec.querySelectorAll('thead th')].map(t=>t.textContent);
- const seen=new Set();
- for(const b of m.backends){seen.add(b.url);
-  let tr=[...tb.querySelectorAll('tr[data-url]')].find(r=>r.dataset.url===b.url);
-  if(!tr){tr=document.createElement('tr');tr.dataset.url=b.url;tr.dataset.mode='';
-   for(const l of labels){const td=document.createElement('td');td.dataset.label=l;tr.appendChild(td);}tb.appendChild(tr);}
-  const c=cells(d,b);c.forEach((h,i)=>set(tr.cells[i],h));
-  if(tr.dataset.mode!==mode(b)){tr.dataset.mode=mode(b);tr.cells[c.length].innerHTML=actions(m.model,b);}}
- for(const tr of [...tb.querySelectorAll('tr[data-url]')])if(!seen.has(tr.dataset.url))tr.remove();
- const empty=tb.querySelector('tr.empty');if(empty)empty.hidden=m.backends.length>0;}}
-const status=document.getElementById('live-status');
-function say(t){if(status.textContent!==t)status.textContent=t;}
-async function refresh(){try{const r=await fetch('/portal/api/backends',{credentials:'same-origin',headers:{'Accept':'application/json'}});
- if(!r.ok||!(r.headers.get('content-type')||'').includes('json'))throw new Error('HTTP '+r.status);
- show(await r.json());say('Updates every 2 s.');}
- catch(e){say('Live updates stopped (has the session ended?): reload the page.');}}
-setInterval(refresh,2000);
-})();
-</script>"#;
+// The live refresh (polling `/portal/api/backends` every 2 s) is in `/portal/static/app.js`.
 
 // ---- routes -------------------------------------------------------------------------
 
