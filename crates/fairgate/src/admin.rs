@@ -74,6 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             crate::limits::admin_body,
         ))
         .layer(middleware::from_fn_with_state(state, require_admin))
+        .layer(middleware::map_response(crate::error::rejections_as_openai))
 }
 
 async fn require_admin(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {

@@ -334,6 +334,53 @@ impl From<fairgate_store::StoreError> for ApiError {
     }
 }
 
+/// Rewrites a plain-text client-error answer (axum's own extractor rejections: a query, path or
+/// JSON body of the wrong shape, a wrong content type, a method not allowed) into the OpenAI
+/// error shape, keeping its status, so every `/admin` answer is JSON. Answers that are already
+/// JSON pass through untouched.
+pub async fn rejections_as_openai(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !resp.status().is_client_error() || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    // Rejection texts are short; a bound keeps a surprise from being buffered whole.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = if text.trim().is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("bad request")
+            .to_owned()
+    } else {
+        text.trim().to_owned()
+    };
+    let body = Body {
+        error: Detail {
+            message,
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_request"),
+        },
+    };
+    let mut out = (parts.status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
