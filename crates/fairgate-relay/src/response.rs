@@ -22,7 +22,9 @@ pub fn usage_from_body(body: &[u8]) -> Option<Usage> {
     usage
 }
 
-struct BodyH;
+/// An object whose `usage` member is read (a whole body, or a Responses API event's
+/// `response` object); everything else is syntax-checked and skipped.
+pub(crate) struct BodyH;
 
 impl<'de> Handler<'de> for BodyH {
     type Out = Option<Usage>;

@@ -485,7 +485,7 @@ impl<'de> Handler<'de> for ChunkH {
             match key {
                 ChunkKey::Choices => choices = map.next_value_seed(Seed(ChoicesH))?,
                 ChunkKey::Response => {
-                    if let Some(u) = map.next_value_seed(Seed(ResponseH))? {
+                    if let Some(u) = map.next_value_seed(Seed(crate::response::BodyH))? {
                         usage = Some(u);
                     }
                 }
@@ -541,29 +541,6 @@ impl Handler<'_> for EventTypeH {
             "response.failed" | "error" => EventType::Failed,
             _ => EventType::Other,
         }
-    }
-}
-
-/// A Responses API event's `response` object: its `usage`, when an object.
-struct ResponseH;
-
-impl<'de> Handler<'de> for ResponseH {
-    type Out = Option<Usage>;
-
-    fn scalar(self, _: Shape) -> Option<Usage> {
-        None
-    }
-
-    fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Usage>, A::Error> {
-        let mut usage = None;
-        while let Some(is_usage) = map.next_key_seed(KeySeed(|k: &str| k == "usage"))? {
-            if is_usage {
-                usage = map.next_value_seed(Seed(UsageH))?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(usage)
     }
 }
 

@@ -130,29 +130,34 @@ async fn start(dir: &std::path::Path) -> anyhow::Result<(Procs, String, String, 
     let through = format!("http://127.0.0.1:{gw_port}");
     wait_http(&format!("{direct}/health")).await?;
     wait_http(&format!("{through}/healthz")).await?;
+    let key = tenant_key(&through, token, "bench").await?;
+    Ok((procs, direct, through, key))
+}
+
+/// Creates tenant `name` and a key for it through the admin API; returns the key's secret.
+pub(crate) async fn tenant_key(base: &str, token: &str, name: &str) -> anyhow::Result<String> {
     let admin = reqwest::Client::new();
-    let base = format!("{through}/admin/v1");
+    let base = format!("{base}/admin/v1");
     admin
         .post(format!("{base}/tenants"))
         .bearer_auth(token)
-        .json(&serde_json::json!({"name": "bench", "weight": 1}))
+        .json(&serde_json::json!({"name": name, "weight": 1}))
         .send()
         .await?
         .error_for_status()?;
     let key: serde_json::Value = admin
         .post(format!("{base}/keys"))
         .bearer_auth(token)
-        .json(&serde_json::json!({"tenant": "bench", "name": "bench"}))
+        .json(&serde_json::json!({"tenant": name, "name": name}))
         .send()
         .await?
         .error_for_status()?
         .json()
         .await?;
-    let key = key["key"]
+    Ok(key["key"]
         .as_str()
         .context("no key in response")?
-        .to_owned();
-    Ok((procs, direct, through, key))
+        .to_owned())
 }
 
 fn request(t: &Target, body: &Bytes) -> anyhow::Result<http::Request<Full<Bytes>>> {

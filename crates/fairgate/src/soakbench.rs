@@ -18,7 +18,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use tokio::process::Command;
 
-use crate::bench::{free_port, wait_http};
+use crate::bench::{free_port, tenant_key, wait_http};
 
 /// What one soak run is told.
 pub struct SoakArgs {
@@ -293,28 +293,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{gw_port}");
     wait_http(&format!("http://127.0.0.1:{sim_port}/health")).await?;
     wait_http(&format!("{base}/healthz")).await?;
-    let admin = reqwest::Client::new();
-    let abase = format!("{base}/admin/v1");
-    admin
-        .post(format!("{abase}/tenants"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"name": "soak", "weight": 1}))
-        .send()
-        .await?
-        .error_for_status()?;
-    let key: serde_json::Value = admin
-        .post(format!("{abase}/keys"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"tenant": "soak", "name": "soak"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let key = key["key"]
-        .as_str()
-        .context("no key in response")?
-        .to_owned();
+    let key = tenant_key(&base, token, "soak").await?;
 
     let counts = Arc::new(Counts::default());
     let client = reqwest::Client::builder()
