@@ -29,7 +29,7 @@
 //! `"model": null` reads as absent (vLLM's `model: Optional[str] = None`).
 
 use crate::json::{Handler, KeySeed, Seed, Shape};
-use crate::request::RequestError;
+use crate::request::{ambiguous, RequestError};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess};
 
 /// How the backend will read the body.
@@ -68,14 +68,6 @@ impl ModelRead {
     /// default model, which may be another one than the key was checked for.
     pub fn needs_model_in_body(&self) -> bool {
         self.body == BodyKind::Json && self.source == ModelSource::Query
-    }
-}
-
-pub(crate) fn ambiguous(message: impl Into<String>) -> RequestError {
-    RequestError {
-        message: message.into(),
-        param: Some("model".into()),
-        code: "ambiguous_model",
     }
 }
 

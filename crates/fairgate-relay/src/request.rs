@@ -254,7 +254,7 @@ fn classify_top_key(endpoint: Endpoint, key: &str) -> TopKey {
 impl TopFields {
     fn finish(self, endpoint: Endpoint) -> Result<ParsedRequest, RequestError> {
         if self.model_count > 1 {
-            return Err(crate::model::ambiguous(format!(
+            return Err(ambiguous(format!(
                 "the body has {} `model` members; send exactly one",
                 self.model_count
             )));
@@ -879,6 +879,15 @@ impl<'de> Handler<'de> for ElemH {
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Elem, A::Error> {
         skip_map(&mut map)?;
         Ok(Elem::Other(Shape::Object))
+    }
+}
+
+/// A refusal of a request whose model could be read two ways (`ambiguous_model`).
+pub(crate) fn ambiguous(message: impl Into<String>) -> RequestError {
+    RequestError {
+        message: message.into(),
+        param: Some("model".into()),
+        code: "ambiguous_model",
     }
 }
 

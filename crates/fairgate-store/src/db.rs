@@ -235,9 +235,12 @@ impl Store {
             }
             // Migrations are idempotent (each claims its version in its own transaction), so a
             // run that lost a lock race can simply run again.
-            retry_while_locked("migrate", || migrate::run(&store.pool, store.backend)).await?;
+            retry_while_locked("migrate", || {
+                migrate::run(&store.pool, store.backend == Backend::Postgres)
+            })
+            .await?;
         } else {
-            migrate::run(&store.pool, store.backend).await?;
+            migrate::run(&store.pool, store.backend == Backend::Postgres).await?;
         }
         Ok(store)
     }

@@ -12,7 +12,6 @@
 //!   On SQLite that first write also takes the database write lock, so two processes cannot
 //!   both apply a migration. A failed migration rolls back its claim with it.
 
-use crate::db::Backend;
 use crate::StoreError;
 use fairgate_types::now_millis;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
@@ -58,10 +57,10 @@ pub const MIGRATIONS: &[Migration] = &[
 const PG_LOCK_KEY: i64 = 0x6661_6972_6761_7465;
 
 /// Applies every migration the database does not have yet.
-pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+pub(crate) async fn run(pool: &AnyPool, postgres: bool) -> Result<(), StoreError> {
     // One connection for the whole run: a session advisory lock belongs to a connection.
     let mut conn = pool.acquire().await?;
-    if backend == Backend::Postgres {
+    if postgres {
         // pg_advisory_lock returns `void`, which the Any driver cannot decode; cast it away.
         sqlx::query("SELECT CAST(pg_advisory_lock($1) AS TEXT)")
             .bind(PG_LOCK_KEY)
@@ -69,7 +68,7 @@ pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreErr
             .await?;
     }
     let result = apply_pending(&mut conn).await;
-    if backend == Backend::Postgres {
+    if postgres {
         let unlocked = sqlx::query("SELECT CAST(pg_advisory_unlock($1) AS TEXT)")
             .bind(PG_LOCK_KEY)
             .execute(&mut *conn)
