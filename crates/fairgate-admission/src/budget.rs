@@ -123,13 +123,6 @@ pub fn next_period_start(period: BudgetPeriod, start_ms: i64) -> i64 {
     }
 }
 
-fn period_name(period: BudgetPeriod) -> &'static str {
-    match period {
-        BudgetPeriod::Day => "day",
-        BudgetPeriod::Month => "month",
-    }
-}
-
 fn period_index(period: BudgetPeriod) -> usize {
     match period {
         BudgetPeriod::Day => 0,
@@ -162,7 +155,7 @@ impl CapKind {
     "budget exhausted: {scope} has used {} of its {} for this {}; it resets at {}",
     amount(*.cap, .spent.saturating_add(*.reserved)),
     cap_amount(*.cap, *.limit),
-    period_name(*.period),
+    .period.as_str(),
     rfc3339(*.resets_at)
 )]
 pub struct BudgetExceeded {

@@ -370,6 +370,16 @@ pub enum BudgetPeriod {
     Month,
 }
 
+impl BudgetPeriod {
+    /// The period's name as the config, the API and messages spell it: `day`, `month`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Month => "month",
+        }
+    }
+}
+
 /// A spending cap over a period, in tokens, money, or both (whichever runs out first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -164,16 +164,16 @@ pub const DEMO_OPERATOR: &str = "admin@fairgate.local";
 /// `portal-password` in the data directory, like the demo key).
 async fn ensure_demo_operator(gateway: &Gateway, data_dir: &Path) -> anyhow::Result<String> {
     let st = gateway.state();
-    let fresh = crate::portal::auth::random_token();
+    let fresh = fairgate_portal::auth::random_token();
     let password = read_or_create_secret(&data_dir.join("portal-password"), &fresh)?;
-    let hash = crate::portal::auth::hash_password(&password)?;
+    let hash = fairgate_control::passwords::hash_password(&password)?;
     match st.store.get_user_by_email(DEMO_OPERATOR).await? {
         Some(mut u) => {
             // Keep the saved password in force even if the file was edited.
             if !u
                 .password_hash
                 .as_deref()
-                .is_some_and(|h| crate::portal::auth::verify_password(&password, h))
+                .is_some_and(|h| fairgate_control::passwords::verify_password(&password, h))
             {
                 u.password_hash = Some(hash);
                 st.store.update_user(&u).await?;

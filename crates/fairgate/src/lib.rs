@@ -1,44 +1,36 @@
 //! fairgate: a self-hosted, OpenAI-compatible gateway that shares a fleet of model servers
 //! (vLLM and friends) among many tenants, and accounts for every token.
 //!
-//! # Layout
-//! - [`config`]: the TOML file plus `FAIRGATE_*` overrides, validated into [`config::Config`].
-//! - [`identity`]: API key format and hashing; the in-memory key directory the hot path reads.
-//! - [`upstream`]: model pools, backends and their in-flight capacity (admission seam).
-//! - [`proxy`]: the OpenAI request path, from arrival to the settled ledger row;
-//!   [`proxy_limits`] bounds what it may cost (answer memory, anonymous ledger rows).
-//! - [`admin`]: the `/admin/v1` JSON API.
-//! - [`metrics`]: Prometheus metrics served at `/metrics`.
-//! - [`error`]: the one error enum of the HTTP boundary and its mapping to OpenAI bodies.
-//! - [`server`]: composition root: state, router, graceful shutdown.
-//! - [`demo`]: `fairgate demo`, the gateway plus two simulated models on embedded defaults.
-//! - [`cli`]: the `fairgate` command line, including the `fairgate admin` client.
-//! - [`bench`]: `fairgate bench`, the gateway overhead benchmark; [`fairbench`] its fair-share
-//!   scenarios and [`routebench`] its routing scenarios.
+//! This crate is the thin binary: [`cli`] (the `fairgate` command line), [`demo`] (the gateway
+//! plus two simulated models on embedded defaults) and [`server`] (the composition root that
+//! builds the state, assembles the routes and serves them). The work lives in sibling crates,
+//! one per thing owned (ARCHITECTURE.md has the map):
+//! - `fairgate-gateway`: the data plane (request path, admission, routing, metrics, state);
+//! - `fairgate-control`: the control plane (every administrative operation, audited);
+//! - `fairgate-admin`: the `/admin/v1` JSON API; `fairgate-portal`: the browser portal;
+//! - `fairgate-bench`: the end-to-end benchmark harnesses;
+//! - `fairgate-types`, `fairgate-relay`, `fairgate-store`, `fairgate-admission`: records, the
+//!   pure request/stream relay, storage and the batched ledger, fair-share queues;
+//! - `fairgate-sim`: the vLLM-compatible simulator (`fairgate sim`, `fairgate demo`, benches).
 //!
-//! Sibling crates: `fairgate-types` (records), `fairgate-relay` (request parsing and the SSE
-//! relay, pure), `fairgate-store` (SQLite/Postgres and the batched ledger writer),
-//! `fairgate-sim` (the vLLM-compatible simulator).
+//! The data plane's modules are re-exported under their old paths (`fairgate::config`, ...)
+//! so embedders and tests keep one import root.
 
-pub mod admin;
-pub mod admission;
-pub mod bench;
-pub mod cache;
 pub mod cli;
-pub mod client_addr;
-pub mod config;
 pub mod demo;
-pub mod error;
-pub mod fairbench;
-pub mod identity;
-pub mod limits;
-pub mod metrics;
-pub mod portal;
-pub mod proxy;
-pub mod proxy_limits;
-pub mod routebench;
-pub mod router;
 pub mod server;
-pub mod serving;
-pub mod soakbench;
-pub mod upstream;
+
+pub use fairgate_admin as admin;
+pub use fairgate_bench::{bench, fairbench, routebench, soakbench};
+pub use fairgate_control as control;
+pub use fairgate_gateway::{
+    admission, cache, config, context, error, extract, identity, limits, metrics, proxy,
+    proxy_limits, router, routes, serving, state, tls, upstream,
+};
+pub use fairgate_portal as portal;
+
+/// The client's address: the pure rule and its extractor, under one path.
+pub mod client_addr {
+    pub use fairgate_gateway::client_addr::*;
+    pub use fairgate_gateway::extract::ClientAddr;
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use fairgate::config::{Config, SecureCookies};
-use fairgate::server::{AppState, Gateway};
+use fairgate::server::Gateway;
 use fairgate_sim::SimConfig;
 use reqwest::{header, Method};
 use serde_json::{json, Value};
@@ -510,7 +510,7 @@ async fn an_attacker_elsewhere_cannot_keep_the_owner_out() {
 /// A gateway whose state the test can look into (the hashing pool's counters).
 struct Held {
     base: String,
-    state: Arc<AppState>,
+    portal: Arc<fairgate::portal::PortalState>,
     stop: Option<oneshot::Sender<()>>,
     join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -529,7 +529,7 @@ impl Held {
         tweak(&mut config);
         config.validate().unwrap();
         let gw = Gateway::build(config).await.unwrap();
-        let state = gw.state().clone();
+        let portal = gw.portal().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
@@ -538,7 +538,7 @@ impl Held {
         }));
         Held {
             base,
-            state,
+            portal,
             stop: Some(tx),
             join: Some(join),
         }
@@ -568,7 +568,7 @@ async fn password_hashing_is_bounded_and_answers_503_when_saturated() {
         .map(|r| (r.status(), r))
         .unwrap();
     assert_eq!(s, 201, "{:?}", v.text().await);
-    let pool = &gw.state.portal.hashing;
+    let pool = &gw.portal.portal.hashing;
     assert_eq!(pool.size(), 2);
 
     // Parallel sign-ins with random e-mails (each a dummy verify): never more than the

@@ -1,0 +1,13 @@
+//! fairgate's end-to-end benchmarks, each a `fairgate <name>` subcommand that starts the
+//! simulator and the gateway as child processes of the same binary and drives real HTTP load:
+//! - [`bench`]: what the gateway adds over calling the model server directly;
+//! - [`fairbench`]: fair-share scenarios (weights, floods, interactive tenants);
+//! - [`routebench`]: routing scenarios (prefix affinity, LoRA placement, failover);
+//! - [`soakbench`]: a long run that watches memory and the ledger.
+//!
+//! Results print as Markdown tables for BENCHMARKS.md.
+
+pub mod bench;
+pub mod fairbench;
+pub mod routebench;
+pub mod soakbench;

@@ -1,0 +1,172 @@
+//! Backends changed at run time: add, drain, resume, remove. They live until restart (or until
+//! removed); a config reload only touches the backends the file declares.
+
+use std::sync::Arc;
+
+use fairgate_gateway::config::BackendConfig;
+use fairgate_gateway::state::AppState;
+use fairgate_gateway::upstream::{BackendStatus, ModelPool, Origin};
+use serde::Deserialize;
+
+use crate::audit::{json_of, record_audit};
+use crate::ControlError;
+
+pub fn pool<'a>(st: &'a AppState, model: &str) -> Result<&'a Arc<ModelPool>, ControlError> {
+    st.upstreams
+        .get(model)
+        .ok_or_else(|| ControlError::NotFound(format!("model `{model}`")))
+}
+
+/// A backend to add: the admin API's JSON body, and what the portal's form fills in.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackend {
+    pub url: String,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default)]
+    pub max_tokens_in_flight: Option<u64>,
+    #[serde(default)]
+    pub adapters: Option<Vec<String>>,
+    /// Label and display name; default `host:port`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The backend's API key (write-only: never returned, audited or logged).
+    #[serde(default)]
+    pub api_key: Option<fairgate_gateway::config::Secret>,
+    /// Environment variable of the gateway holding the key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// CA certificates (PEM file on the gateway's host) for an https:// backend.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+pub fn default_max_in_flight() -> usize {
+    32
+}
+
+/// Validates and adds a backend, starts its watcher and audits `backend.add` as `actor`: the
+/// one way the admin API and the portal add a backend.
+pub async fn add_backend(
+    st: &Arc<AppState>,
+    actor: &str,
+    model: &str,
+    req: NewBackend,
+) -> Result<BackendStatus, ControlError> {
+    let p = pool(st, model)?.clone();
+    fairgate_gateway::config::validate_backend_url(&req.url)
+        .map_err(|m| ControlError::Invalid(format!("url: {m}")))?;
+    if req.max_in_flight == 0 {
+        return Err(ControlError::Invalid(
+            "max_in_flight: must be at least 1".into(),
+        ));
+    }
+    if req.max_tokens_in_flight == Some(0) {
+        return Err(ControlError::Invalid(
+            "max_tokens_in_flight: must be at least 1 (leave it out for no token bound)".into(),
+        ));
+    }
+    for a in req.adapters.iter().flatten() {
+        if !p.adapters.contains(a) {
+            return Err(ControlError::Invalid(format!(
+                "adapters: `{a}` is not one of model `{model}`'s adapters"
+            )));
+        }
+    }
+    let cfg = BackendConfig {
+        url: req.url,
+        max_in_flight: req.max_in_flight,
+        max_tokens_in_flight: req.max_tokens_in_flight,
+        adapters: req.adapters,
+        name: req.name,
+        api_key: req.api_key,
+        api_key_env: req.api_key_env,
+        ca_file: req.ca_file,
+    };
+    cfg.validate_access()
+        .map_err(|(f, m)| ControlError::Invalid(format!("{f}: {m}")))?;
+    let routing = st.live.load().routing.clone();
+    let b = p
+        .add(&cfg, Origin::Api, &routing)
+        .map_err(ControlError::Conflict)?;
+    st.watch_backend(&p, &b);
+    let status = b.status();
+    record_audit(
+        st,
+        actor,
+        "backend.add",
+        format!("model:{model} backend:{}", b.url),
+        None,
+        json_of(&serde_json::json!({
+            "url": b.url,
+            "name": b.name,
+            "max_in_flight": cfg.max_in_flight,
+            "api_key": cfg.api_key.is_some() || cfg.api_key_env.is_some(),
+        })),
+    )
+    .await;
+    Ok(status)
+}
+
+/// A change to one backend of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// No new requests; those in flight finish.
+    Drain,
+    /// Takes requests again (also calls off a removal that has not finished).
+    Resume,
+    /// Drains, then leaves the pool once idle.
+    Remove,
+}
+
+impl Change {
+    /// The audit log's name for it.
+    pub fn action(self) -> &'static str {
+        match self {
+            Change::Drain => "backend.drain",
+            Change::Resume => "backend.resume",
+            Change::Remove => "backend.remove",
+        }
+    }
+
+    fn apply(self, p: &ModelPool, url: &str) -> Option<Arc<fairgate_gateway::upstream::Backend>> {
+        match self {
+            Change::Drain => p.set_draining(url, true),
+            Change::Resume => p.set_draining(url, false),
+            Change::Remove => p.remove(url),
+        }
+    }
+}
+
+/// Drains, resumes or removes a backend and audits it as `actor`: the one way the admin API and
+/// the portal change a backend.
+pub async fn change_backend(
+    st: &AppState,
+    actor: &str,
+    model: &str,
+    url: &str,
+    change: Change,
+) -> Result<BackendStatus, ControlError> {
+    let p = pool(st, model)?;
+    let before = p.backend(url).map(|b| b.status());
+    let b = change
+        .apply(p, url)
+        .ok_or_else(|| ControlError::NotFound(format!("backend `{url}` of model `{model}`")))?;
+    let after = b.status();
+    record_audit(
+        st,
+        actor,
+        change.action(),
+        format!("model:{model} backend:{}", b.url),
+        before.as_ref().and_then(|s| json_of(&state_of(s))),
+        json_of(&state_of(&after)),
+    )
+    .await;
+    Ok(after)
+}
+
+/// The part of a status an audit entry needs.
+pub fn state_of(s: &BackendStatus) -> serde_json::Value {
+    serde_json::json!({"state": s.state, "draining": s.draining, "removing": s.removing})
+}

@@ -1,0 +1,134 @@
+//! The rules every surface applies to what an administrator sends: names, weights, policies,
+//! budgets, models, emails. One copy, so the admin API and the portal cannot disagree.
+
+use fairgate_gateway::state::AppState;
+use fairgate_types::{Budget, KeyPolicy, RateLimits, TenantPolicy};
+
+use crate::ControlError;
+
+pub fn valid_name(kind: &str, name: &str) -> Result<(), ControlError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!(
+            "{kind} `{name}` is invalid: use 1-64 characters from A-Z a-z 0-9 - _ . @"
+        )))
+    }
+}
+
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+pub fn valid_weight(w: u32) -> Result<u32, ControlError> {
+    if (1..=MAX_WEIGHT).contains(&w) {
+        Ok(w)
+    } else {
+        Err(ControlError::Invalid(format!(
+            "weight must be between 1 and {MAX_WEIGHT}, got {w}"
+        )))
+    }
+}
+
+/// Longest admission wait a policy may ask for: one hour.
+pub const MAX_WAIT_MS: u64 = 3_600_000;
+
+pub fn bad(field: &str, msg: impl std::fmt::Display) -> ControlError {
+    ControlError::Invalid(format!("{field}: {msg}"))
+}
+
+pub fn check_limits(field: &str, l: &RateLimits) -> Result<(), ControlError> {
+    let checks = [
+        ("rpm", l.rpm),
+        ("tpm", l.tpm),
+        ("max_concurrent", l.max_concurrent.map(u64::from)),
+    ];
+    for (name, v) in checks {
+        if v == Some(0) {
+            return Err(bad(
+                &format!("{field}.{name}"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_budgets(field: &str, budgets: &[Budget]) -> Result<(), ControlError> {
+    for (i, b) in budgets.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        if b.tokens.is_none() && b.cost.is_none() {
+            return Err(bad(&at, "set `tokens` or `cost` (or both)"));
+        }
+        if b.tokens == Some(0) {
+            return Err(bad(&format!("{at}.tokens"), "must be at least 1"));
+        }
+        if b.cost.is_some_and(|c| c.0 == 0) {
+            return Err(bad(&format!("{at}.cost"), "must be at least 1 micro"));
+        }
+        if budgets[..i].iter().any(|o| o.period == b.period) {
+            // Accounts are kept per scope and period, so a second line would share the first's.
+            return Err(bad(
+                &format!("{at}.period"),
+                format!(
+                    "a `{}` budget is already set; put both caps in one budget",
+                    b.period.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_tenant_policy(p: &TenantPolicy) -> Result<(), ControlError> {
+    check_limits("policy.limits", &p.limits)?;
+    check_budgets("policy.budgets", &p.budgets)?;
+    if p.max_queue == Some(0) {
+        return Err(bad("policy.max_queue", "must be at least 1"));
+    }
+    if let Some(w) = p.max_wait_ms {
+        if w > MAX_WAIT_MS {
+            return Err(bad(
+                "policy.max_wait_ms",
+                format!("must be at most {MAX_WAIT_MS} (one hour), got {w}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_key_policy(p: &KeyPolicy) -> Result<(), ControlError> {
+    check_limits("policy.limits", &p.limits)?;
+    check_budgets("policy.budgets", &p.budgets)
+}
+
+pub fn check_models(st: &AppState, models: &Option<Vec<String>>) -> Result<(), ControlError> {
+    if let Some(ms) = models {
+        for m in ms {
+            if st.upstreams.get(m).is_none() {
+                return Err(ControlError::Invalid(format!(
+                    "model `{m}` is not served by this gateway"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn valid_email(email: &str) -> Result<String, ControlError> {
+    let e = email.trim().to_lowercase();
+    let ok = e.len() <= 254
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(e)
+    } else {
+        Err(ControlError::Invalid(format!(
+            "email: `{email}` is not an email address"
+        )))
+    }
+}
