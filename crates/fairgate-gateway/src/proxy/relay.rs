@@ -1,0 +1,329 @@
+//! Relay: the backend's answer back to the client. A whole answer is read (bounded) and passed
+//! through; a stream is forwarded event by event while its tokens are counted and charged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use fairgate_relay::StreamRelay;
+use fairgate_types::{Outcome, Usage, UsageSource};
+use futures_util::stream;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::headers::copy_response_headers;
+use super::plan::*;
+use super::settle::Tracker;
+use crate::cache::{CacheKey, CachedResponse};
+use crate::error::ApiError;
+use crate::proxy_limits::{HeldBytes, ReadError};
+use crate::state::AppState;
+
+/// Reads a backend body whole, within the per-request limit and the shared memory budget.
+pub(super) async fn read_upstream_body(
+    st: &AppState,
+    body: Incoming,
+) -> Result<HeldBytes, ReadError> {
+    st.proxy_limits
+        .response_memory
+        .read(
+            body,
+            Duration::from_millis(st.config.upstream.idle_timeout_ms),
+            st.config.upstream.max_response_bytes,
+        )
+        .await
+}
+
+pub(super) fn upstream_error_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let m = v
+        .get("error")
+        .and_then(|e| e.get("message").or(Some(e)))
+        .or_else(|| v.get("message"))?;
+    Some(match m {
+        serde_json::Value::String(s) => s.chars().take(300).collect(),
+        other => other.to_string().chars().take(300).collect(),
+    })
+}
+
+/// Non-stream answer: read whole, take usage, pass the bytes through unchanged.
+pub(super) async fn relay_whole(
+    st: Arc<AppState>,
+    mut t: Tracker,
+    resp: http::Response<Incoming>,
+    cache_key: Option<CacheKey>,
+) -> Response {
+    let (parts, body) = resp.into_parts();
+    let HeldBytes { bytes, permit } = match read_upstream_body(&st, body).await {
+        Ok(b) => b,
+        Err(e) => {
+            let model = t.row.model.clone().unwrap_or_default();
+            return t.fail(match e {
+                ReadError::TooLarge(limit) => ApiError::UpstreamResponseTooLarge { model, limit },
+                ReadError::NoMemory => ApiError::UpstreamMemoryExhausted { model },
+                ReadError::Broken(detail) => ApiError::UpstreamStatus {
+                    model,
+                    status: parts.status.as_u16(),
+                    detail: format!(": broken response body ({detail})"),
+                },
+            });
+        }
+    };
+    let after = Instant::now();
+    t.mark_first_token();
+    let usage = fairgate_relay::usage_from_body(&bytes);
+    if let Some(u) = usage {
+        t.set_usage(u, UsageSource::Upstream);
+    }
+    if let (Some(key), true) = (cache_key, parts.status == StatusCode::OK) {
+        st.admission.cache.insert(
+            key,
+            CachedResponse {
+                status: 200,
+                content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+                body: bytes.clone(),
+                usage,
+            },
+            std::time::Instant::now(),
+        );
+    }
+    t.row.status = parts.status.as_u16();
+    if parts.status.is_success() {
+        t.row.outcome = Outcome::Ok;
+    } else {
+        t.row.outcome = Outcome::UpstreamRejected;
+        t.row.error_class = Some(format!("upstream_{}", parts.status.as_u16()));
+    }
+    // The answer's share of the memory budget is held until its bytes are handed on.
+    let mut out = Response::new(HeldBytes { bytes, permit }.into_body());
+    *out.status_mut() = parts.status;
+    copy_response_headers(&parts.headers, out.headers_mut());
+    t.decorate(out.headers_mut());
+    if cache_key.is_some() {
+        out.headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+    }
+    t.overhead_before += after.elapsed();
+    t.record();
+    out
+}
+
+/// State of a relayed stream; its `Drop` settles the ledger if the client went away.
+pub(super) struct Relay {
+    upstream: Incoming,
+    relay: StreamRelay,
+    tracker: Tracker,
+    idle: Duration,
+    /// Completion tokens reported to admission so far.
+    completion_seen: u64,
+    last_token: Option<Instant>,
+    finished: bool,
+}
+
+impl Relay {
+    fn settle(&mut self, outcome: Outcome, error_class: Option<&str>) {
+        let (usage, source) = match self.relay.usage() {
+            Some(u) => (u, UsageSource::Upstream),
+            None => (
+                Usage {
+                    prompt_tokens: 0,
+                    completion_tokens: self.relay.completion_tokens_counted(),
+                    cached_tokens: 0,
+                },
+                if self.relay.completion_tokens_counted() > 0 {
+                    UsageSource::Counted
+                } else {
+                    UsageSource::None
+                },
+            ),
+        };
+        // Without upstream usage the prompt is known only as the gateway's estimate.
+        let mut usage = usage;
+        let mut source = source;
+        if source == UsageSource::Counted {
+            usage.prompt_tokens = self.tracker.prompt_estimate;
+        } else if source == UsageSource::None && self.tracker.prompt_estimate > 0 {
+            // The backend took the prompt (the stream had started) but reported nothing.
+            usage.prompt_tokens = self.tracker.prompt_estimate;
+            source = UsageSource::Estimated;
+        }
+        self.tracker.set_usage(usage, source);
+        self.tracker.row.outcome = outcome;
+        self.tracker.row.error_class = error_class.map(str::to_owned);
+        // Recording settles the admission, so the backend slot is busy exactly as long as
+        // the backend is working for us.
+        self.tracker.record();
+    }
+
+    /// Charges new tokens to fair share; `Err` when a hard budget says to stop here.
+    fn charge(&mut self) -> Result<(), String> {
+        let usage = self.relay.usage();
+        let completion = usage
+            .map(|u| u.completion_tokens)
+            .unwrap_or(0)
+            .max(self.relay.completion_tokens_counted());
+        if completion == self.completion_seen {
+            return Ok(());
+        }
+        self.completion_seen = completion;
+        match self.tracker.admitted.as_mut() {
+            Some(a) => a.progress(usage.map(|u| u.prompt_tokens), completion),
+            None => Ok(()),
+        }
+    }
+
+    fn on_push(&mut self, p: &fairgate_relay::Pushed) {
+        if p.new_tokens > 0 {
+            let now = Instant::now();
+            if p.first_token {
+                self.tracker.mark_first_token();
+            } else if let (Some(prev), Some(m)) = (self.last_token, &self.tracker.row.model) {
+                self.tracker
+                    .st
+                    .metrics
+                    .inter_token
+                    .with_label_values(&[m])
+                    .observe(now.duration_since(prev).as_secs_f64() / p.new_tokens as f64);
+            }
+            self.last_token = Some(now);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The client disconnected mid-stream. Dropping `upstream` closes the backend
+            // connection, which aborts the generation there; charge what was produced.
+            self.settle(Outcome::Cancelled, Some("client_closed"));
+        }
+    }
+}
+
+pub(super) fn sse_error_event(err: &ApiError) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&err.body());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+pub(super) fn relay_stream(
+    st: Arc<AppState>,
+    mut t: Tracker,
+    resp: http::Response<Incoming>,
+    relay: StreamRelay,
+) -> Response {
+    let (parts, body) = resp.into_parts();
+    t.row.status = parts.status.as_u16();
+    let mut out_headers = HeaderMap::new();
+    copy_response_headers(&parts.headers, &mut out_headers);
+    t.decorate(&mut out_headers);
+    let state = Relay {
+        upstream: body,
+        relay,
+        tracker: t,
+        idle: Duration::from_millis(st.config.upstream.idle_timeout_ms),
+        completion_seen: 0,
+        last_token: None,
+        finished: false,
+    };
+    let s = stream::unfold(state, |mut s| async move {
+        if s.finished {
+            return None;
+        }
+        loop {
+            match tokio::time::timeout(s.idle, s.upstream.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let p = s.relay.push(&data);
+                    s.on_push(&p);
+                    if let Err(why) = s.charge() {
+                        // A hard budget ran out: end the answer cleanly here. Dropping the
+                        // upstream body closes the backend connection, which stops generation.
+                        s.finished = true;
+                        let mut out = bytes::BytesMut::from(&p.forward[..]);
+                        out.extend_from_slice(&s.relay.finish());
+                        let err =
+                            ApiError::BudgetExceeded(format!("the answer was cut off: {why}"));
+                        out.extend_from_slice(&sse_error_event(&err));
+                        out.extend_from_slice(b"data: [DONE]\n\n");
+                        s.settle(Outcome::CutOff, Some("budget_exceeded"));
+                        return Some((Ok(out.freeze()), s));
+                    }
+                    if !p.forward.is_empty() {
+                        return Some((Ok::<Bytes, std::convert::Infallible>(p.forward), s));
+                    }
+                }
+                Ok(None) => {
+                    s.finished = true;
+                    let rest = s.relay.finish();
+                    if s.relay.saw_done() && !s.relay.error_event() {
+                        s.settle(Outcome::Ok, None);
+                    } else if s.relay.error_event() {
+                        s.settle(Outcome::UpstreamError, Some("upstream_stream_error"));
+                    } else {
+                        s.settle(Outcome::UpstreamError, Some("upstream_truncated"));
+                    }
+                    return (!rest.is_empty()).then_some((Ok(rest), s));
+                }
+                Ok(Some(Err(e))) => {
+                    s.finished = true;
+                    let mut out = bytes::BytesMut::from(&s.relay.finish()[..]);
+                    let model = s.tracker.row.model.clone().unwrap_or_default();
+                    let err = ApiError::UpstreamStatus {
+                        model,
+                        status: 200,
+                        detail: format!(": the stream broke after it started ({e})"),
+                    };
+                    out.extend_from_slice(&sse_error_event(&err));
+                    s.settle(Outcome::UpstreamError, Some("upstream_stream_broken"));
+                    return Some((Ok(out.freeze()), s));
+                }
+                Err(_) => {
+                    s.finished = true;
+                    let mut out = bytes::BytesMut::from(&s.relay.finish()[..]);
+                    let model = s.tracker.row.model.clone().unwrap_or_default();
+                    let err = ApiError::UpstreamTimeout {
+                        model,
+                        timeout_ms: s.idle.as_millis() as u64,
+                    };
+                    out.extend_from_slice(&sse_error_event(&err));
+                    s.settle(Outcome::UpstreamError, Some("upstream_idle_timeout"));
+                    return Some((Ok(out.freeze()), s));
+                }
+            }
+        }
+    });
+    let mut out = Response::new(Body::from_stream(s));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = out_headers;
+    out
+}
+
+/// Phase 5, relay: a stream event by event, anything else whole.
+pub(super) async fn relay(
+    st: Arc<AppState>,
+    mut t: Tracker,
+    resp: http::Response<Incoming>,
+    plan: &Plan,
+    cache_key: Option<CacheKey>,
+) -> Response {
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if resp.status().is_success() && is_sse {
+        // Relayed paths learn only here that the answer streams.
+        t.row.stream = true;
+        let relay = StreamRelay::with_options(plan.strip_usage_chunk, plan.strip_chunk_usage);
+        return relay_stream(st, t, resp, relay);
+    }
+    relay_whole(st, t, resp, cache_key).await
+}

@@ -1,0 +1,186 @@
+//! Send: the request to the admitted backend, and failover. An attempt that fails before the
+//! response head (connection refused, no head in time, 5xx, the backend refusing the gateway's
+//! own key) may go to another backend, up to `routing.max_attempts`; nothing has reached the
+//! client yet, so it cannot tell. Once a head is relayed there is no retry. Each failure says
+//! itself whether it may be retried ([`SendError`]), so the loop decides nothing inline.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::upstream::{Backend, Route};
+
+use super::headers::upstream_headers;
+use super::plan::Plan;
+use super::relay::{read_upstream_body, upstream_error_message};
+use super::resolve::Resolved;
+use super::settle::Tracker;
+
+/// Whether a failed attempt may be sent to another backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// The backend failed before answering: another one may take the request.
+    OtherBackend,
+    /// The request itself cannot be sent: no backend would do better.
+    No,
+}
+
+/// One failed attempt: the error the client gets if it is the last, the reason for the log
+/// and the breaker (which may name the backend; the client's error never does), and whether
+/// another backend may be tried.
+pub(super) struct SendError {
+    pub(super) error: ApiError,
+    pub(super) why: String,
+    pub(super) retry: Retry,
+}
+
+/// Phase 4, send: attempts on the leased backend, moving the lease to a backend not yet tried
+/// after each retryable failure.
+pub(super) async fn send(
+    st: &AppState,
+    t: &mut Tracker,
+    live: &Config,
+    parts: &http::request::Parts,
+    plan: &Plan,
+    r: &Resolved,
+    route: &Route<'_>,
+) -> Result<http::Response<Incoming>, ApiError> {
+    let path_q = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let max_attempts = live.routing.max_attempts.max(1);
+    loop {
+        let Some(lease) = t.admitted.as_ref().map(|a| &a.lease) else {
+            return Err(ApiError::Internal("admission lost its lease".into()));
+        };
+        let backend = lease.backend.clone();
+        t.row.backend = Some(backend.name.clone());
+        t.row.attempts = lease.attempts();
+        match attempt(
+            st,
+            &backend,
+            parts,
+            path_q,
+            plan,
+            &r.served,
+            t.row.id.as_str(),
+        )
+        .await
+        {
+            Ok(resp) => {
+                lease.succeeded();
+                return Ok(resp);
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %t.row.id, backend = %backend.name, url = %backend.url, reason = %e.why, "upstream attempt failed");
+                if e.retry == Retry::No {
+                    return Err(e.error);
+                }
+                let Some(lease) = t.admitted.as_mut().map(|a| &mut a.lease) else {
+                    return Err(e.error);
+                };
+                lease.failed(e.why);
+                if lease.attempts() >= max_attempts || !lease.move_on(route) {
+                    return Err(e.error);
+                }
+            }
+        }
+    }
+}
+
+/// One attempt on one backend, up to its response head.
+async fn attempt(
+    st: &AppState,
+    backend: &Backend,
+    parts: &http::request::Parts,
+    path_q: &str,
+    plan: &Plan,
+    served: &str,
+    request_id: &str,
+) -> Result<http::Response<Incoming>, SendError> {
+    let timeout_ms = st.config.upstream.first_byte_timeout_ms;
+    let mut builder = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{}{}", backend.url, path_q));
+    if let Some(h) = builder.headers_mut() {
+        *h = upstream_headers(&parts.headers, request_id);
+        backend.authorize(h);
+    }
+    let body = Full::new(plan.body.clone()).map_err(|never| match never {});
+    let up_req = builder.body(body.boxed()).map_err(|e| SendError {
+        error: ApiError::Internal(e.to_string()),
+        why: e.to_string(),
+        retry: Retry::No,
+    })?;
+    let sent = tokio::time::timeout(
+        Duration::from_millis(timeout_ms),
+        backend.client(&st.client).request(up_req),
+    )
+    .await;
+    let (error, why) = match sent {
+        // A 401 from a backend refuses the gateway's own credential (clients never
+        // authenticate there): a backend fault, retried elsewhere, never relayed as if the
+        // client's key were wrong.
+        Ok(Ok(r)) if !r.status().is_server_error() && r.status() != StatusCode::UNAUTHORIZED => {
+            return Ok(r)
+        }
+        Ok(Ok(r)) => {
+            let status = r.status();
+            let (_, body) = r.into_parts();
+            let detail = read_upstream_body(st, body)
+                .await
+                .ok()
+                .and_then(|b| upstream_error_message(&b.bytes))
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            let err = if status == StatusCode::SERVICE_UNAVAILABLE {
+                ApiError::UpstreamUnavailable {
+                    model: served.to_owned(),
+                    detail,
+                }
+            } else {
+                ApiError::UpstreamStatus {
+                    model: served.to_owned(),
+                    status: status.as_u16(),
+                    detail,
+                }
+            };
+            (err, format!("answered HTTP {}", status.as_u16()))
+        }
+        Ok(Err(e)) => {
+            // The client learns only that it failed; where and why goes to the log.
+            let detail = if e.is_connect() {
+                "connection failed"
+            } else {
+                "request failed"
+            }
+            .to_owned();
+            (
+                ApiError::UpstreamConnect {
+                    model: served.to_owned(),
+                    detail,
+                },
+                crate::upstream::error_chain(&e),
+            )
+        }
+        Err(_) => (
+            ApiError::UpstreamTimeout {
+                model: served.to_owned(),
+                timeout_ms,
+            },
+            format!("no response head within {timeout_ms} ms"),
+        ),
+    };
+    Err(SendError {
+        error,
+        why,
+        retry: Retry::OtherBackend,
+    })
+}
