@@ -2,35 +2,29 @@
 //! budgets, models, emails. One copy, so the admin API and the portal cannot disagree.
 
 use fairgate_gateway::state::AppState;
-use fairgate_types::{Budget, KeyPolicy, RateLimits, TenantPolicy};
+use fairgate_types::{
+    is_valid_name, Budget, KeyPolicy, RateLimits, TenantPolicy, Weight, NAME_RULE,
+};
 
 use crate::ControlError;
 
+/// The one name rule ([`fairgate_types::is_valid_name`]) for a name of `kind` ("tenant name",
+/// "group", "user").
 pub fn valid_name(kind: &str, name: &str) -> Result<(), ControlError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
-    if ok {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(ControlError::Invalid(format!(
-            "{kind} `{name}` is invalid: use 1-64 characters from A-Z a-z 0-9 - _ . @"
+            "{kind} `{name}` is invalid: {NAME_RULE}"
         )))
     }
 }
 
-pub const MAX_WEIGHT: u32 = 1_000_000;
-
+/// A weight within [`Weight`]'s bounds.
 pub fn valid_weight(w: u32) -> Result<u32, ControlError> {
-    if (1..=MAX_WEIGHT).contains(&w) {
-        Ok(w)
-    } else {
-        Err(ControlError::Invalid(format!(
-            "weight must be between 1 and {MAX_WEIGHT}, got {w}"
-        )))
-    }
+    Weight::new(w)
+        .map(Weight::get)
+        .map_err(ControlError::Invalid)
 }
 
 /// Longest admission wait a policy may ask for: one hour.

@@ -61,6 +61,155 @@ pub fn now_millis() -> UnixMillis {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The one rule for tenant and group names, wherever they are written (config file, admin
+/// API, portal): 1-64 characters from `A-Z a-z 0-9 - _ . @`. Names end up in URLs, metric
+/// labels and CSV exports, so nothing else is allowed.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+}
+
+/// What [`is_valid_name`] asks for, worded for an error message.
+pub const NAME_RULE: &str = "use 1-64 characters from A-Z a-z 0-9 - _ . @";
+
+/// A name that broke [`is_valid_name`]; says which kind of name and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidName {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl fmt::Display for InvalidName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} `{}` is invalid: {NAME_RULE}", self.kind, self.name)
+    }
+}
+
+impl std::error::Error for InvalidName {}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// Checks `raw` against the name rule.
+            pub fn parse(raw: &str) -> Result<$ty, InvalidName> {
+                if is_valid_name(raw) {
+                    Ok($ty(raw.to_owned()))
+                } else {
+                    Err(InvalidName {
+                        kind: $kind,
+                        name: raw.to_owned(),
+                    })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                $ty::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A tenant's name, checked against the one name rule.
+    TenantName,
+    "tenant"
+);
+name_type!(
+    /// A group's name, checked against the one name rule.
+    GroupName,
+    "group"
+);
+
+/// A fair-share weight: a tenant's or group's share is proportional to it. Bounded so the
+/// weighted counters stay far from overflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Weight(u32);
+
+impl Weight {
+    /// The smallest weight.
+    pub const MIN: u32 = 1;
+    /// The largest weight.
+    pub const MAX: u32 = 1_000_000;
+
+    /// `Err` says the bounds.
+    pub fn new(w: u32) -> Result<Weight, String> {
+        if (Self::MIN..=Self::MAX).contains(&w) {
+            Ok(Weight(w))
+        } else {
+            Err(format!(
+                "weight must be between {} and {}, got {w}",
+                Self::MIN,
+                Self::MAX
+            ))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for Weight {
+    type Error = String;
+    fn try_from(w: u32) -> Result<Weight, String> {
+        Weight::new(w)
+    }
+}
+
+impl From<Weight> for u32 {
+    fn from(w: Weight) -> u32 {
+        w.0
+    }
+}
+
+/// A secret (a token, a password, a backend's API key): its `Debug` never shows it, and
+/// nothing serializes it, so config dumps and logs cannot leak it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that sends or compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// A tenant: the unit of fair share, budgets and accounting.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
@@ -538,4 +687,44 @@ pub struct AuditEntry {
     pub before: Option<String>,
     /// JSON of the object after the change (`None` for deletions).
     pub after: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_one_rule() {
+        assert!(TenantName::parse("team-a_1.x@y").is_ok());
+        assert_eq!(
+            GroupName::parse("bad name").unwrap_err().to_string(),
+            "group `bad name` is invalid: use 1-64 characters from A-Z a-z 0-9 - _ . @"
+        );
+        assert!(TenantName::parse("").is_err());
+        assert!(TenantName::parse(&"a".repeat(65)).is_err());
+        assert!(TenantName::parse(&"a".repeat(64)).is_ok());
+        let t: Result<TenantName, _> = serde_json::from_str("\"no/slash\"");
+        assert!(t.is_err());
+        let t: TenantName = serde_json::from_str("\"ok\"").unwrap();
+        assert_eq!(t.as_str(), "ok");
+    }
+
+    #[test]
+    fn weights_are_bounded_and_secrets_hidden() {
+        assert!(Weight::new(0).is_err());
+        assert_eq!(Weight::new(Weight::MAX).unwrap().get(), 1_000_000);
+        assert_eq!(
+            Weight::new(Weight::MAX + 1).unwrap_err(),
+            "weight must be between 1 and 1000000, got 1000001"
+        );
+        let w: Result<Weight, _> = serde_json::from_str("0");
+        assert!(w.is_err());
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+
+    #[test]
+    fn budget_periods_are_spelled_once() {
+        assert_eq!(BudgetPeriod::Day.as_str(), "day");
+        assert_eq!(BudgetPeriod::Month.as_str(), "month");
+    }
 }
