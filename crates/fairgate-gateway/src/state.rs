@@ -17,7 +17,8 @@ use crate::context::ContextLengths;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::proxy_limits::ProxyLimits;
-use crate::upstream::{Backend, HttpClient, ModelPool, Upstreams, WatchContext};
+use crate::upstream::watch::WatchContext;
+use crate::upstream::{Backend, HttpClient, ModelPool, Upstreams};
 
 /// Everything a request handler needs; shared read-only behind one `Arc`.
 pub struct AppState {
