@@ -25,11 +25,9 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use fairgate_control::audit::json_of;
-use fairgate_control::validate::{
-    check_key_policy, check_models, check_tenant_policy, valid_email, valid_name, valid_weight,
-};
+use fairgate_control::validate::valid_name;
+use fairgate_control::{groups, keys, tenants, users};
 use fairgate_gateway::error::ApiError;
-use fairgate_gateway::identity::mint_key;
 use fairgate_gateway::state::AppState;
 
 pub mod backends;
@@ -117,13 +115,6 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-/// After every change: the directory, the pools' weights and the budget accounts follow.
-async fn reload(st: &AppState) -> Result<(), ApiError> {
-    fairgate_gateway::state::refresh_directory(st)
-        .await
-        .map_err(ApiError::from)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewTenant {
@@ -142,30 +133,17 @@ fn one() -> u32 {
 
 async fn create_tenant(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: NewTenant = parse(&body)?;
-    valid_name("tenant name", &req.name)?;
-    if let Some(g) = &req.group {
-        valid_name("group", g)?;
-    }
-    let policy = req.policy.unwrap_or_default();
-    check_tenant_policy(&policy)?;
-    let tenant = Tenant {
-        name: req.name,
-        weight: valid_weight(req.weight)?,
-        group: req.group,
-        created_at: now_millis(),
-        policy,
-    };
-    st.store.create_tenant(&tenant).await?;
-    reload(&st).await?;
-    audit(
+    let tenant = tenants::create_tenant(
         &st,
-        "tenant.create",
-        format!("tenant:{}", tenant.name),
-        None,
-        json_of(&tenant),
+        ADMIN_ACTOR,
+        tenants::NewTenant {
+            name: req.name,
+            weight: req.weight,
+            group: req.group,
+            policy: req.policy.unwrap_or_default(),
+        },
     )
-    .await;
-    tracing::info!(tenant = %tenant.name, weight = tenant.weight, "tenant created");
+    .await?;
     Ok((StatusCode::CREATED, Json(tenant)).into_response())
 }
 
@@ -219,55 +197,21 @@ async fn update_tenant(
     body: Bytes,
 ) -> Result<Json<Tenant>, ApiError> {
     let patch: TenantPatch = parse(&body)?;
-    let mut t = st
-        .store
-        .get_tenant(&name)
-        .await?
-        .ok_or_else(|| ApiError::AdminNotFound(format!("tenant `{name}`")))?;
-    let before_json = json_of(&t);
-    let before = (t.weight, t.group.clone());
-    if let Some(w) = patch.weight {
-        t.weight = valid_weight(w)?;
-    }
-    if let Some(g) = patch.group {
-        if let Some(g) = &g {
-            valid_name("group", g)?;
-        }
-        t.group = g;
-    }
-    let policy_changed = patch.policy.is_some();
-    if let Some(p) = patch.policy {
-        let p = p.unwrap_or_default();
-        check_tenant_policy(&p)?;
-        t.policy = p;
-    }
-    if !st.store.update_tenant(&t).await? {
-        return Err(ApiError::AdminNotFound(format!("tenant `{name}`")));
-    }
-    reload(&st).await?;
-    audit(
-        &st,
-        "tenant.update",
-        format!("tenant:{name}"),
-        before_json,
-        json_of(&t),
-    )
-    .await;
-    tracing::info!(tenant = %name, ?before, after = ?(t.weight, &t.group), policy_changed, "tenant updated");
-    Ok(Json(t))
+    let change = tenants::TenantChange {
+        weight: patch.weight,
+        group: patch.group,
+        policy: patch.policy.map(Option::unwrap_or_default),
+    };
+    Ok(Json(
+        tenants::update_tenant(&st, ADMIN_ACTOR, &name, change).await?,
+    ))
 }
 
 async fn delete_tenant(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let before = st.store.get_tenant(&name).await?.and_then(|t| json_of(&t));
-    if !st.store.delete_tenant(&name).await? {
-        return Err(ApiError::AdminNotFound(format!("tenant `{name}`")));
-    }
-    reload(&st).await?;
-    audit(&st, "tenant.delete", format!("tenant:{name}"), before, None).await;
-    tracing::info!(tenant = %name, "tenant deleted; its keys are revoked");
+    tenants::delete_tenant(&st, ADMIN_ACTOR, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -324,45 +268,19 @@ impl KeyView {
 
 async fn create_key(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: NewKeyReq = parse(&body)?;
-    if req.name.is_empty() || req.name.len() > 128 {
-        return Err(ApiError::AdminBadRequest(
-            "key name must be 1-128 characters".into(),
-        ));
-    }
-    if let Some(u) = &req.user {
-        valid_name("user", u)?;
-    }
-    check_models(&st, &req.models)?;
-    let policy = req.policy.unwrap_or_default();
-    check_key_policy(&policy)?;
-    if st.store.get_tenant(&req.tenant).await?.is_none() {
-        return Err(ApiError::AdminNotFound(format!("tenant `{}`", req.tenant)));
-    }
-    let minted = mint_key();
-    let rec = KeyRecord {
-        id: minted.id.clone(),
-        tenant: req.tenant,
-        user: req.user,
-        name: req.name,
-        models: req.models,
-        secret_hash: minted.secret_hash.clone(),
-        expires_at: req.expires_at,
-        enabled: true,
-        created_at: now_millis(),
-        revoked_at: None,
-        policy,
-    };
-    st.store.insert_key(&rec).await?;
-    reload(&st).await?;
-    audit(
+    let (rec, minted) = keys::create_key(
         &st,
-        "key.create",
-        format!("key:{}", rec.id),
-        None,
-        json_of(&rec),
+        ADMIN_ACTOR,
+        keys::NewKey {
+            tenant: req.tenant,
+            name: req.name,
+            user: req.user,
+            models: req.models,
+            expires_at: req.expires_at,
+            policy: req.policy.unwrap_or_default(),
+        },
     )
-    .await;
-    tracing::info!(key_id = %rec.id, tenant = %rec.tenant, "key created");
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(KeyView::of(rec, Some(minted.expose().to_owned()))),
@@ -385,18 +303,11 @@ async fn list_keys(
     }))
 }
 
-async fn load_key(st: &AppState, id: &str) -> Result<KeyRecord, ApiError> {
-    st.store
-        .get_key(&KeyId(id.to_owned()))
-        .await?
-        .ok_or_else(|| ApiError::AdminNotFound(format!("key `{id}`")))
-}
-
 async fn get_key(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(KeyView::of(load_key(&st, &id).await?, None)))
+    Ok(Json(KeyView::of(keys::load_key(&st, &id).await?, None)))
 }
 
 #[derive(Deserialize)]
@@ -421,41 +332,14 @@ async fn update_key(
     body: Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
     let patch: KeyPatch = parse(&body)?;
-    let mut k = load_key(&st, &id).await?;
-    let before = json_of(&k);
-    if let Some(n) = patch.name {
-        k.name = n;
-    }
-    if let Some(e) = patch.enabled {
-        if e && k.revoked_at.is_some() {
-            return Err(ApiError::AdminBadRequest(
-                "a revoked key cannot be enabled again; create a new key".into(),
-            ));
-        }
-        k.enabled = e;
-    }
-    if let Some(m) = patch.models {
-        check_models(&st, &m)?;
-        k.models = m;
-    }
-    if let Some(e) = patch.expires_at {
-        k.expires_at = e;
-    }
-    if let Some(p) = patch.policy {
-        let p = p.unwrap_or_default();
-        check_key_policy(&p)?;
-        k.policy = p;
-    }
-    st.store.update_key(&k).await?;
-    reload(&st).await?;
-    audit(
-        &st,
-        "key.update",
-        format!("key:{}", k.id),
-        before,
-        json_of(&k),
-    )
-    .await;
+    let change = keys::KeyChange {
+        name: patch.name,
+        enabled: patch.enabled,
+        models: patch.models,
+        expires_at: patch.expires_at,
+        policy: patch.policy.map(Option::unwrap_or_default),
+    };
+    let k = keys::update_key(&st, ADMIN_ACTOR, &id, change).await?;
     Ok(Json(KeyView::of(k, None)))
 }
 
@@ -463,23 +347,7 @@ async fn revoke_key(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let mut k = load_key(&st, &id).await?;
-    let before = json_of(&k);
-    if k.revoked_at.is_none() {
-        k.revoked_at = Some(now_millis());
-    }
-    k.enabled = false;
-    st.store.update_key(&k).await?;
-    reload(&st).await?;
-    audit(
-        &st,
-        "key.revoke",
-        format!("key:{}", k.id),
-        before,
-        json_of(&k),
-    )
-    .await;
-    tracing::info!(key_id = %k.id, "key revoked");
+    let k = keys::revoke_key(&st, ADMIN_ACTOR, &id).await?;
     Ok(Json(KeyView::of(k, None)))
 }
 
@@ -487,13 +355,7 @@ async fn rotate_key(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let mut k = load_key(&st, &id).await?;
-    if k.revoked_at.is_some() {
-        return Err(ApiError::AdminConflict(format!(
-            "key `{id}` is revoked and cannot be rotated; a revoked key"
-        )));
-    }
-    let minted = fairgate_control::keys::rotate_key_secret(&st, ADMIN_ACTOR, &mut k).await?;
+    let (k, minted) = keys::rotate_key(&st, ADMIN_ACTOR, &id).await?;
     Ok(Json(KeyView::of(k, Some(minted.expose().to_owned()))))
 }
 
@@ -596,36 +458,16 @@ async fn put_group(
 ) -> Result<Json<Group>, ApiError> {
     valid_name("group", &name)?;
     let req: GroupBody = parse(&body)?;
-    let g = Group {
-        name,
-        weight: valid_weight(req.weight)?,
-    };
-    let before = st.store.get_group(&g.name).await?.and_then(|g| json_of(&g));
-    let created = st.store.upsert_group(&g).await?;
-    audit(
-        &st,
-        "group.set",
-        format!("group:{}", g.name),
-        before,
-        json_of(&g),
-    )
-    .await;
-    reload(&st).await?;
-    tracing::info!(group = %g.name, weight = g.weight, created, "group set");
-    Ok(Json(g))
+    Ok(Json(
+        groups::set_group(&st, ADMIN_ACTOR, &name, req.weight).await?,
+    ))
 }
 
 async fn delete_group(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let before = st.store.get_group(&name).await?.and_then(|g| json_of(&g));
-    if !st.store.delete_group(&name).await? {
-        return Err(ApiError::AdminNotFound(format!("group `{name}`")));
-    }
-    audit(&st, "group.delete", format!("group:{name}"), before, None).await;
-    reload(&st).await?;
-    tracing::info!(group = %name, "group deleted; its tenants now share weight 1");
+    groups::delete_group(&st, ADMIN_ACTOR, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -825,52 +667,20 @@ struct NewUser {
     tenant: Option<String>,
 }
 
-/// Checks and hashes a new password. argon2id takes tens of milliseconds of CPU and 19 MiB, so
-/// it runs on the blocking pool, never on an async worker that carries streams.
-async fn hashed_password(password: &str) -> Result<String, ApiError> {
-    if let Some(why) = fairgate_control::passwords::password_problem(password) {
-        return Err(ApiError::AdminBadRequest(format!("password: {why}")));
-    }
-    let password = password.to_owned();
-    tokio::task::spawn_blocking(move || fairgate_control::passwords::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))
-}
-
 async fn create_user(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: NewUser = parse(&body)?;
-    let email = valid_email(&req.email)?;
-    if let Some(t) = &req.tenant {
-        if st.store.get_tenant(t).await?.is_none() {
-            return Err(ApiError::AdminNotFound(format!("tenant `{t}`")));
-        }
-    }
-    let password_hash = match &req.password {
-        Some(p) => Some(hashed_password(p).await?),
-        None => None,
-    };
-    let user = fairgate_types::User {
-        id: uuid::Uuid::now_v7().to_string(),
-        email,
-        name: req.name,
-        password_hash,
-        role: req.role,
-        tenant: req.tenant,
-        oidc_subject: None,
-        disabled: false,
-        created_at: now_millis(),
-    };
-    st.store.create_user(&user).await?;
-    audit(
+    let user = users::create_user(
         &st,
-        "user.create",
-        format!("user:{}", user.email),
-        None,
-        json_of(&user),
+        ADMIN_ACTOR,
+        users::NewUser {
+            email: req.email,
+            name: req.name,
+            password: req.password,
+            role: req.role,
+            tenant: req.tenant,
+        },
     )
-    .await;
-    tracing::info!(email = %user.email, role = user.role.as_str(), "portal user created");
+    .await?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 
@@ -902,45 +712,15 @@ async fn update_user(
     body: Bytes,
 ) -> Result<Json<fairgate_types::User>, ApiError> {
     let patch: UserPatch = parse(&body)?;
-    let mut u = st
-        .store
-        .get_user(&id)
-        .await?
-        .ok_or_else(|| ApiError::AdminNotFound(format!("user `{id}`")))?;
-    let before = json_of(&u);
-    if let Some(r) = patch.role {
-        u.role = r;
-    }
-    if let Some(t) = patch.tenant {
-        if let Some(t) = &t {
-            if st.store.get_tenant(t).await?.is_none() {
-                return Err(ApiError::AdminNotFound(format!("tenant `{t}`")));
-            }
-        }
-        u.tenant = t;
-    }
-    if let Some(p) = &patch.password {
-        u.password_hash = Some(hashed_password(p).await?);
-    }
-    if let Some(d) = patch.disabled {
-        u.disabled = d;
-    }
-    st.store.update_user(&u).await?;
-    // A changed password, role or a disabled account ends the sessions it had.
-    st.store.delete_user_sessions(&u.id).await?;
-    // A disabled person's API keys stop (and a re-enabled one's work again) at once here;
-    // other replicas follow at their next directory refresh.
-    fairgate_gateway::state::refresh_directory(&st).await?;
-    audit(
-        &st,
-        "user.update",
-        format!("user:{}", u.email),
-        before,
-        json_of(&u),
-    )
-    .await;
-    tracing::info!(email = %u.email, "portal user updated; sessions ended");
-    Ok(Json(u))
+    let change = users::UserChange {
+        role: patch.role,
+        tenant: patch.tenant,
+        password: patch.password,
+        disabled: patch.disabled,
+    };
+    Ok(Json(
+        users::update_user(&st, ADMIN_ACTOR, &id, change).await?,
+    ))
 }
 
 /// Who the admin API acts as in the audit log: the bearer token is one shared identity.

@@ -10,9 +10,12 @@
 pub mod audit;
 pub mod backends;
 mod error;
+pub mod groups;
 pub mod keys;
 pub mod passwords;
 pub mod reload;
+pub mod tenants;
+pub mod users;
 pub mod validate;
 
 pub use error::ControlError;
