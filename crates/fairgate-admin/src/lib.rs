@@ -24,7 +24,6 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use fairgate_control::audit::json_of;
 use fairgate_control::validate::valid_name;
 use fairgate_control::{groups, keys, tenants, users};
 use fairgate_gateway::error::ApiError;
@@ -635,10 +634,7 @@ async fn tenant_budgets(
 async fn reload_config(
     State(st): State<Arc<AppState>>,
 ) -> Result<Json<fairgate_control::reload::ReloadReport>, ApiError> {
-    let report = fairgate_control::reload::reload_config(&st).await;
-    if let Ok(r) = &report {
-        audit(&st, "config.reload", "config".into(), None, json_of(r)).await;
-    }
+    let report = fairgate_control::reload::reload_config(&st, ADMIN_ACTOR).await;
     report
         .map(Json)
         .map_err(|e| match e.downcast::<fairgate_store::StoreError>() {
@@ -725,16 +721,6 @@ async fn update_user(
 
 /// Who the admin API acts as in the audit log: the bearer token is one shared identity.
 pub const ADMIN_ACTOR: &str = "admin-token";
-
-async fn audit(
-    st: &AppState,
-    action: &str,
-    target: String,
-    before: Option<String>,
-    after: Option<String>,
-) {
-    fairgate_control::audit::record_audit(st, ADMIN_ACTOR, action, target, before, after).await;
-}
 
 #[derive(Deserialize)]
 struct AuditQuery {

@@ -43,11 +43,11 @@ pub struct ReloadReport {
     pub needs_restart: Vec<&'static str>,
 }
 
-/// Re-reads the config file and applies its live parts: admission settings (mode, queue
+/// Re-reads the config file and applies its live parts, audited as `actor`: admission settings (mode, queue
 /// bounds, token costs), routing, backends, model prices and cache opt-ins, declared groups and
 /// tenants. Requests
 /// in flight and queued are kept; the next dispatch uses the new settings.
-pub async fn reload_config(st: &Arc<AppState>) -> anyhow::Result<ReloadReport> {
+pub async fn reload_config(st: &Arc<AppState>, actor: &str) -> anyhow::Result<ReloadReport> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let new = Config::load(st.config_path.as_deref(), env)?;
     let old = st.config.as_ref();
@@ -89,6 +89,15 @@ pub async fn reload_config(st: &Arc<AppState>) -> anyhow::Result<ReloadReport> {
     if !report.needs_restart.is_empty() {
         tracing::warn!(fields = ?report.needs_restart, "config reloaded; these changes need a restart to apply");
     }
-    tracing::info!(?report, "config reloaded");
+    crate::audit::record_audit(
+        st,
+        actor,
+        "config.reload",
+        "config".into(),
+        None,
+        crate::audit::json_of(&report),
+    )
+    .await;
+    tracing::info!(?report, actor, "config reloaded");
     Ok(report)
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use fairgate_control::audit::{json_of, record_audit};
 use fairgate_control::reload::reload_config;
 use fairgate_gateway::admission::Admission;
 use fairgate_gateway::config::Config;
@@ -216,14 +215,8 @@ async fn reload_on_hangup(st: Arc<AppState>, signals: Hangups) {
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config file");
-        match reload_config(&st).await {
-            Ok(report) => {
-                let after = json_of(&report);
-                record_audit(&st, "SIGHUP", "config.reload", "config".into(), None, after).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the running config");
-            }
+        if let Err(e) = reload_config(&st, "SIGHUP").await {
+            tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the running config");
         }
     }
 }
