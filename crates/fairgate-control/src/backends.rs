@@ -6,7 +6,6 @@ use std::sync::Arc;
 use fairgate_gateway::config::BackendConfig;
 use fairgate_gateway::state::AppState;
 use fairgate_gateway::upstream::{BackendStatus, ModelPool, Origin};
-use serde::Deserialize;
 
 use crate::audit::{json_of, record_audit};
 use crate::ControlError;
@@ -17,34 +16,12 @@ pub fn pool<'a>(st: &'a AppState, model: &str) -> Result<&'a Arc<ModelPool>, Con
         .ok_or_else(|| ControlError::NotFound(format!("model `{model}`")))
 }
 
-/// A backend to add: the admin API's JSON body, and what the portal's form fills in.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewBackend {
-    pub url: String,
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
-    #[serde(default)]
-    pub max_tokens_in_flight: Option<u64>,
-    #[serde(default)]
-    pub adapters: Option<Vec<String>>,
-    /// Label and display name; default `host:port`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The backend's API key (write-only: never returned, audited or logged).
-    #[serde(default)]
-    pub api_key: Option<fairgate_gateway::config::Secret>,
-    /// Environment variable of the gateway holding the key.
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    /// CA certificates (PEM file on the gateway's host) for an https:// backend.
-    #[serde(default)]
-    pub ca_file: Option<std::path::PathBuf>,
-}
+/// A backend to add: the admin API's JSON body and what the portal's form fills in are the
+/// config file's `[[models.backends]]` entry, with the same fields and defaults.
+pub type NewBackend = BackendConfig;
 
-pub fn default_max_in_flight() -> usize {
-    32
-}
+/// The default of `max_in_flight`, for forms that show it.
+pub use fairgate_gateway::config::defaults::max_in_flight as default_max_in_flight;
 
 /// Validates and adds a backend, starts its watcher and audits `backend.add` as `actor`: the
 /// one way the admin API and the portal add a backend.
@@ -74,16 +51,7 @@ pub async fn add_backend(
             )));
         }
     }
-    let cfg = BackendConfig {
-        url: req.url,
-        max_in_flight: req.max_in_flight,
-        max_tokens_in_flight: req.max_tokens_in_flight,
-        adapters: req.adapters,
-        name: req.name,
-        api_key: req.api_key,
-        api_key_env: req.api_key_env,
-        ca_file: req.ca_file,
-    };
+    let cfg = req;
     cfg.validate_access()
         .map_err(|(f, m)| ControlError::Invalid(format!("{f}: {m}")))?;
     let routing = st.live.load().routing.clone();

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod defaults;
+pub mod defaults;
 mod sections;
 pub use sections::*;
 
