@@ -11,19 +11,19 @@
 //! Added latency is the through-gateway percentile minus the direct one. The gateway's peak RSS
 //! comes from `/proc/<pid>/status`. Results print as a Markdown table for BENCHMARKS.md.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+
+use crate::harness::http::{bench_client, tenant_key};
+use crate::harness::process::{self, status_mib, StackSpec, MODEL};
+use crate::harness::stats::rounded_index_ms;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -51,113 +51,16 @@ struct Target {
     auth: Option<String>,
 }
 
-struct Procs {
-    children: Vec<Child>,
-    gateway_pid: u32,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.start_kill();
-        }
+/// A zero-latency simulator behind a gateway with room for every request at once, so what
+/// is measured is the gateway's own work; its warnings are shown.
+fn stack() -> StackSpec<'static> {
+    StackSpec {
+        model: MODEL,
+        sims: vec![vec!["--instant".to_owned()]],
+        config: String::new(),
+        max_in_flight: 4096,
+        gateway_log: true,
     }
-}
-
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-pub(crate) async fn wait_http(url: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{url} did not come up")
-}
-
-async fn start(dir: &std::path::Path) -> anyhow::Result<(Procs, String, String, String)> {
-    let exe = std::env::current_exe().context("locating the fairgate binary")?;
-    let sim_port = free_port()?;
-    let gw_port = free_port()?;
-    let sim = Command::new(&exe)
-        .args(["sim", "--instant", "--model", "bench", "--listen"])
-        .arg(format!("127.0.0.1:{sim_port}"))
-        .env("FAIRGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the simulator")?;
-    let token = "bench-admin-token-0123456789";
-    let config = format!(
-        "listen = \"127.0.0.1:{gw_port}\"\ndatabase = \"sqlite://{db}\"\ndata_dir = \"{dir}\"\nadmin_token = \"{token}\"\n\
-         [[models]]\nname = \"bench\"\n[[models.backends]]\nurl = \"http://127.0.0.1:{sim_port}\"\nmax_in_flight = 4096\n",
-        db = dir.join("bench.db").display(),
-        dir = dir.display(),
-    );
-    let cfg_path = dir.join("bench.toml");
-    std::fs::write(&cfg_path, config)?;
-    let gw = Command::new(&exe)
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg_path)
-        .env("FAIRGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the gateway")?;
-    let gateway_pid = gw.id().unwrap_or(0);
-    let mut procs = Procs {
-        children: vec![sim, gw],
-        gateway_pid,
-    };
-    if let Some(err) = procs.children[1].stderr.take() {
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                eprintln!("[gateway] {l}");
-            }
-        });
-    }
-    let direct = format!("http://127.0.0.1:{sim_port}");
-    let through = format!("http://127.0.0.1:{gw_port}");
-    wait_http(&format!("{direct}/health")).await?;
-    wait_http(&format!("{through}/healthz")).await?;
-    let key = tenant_key(&through, token, "bench").await?;
-    Ok((procs, direct, through, key))
-}
-
-/// Creates tenant `name` and a key for it through the admin API; returns the key's secret.
-pub(crate) async fn tenant_key(base: &str, token: &str, name: &str) -> anyhow::Result<String> {
-    let admin = reqwest::Client::new();
-    let base = format!("{base}/admin/v1");
-    admin
-        .post(format!("{base}/tenants"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"name": name, "weight": 1}))
-        .send()
-        .await?
-        .error_for_status()?;
-    let key: serde_json::Value = admin
-        .post(format!("{base}/keys"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"tenant": name, "name": name}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(key["key"]
-        .as_str()
-        .context("no key in response")?
-        .to_owned())
 }
 
 fn request(t: &Target, body: &Bytes) -> anyhow::Result<http::Request<Full<Bytes>>> {
@@ -254,36 +157,23 @@ async fn open_loop(
     (lat, errors)
 }
 
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)] as f64 / 1000.0
-}
-
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("fairgate-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let (procs, direct, through, key) = start(&dir).await?;
+    let admin = bench_client()?;
+    let stack = process::start("bench", stack(), &admin).await?;
+    let key = tenant_key(&admin, &stack.gateway, "bench", 1).await?;
+    // Only the load's own connections stay open while it is measured.
+    drop(admin);
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     let client: LoadClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(4096)
         .build(conn);
     let direct = Arc::new(Target {
-        url: direct,
+        url: stack.sims[0].clone(),
         auth: None,
     });
     let through = Arc::new(Target {
-        url: through,
+        url: stack.gateway.clone(),
         auth: Some(format!("Bearer {key}")),
     });
     let modes: &[bool] = if a.stream { &[false, true] } else { &[false] };
@@ -295,7 +185,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     for &stream in modes {
         let body = Bytes::from(
             serde_json::json!({
-                "model": "bench",
+                "model": MODEL,
                 "messages": [{"role": "user", "content": "Say something short."}],
                 "max_tokens": a.max_tokens,
                 "stream": stream,
@@ -312,7 +202,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         for (name, t) in [("direct", &direct), ("fairgate", &through)] {
             let (rps, cerr) = closed_loop(&client, t.clone(), body.clone(), &a).await;
             let (lat, oerr) = open_loop(&client, t.clone(), body.clone(), &a).await;
-            let (p50, p99) = (pct(&lat, 0.50), pct(&lat, 0.99));
+            let (p50, p99) = (rounded_index_ms(&lat, 0.50), rounded_index_ms(&lat, 0.99));
             println!(
                 "| {} | {name} | {rps:.0} | {cerr} | {} | {p50:.3} | {p99:.3} | {oerr} |",
                 if stream { "stream" } else { "non-stream" },
@@ -333,10 +223,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     for s in summary {
         println!("{s}");
     }
-    if let Some(rss) = peak_rss_mib(procs.gateway_pid) {
+    if let Some(rss) = stack
+        .procs
+        .gateway_pid()
+        .and_then(|pid| status_mib(pid, "VmHWM"))
+    {
         println!("gateway peak RSS: {rss:.1} MiB");
     }
-    drop(procs);
-    let _ = std::fs::remove_dir_all(&dir);
+    stack.stop().await;
     Ok(())
 }

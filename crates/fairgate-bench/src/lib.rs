@@ -5,9 +5,12 @@
 //! - [`routebench`]: routing scenarios (prefix affinity, LoRA placement, failover);
 //! - [`soakbench`]: a long run that watches memory and the ledger.
 //!
+//! What they share (processes, readiness, tenants, streamed requests, statistics, output) is
+//! in one private `harness` module, so the benchmarks differ only in what they measure.
 //! Results print as Markdown tables for BENCHMARKS.md.
 
 pub mod bench;
 pub mod fairbench;
+mod harness;
 pub mod routebench;
 pub mod soakbench;

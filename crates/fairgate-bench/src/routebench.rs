@@ -60,9 +60,13 @@ use futures_util::future::join_all;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::fairbench::{
-    self, bench_client, criterion, free_port, metric_sum, percentile, random_words, service_at,
-    spawn_gateway, spawn_sim, stream_one, tenant_key, wait_http, Ctx, Procs, Rec, MODEL,
+use crate::harness::http::{bench_client, scrape, tenant_key};
+use crate::harness::metrics::{gauge, metric_sum};
+use crate::harness::process::{self, flags, StackSpec, MODEL};
+use crate::harness::report::{criterion, write_json};
+use crate::harness::stats::{cv, mean, mean_spread, served_between, summary};
+use crate::harness::stream::{
+    chat_body, errors_warning, random_words, stream_one, usage_warning, Ctx, Rec,
 };
 
 /// Simulator replicas behind the gateway.
@@ -237,64 +241,17 @@ fn arrivals(workload: Workload, qps: f64, until: f64, seed: u64) -> Vec<Arrival>
     }
 }
 
-fn chat_body(system: &str, question: &str, out: u64) -> String {
-    json!({
-        "model": MODEL,
-        "messages": [
+fn system_user_body(system: &str, question: &str, out: u64) -> String {
+    chat_body(
+        json!([
             {"role": "system", "content": system},
             {"role": "user", "content": question},
-        ],
-        "max_tokens": out,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    })
-    .to_string()
-}
-
-// ---------- pure analysis ----------
-
-/// p50, p90, p99 (nearest rank) and mean of unsorted values, in the values' unit.
-fn summary(values: &[f64]) -> (f64, f64, f64, f64) {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let mean = if v.is_empty() {
-        f64::NAN
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    };
-    (
-        percentile(&v, 0.50),
-        percentile(&v, 0.90),
-        percentile(&v, 0.99),
-        mean,
+        ]),
+        out,
     )
 }
 
-/// Mean over samples of max − min across replicas (0 without samples).
-fn mean_spread(samples: &[Vec<f64>]) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    samples
-        .iter()
-        .map(|s| fairbench::max_min_diff(s))
-        .sum::<f64>()
-        / samples.len() as f64
-}
-
-/// Coefficient of variation (population standard deviation / mean); 0 for a zero mean.
-fn cv(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    if mean == 0.0 {
-        return 0.0;
-    }
-    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-    var.sqrt() / mean
-}
+// ---------- pure analysis ----------
 
 /// Σ Δhits / Σ Δqueries over replicas (NaN when nothing was queried).
 fn hit_rate(before: &[Snapshot], after: &[Snapshot]) -> f64 {
@@ -317,18 +274,6 @@ struct Snapshot {
     hits: f64,
     queries: f64,
     finished: f64,
-}
-
-async fn scrape(client: &reqwest::Client, url: &str) -> Option<String> {
-    client
-        .get(format!("{url}/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()
 }
 
 async fn snapshots(client: &reqwest::Client, sims: &[String]) -> Vec<Snapshot> {
@@ -401,8 +346,8 @@ async fn sample(
         let mut waiting = 0.0;
         for page in &pages {
             let Some(page) = page else { break };
-            let r = fairbench::gauge(page, "vllm:num_requests_running");
-            let w = fairbench::gauge(page, "vllm:num_requests_waiting");
+            let r = gauge(page, "vllm:num_requests_running");
+            let w = gauge(page, "vllm:num_requests_waiting");
             let (Some(r), Some(w)) = (r, w) else { break };
             loads.push(r + w);
             waiting += w;
@@ -428,64 +373,31 @@ struct RunOut {
     sampled: Sampled,
 }
 
-/// Starts the replicas and a gateway routing by `strategy`.
-async fn start(
-    dir: &std::path::Path,
-    strategy: &str,
-    seed: u64,
-    client: &reqwest::Client,
-) -> anyhow::Result<(Procs, String, Vec<String>)> {
-    let mut procs = Procs {
-        children: Vec::new(),
-    };
-    let mut sims = Vec::new();
-    let mut backends = String::new();
-    let started = async {
-        for i in 0..REPLICAS {
-            let port = free_port()?;
-            let args: Vec<String> = [
-                ("--max-num-seqs", MAX_NUM_SEQS.to_string()),
-                ("--kv-cache-tokens", KV_CACHE_TOKENS.to_string()),
-                ("--block-size", BLOCK_SIZE.to_string()),
-                ("--prefill-overhead-ms", PREFILL_OVERHEAD_MS.to_string()),
-                ("--prefill-per-token-us", PREFILL_PER_TOKEN_US.to_string()),
-                ("--decode-step-ms", DECODE_STEP_MS.to_string()),
-                ("--decode-step-per-seq-us", DECODE_PER_SEQ_US.to_string()),
-                ("--seed", (seed + i as u64).to_string()),
-            ]
-            .into_iter()
-            .flat_map(|(k, v)| [k.to_owned(), v])
-            .collect();
-            procs.children.push(spawn_sim(port, &args)?);
-            let url = format!("http://127.0.0.1:{port}");
-            backends.push_str(&format!(
-                "[[models.backends]]\nurl = \"{url}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n"
-            ));
-            sims.push(url);
-        }
-        let gw_port = free_port()?;
-        let config = format!(
-            "{head}[admission]\nqueue_timeout_ms = 600000\nmax_queue_per_tenant = 100000\n\
-             max_queued = 100000\n[routing]\nstrategy = \"{strategy}\"\n\
-             [[models]]\nname = \"{MODEL}\"\n{backends}",
-            head = fairbench::gateway_config_head(dir, gw_port),
-        );
-        // The gateway is stopped first, so it does not see its backends vanish.
-        procs.children.insert(0, spawn_gateway(dir, &config)?);
-        let gw = format!("http://127.0.0.1:{gw_port}");
-        for s in &sims {
-            wait_http(client, &format!("{s}/health")).await?;
-        }
-        wait_http(client, &format!("{gw}/healthz")).await?;
-        anyhow::Ok(gw)
-    }
-    .await;
-    match started {
-        Ok(gw) => Ok((procs, gw, sims)),
-        Err(e) => {
-            procs.stop().await;
-            Err(e)
-        }
+/// The replicas and a gateway routing by `strategy`; the admission limits are out of the way
+/// (one tenant, open loop), so only routing decides where requests wait.
+fn stack(strategy: &str, seed: u64) -> StackSpec<'static> {
+    StackSpec {
+        model: MODEL,
+        sims: (0..REPLICAS as u64)
+            .map(|i| {
+                flags(&[
+                    ("--max-num-seqs", MAX_NUM_SEQS.to_string()),
+                    ("--kv-cache-tokens", KV_CACHE_TOKENS.to_string()),
+                    ("--block-size", BLOCK_SIZE.to_string()),
+                    ("--prefill-overhead-ms", PREFILL_OVERHEAD_MS.to_string()),
+                    ("--prefill-per-token-us", PREFILL_PER_TOKEN_US.to_string()),
+                    ("--decode-step-ms", DECODE_STEP_MS.to_string()),
+                    ("--decode-step-per-seq-us", DECODE_PER_SEQ_US.to_string()),
+                    ("--seed", (seed + i).to_string()),
+                ])
+            })
+            .collect(),
+        config: format!(
+            "[admission]\nqueue_timeout_ms = 600000\nmax_queue_per_tenant = 100000\n\
+             max_queued = 100000\n[routing]\nstrategy = \"{strategy}\"\n"
+        ),
+        max_in_flight: MAX_IN_FLIGHT,
+        gateway_log: true,
     }
 }
 
@@ -497,24 +409,20 @@ async fn run_one(
     seed: u64,
     texts: &Arc<SharedTexts>,
 ) -> anyhow::Result<RunOut> {
-    let dir = fairbench::run_dir("routebench", strategy, seed)?;
     let client = bench_client()?;
-    let (procs, gw, sims) = start(&dir, strategy, seed, &client).await?;
+    let name = format!("routebench-{strategy}-{seed}");
+    let stack = process::start(&name, stack(strategy, seed), &client).await?;
+    let (gw, sims) = (&stack.gateway, &stack.sims);
     let warmup = warmup_secs(seconds);
     let end = warmup + seconds;
     let result = async {
-        let key = tenant_key(&client, &gw, "bench", 1).await?;
+        let key = tenant_key(&client, gw, "bench", 1).await?;
         // The gateway scrapes each backend's KV capacity (its prefix index size) and health
         // on its own schedule; give it one scrape interval before the load.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let schedule = arrivals(workload, qps, end, seed);
-        let t0 = Instant::now();
-        let ctx = Arc::new(Ctx {
-            client: client.clone(),
-            url: format!("{gw}/v1/chat/completions"),
-            t0,
-            deadline: t0 + Duration::from_secs_f64(end),
-        });
+        let ctx = Arc::new(Ctx::new(&client, gw, end));
+        let t0 = ctx.t0;
         let sampler = tokio::spawn(sample(
             client.clone(),
             sims.clone(),
@@ -530,14 +438,16 @@ async fn run_one(
             let (ctx, key, texts) = (ctx.clone(), key.clone(), texts.clone());
             handles.push(tokio::spawn(async move {
                 let body = match a.prompt {
-                    Some((g, u)) => chat_body(&texts.systems[g], &texts.questions[g][u], a.out),
+                    Some((g, u)) => {
+                        system_user_body(&texts.systems[g], &texts.questions[g][u], a.out)
+                    }
                     None => {
                         let mut rng = StdRng::seed_from_u64(
                             seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                         );
                         let system = random_words(&mut rng, SYSTEM_TOKENS);
                         let question = random_words(&mut rng, QUESTION_TOKENS);
-                        chat_body(&system, &question, a.out)
+                        system_user_body(&system, &question, a.out)
                     }
                 };
                 let rec = Rec {
@@ -568,8 +478,7 @@ async fn run_one(
         })
     }
     .await;
-    procs.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    stack.stop().await;
     result
 }
 
@@ -606,15 +515,9 @@ fn analyse(run: &RunOut) -> Report {
         .filter(|(at, _)| *at >= w0)
         .map(|(_, r)| r)
         .collect();
-    let mut warnings = Vec::new();
-    let errors: Vec<&&Rec> = measured.iter().filter(|r| r.error.is_some()).collect();
-    if let Some(e) = errors.first() {
-        warnings.push(format!(
-            "{} errors, first: {}",
-            errors.len(),
-            e.error.as_deref().unwrap_or("")
-        ));
-    }
+    let mut warnings: Vec<String> = errors_warning(measured.iter().copied())
+        .into_iter()
+        .collect();
     let ttfts: Vec<f64> = measured
         .iter()
         .filter(|r| r.error.is_none())
@@ -624,15 +527,7 @@ fn analyse(run: &RunOut) -> Report {
             None => (w1 - r.sent).max(0.0) * 1e3,
         })
         .collect();
-    let bad_usage = measured
-        .iter()
-        .filter(|r| r.complete && (r.completion != r.chunks || r.prompt != r.expected_prompt))
-        .count();
-    if bad_usage > 0 {
-        warnings.push(format!(
-            "{bad_usage} completed requests whose usage differs from the chunks seen or the expected prompt"
-        ));
-    }
+    warnings.extend(usage_warning(measured.iter().copied()));
     // Tokens served inside the window, by every request (warm-up ones too).
     let mut outs = Vec::new();
     let mut alls = Vec::new();
@@ -643,7 +538,6 @@ fn analyse(run: &RunOut) -> Report {
         alls.push((i + o, first, r.end));
     }
     let span = w1 - w0;
-    let in_window = |items: &[(f64, f64, f64)]| service_at(items, w1) - service_at(items, w0);
     let s = &run.sampled;
     let served: Vec<f64> = s
         .before
@@ -652,13 +546,7 @@ fn analyse(run: &RunOut) -> Report {
         .map(|(b, a)| a.finished - b.finished)
         .collect();
     let mean_load = (0..REPLICAS)
-        .map(|i| {
-            if s.loads.is_empty() {
-                f64::NAN
-            } else {
-                s.loads.iter().map(|l| l[i]).sum::<f64>() / s.loads.len() as f64
-            }
-        })
+        .map(|i| mean(&s.loads.iter().map(|l| l[i]).collect::<Vec<_>>()))
         .collect();
     let picks = s
         .picks_after
@@ -677,19 +565,15 @@ fn analyse(run: &RunOut) -> Report {
             .iter()
             .filter(|r| r.error.is_none() && r.first.is_none())
             .count(),
-        errors: errors.len(),
+        errors: measured.iter().filter(|r| r.error.is_some()).count(),
         ttft_ms: summary(&ttfts),
-        out_tok_s: in_window(&outs) / span,
-        total_tok_s: in_window(&alls) / span,
+        out_tok_s: served_between(&outs, w0, w1) / span,
+        total_tok_s: served_between(&alls, w0, w1) / span,
         hit_rate: hit_rate(&s.before, &s.after),
         imbalance: mean_spread(&s.loads),
         served_cv: cv(&served),
         served,
-        mean_waiting: if s.waiting.is_empty() {
-            f64::NAN
-        } else {
-            s.waiting.iter().sum::<f64>() / s.waiting.len() as f64
-        },
+        mean_waiting: mean(&s.waiting),
         mean_load,
         picks,
         warnings,
@@ -879,9 +763,7 @@ pub async fn run(a: RouteBenchArgs) -> anyhow::Result<()> {
             },
             "scenarios": results,
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("\nresults written to {}", path.display());
+        write_json(path, &doc)?;
     }
     Ok(())
 }
@@ -889,29 +771,6 @@ pub async fn run(a: RouteBenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn summary_percentiles_and_mean() {
-        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
-        let (p50, p90, p99, mean) = summary(&v);
-        assert_eq!((p50, p90, p99), (50.0, 90.0, 99.0));
-        assert!((mean - 50.5).abs() < 1e-12);
-        let (p50, _, _, mean) = summary(&[]);
-        assert!(p50.is_nan() && mean.is_nan());
-    }
-
-    #[test]
-    fn imbalance_and_cv() {
-        assert_eq!(mean_spread(&[]), 0.0);
-        // Spreads 4 and 0: mean 2.
-        let s = vec![vec![1.0, 5.0, 3.0, 2.0], vec![2.0, 2.0, 2.0, 2.0]];
-        assert_eq!(mean_spread(&s), 2.0);
-        assert_eq!(cv(&[5.0, 5.0, 5.0, 5.0]), 0.0);
-        // Mean 2, population std 1.
-        assert!((cv(&[1.0, 3.0, 1.0, 3.0]) - 0.5).abs() < 1e-12);
-        assert_eq!(cv(&[0.0, 0.0]), 0.0);
-        assert_eq!(cv(&[]), 0.0);
-    }
 
     #[test]
     fn hit_rate_sums_deltas_over_replicas() {

@@ -9,16 +9,15 @@
 //! stopped and settled; a leak shows as growth between the two. Every request the load sent
 //! is then looked for in the ledger (rows by status), so "nothing lost" is checked as well.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use tokio::process::Command;
 
-use crate::bench::{free_port, tenant_key, wait_http};
+use crate::harness::http::{bench_client, tenant_key};
+use crate::harness::process::{self, flags, ledger_path, open_fds, status_mib, Stack, StackSpec};
 
 /// What one soak run is told.
 pub struct SoakArgs {
@@ -57,12 +56,27 @@ struct Counts {
     transport_errors: AtomicU64,
 }
 
+/// The gateway's resident size (MiB) and open file descriptors now.
 fn proc_sample(pid: u32) -> Option<(f64, usize)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
-    Some((kb / 1024.0, fds))
+    Some((status_mib(pid, "VmRSS")?, open_fds(pid)?))
+}
+
+/// A timed simulator (64 sequences, 2 ms steps) behind a gateway with a 1 MiB body limit, so
+/// the oversized inputs of the mix are refused; the gateway's log is not shown, as the bad
+/// inputs would fill the terminal with warnings.
+fn stack(seed: u64) -> StackSpec<'static> {
+    StackSpec {
+        model: "soak",
+        sims: vec![flags(&[
+            ("--max-num-seqs", "64".to_owned()),
+            ("--prefill-overhead-ms", "2".to_owned()),
+            ("--decode-step-ms", "2".to_owned()),
+            ("--seed", seed.to_string()),
+        ])],
+        config: "max_body_bytes = 1048576\n".to_owned(),
+        max_in_flight: 64,
+        gateway_log: false,
+    }
 }
 
 /// A small deterministic generator: the mix is the same for the same seed.
@@ -254,46 +268,11 @@ async fn send(
 }
 
 pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("fairgate-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let exe = std::env::current_exe().context("locating the fairgate binary")?;
-    let sim_port = free_port()?;
-    let gw_port = free_port()?;
-    let mut sim = Command::new(&exe)
-        .args(["sim", "--model", "soak", "--max-num-seqs", "64"])
-        .args(["--prefill-overhead-ms", "2", "--decode-step-ms", "2"])
-        .args(["--seed", &a.seed.to_string(), "--listen"])
-        .arg(format!("127.0.0.1:{sim_port}"))
-        .env("FAIRGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the simulator")?;
-    let token = "soak-admin-token-0123456789";
-    let config = format!(
-        "listen = \"127.0.0.1:{gw_port}\"\ndatabase = \"sqlite://{db}\"\ndata_dir = \"{dir}\"\n\
-         admin_token = \"{token}\"\nmax_body_bytes = 1048576\n\
-         [[models]]\nname = \"soak\"\n[[models.backends]]\nurl = \"http://127.0.0.1:{sim_port}\"\nmax_in_flight = 64\n",
-        db = dir.join("soak.db").display(),
-        dir = dir.display(),
-    );
-    let cfg_path = dir.join("soak.toml");
-    std::fs::write(&cfg_path, config)?;
-    let mut gw = Command::new(&exe)
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg_path)
-        .env("FAIRGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the gateway")?;
-    let pid = gw.id().context("gateway pid")?;
-    let base = format!("http://127.0.0.1:{gw_port}");
-    wait_http(&format!("http://127.0.0.1:{sim_port}/health")).await?;
-    wait_http(&format!("{base}/healthz")).await?;
-    let key = tenant_key(&base, token, "soak").await?;
+    let admin = bench_client()?;
+    let stack = process::start("soak", stack(a.seed), &admin).await?;
+    let pid = stack.procs.gateway_pid().context("gateway pid")?;
+    let base = stack.gateway.clone();
+    let key = tenant_key(&admin, &base, "soak", 1).await?;
 
     let counts = Arc::new(Counts::default());
     let client = reqwest::Client::builder()
@@ -372,15 +351,9 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
         counts.transport_errors.load(Ordering::Relaxed)
     );
     // Stop the gateway gracefully so the ledger is flushed, then count its rows.
-    #[cfg(unix)]
-    {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(30), gw.wait()).await;
-    let _ = sim.start_kill();
-    let rows = count_rows(&dir.join("soak.db")).await;
+    let Stack { procs, dir, .. } = stack;
+    procs.stop_gracefully(Duration::from_secs(30)).await;
+    let rows = count_rows(&ledger_path(&dir)).await;
     match rows {
         Ok(n) => println!(
             "ledger rows: {n} (requests sent: {sent}; anonymous failures are recorded at a bounded rate, so rows may be fewer than requests by the suppressed count in fairgate_anonymous_rejections_total)"

@@ -1,0 +1,138 @@
+//! What each fair-share scenario asks of the gateway: the simulator's timing, the tenants
+//! (weight, streams, request shape) and how the run is timed (start ramp, steady window,
+//! unloaded probe), plus the VTC bound U_gw that the asymmetry criteria are stated in.
+
+/// Simulator timing shared by every scenario.
+pub(super) const SLOTS: usize = 16;
+pub(super) const DECODE_STEP_MS: f64 = 5.0;
+pub(super) const DECODE_PER_SEQ_US: f64 = 50.0;
+pub(super) const PREFILL_OVERHEAD_MS: f64 = 2.0;
+pub(super) const PREFILL_PER_TOKEN_US: f64 = 20.0;
+
+/// Seconds a full batch needs to produce `out` tokens.
+fn service_time(out: u64) -> f64 {
+    out as f64 * (DECODE_STEP_MS + DECODE_PER_SEQ_US * SLOTS as f64 / 1e3) / 1e3
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct TenantSpec {
+    pub(super) name: &'static str,
+    pub(super) weight: u32,
+    pub(super) streams: usize,
+    pub(super) prompt: u64,
+    pub(super) out: u64,
+    /// Counted in the accumulated-difference metric.
+    pub(super) backlogged: bool,
+    /// Part of the start ramp.
+    pub(super) ramped: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Load {
+    pub(super) tenants: Vec<TenantSpec>,
+    pub(super) seconds: f64,
+    /// Interval between the first `SLOTS` ramped streams (0: all start at once).
+    pub(super) ramp_step: f64,
+    /// Measure this tenant alone for this long before the loaded run.
+    pub(super) probe: Option<(usize, f64)>,
+}
+
+impl Load {
+    pub(super) fn ramp_end(&self) -> f64 {
+        self.ramp_step * SLOTS as f64
+    }
+
+    pub(super) fn window(&self) -> (f64, f64) {
+        let start = (0.2 * self.seconds)
+            .max(self.ramp_end())
+            .min(0.5 * self.seconds);
+        (start, self.seconds)
+    }
+
+    /// VTC's U for this gateway: max(L_in, w_q · M_gw), M_gw = slots × largest request.
+    pub(super) fn u_gw(&self) -> f64 {
+        let l_in = self.tenants.iter().map(|t| t.prompt).max().unwrap_or(0) as f64;
+        let m = SLOTS as f64
+            * self
+                .tenants
+                .iter()
+                .map(|t| t.prompt + t.out)
+                .max()
+                .unwrap_or(0) as f64;
+        l_in.max(2.0 * m)
+    }
+}
+
+pub(super) fn weighted_load(seconds: f64) -> Load {
+    let t = |name, weight| TenantSpec {
+        name,
+        weight,
+        streams: 24,
+        prompt: 128,
+        out: 128,
+        backlogged: true,
+        ramped: true,
+    };
+    Load {
+        tenants: vec![t("w1", 1), t("w2", 2), t("w4", 4)],
+        seconds,
+        ramp_step: service_time(128) / SLOTS as f64,
+        probe: None,
+    }
+}
+
+pub(super) fn interactive_load(seconds: f64) -> Load {
+    Load {
+        tenants: vec![
+            TenantSpec {
+                name: "light",
+                weight: 1,
+                streams: 1,
+                prompt: 32,
+                out: 32,
+                backlogged: false,
+                ramped: false,
+            },
+            TenantSpec {
+                name: "heavy",
+                weight: 1,
+                streams: 3 * SLOTS,
+                prompt: 64,
+                out: 512,
+                backlogged: true,
+                ramped: true,
+            },
+        ],
+        seconds,
+        ramp_step: service_time(512) / SLOTS as f64,
+        probe: Some((0, (seconds / 8.0).max(2.0))),
+    }
+}
+
+pub(super) fn asymmetry_load(seconds: f64) -> Load {
+    Load {
+        tenants: vec![
+            TenantSpec {
+                name: "a-short",
+                weight: 1,
+                streams: 32,
+                prompt: 512,
+                out: 32,
+                backlogged: true,
+                ramped: false,
+            },
+            TenantSpec {
+                name: "b-long",
+                weight: 1,
+                streams: 24,
+                prompt: 32,
+                out: 512,
+                backlogged: true,
+                ramped: false,
+            },
+        ],
+        seconds,
+        ramp_step: 0.0,
+        probe: None,
+    }
+}
