@@ -5,6 +5,9 @@
 //!
 //! Everything here is pure; storage and HTTP handlers live elsewhere. Session cookies carry 32 random bytes (hex); only their SHA-256 is stored.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use cookie::{Cookie, SameSite};
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use rand::rngs::OsRng;
@@ -56,83 +59,79 @@ pub fn csrf_ok(submitted: &str, expected: &str) -> bool {
     !expected.is_empty() && bool::from(submitted.as_bytes().ct_eq(expected.as_bytes()))
 }
 
-fn cookie_attrs(secure: bool) -> &'static str {
-    if secure {
-        "; HttpOnly; SameSite=Lax; Path=/; Secure"
-    } else {
-        "; HttpOnly; SameSite=Lax; Path=/"
-    }
-}
-
 /// RFC 6265 cookie-octet (no whitespace, `"`, `,`, `;`, `\`, controls).
 fn is_cookie_octet(b: u8) -> bool {
     matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
 }
 
+/// `Set-Cookie` value of an HttpOnly, SameSite=Lax cookie scoped to `path`, `Secure` when
+/// `secure`. `None` for a value that is not an RFC 6265 cookie value (it would let a caller
+/// inject attributes).
+pub(crate) fn set_cookie(
+    name: &'static str,
+    value: &str,
+    path: &'static str,
+    max_age_s: u64,
+    secure: bool,
+) -> Option<HeaderValue> {
+    if !value.bytes().all(is_cookie_octet) {
+        return None;
+    }
+    let c = Cookie::build((name, value))
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(max_age_s).unwrap_or(i64::MAX),
+        ))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path(path)
+        .secure(secure)
+        .build();
+    HeaderValue::from_str(&c.to_string()).ok()
+}
+
+/// The first non-empty value of cookie `name` in the request's `Cookie` header(s).
+pub(crate) fn cookie_from_headers(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .filter(|c| c.name() == name)
+        .map(|c| c.value_trimmed().to_owned())
+        .find(|value| !value.is_empty())
+}
+
 /// `Set-Cookie` value for the session cookie. A value that is not a valid cookie value
 /// (never the case for [`new_session_secret`] output) yields the clearing cookie instead.
 pub fn session_cookie(value: &str, max_age_s: u64, secure: bool) -> HeaderValue {
-    if value.is_empty() || !value.bytes().all(is_cookie_octet) {
+    if value.is_empty() {
         return clear_session_cookie(secure);
     }
-    let s = format!(
-        "{SESSION_COOKIE}={value}; Max-Age={max_age_s}{}",
-        cookie_attrs(secure)
-    );
-    HeaderValue::from_str(&s).unwrap_or_else(|_| clear_session_cookie(secure))
+    set_cookie(SESSION_COOKIE, value, "/", max_age_s, secure)
+        .unwrap_or_else(|| clear_session_cookie(secure))
 }
 
 /// `Set-Cookie` value that removes the session cookie.
 pub fn clear_session_cookie(secure: bool) -> HeaderValue {
-    if secure {
-        HeaderValue::from_static("fg_session=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/; Secure")
-    } else {
-        HeaderValue::from_static("fg_session=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/")
-    }
+    set_cookie(SESSION_COOKIE, "", "/", 0, secure)
+        .unwrap_or_else(|| HeaderValue::from_static("fg_session=; Max-Age=0; Path=/"))
 }
 
 /// The session cookie value from the request's `Cookie` header(s), if present and
 /// non-empty. Handles several cookies per header, several headers, and stray whitespace.
 pub fn session_from_headers(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.split_once('='))
-        .filter(|(name, _)| name.trim() == SESSION_COOKIE)
-        .map(|(_, value)| value.trim().trim_matches('"'))
-        .find(|value| !value.is_empty())
-        .map(str::to_owned)
-}
-
-/// Base64url (RFC 4648 §5) without padding.
-pub fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        // 2, 3 or 4 output characters for 1, 2 or 3 input bytes.
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize] as char);
-        }
-    }
-    out
+    cookie_from_headers(headers, SESSION_COOKIE)
 }
 
 /// 32 random bytes, base64url without padding (43 characters): OIDC `state` and `nonce`.
 pub fn random_token() -> String {
-    base64url(&random_bytes::<32>())
+    URL_SAFE_NO_PAD.encode(random_bytes::<32>())
 }
 
 /// PKCE S256 challenge (RFC 7636 §4.2): base64url(SHA-256(verifier)).
 pub fn pkce_challenge(verifier: &str) -> String {
-    base64url(&Sha256::digest(verifier.as_bytes()))
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
 /// A fresh PKCE (verifier, S256 challenge) pair.
@@ -179,22 +178,41 @@ mod tests {
 
     #[test]
     fn cookie_attributes() {
+        // The `cookie` crate's attribute order; the attributes are the same as ever.
         assert_eq!(
             session_cookie("abc123", 3600, false),
-            "fg_session=abc123; Max-Age=3600; HttpOnly; SameSite=Lax; Path=/"
+            "fg_session=abc123; HttpOnly; SameSite=Lax; Path=/; Max-Age=3600"
         );
         assert_eq!(
             session_cookie("abc123", 3600, true),
-            "fg_session=abc123; Max-Age=3600; HttpOnly; SameSite=Lax; Path=/; Secure"
+            "fg_session=abc123; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=3600"
         );
         assert_eq!(
             clear_session_cookie(false),
-            "fg_session=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/"
+            "fg_session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0"
         );
         assert_eq!(
             clear_session_cookie(true),
-            "fg_session=; Max-Age=0; HttpOnly; SameSite=Lax; Path=/; Secure"
+            "fg_session=; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=0"
         );
+        // Exactly these attributes, whatever their order.
+        let attrs = |v: HeaderValue| {
+            let mut a: Vec<String> = v
+                .to_str()
+                .unwrap()
+                .split(';')
+                .map(|p| p.trim().to_owned())
+                .collect();
+            a.sort();
+            a
+        };
+        let mut want: Vec<String> =
+            "fg_session=abc123; Max-Age=3600; HttpOnly; SameSite=Lax; Path=/; Secure"
+                .split("; ")
+                .map(str::to_owned)
+                .collect();
+        want.sort();
+        assert_eq!(attrs(session_cookie("abc123", 3600, true)), want);
         // Attribute injection is refused.
         assert_eq!(
             session_cookie("x; Domain=evil", 60, true),
@@ -242,33 +260,12 @@ mod tests {
             ("fooba", "Zm9vYmE"),
             ("foobar", "Zm9vYmFy"),
         ] {
-            assert_eq!(base64url(input.as_bytes()), want);
+            assert_eq!(URL_SAFE_NO_PAD.encode(input), want);
+            assert_eq!(URL_SAFE_NO_PAD.decode(want).unwrap(), input.as_bytes());
         }
         // URL-safe alphabet: standard "+/8=" becomes "-_8".
-        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
-        assert_eq!(base64url(&[0xff; 3]), "____");
-    }
-
-    /// Test-only decoder (no padding, no validation beyond the alphabet).
-    fn decode_base64url(s: &str) -> Vec<u8> {
-        let val = |c: u8| match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => panic!("not base64url: {c}"),
-        };
-        let (mut acc, mut bits, mut out) = (0u32, 0u32, Vec::new());
-        for c in s.bytes() {
-            acc = (acc << 6) | u32::from(val(c));
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-            }
-        }
-        out
+        assert_eq!(URL_SAFE_NO_PAD.encode([0xfb, 0xff]), "-_8");
+        assert_eq!(URL_SAFE_NO_PAD.encode([0xff; 3]), "____");
     }
 
     #[test]
@@ -279,8 +276,8 @@ mod tests {
             37, 77, 105, 214, 191, 240, 91, 88, 5, 88, 83, 132, 141, 121,
         ];
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        assert_eq!(base64url(&octets), verifier);
-        assert_eq!(decode_base64url(verifier), octets);
+        assert_eq!(URL_SAFE_NO_PAD.encode(octets), verifier);
+        assert_eq!(URL_SAFE_NO_PAD.decode(verifier).unwrap(), octets);
         assert_eq!(
             pkce_challenge(verifier),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"

@@ -10,6 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::{Datelike, NaiveDate};
 use fairgate_types::{now_millis, KeyRecord, Role, Tenant};
 use http::{header, HeaderMap, HeaderValue};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
 use super::html::{esc, form, page, stacked_table, table};
@@ -588,17 +589,16 @@ pub(super) async fn export_csv(
     Ok(resp)
 }
 
+/// What [`urlencode`] escapes: everything but RFC 3986 unreserved characters.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// Percent-encodes a query value or a path segment.
 pub(super) fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 #[cfg(test)]
@@ -634,5 +634,6 @@ mod tests {
     #[test]
     fn urlencode_escapes_reserved() {
         assert_eq!(urlencode("a b&c"), "a%20b%26c");
+        assert_eq!(urlencode("Az09-_.~/+?#%é"), "Az09-_.~%2F%2B%3F%23%25%C3%A9");
     }
 }

@@ -322,16 +322,15 @@ enum GroupCmd {
     },
 }
 
-/// Percent-encodes a query value (model names may hold `/`, `+`, `&` and the like).
+/// Percent-encodes a query value (model names may hold `/`, `+`, `&` and the like): all but
+/// RFC 3986 unreserved characters.
 fn query_escape(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(v, COMPONENT).to_string()
 }
 
 /// Parses a `--json` policy argument, so a typo fails before anything is sent.

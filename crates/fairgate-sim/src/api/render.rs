@@ -6,6 +6,8 @@
 //! (the words are plain ASCII letters and never need escaping). With continuous usage stats
 //! the tail stops before the closing brace and each chunk appends its own `"usage":{..}}`.
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
@@ -411,24 +413,7 @@ pub fn full_response(kind: Kind, head: &Head<'_>, text: &str, usage: Usage) -> V
 
 /// Standard base64 (with padding), for `encoding_format: "base64"` embeddings.
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
@@ -545,5 +530,9 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        // RFC 4648 §10, the rest of the vectors, and the standard (not URL-safe) alphabet.
+        assert_eq!(base64(b"foob"), "Zm9vYg==");
+        assert_eq!(base64(b"fooba"), "Zm9vYmE=");
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
     }
 }
