@@ -1,6 +1,6 @@
 //! Read-only portal pages over models, a tenant and its usage: `/portal/models` (anyone
 //! signed in; counts, never backend addresses), `/portal/tenant` and `/portal/export.csv` (tenant admins for their own tenant,
-//! operators for any). Every handler checks the role on the server.
+//! operators for any). Each handler's extractor checks the role on the server.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,12 +9,13 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{Datelike, NaiveDate};
 use fairgate_types::{now_millis, KeyRecord, Role, Tenant};
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
 use super::html::{esc, form, page, stacked_table, table};
-use super::{fmt_time, require, signed_in, Refusal, Signed};
+use super::{fmt_time, Refusal};
+use crate::session::{Signed, SignedIn, TenantAdmin};
 use crate::PortalState;
 use fairgate_gateway::upstream::ModelPool;
 
@@ -54,10 +55,10 @@ fn badge(text: &str, class: &str) -> String {
 /// (an operator; a key without a model list; or no active key yet, since a new key may use
 /// any).
 async fn usable_names(st: &PortalState, s: &Signed) -> Result<Option<Vec<String>>, Refusal> {
-    if s.user.role == Role::Operator {
+    if s.user().role == Role::Operator {
         return Ok(None);
     }
-    let Some(tenant) = &s.user.tenant else {
+    let Some(tenant) = &s.user().tenant else {
         return Ok(None);
     };
     let now = now_millis();
@@ -67,7 +68,7 @@ async fn usable_names(st: &PortalState, s: &Signed) -> Result<Option<Vec<String>
         .await?
         .into_iter()
         .filter(|k| {
-            k.user.as_deref() == Some(s.user.email.as_str()) && key_state(k, now) == "active"
+            k.user.as_deref() == Some(s.user().email.as_str()) && key_state(k, now) == "active"
         })
         .collect();
     if keys.is_empty() || keys.iter().any(|k| k.models.is_none()) {
@@ -85,10 +86,8 @@ async fn usable_names(st: &PortalState, s: &Signed) -> Result<Option<Vec<String>
 /// the operator's page.
 pub(super) async fn models_page(
     State(st): State<Arc<PortalState>>,
-    headers: HeaderMap,
+    s: SignedIn,
 ) -> Result<Html<String>, Refusal> {
-    let s = signed_in(&st, &headers).await?;
-    require(&s, Role::User)?;
     let allowed = usable_names(&st, &s).await?;
     let may = |name: &str| allowed.as_ref().is_none_or(|l| l.iter().any(|n| n == name));
     let context = st.context_lengths().await;
@@ -226,15 +225,15 @@ pub(super) struct TenantQuery {
 
 /// The tenant a tenant-level page is about: a tenant admin's own; for an operator the one
 /// named in the query, else their own. `Ok(None)`: none applies (an operator with no tenant).
-fn scope_tenant(s: &Signed, asked: Option<&str>) -> Result<Option<String>, Refusal> {
-    require(s, Role::TenantAdmin)?;
+/// Only a [`TenantAdmin`] (or an operator) gets here.
+fn scope_tenant(s: &TenantAdmin, asked: Option<&str>) -> Result<Option<String>, Refusal> {
     let asked = asked.map(str::trim).filter(|t| !t.is_empty());
-    match (s.user.role, asked) {
+    match (s.user().role, asked) {
         (Role::Operator, Some(t)) => Ok(Some(t.to_owned())),
-        (_, Some(t)) if s.user.tenant.as_deref() != Some(t) => {
+        (_, Some(t)) if s.user().tenant.as_deref() != Some(t) => {
             Err(Refusal::Forbidden("you may only see your own tenant"))
         }
-        _ => Ok(s.user.tenant.clone()),
+        _ => Ok(s.user().tenant.clone()),
     }
 }
 
@@ -303,10 +302,9 @@ fn key_state(k: &KeyRecord, now: i64) -> &'static str {
 
 pub(super) async fn tenant_page(
     State(st): State<Arc<PortalState>>,
-    headers: HeaderMap,
+    s: TenantAdmin,
     Query(q): Query<TenantQuery>,
 ) -> Result<Html<String>, Refusal> {
-    let s = signed_in(&st, &headers).await?;
     let Some(name) = scope_tenant(&s, q.tenant.as_deref())? else {
         let tenants = st.store.list_tenants().await?;
         let links: String = tenants
@@ -350,18 +348,18 @@ pub(super) async fn tenant_page(
                 format!("<span data-tokens=\"{}\">{tokens}</span>", esc(&u.email)),
             ];
             // Operators off-board (and back): sessions end and the person's keys stop.
-            if s.user.role == Role::Operator {
+            if s.user().role == Role::Operator {
                 let (action, label) = if u.disabled {
                     ("enable", "Enable")
                 } else {
                     ("disable", "Disable")
                 };
-                row.push(if u.id == s.user.id {
+                row.push(if u.id == s.user().id {
                     String::new()
                 } else {
                     form(
                         &format!("/portal/operator/users/{}/{action}", urlencode(&u.id)),
-                        &s.session.csrf,
+                        s.csrf(),
                         "",
                         label,
                         false,
@@ -401,7 +399,7 @@ pub(super) async fn tenant_page(
     body.push_str(&format!(
         "<h2>Members</h2><p class=\"muted\">Tokens over the tenant's last {TENANT_ROWS} requests.</p>"
     ));
-    let member_head: &[&str] = if s.user.role == Role::Operator {
+    let member_head: &[&str] = if s.user().role == Role::Operator {
         &["Email", "Role", "State", "Requests", "Tokens", ""]
     } else {
         &["Email", "Role", "State", "Requests", "Tokens"]
@@ -413,7 +411,7 @@ pub(super) async fn tenant_page(
         &key_rows,
     ));
     body.push_str(&export_form(
-        (s.user.role == Role::Operator).then_some(name.as_str()),
+        (s.user().role == Role::Operator).then_some(name.as_str()),
     ));
     Ok(Html(page(
         &format!("Tenant {name}"),
@@ -539,13 +537,11 @@ fn to_csv(totals: &Totals) -> String {
 
 pub(super) async fn export_csv(
     State(st): State<Arc<PortalState>>,
-    headers: HeaderMap,
+    s: TenantAdmin,
     Query(q): Query<ExportQuery>,
 ) -> Result<Response, Refusal> {
-    let s = signed_in(&st, &headers).await?;
-    require(&s, Role::TenantAdmin)?;
     // Operators: the tenant asked for, else every tenant. Tenant admins: their own only.
-    let tenant = if s.user.role == Role::Operator {
+    let tenant = if s.user().role == Role::Operator {
         q.tenant
             .as_deref()
             .map(str::trim)

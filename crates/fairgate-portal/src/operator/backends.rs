@@ -9,19 +9,17 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
-use fairgate_types::Role;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
-use super::super::html::{esc, page, stacked_table};
-use super::super::reports::{model_status, urlencode};
-use super::super::{redirect, require, signed_in, Refusal, Signed};
-use super::{alert, operator_post, shown, Fail, Rejected, Submitted};
-use crate::PortalState;
+use super::{alert, shown, Fail, Rejected, Submitted};
+use crate::html::{esc, page, stacked_table};
+use crate::reports::{model_status, urlencode};
+use crate::session::{CsrfForm, Operator, Signed};
+use crate::{redirect, PortalState, Refusal};
 use fairgate_control::backends::{
     add_backend, change_backend, default_max_in_flight, Change, NewBackend,
 };
@@ -267,7 +265,7 @@ fn row(v: &View, model: &str, b: &BackendStatus, csrf: &str) -> (String, Vec<Str
 
 async fn backends_html(st: &PortalState, s: &Signed, rej: Option<&Rejected>) -> String {
     let v = view(st).await;
-    let csrf = esc(&s.session.csrf);
+    let csrf = esc(s.csrf());
     let mut body = alert(rej);
     body.push_str(&format!(
         "<p class=\"muted\">Every model's backends (replicas): health, load from their last \
@@ -283,7 +281,7 @@ async fn backends_html(st: &PortalState, s: &Signed, rej: Option<&Rejected>) -> 
         let rows: Vec<(String, Vec<String>)> = m
             .backends
             .iter()
-            .map(|b| row(&v, &m.model, b, &s.session.csrf))
+            .map(|b| row(&v, &m.model, b, s.csrf()))
             .collect();
         body.push_str(&format!(
             "<section data-model=\"{}\" aria-labelledby=\"model-{i}\">\
@@ -336,10 +334,8 @@ async fn backends_html(st: &PortalState, s: &Signed, rej: Option<&Rejected>) -> 
 /// `GET /portal/operator/backends`.
 pub(crate) async fn backends_page(
     State(st): State<Arc<PortalState>>,
-    headers: HeaderMap,
+    s: Operator,
 ) -> Result<Html<String>, Refusal> {
-    let s = signed_in(&st, &headers).await?;
-    require(&s, Role::Operator)?;
     Ok(Html(backends_html(&st, &s, None).await))
 }
 
@@ -347,10 +343,8 @@ pub(crate) async fn backends_page(
 /// operators only).
 pub(crate) async fn backends_json(
     State(st): State<Arc<PortalState>>,
-    headers: HeaderMap,
+    _: Operator,
 ) -> Result<Response, Refusal> {
-    let s = signed_in(&st, &headers).await?;
-    require(&s, Role::Operator)?;
     let mut resp = Json(view(&st).await).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -397,12 +391,10 @@ async fn finish(
 /// `POST /portal/operator/models/{model}/backends`: `url` and `max_in_flight`.
 pub(crate) async fn add(
     State(st): State<Arc<PortalState>>,
+    s: Operator,
     Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    CsrfForm(f): CsrfForm<Submitted>,
 ) -> Result<Response, Refusal> {
-    let f = Submitted::parse(&body);
-    let s = operator_post(&st, &headers, &f).await?;
     known_model(&st, &model)?;
     let outcome = async {
         let url = f.get("url");
@@ -431,71 +423,70 @@ pub(crate) async fn add(
             api_key_env: None,
             ca_file: None,
         };
-        add_backend(&st.gateway, &s.user.email, &model, req)
+        add_backend(&st.gateway, &s.user().email, &model, req)
             .await
             .map_err(fail)?;
-        tracing::info!(model = %model, backend = %url, by = %s.user.email, "backend added in the portal");
+        tracing::info!(model = %model, backend = %url, by = %s.user().email, "backend added in the portal");
         Ok(())
     }
     .await;
     finish(&st, &s, ("add", &model), f, outcome).await
 }
 
+/// Drain, resume or remove the backend the form names; the caller's extractors did the checks.
 async fn change(
-    st: Arc<PortalState>,
+    st: &PortalState,
+    s: &Operator,
     model: String,
-    headers: HeaderMap,
-    body: Bytes,
+    f: Submitted,
     change: Change,
 ) -> Result<Response, Refusal> {
-    let f = Submitted::parse(&body);
-    let s = operator_post(&st, &headers, &f).await?;
-    known_model(&st, &model)?;
+    known_model(st, &model)?;
     let url = f.get("url");
     let outcome = if url.is_empty() {
         Err(Fail::Invalid(
             "no backend named: the form has no url".into(),
         ))
     } else {
-        match change_backend(&st, &s.user.email, &model, url, change).await {
+        match change_backend(st, &s.user().email, &model, url, change).await {
             Ok(_) => {
-                tracing::info!(model = %model, backend = %url, by = %s.user.email, action = change.action(), "backend changed in the portal");
+                tracing::info!(model = %model, backend = %url, by = %s.user().email, action = change.action(), "backend changed in the portal");
                 Ok(())
             }
             Err(e) => Err(fail(e)),
         }
     };
-    finish(&st, &s, ("change", &model), f, outcome).await
+    finish(st, s, ("change", &model), f, outcome).await
 }
 
 /// `POST /portal/operator/models/{model}/backends/drain`: `url`.
 pub(crate) async fn drain(
     State(st): State<Arc<PortalState>>,
+    s: Operator,
     Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    CsrfForm(f): CsrfForm<Submitted>,
 ) -> Result<Response, Refusal> {
-    change(st, model, headers, body, Change::Drain).await
+    change(&st, &s, model, f, Change::Drain).await
 }
 
 /// `POST /portal/operator/models/{model}/backends/resume`: `url`.
 pub(crate) async fn resume(
     State(st): State<Arc<PortalState>>,
+    s: Operator,
     Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    CsrfForm(f): CsrfForm<Submitted>,
 ) -> Result<Response, Refusal> {
-    change(st, model, headers, body, Change::Resume).await
+    change(&st, &s, model, f, Change::Resume).await
 }
 
 /// `POST /portal/operator/models/{model}/backends/remove`: `url`.
 pub(crate) async fn remove(
     State(st): State<Arc<PortalState>>,
+    s: Operator,
     Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    CsrfForm(f): CsrfForm<Submitted>,
 ) -> Result<Response, Refusal> {
-    change(st, model, headers, body, Change::Remove).await
+    change(&st, &s, model, f, Change::Remove).await
 }
 
 #[cfg(test)]

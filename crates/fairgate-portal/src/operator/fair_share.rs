@@ -1,0 +1,137 @@
+//! The live fair-share view (operators): every tenant's weight with a form to change it, and
+//! per model the share of service each tenant got in the last minute, queued and in flight;
+//! `/portal/api/scheduler` is the same as JSON for the page's script.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+
+use super::{alert, shown, tenant_url, Rejected};
+use crate::html::{esc, form, page, table};
+use crate::reports::urlencode;
+use crate::session::{Operator, Signed};
+use crate::{PortalState, Refusal};
+
+/// `GET /portal/operator`.
+pub(crate) async fn operator_page(
+    State(st): State<Arc<PortalState>>,
+    s: Operator,
+) -> Result<Html<String>, Refusal> {
+    Ok(Html(fair_share_html(&st, &s, None).await?))
+}
+
+pub(super) async fn fair_share_html(
+    st: &PortalState,
+    s: &Signed,
+    rej: Option<&Rejected>,
+) -> Result<String, Refusal> {
+    let tenants = st.store.list_tenants().await?;
+    let rows: Vec<Vec<String>> = tenants
+        .iter()
+        .map(|t| {
+            // Only the refused tenant's field shows what was typed.
+            let typed = rej.filter(|r| r.subject == t.name);
+            let field = format!(
+                "<label class=\"inline\">Weight <input name=\"weight\" type=\"number\" min=\"1\" max=\"1000000\" value=\"{}\" aria-label=\"weight of {}\"></label>",
+                shown(typed, "weight", "weight", t.weight),
+                esc(&t.name),
+            );
+            vec![
+                format!("<a href=\"{}\">{}</a>", esc(&tenant_url(&t.name)), esc(&t.name)),
+                esc(t.group.as_deref().unwrap_or("")),
+                format!("<span data-weight=\"{}\">{}</span>", esc(&t.name), t.weight),
+                form(
+                    &format!("/portal/operator/tenants/{}/weight", urlencode(&t.name)),
+                    s.csrf(),
+                    &field,
+                    "Set",
+                    false,
+                ),
+            ]
+        })
+        .collect();
+    let mut body = alert(rej);
+    body.push_str(
+        "<h2>Tenants</h2><p class=\"muted\">Limits, budgets, groups and new tenants: \
+         <a href=\"/portal/operator/tenants\">tenants and groups</a>.</p>",
+    );
+    body.push_str(&table(&["Tenant", "Group", "Weight", ""], &rows));
+    body.push_str(
+        "<h2>Fair share, live</h2><p class=\"muted\">Per model and tenant: weight, share of service in the last minute, queued and in-flight requests. Updates every 2 s.</p>\
+         <div id=\"live\">",
+    );
+    body.push_str(&live_table(st));
+    body.push_str(
+        // `/portal/static/app.js` keeps `#live` fresh.
+        "</div>",
+    );
+    Ok(page("Operator: fair share", Some(&s.viewer()), &body))
+}
+
+/// The live view as server-rendered HTML (the script replaces it with fresh data).
+fn live_table(st: &PortalState) -> String {
+    let mut out = String::new();
+    for pool in &st.upstreams.pools {
+        let state = pool.fair.state();
+        out.push_str(&format!(
+            "<h3>{} <span class=\"muted\">{}/{} in flight, {} queued</span></h3>",
+            esc(&state.name),
+            state.in_flight,
+            state.max_in_flight,
+            state.queued
+        ));
+        let mut tenants = state.tenants;
+        tenants.sort_by(|a, b| a.view.name.cmp(&b.view.name));
+        let rows: Vec<Vec<String>> = tenants
+            .iter()
+            .map(|t| {
+                vec![
+                    esc(&t.view.name),
+                    t.view.weight.to_string(),
+                    format!("{:.1}%", 100.0 * t.share_last_minute),
+                    t.view.queued.to_string(),
+                    t.view.in_flight.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["Tenant", "Weight", "Share (1 min)", "Queued", "In flight"],
+            &rows,
+        ));
+    }
+    out
+}
+
+/// `GET /portal/api/scheduler`: the live view's numbers, polled by the page's script.
+pub(crate) async fn scheduler_json(
+    State(st): State<Arc<PortalState>>,
+    _: Operator,
+) -> Result<Response, Refusal> {
+    let models: Vec<serde_json::Value> = st
+        .upstreams
+        .pools
+        .iter()
+        .map(|p| {
+            let state = p.fair.state();
+            let mut tenants = state.tenants;
+            tenants.sort_by(|a, b| a.view.name.cmp(&b.view.name));
+            serde_json::json!({
+                "model": state.name,
+                "mode": match state.mode { fairgate_admission::fair::Mode::Fair => "fair", fairgate_admission::fair::Mode::Fifo => "fifo" },
+                "in_flight": state.in_flight,
+                "max_in_flight": state.max_in_flight,
+                "queued": state.queued,
+                "tenants": tenants.iter().map(|t| serde_json::json!({
+                    "tenant": &*t.view.name,
+                    "weight": t.view.weight,
+                    "share": t.share_last_minute,
+                    "queued": t.view.queued,
+                    "in_flight": t.view.in_flight,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "models": models })).into_response())
+}

@@ -1,0 +1,84 @@
+//! Groups (operators): a new group, or a group's weight. Contended capacity is shared between
+//! groups first, then between a group's tenants; the forms live on the tenants page.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use fairgate_control::audit::record_audit;
+use fairgate_control::validate::valid_name;
+use fairgate_gateway::state::refresh_directory;
+use fairgate_types::Group;
+
+use super::tenants::{finish, Place};
+use super::{weight_field, Fail, Submitted};
+use crate::session::{CsrfForm, Operator, Signed};
+use crate::{PortalState, Refusal};
+
+/// Creates or re-weighs a group, live and audited, as the admin API's `PUT /groups/{name}`.
+async fn set_group(st: &PortalState, s: &Signed, g: &Group) -> Result<(), Fail> {
+    let before = st.store.get_group(&g.name).await?;
+    st.store.upsert_group(g).await?;
+    refresh_directory(st).await.map_err(Refusal::from)?;
+    record_audit(
+        st,
+        &s.user().email,
+        "group.set",
+        format!("group:{}", g.name),
+        before.and_then(|b| serde_json::to_string(&b).ok()),
+        serde_json::to_string(g).ok(),
+    )
+    .await;
+    tracing::info!(group = %g.name, weight = g.weight, by = %s.user().email, "group set in the portal");
+    Ok(())
+}
+
+/// `POST /portal/operator/groups`: a new group (name, weight).
+pub(crate) async fn create_group(
+    State(st): State<Arc<PortalState>>,
+    s: Operator,
+    CsrfForm(f): CsrfForm<Submitted>,
+) -> Result<Response, Refusal> {
+    let outcome = async {
+        let name = f.get("name");
+        valid_name("group", name)?;
+        let weight = weight_field(f.get("weight"))?;
+        // Creating must not silently re-weigh a group that exists: that is the table's job.
+        if st.store.get_group(name).await?.is_some() {
+            return Err(Fail::Invalid(format!(
+                "group `{name}` already exists; change its weight in the table"
+            )));
+        }
+        set_group(
+            &st,
+            &s,
+            &Group {
+                name: name.to_owned(),
+                weight,
+            },
+        )
+        .await
+    }
+    .await;
+    finish(&st, &s, Place::Tenants, ("new-group", ""), f, outcome).await
+}
+
+/// `POST /portal/operator/groups/{name}/weight`.
+pub(crate) async fn set_group_weight(
+    State(st): State<Arc<PortalState>>,
+    s: Operator,
+    Path(name): Path<String>,
+    CsrfForm(f): CsrfForm<Submitted>,
+) -> Result<Response, Refusal> {
+    let outcome = async {
+        valid_name("group", &name)?;
+        let weight = weight_field(f.get("weight"))?;
+        let g = Group {
+            name: name.clone(),
+            weight,
+        };
+        set_group(&st, &s, &g).await
+    }
+    .await;
+    finish(&st, &s, Place::Tenants, ("group-weight", &name), f, outcome).await
+}
