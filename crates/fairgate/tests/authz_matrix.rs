@@ -27,7 +27,8 @@ enum Access {
 use Access::*;
 
 /// One route: method, the router's path pattern (under `/portal`), who may use it, the path
-/// actually requested (`{key}`: the caller's own key, `{victim}`: a user to off-board), and
+/// actually requested (`{key}`: a key the caller may manage, the first on their keys page;
+/// `{victim}`: a user to off-board), and
 /// the form fields a POST sends besides `csrf`. Rows run in this order; sign-out is last,
 /// since it ends the caller's session.
 type Row = (
@@ -184,7 +185,7 @@ const ROUTES: &[Row] = &[
 const ROLE_REFUSED: &str = "your role may not use this page";
 const TOKEN_REFUSED: &str = "the form&#39;s security token is missing or stale";
 
-/// A signed-in caller: role, session cookie, the session's CSRF token, a key of their own.
+/// A signed-in caller: role, session cookie, the session's CSRF token, a key they may manage.
 struct Caller {
     role: Access,
     cookie: String,
@@ -219,7 +220,8 @@ fn csrf_of(page: &str) -> String {
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
-/// Signs in, makes a key in the portal, and reads the session's token and the key's id.
+/// Signs in, makes a key in the portal, and reads the session's token and the id of the first
+/// key on the keys page (a tenant admin's and an operator's list the tenant's keys).
 async fn caller(gw: &TestGateway, email: &str, role: Access) -> Caller {
     let r = browser()
         .post(format!("{}/portal/login", gw.base))
