@@ -6,7 +6,7 @@ use fairgate_gateway::state::{refresh_directory, AppState};
 use fairgate_types::{now_millis, KeyId, KeyPolicy, KeyRecord, UnixMillis};
 
 use crate::audit::{json_of, record_audit};
-use crate::validate::{check_key_policy, check_models, valid_name};
+use crate::validate::{check_key_policy, check_models, valid_email, valid_name};
 use crate::ControlError;
 
 /// A key to create.
@@ -50,7 +50,10 @@ pub async fn create_key(
         ));
     }
     if let Some(u) = &req.user {
-        valid_name("user", u)?;
+        // A label by the name rule, or the email of the person it belongs to (the portal's).
+        if valid_email(u).is_err() {
+            valid_name("user", u)?;
+        }
     }
     check_models(st, &req.models)?;
     check_key_policy(&req.policy)?;

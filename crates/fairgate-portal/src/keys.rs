@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Response};
-use fairgate_control::audit::record_audit;
-use fairgate_gateway::identity::mint_key;
-use fairgate_gateway::state::refresh_directory;
+use fairgate_control::keys;
 use fairgate_types::{now_millis, KeyId, KeyRecord, Role};
 use http::{header, HeaderMap, HeaderValue};
 
@@ -151,32 +149,19 @@ pub(crate) async fn create_key(
             _ => return Err(Refusal::BadRequest("expiry must be 1-3650 days".into())),
         },
     };
-    let minted = mint_key();
-    let rec = KeyRecord {
-        id: minted.id.clone(),
-        tenant,
-        user: Some(s.user().email.clone()),
-        name,
-        models: (!models.is_empty()).then_some(models),
-        secret_hash: minted.secret_hash.clone(),
-        expires_at,
-        enabled: true,
-        created_at: now_millis(),
-        revoked_at: None,
-        policy: Default::default(),
-    };
-    st.store.insert_key(&rec).await?;
-    refresh_directory(&st).await?;
-    record_audit(
+    let (rec, minted) = keys::create_key(
         &st,
         &s.user().email,
-        "key.create",
-        format!("key:{}", rec.id),
-        None,
-        serde_json::to_string(&rec).ok(),
+        keys::NewKey {
+            tenant,
+            name,
+            user: Some(s.user().email.clone()),
+            models: (!models.is_empty()).then_some(models),
+            expires_at,
+            policy: Default::default(),
+        },
     )
-    .await;
-    tracing::info!(key_id = %rec.id, user = %s.user().email, "portal key created");
+    .await?;
     let notice = "This is the only time the key is shown. Copy it now; if it is lost, rotate the key for a new secret.";
     Ok(secret_page(
         &st,
@@ -259,28 +244,13 @@ pub(crate) async fn revoke_key(
     Path(id): Path<String>,
     CsrfForm(CsrfOnly): CsrfForm<CsrfOnly>,
 ) -> Result<Response, Refusal> {
-    let Some(mut k) = st.store.get_key(&KeyId(id)).await? else {
+    let Some(k) = st.store.get_key(&KeyId(id)).await? else {
         return Err(Refusal::BadRequest("no such key".into()));
     };
     if !may_manage(&s, &k) {
         return Err(Refusal::Forbidden("this key is not yours to revoke"));
     }
-    let before = serde_json::to_string(&k).ok();
-    if k.revoked_at.is_none() {
-        k.revoked_at = Some(now_millis());
-    }
-    k.enabled = false;
-    st.store.update_key(&k).await?;
-    refresh_directory(&st).await?;
-    record_audit(
-        &st,
-        &s.user().email,
-        "key.revoke",
-        format!("key:{}", k.id),
-        before,
-        serde_json::to_string(&k).ok(),
-    )
-    .await;
+    keys::revoke_key(&st, &s.user().email, k.id.as_str()).await?;
     Ok(redirect("/portal"))
 }
 

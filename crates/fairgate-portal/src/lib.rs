@@ -263,6 +263,21 @@ impl From<fairgate_store::StoreError> for Refusal {
     }
 }
 
+/// The control plane's refusals, as a page: its words for people, internal errors logged.
+impl From<fairgate_control::ControlError> for Refusal {
+    fn from(e: fairgate_control::ControlError) -> Self {
+        use fairgate_control::ControlError;
+        match e {
+            ControlError::Invalid(m) => Refusal::BadRequest(m),
+            e @ ControlError::NotFound(_) => Refusal::NotFound(e.to_string()),
+            e @ ControlError::Conflict(_) => Refusal::BadRequest(e.to_string()),
+            e @ (ControlError::Store(_) | ControlError::Internal(_)) => {
+                Refusal::Internal(e.to_string())
+            }
+        }
+    }
+}
+
 fn redirect(to: &str) -> Response {
     Redirect::to(to).into_response()
 }

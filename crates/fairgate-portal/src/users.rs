@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use fairgate_control::audit::record_audit;
-use fairgate_gateway::state::refresh_directory;
+use fairgate_control::{users, ControlError};
 
 use crate::reports::urlencode;
 use crate::session::{CsrfForm, CsrfOnly, Operator};
@@ -44,7 +43,7 @@ async fn set_user_disabled(
     id: &str,
     disabled: bool,
 ) -> Result<Response, Refusal> {
-    let Some(mut u) = st.store.get_user(id).await? else {
+    let Some(u) = st.store.get_user(id).await? else {
         return Err(Refusal::NotFound("There is no such user.".into()));
     };
     if u.id == s.user().id && disabled {
@@ -52,29 +51,17 @@ async fn set_user_disabled(
             "you cannot disable your own account".into(),
         ));
     }
-    let before = serde_json::to_string(&u).ok();
-    u.disabled = disabled;
-    if !st.store.update_user(&u).await? {
-        return Err(Refusal::NotFound("There is no such user.".into()));
-    }
-    if disabled {
-        st.store.delete_user_sessions(&u.id).await?;
-    }
-    refresh_directory(st).await?;
-    record_audit(
-        st,
-        &s.user().email,
-        if disabled {
-            "user.disable"
-        } else {
-            "user.enable"
-        },
-        format!("user:{}", u.email),
-        before,
-        serde_json::to_string(&u).ok(),
-    )
-    .await;
-    tracing::info!(email = %u.email, disabled, by = %s.user().email, "portal user state changed");
+    let change = users::UserChange {
+        disabled: Some(disabled),
+        ..Default::default()
+    };
+    let u = match users::update_user(st, &s.user().email, &u.id, change).await {
+        Ok(u) => u,
+        Err(ControlError::NotFound(_)) => {
+            return Err(Refusal::NotFound("There is no such user.".into()))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let back = match &u.tenant {
         Some(t) => format!("/portal/tenant?tenant={}", urlencode(t)),
         None => "/portal/tenant".to_owned(),

@@ -170,10 +170,19 @@ async fn the_same_change_through_the_admin_api_and_the_portal_is_one_operation()
     let action = same_change!(
         &gw,
         "/tenants/lab",
-        admin_ok(&gw, Method::PATCH, "/tenants/lab", json!({"group": "science"})).await,
+        admin_ok(
+            &gw,
+            Method::PATCH,
+            "/tenants/lab",
+            json!({"group": "science"})
+        )
+        .await,
         admin_ok(&gw, Method::PATCH, "/tenants/lab", json!({"group": null})).await,
         portal
-            .post("/portal/operator/tenants/lab/group", &[("group", "science")])
+            .post(
+                "/portal/operator/tenants/lab/group",
+                &[("group", "science")]
+            )
             .await
     );
     assert_eq!(action, "tenant.update");

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use fairgate_control::audit::record_audit;
+use fairgate_control::groups;
 use fairgate_control::validate::valid_name;
-use fairgate_gateway::state::refresh_directory;
 use fairgate_types::Group;
 
 use super::tenants::{finish, Place};
@@ -15,21 +14,10 @@ use super::{weight_field, Fail, Submitted};
 use crate::session::{CsrfForm, Operator, Signed};
 use crate::{PortalState, Refusal};
 
-/// Creates or re-weighs a group, live and audited, as the admin API's `PUT /groups/{name}`.
+/// Creates or re-weighs a group through the control plane, as the admin API's
+/// `PUT /groups/{name}` does.
 async fn set_group(st: &PortalState, s: &Signed, g: &Group) -> Result<(), Fail> {
-    let before = st.store.get_group(&g.name).await?;
-    st.store.upsert_group(g).await?;
-    refresh_directory(st).await.map_err(Refusal::from)?;
-    record_audit(
-        st,
-        &s.user().email,
-        "group.set",
-        format!("group:{}", g.name),
-        before.and_then(|b| serde_json::to_string(&b).ok()),
-        serde_json::to_string(g).ok(),
-    )
-    .await;
-    tracing::info!(group = %g.name, weight = g.weight, by = %s.user().email, "group set in the portal");
+    groups::set_group(st, &s.user().email, &g.name, g.weight).await?;
     Ok(())
 }
 

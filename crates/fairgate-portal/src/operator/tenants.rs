@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Response};
-use fairgate_control::audit::record_audit;
 use fairgate_control::validate::{check_tenant_policy, valid_name};
-use fairgate_gateway::state::refresh_directory;
+use fairgate_control::{tenants, ControlError};
 use fairgate_types::{
-    now_millis, Budget, BudgetPeriod, Group, Micros, OnLimit, RateLimits, Tenant, TenantPolicy,
+    Budget, BudgetPeriod, Group, Micros, OnLimit, RateLimits, Tenant, TenantPolicy,
 };
 use http::StatusCode;
 
@@ -86,31 +85,26 @@ async fn load_tenant(st: &PortalState, name: &str) -> Result<Tenant, Refusal> {
         .ok_or_else(|| Refusal::NotFound(format!("There is no tenant `{name}`.")))
 }
 
-/// Stores a changed tenant, makes it live and audits it, as the admin API's PATCH does.
+/// Saves a tenant changed on a form through the control plane (the admin API's PATCH does
+/// the same): stored, live and audited there.
 async fn save_tenant(
     st: &PortalState,
     s: &Signed,
-    before: &Tenant,
     t: &Tenant,
 ) -> Result<(), Fail> {
-    if !st.store.update_tenant(t).await? {
-        return Err(Fail::Refused(Refusal::NotFound(format!(
+    let change = tenants::TenantChange {
+        weight: Some(t.weight),
+        group: Some(t.group.clone()),
+        policy: Some(t.policy.clone()),
+    };
+    match tenants::update_tenant(st, &s.user().email, &t.name, change).await {
+        Ok(_) => Ok(()),
+        Err(ControlError::NotFound(_)) => Err(Fail::Refused(Refusal::NotFound(format!(
             "There is no tenant `{}`.",
             t.name
-        ))));
+        )))),
+        Err(e) => Err(e.into()),
     }
-    refresh_directory(st).await.map_err(Refusal::from)?;
-    record_audit(
-        st,
-        &s.user().email,
-        "tenant.update",
-        format!("tenant:{}", t.name),
-        serde_json::to_string(before).ok(),
-        serde_json::to_string(t).ok(),
-    )
-    .await;
-    tracing::info!(tenant = %t.name, by = %s.user().email, "tenant updated in the portal");
-    Ok(())
 }
 
 /// Which page a form lives on, to show it again when it is refused.
@@ -173,9 +167,8 @@ pub(crate) async fn set_weight(
 ) -> Result<Response, Refusal> {
     let mut t = load_tenant(&st, &name).await?;
     let outcome = async {
-        let before = t.clone();
         t.weight = weight_field(f.get("weight"))?;
-        save_tenant(&st, &s, &before, &t).await
+        save_tenant(&st, &s, &t).await
     }
     .await;
     let place = if f.get("from") == "tenant" {
@@ -355,25 +348,17 @@ pub(crate) async fn create_tenant(
         valid_name("tenant name", &name)?;
         let weight = weight_field(f.get("weight"))?;
         let group = group_field(&st, f.get("group")).await?;
-        let t = Tenant {
-            name: name.clone(),
-            weight,
-            group,
-            created_at: now_millis(),
-            policy: TenantPolicy::default(),
-        };
-        st.store.create_tenant(&t).await?;
-        refresh_directory(&st).await.map_err(Refusal::from)?;
-        record_audit(
+        tenants::create_tenant(
             &st,
             &s.user().email,
-            "tenant.create",
-            format!("tenant:{}", t.name),
-            None,
-            serde_json::to_string(&t).ok(),
+            tenants::NewTenant {
+                name: name.clone(),
+                weight,
+                group,
+                policy: TenantPolicy::default(),
+            },
         )
-        .await;
-        tracing::info!(tenant = %t.name, weight = t.weight, by = %s.user().email, "tenant created in the portal");
+        .await?;
         Ok::<(), Fail>(())
     }
     .await;
@@ -589,9 +574,8 @@ pub(crate) async fn set_tenant_group(
 ) -> Result<Response, Refusal> {
     let mut t = load_tenant(&st, &name).await?;
     let outcome = async {
-        let before = t.clone();
         t.group = group_field(&st, f.get("group")).await?;
-        save_tenant(&st, &s, &before, &t).await
+        save_tenant(&st, &s, &t).await
     }
     .await;
     finish(
@@ -615,7 +599,6 @@ pub(crate) async fn set_tenant_policy(
 ) -> Result<Response, Refusal> {
     let mut t = load_tenant(&st, &name).await?;
     let outcome = async {
-        let before = t.clone();
         let none = "no limit";
         let default = "the gateway default";
         let policy = TenantPolicy {
@@ -645,7 +628,7 @@ pub(crate) async fn set_tenant_policy(
         };
         check_policy(&policy)?;
         t.policy = policy;
-        save_tenant(&st, &s, &before, &t).await
+        save_tenant(&st, &s, &t).await
     }
     .await;
     finish(
@@ -669,7 +652,6 @@ pub(crate) async fn set_tenant_budget(
 ) -> Result<Response, Refusal> {
     let mut t = load_tenant(&st, &name).await?;
     let outcome = async {
-        let before = t.clone();
         let period = parse_period(f.get("period")).map_err(Fail::Invalid)?;
         let tokens = opt_num("tokens", f.get("tokens"), "no token cap").map_err(Fail::Invalid)?;
         let cost = match f.get("cost") {
@@ -690,7 +672,7 @@ pub(crate) async fn set_tenant_budget(
         }
         check_policy(&policy)?;
         t.policy = policy;
-        save_tenant(&st, &s, &before, &t).await
+        save_tenant(&st, &s, &t).await
     }
     .await;
     finish(
@@ -713,7 +695,6 @@ pub(crate) async fn remove_tenant_budget(
 ) -> Result<Response, Refusal> {
     let mut t = load_tenant(&st, &name).await?;
     let outcome = async {
-        let before = t.clone();
         let period = parse_period(&period).map_err(Fail::Invalid)?;
         let n = t.policy.budgets.len();
         t.policy.budgets.retain(|b| b.period != period);
@@ -723,7 +704,7 @@ pub(crate) async fn remove_tenant_budget(
                 period.as_str()
             )));
         }
-        save_tenant(&st, &s, &before, &t).await
+        save_tenant(&st, &s, &t).await
     }
     .await;
     finish(
