@@ -656,7 +656,7 @@ struct NewUser {
     name: Option<String>,
     /// Local password; leave out for accounts that only sign in through SSO.
     #[serde(default)]
-    password: Option<String>,
+    password: Option<fairgate_types::Secret>,
     #[serde(default)]
     role: fairgate_types::Role,
     #[serde(default)]
@@ -697,7 +697,7 @@ struct UserPatch {
     #[serde(default, with = "double_option")]
     tenant: Option<Option<String>>,
     #[serde(default)]
-    password: Option<String>,
+    password: Option<fairgate_types::Secret>,
     #[serde(default)]
     disabled: Option<bool>,
 }

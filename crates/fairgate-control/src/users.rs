@@ -3,7 +3,7 @@
 //! worker that carries streams.
 
 use fairgate_gateway::state::{refresh_directory, AppState};
-use fairgate_types::{now_millis, Role, User};
+use fairgate_types::{now_millis, Role, Secret, User};
 
 use crate::audit::{json_of, record_audit};
 use crate::validate::valid_email;
@@ -15,7 +15,7 @@ pub struct NewUser {
     pub email: String,
     pub name: Option<String>,
     /// Local password; `None` for accounts that only sign in through SSO.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub role: Role,
     pub tenant: Option<String>,
 }
@@ -25,7 +25,7 @@ pub struct NewUser {
 pub struct UserChange {
     pub role: Option<Role>,
     pub tenant: Option<Option<String>>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub disabled: Option<bool>,
 }
 
@@ -45,12 +45,12 @@ impl UserChange {
 }
 
 /// Checks and hashes a new password (argon2id: tens of milliseconds of CPU and 19 MiB).
-async fn hashed_password(password: &str) -> Result<String, ControlError> {
-    if let Some(why) = crate::passwords::password_problem(password) {
+async fn hashed_password(password: &Secret) -> Result<String, ControlError> {
+    if let Some(why) = crate::passwords::password_problem(password.expose()) {
         return Err(ControlError::Invalid(format!("password: {why}")));
     }
-    let password = password.to_owned();
-    tokio::task::spawn_blocking(move || crate::passwords::hash_password(&password))
+    let password = password.clone();
+    tokio::task::spawn_blocking(move || crate::passwords::hash_password(password.expose()))
         .await
         .map_err(|e| ControlError::Internal(e.to_string()))?
         .map_err(|e| ControlError::Internal(e.to_string()))
