@@ -87,11 +87,7 @@ async fn load_tenant(st: &PortalState, name: &str) -> Result<Tenant, Refusal> {
 
 /// Saves a tenant changed on a form through the control plane (the admin API's PATCH does
 /// the same): stored, live and audited there.
-async fn save_tenant(
-    st: &PortalState,
-    s: &Signed,
-    t: &Tenant,
-) -> Result<(), Fail> {
+async fn save_tenant(st: &PortalState, s: &Signed, t: &Tenant) -> Result<(), Fail> {
     let change = tenants::TenantChange {
         weight: Some(t.weight),
         group: Some(t.group.clone()),
