@@ -469,6 +469,21 @@ impl<T> FairQueue<T> {
         }
     }
 
+    /// A tenant's weight.
+    pub fn weight(&self, tenant: TenantId) -> u64 {
+        self.tenants[tenant.0 as usize].weight
+    }
+
+    /// Tenants with something queued or in flight.
+    pub fn active_tenants(&self) -> impl Iterator<Item = TenantId> + '_ {
+        self.active_groups.iter().flat_map(|&(_, g)| {
+            self.groups[g as usize]
+                .active
+                .iter()
+                .map(|&(_, t)| TenantId(t))
+        })
+    }
+
     /// Smallest counter among active tenants, the floor a returning tenant is lifted to.
     pub fn min_active_counter(&self, tenant: TenantId) -> Option<u64> {
         let g = self.tenants[tenant.0 as usize].group;

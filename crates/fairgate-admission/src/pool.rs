@@ -46,6 +46,19 @@ impl Default for CostWeights {
     }
 }
 
+/// Slots kept free for tenants below their fair share, so that an interactive user beside a
+/// flood finds a slot at once instead of waiting for the flood's next stream to end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Headroom {
+    /// Sized from what arrives: none while one tenant has the pool to itself; with several
+    /// tenants, one slot per distinct tenant recently admitted below its share, at least one
+    /// and at most an eighth of the pool (pools under 4 slots keep none).
+    #[default]
+    Auto,
+    /// A fixed number of slots (0 turns headroom off).
+    Slots(usize),
+}
+
 /// Capacity and queue bounds of one pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -57,6 +70,8 @@ pub struct PoolConfig {
     pub max_queued: usize,
     pub mode: Mode,
     pub cost: CostWeights,
+    /// Slots only tenants below their fair share may take (fair mode only).
+    pub headroom: Headroom,
 }
 
 impl Default for PoolConfig {
@@ -67,6 +82,7 @@ impl Default for PoolConfig {
             max_queued: 10_000,
             mode: Mode::Fair,
             cost: CostWeights::default(),
+            headroom: Headroom::Auto,
         }
     }
 }
@@ -208,6 +224,11 @@ struct Inner {
     hold_ewma_ms: f64,
     /// Start of the pool's clock, for the one-second service buckets.
     epoch: Instant,
+    /// When each tenant was last admitted, and when last admitted below its share: the
+    /// automatic headroom counts the distinct tenants of the recent past.
+    last_admitted: HashMap<TenantId, (Instant, Option<Instant>)>,
+    /// [`Headroom::Auto`]'s current size, recomputed as requests start and end.
+    auto_headroom: usize,
 }
 
 /// One model pool. Cheap to share: `Arc<Pool>`.
@@ -253,6 +274,8 @@ impl Pool {
                 unpublished: HashMap::new(),
                 hold_ewma_ms: 1_000.0,
                 epoch: Instant::now(),
+                last_admitted: HashMap::new(),
+                auto_headroom: 0,
             }),
             admitted: AtomicU64::new(0),
         })
@@ -331,7 +354,15 @@ impl Pool {
                 .set_tenant(req.tenant, req.weight, req.group, req.group_weight);
             let tokens = g.clamp_tokens(req.tokens);
             let prompt_cost = req.prompt_estimate.saturating_mul(g.cfg.cost.input);
-            if g.queue.is_empty() && g.fits(tokens) {
+            // Nobody waiting and room for this tenant; or others are waiting but this
+            // tenant, with nothing queued and below its share, may take a headroom slot
+            // ahead of them (the waiters are over their share, or the slot would be theirs).
+            let direct = if g.queue.is_empty() {
+                g.fits_for(tenant, tokens)
+            } else {
+                g.queue.queued(tenant) == 0 && g.fits(tokens) && g.headroom_for(tenant)
+            };
+            if direct {
                 g.take(tenant, tokens, prompt_cost);
                 g.queue.start(tenant);
                 drop(g);
@@ -563,8 +594,109 @@ impl Inner {
                     .is_none_or(|m| self.tokens_in_flight.saturating_add(tokens) <= m))
     }
 
+    /// Slots kept for tenants below their share now (see [`Headroom`]).
+    fn headroom(&self) -> usize {
+        let cap = self.cfg.max_in_flight;
+        if self.cfg.mode == Mode::Fifo {
+            return 0;
+        }
+        match self.cfg.headroom {
+            Headroom::Slots(n) => n.min(cap.saturating_sub(1)),
+            Headroom::Auto => self.auto_headroom,
+        }
+    }
+
+    /// Re-sizes [`Headroom::Auto`] from the tenants admitted recently, and forgets older ones.
+    fn resize_headroom(&mut self) {
+        let cap = self.cfg.max_in_flight;
+        // "Recent" scales with how long requests hold a slot: a tenant that sends one stream
+        // after another stays counted between its streams.
+        let window =
+            Duration::from_millis((self.hold_ewma_ms * 4.0) as u64).max(Duration::from_secs(10));
+        let now = Instant::now();
+        let recent = |t: Instant| now.saturating_duration_since(t) <= window;
+        self.last_admitted.retain(|_, (t, _)| recent(*t));
+        let light = self
+            .last_admitted
+            .values()
+            .filter(|(_, b)| b.is_some_and(recent))
+            .count();
+        self.auto_headroom = if cap < 4 || self.last_admitted.len() < 2 {
+            0
+        } else {
+            light.clamp(1, (cap / 8).max(1))
+        };
+    }
+
+    /// Room for one more request of `tenant`. With headroom `h`, tenants at or above their
+    /// fair share together hold at most `capacity - h` slots; a tenant below its share may take
+    /// any free slot. So the last `h` free slots wait for someone below their share, and a slot
+    /// an interactive tenant holds counts as its own, not as headroom kept free.
+    fn fits_for(&self, tenant: TenantId, tokens: u64) -> bool {
+        if !self.fits(tokens) {
+            return false;
+        }
+        let (cap, h) = (self.cfg.max_in_flight, self.headroom());
+        if h == 0 || self.in_flight + h < cap {
+            return true;
+        }
+        let shares = self.shares(tenant);
+        let held = |t: TenantId| self.queue.in_flight(t);
+        let at_or_over = |&(t, share): &(TenantId, f64)| held(t) as f64 >= share;
+        if shares.iter().any(|x| x.0 == tenant && !at_or_over(x)) {
+            return true;
+        }
+        let over: usize = shares
+            .iter()
+            .filter(|x| at_or_over(x))
+            .map(|&(t, _)| held(t))
+            .sum();
+        over + 1 + h <= cap
+    }
+
+    /// Whether `tenant` may take a headroom slot now, ahead of queued work: there is headroom
+    /// and the tenant holds less than its fair share.
+    fn headroom_for(&self, tenant: TenantId) -> bool {
+        self.headroom() > 0
+            && self
+                .shares(tenant)
+                .iter()
+                .any(|&(t, share)| t == tenant && (self.queue.in_flight(t) as f64) < share)
+    }
+
+    /// Each present tenant's weighted share of the pool's slots. Present: active now, admitted
+    /// within the headroom's window, or `asking`. Counting the recent ones matters: an
+    /// interactive user is idle between its requests, and the flood beside it must not count
+    /// as alone in that gap.
+    fn shares(&self, asking: TenantId) -> Vec<(TenantId, f64)> {
+        let mut present: Vec<TenantId> = self
+            .last_admitted
+            .keys()
+            .copied()
+            .chain(self.queue.active_tenants())
+            .chain(std::iter::once(asking))
+            .collect();
+        present.sort_unstable();
+        present.dedup();
+        let total: u64 = present.iter().map(|&t| self.queue.weight(t)).sum();
+        let cap = self.cfg.max_in_flight as f64;
+        present
+            .into_iter()
+            .map(|t| (t, cap * self.queue.weight(t) as f64 / total.max(1) as f64))
+            .collect()
+    }
+
     /// Occupies a slot and charges the prompt estimate (VTC charges prefill at admission).
     fn take(&mut self, tenant: TenantId, tokens: u64, prompt_cost: u64) {
+        let now = Instant::now();
+        // Arriving with nothing in flight is what an interactive user looks like.
+        let light = self.queue.in_flight(tenant) == 0;
+        let seen = self.last_admitted.entry(tenant).or_insert((now, None));
+        seen.0 = now;
+        if light {
+            seen.1 = Some(now);
+        }
+        self.resize_headroom();
         self.in_flight += 1;
         // Saturating: reservations come from client input (`max_tokens` up to u64::MAX).
         self.tokens_in_flight = self.tokens_in_flight.saturating_add(tokens);
@@ -594,6 +726,7 @@ impl Inner {
     }
 
     fn release(&mut self, tenant: TenantId, tokens: u64) {
+        self.resize_headroom();
         self.in_flight = self.in_flight.saturating_sub(1);
         self.tokens_in_flight = self.tokens_in_flight.saturating_sub(tokens);
         self.queue.finish(tenant);
@@ -603,8 +736,8 @@ impl Inner {
     /// fit the token bound, nobody behind it jumps ahead (that would starve large requests).
     fn dispatch(&mut self) -> Vec<Dispatched> {
         let mut out = Vec::new();
-        while let Some((_, w)) = self.queue.peek() {
-            if !self.fits(w.tokens) {
+        while let Some((tenant, w)) = self.queue.peek() {
+            if !self.fits_for(tenant, w.tokens) {
                 break;
             }
             let Some((tenant, w)) = self.queue.pop() else {

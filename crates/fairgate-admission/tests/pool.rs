@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fairgate_admission::fair::Mode;
-use fairgate_admission::pool::{AdmitError, AdmitRequest, Permit, Pool, PoolConfig};
+use fairgate_admission::pool::{AdmitError, AdmitRequest, Headroom, Permit, Pool, PoolConfig};
 use fairgate_types::Priority;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
@@ -50,11 +50,16 @@ fn pool(cap: usize) -> Arc<Pool> {
 }
 
 fn pool_with(cap: usize, mode: Mode) -> Arc<Pool> {
+    pool_headroom(cap, mode, Headroom::Auto)
+}
+
+fn pool_headroom(cap: usize, mode: Mode, headroom: Headroom) -> Arc<Pool> {
     Pool::new(
         "m",
         PoolConfig {
             max_in_flight: cap,
             mode,
+            headroom,
             ..PoolConfig::default()
         },
     )
@@ -96,9 +101,9 @@ async fn join_all(tasks: Vec<JoinHandle<()>>) {
 }
 
 /// Checks the pool's snapshot against itself and the bound. Per-tenant counts add up to the
-/// totals, in-flight never exceeds capacity, and the pool never idles a slot while requests
-/// wait (there is no token bound here).
-fn check_state(p: &Pool, cap: usize) -> (usize, usize) {
+/// totals, in-flight never exceeds capacity, and the pool never idles more than `headroom`
+/// slots while requests wait (there is no token bound here).
+fn check_state(p: &Pool, cap: usize, headroom: usize) -> (usize, usize) {
     let s = p.state();
     assert!(s.in_flight <= cap, "{} in flight > {cap}", s.in_flight);
     let tenant_in_flight: usize = s.tenants.iter().map(|t| t.view.in_flight).sum();
@@ -106,9 +111,10 @@ fn check_state(p: &Pool, cap: usize) -> (usize, usize) {
     assert_eq!(tenant_in_flight, s.in_flight);
     assert_eq!(tenant_queued, s.queued);
     if s.queued > 0 {
-        assert_eq!(
-            s.in_flight, cap,
-            "work-conserving: a slot idles while {} wait",
+        assert!(
+            s.in_flight + headroom >= cap,
+            "work-conserving beyond the headroom: {} of {cap} slots idle while {} wait",
+            cap - s.in_flight,
             s.queued
         );
     }
@@ -117,9 +123,16 @@ fn check_state(p: &Pool, cap: usize) -> (usize, usize) {
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_tenants_never_exceed_capacity_and_drain() {
+    // Without headroom the pool is strictly work-conserving; with the automatic headroom it
+    // idles at most its size (one slot of four) while only tenants over their share wait.
+    stress(Headroom::Slots(0), 0).await;
+    stress(Headroom::Auto, 1).await;
+}
+
+async fn stress(headroom: Headroom, idle: usize) {
     const CAP: usize = 4;
     const REQUESTS: u64 = 300;
-    let p = pool(CAP);
+    let p = pool_headroom(CAP, Mode::Fair, headroom);
     let mut rng = Rng(7);
     let mut tasks = Vec::new();
     for i in 0..REQUESTS {
@@ -154,7 +167,7 @@ async fn concurrent_tenants_never_exceed_capacity_and_drain() {
         tokio::spawn(async move {
             let (mut saw_full, mut saw_queue) = (false, false);
             for _ in 0..10_000 {
-                let (in_flight, queued) = check_state(&p, CAP);
+                let (in_flight, queued) = check_state(&p, CAP, idle);
                 saw_full |= in_flight == CAP;
                 saw_queue |= queued > 0;
                 sleep(Duration::from_millis(1)).await;
@@ -267,7 +280,7 @@ async fn aborts_racing_with_grants_never_leak_capacity() {
                     }
                 }
             }
-            check_state(&p, cap);
+            check_state(&p, cap, 0);
         }
         drop(held);
         for t in tasks.iter_mut().filter_map(Option::take) {
@@ -659,4 +672,107 @@ async fn shrinking_token_bound_does_not_wedge_the_queue_head() {
     // Larger than the new bound, it runs alone instead of blocking the queue forever.
     assert_eq!(p.in_flight(), 1, "queued {}", p.queued());
     big.await.unwrap().unwrap();
+}
+
+/// A heavy tenant holds every slot but the headroom and has more queued; a light tenant's
+/// request is admitted at once, ahead of the queued heavy work.
+#[tokio::test(start_paused = true)]
+async fn a_light_tenant_is_admitted_ahead_of_queued_heavy_work_into_the_headroom() {
+    let p = pool_headroom(8, Mode::Fair, Headroom::Slots(1));
+    // The light tenant has been here (one request, done); the heavy one floods.
+    drop(p.admit(req("light", 1, HOUR)).await.unwrap());
+    let mut heavy = Vec::new();
+    for _ in 0..7 {
+        heavy.push(p.admit(req("heavy", 1, HOUR)).await.unwrap());
+    }
+    // The eighth slot is the headroom, and heavy (share 4 of 8 beside light) holds 7: its
+    // next request queues although a slot is free.
+    let order: Order = Arc::default();
+    let queued = waiter(&p, "heavy", 1, &order, HOUR);
+    settle().await;
+    assert_eq!((p.in_flight(), p.queued()), (7, 1));
+    // The light tenant's request is admitted at once, ahead of the queued heavy request.
+    let light = tokio::time::timeout(Duration::ZERO, p.admit(req("light", 1, HOUR))).await;
+    assert!(light.is_ok(), "light must not wait behind heavy's queue");
+    assert_eq!((p.in_flight(), p.queued()), (8, 1));
+    // A freed slot goes to the queued heavy request as usual.
+    drop(heavy.pop());
+    settle().await;
+    assert_eq!(*order.lock().unwrap(), ["heavy"]);
+    queued.abort();
+}
+
+/// A tenant at or above its fair share never takes a headroom slot, even when it is free.
+#[tokio::test(start_paused = true)]
+async fn headroom_is_never_used_by_a_tenant_at_or_above_its_share() {
+    let p = pool_headroom(4, Mode::Fair, Headroom::Slots(1));
+    // a has been here; b floods. Equal weights: each one's share is 2 of 4 slots.
+    drop(p.admit(req("a", 1, HOUR)).await.unwrap());
+    let mut b = Vec::new();
+    for _ in 0..3 {
+        b.push(p.admit(req("b", 1, HOUR)).await.unwrap());
+    }
+    // One slot is left, and it is the headroom: b is over its share, so b waits...
+    let b4 = tokio::time::timeout(Duration::from_secs(1), p.admit(req("b", 1, HOUR))).await;
+    assert!(
+        b4.is_err(),
+        "b is over its share: the headroom slot is not b's"
+    );
+    assert_eq!(p.in_flight(), 3);
+    // ...while a, below its share, takes it at once.
+    let a = tokio::time::timeout(Duration::ZERO, p.admit(req("a", 1, HOUR))).await;
+    assert!(a.is_ok(), "a is below its share");
+    assert_eq!(p.in_flight(), 4);
+    // A slot a holds is a's own: when one of b's ends, b may take the freed slot again.
+    drop(b.pop());
+    let b5 = tokio::time::timeout(Duration::ZERO, p.admit(req("b", 1, HOUR))).await;
+    assert!(
+        b5.is_ok(),
+        "the headroom is in a's hands, so b's 3 slots are not over the limit"
+    );
+}
+
+/// The automatic headroom costs nothing while one tenant has the pool to itself, and appears
+/// once a second tenant has been admitted.
+#[tokio::test(start_paused = true)]
+async fn automatic_headroom_appears_with_a_second_tenant() {
+    let p = pool_headroom(8, Mode::Fair, Headroom::Auto);
+    let mut heavy = Vec::new();
+    for _ in 0..8 {
+        let r = tokio::time::timeout(Duration::ZERO, p.admit(req("heavy", 1, HOUR))).await;
+        heavy.push(r.expect("alone, heavy uses every slot").unwrap());
+    }
+    // Light arrives while the pool is full: it waits for the next free slot (no headroom yet).
+    let order: Order = Arc::default();
+    let light = waiter(&p, "light", 1, &order, Duration::from_millis(10));
+    settle().await;
+    assert_eq!(p.queued(), 1);
+    drop(heavy.pop());
+    settle().await;
+    assert_eq!(*order.lock().unwrap(), ["light"]);
+    sleep(Duration::from_millis(20)).await;
+    light.await.unwrap();
+    // Two tenants now: heavy refills only up to the headroom; light finds its slot at once.
+    let refill = waiter(&p, "heavy", 1, &order, HOUR);
+    settle().await;
+    assert_eq!(
+        p.in_flight(),
+        7,
+        "one slot kept for a tenant below its share"
+    );
+    assert_eq!(p.queued(), 1);
+    let again = tokio::time::timeout(Duration::ZERO, p.admit(req("light", 1, HOUR))).await;
+    assert!(again.is_ok(), "light is admitted at once");
+    refill.abort();
+}
+
+/// FIFO mode (the plain-proxy baseline) keeps no headroom.
+#[tokio::test(start_paused = true)]
+async fn fifo_keeps_no_headroom() {
+    let p = pool_headroom(4, Mode::Fifo, Headroom::Slots(1));
+    let _a = p.admit(req("a", 1, HOUR)).await.unwrap();
+    let _b1 = p.admit(req("b", 1, HOUR)).await.unwrap();
+    let _b2 = p.admit(req("b", 1, HOUR)).await.unwrap();
+    let b3 = tokio::time::timeout(Duration::ZERO, p.admit(req("b", 1, HOUR))).await;
+    assert!(b3.is_ok(), "fifo fills every slot");
 }

@@ -488,6 +488,13 @@ pub struct AdmissionConfig {
     /// What a request over its rate limit does, unless its tenant says otherwise.
     #[serde(default)]
     pub on_limit: OnLimit,
+    /// Slots per model that only tenants below their fair share may take, so an interactive
+    /// user beside a flood finds one at once. Left out: sized automatically (none while one
+    /// tenant has the model to itself; otherwise one per tenant recently below its share, at
+    /// least one and at most an eighth of the model's slots). `0` turns it off. Fair mode
+    /// only.
+    #[serde(default)]
+    pub headroom: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -543,6 +550,7 @@ impl Default for AdmissionConfig {
             input_token_cost: 1,
             output_token_cost: 2,
             on_limit: OnLimit::Queue,
+            headroom: None,
         }
     }
 }

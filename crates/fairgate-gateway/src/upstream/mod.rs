@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use fairgate_admission::fair::Mode;
-use fairgate_admission::pool::{AdmitError, AdmitRequest, CostWeights, Permit, Pool, PoolConfig};
+use fairgate_admission::pool::{
+    AdmitError, AdmitRequest, CostWeights, Headroom, Permit, Pool, PoolConfig,
+};
 
 use crate::config::{
     AdmissionConfig, BackendConfig, Config, ModelConfig, RoutingConfig, SchedulerMode,
@@ -148,6 +150,7 @@ pub fn pool_config(max_in_flight: usize, tokens: Option<u64>, adm: &AdmissionCon
             input: adm.input_token_cost,
             output: adm.output_token_cost,
         },
+        headroom: adm.headroom.map_or(Headroom::Auto, Headroom::Slots),
     }
 }
 
