@@ -234,6 +234,8 @@ pub struct Metrics {
     pub prompt_tokens: Family<CounterB>,
     pub completion_tokens: Family<CounterB>,
     pub ttft: Family<HistB>,
+    /// TTFT per tenant: what fair share and the headroom do for each tenant's latency.
+    pub tenant_ttft: Family<HistB>,
     pub inter_token: Family<HistB>,
     pub e2e: Family<HistB>,
     pub queue_wait: Family<HistB>,
@@ -396,6 +398,12 @@ impl Metrics {
                 "Time from request arrival to the first content token (streams) or response headers",
                 LATENCY_BUCKETS,
                 &["model"],
+            )?,
+            tenant_ttft: hist(
+                "fairgate_tenant_time_to_first_token_seconds",
+                "Time from request arrival to the first content token (streams) or response headers, per model and tenant",
+                LATENCY_BUCKETS,
+                &["model", "tenant"],
             )?,
             inter_token: hist(
                 "fairgate_inter_token_latency_seconds",

@@ -79,6 +79,13 @@ impl Tracker {
                     .ttft
                     .with_label_values(&[m])
                     .observe(t.as_secs_f64());
+                if let Some(tenant) = &self.row.tenant {
+                    self.st
+                        .metrics
+                        .tenant_ttft
+                        .with_label_values(&[m, tenant])
+                        .observe(t.as_secs_f64());
+                }
             }
         }
     }
