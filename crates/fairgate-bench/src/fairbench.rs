@@ -63,8 +63,8 @@ use crate::harness::report::{criterion, write_json};
 use driver::run_load;
 use report::{analyse, find, print_runs, run_json, RunReport};
 use scenarios::{
-    asymmetry_load, interactive_load, weighted_load, Load, DECODE_PER_SEQ_US, DECODE_STEP_MS,
-    PREFILL_OVERHEAD_MS, PREFILL_PER_TOKEN_US, SLOTS,
+    asymmetry_load, interactive_load, interactive_varied_load, weighted_load, Load,
+    DECODE_PER_SEQ_US, DECODE_STEP_MS, PREFILL_OVERHEAD_MS, PREFILL_PER_TOKEN_US, SLOTS,
 };
 
 /// Which scenario to run.
@@ -72,6 +72,8 @@ use scenarios::{
 pub enum Scenario {
     Weighted,
     Interactive,
+    /// `interactive` with heavy streams of 50–500 output tokens (finishes not in waves).
+    InteractiveVaried,
     Asymmetry,
     Throughput,
     All,
@@ -124,6 +126,43 @@ fn throughput_criteria(runs: &[RunReport], crit: &mut Vec<Value>) {
     }
 }
 
+/// The light tenant's TTFT beside the flood against its TTFT alone (same run), and fifo
+/// against fair when both ran.
+fn interactive_criteria(runs: &[RunReport]) -> Vec<Value> {
+    let mut crit = Vec::new();
+    for r in runs {
+        if let Some((p50, p99, n)) = r.probe_ttft {
+            let light = &r.tenants[0];
+            println!(
+                "{}: light tenant alone: TTFT p50 {p50:.1} ms, p99 {p99:.1} ms ({n} requests); under load: p50 {:.1} ms, p99 {:.1} ms ({} requests)",
+                r.mode, light.ttft_p50, light.ttft_p99, light.ttft_n
+            );
+            if r.mode == "fair" {
+                let (r50, r99) = (light.ttft_p50 / p50, light.ttft_p99 / p99);
+                criterion(
+                    &mut crit,
+                    "fair: light TTFT beside the flood ≤ 3× alone (p99) and ≤ 1.5× (p50)",
+                    r99 <= 3.0 && r50 <= 1.5,
+                    format!("p50 {r50:.2}×, p99 {r99:.2}×"),
+                );
+            }
+        }
+    }
+    if let (Some(f), Some(q)) = (find(runs, "fair"), find(runs, "fifo")) {
+        let ratio = q.tenants[0].ttft_p99 / f.tenants[0].ttft_p99;
+        criterion(
+            &mut crit,
+            "light TTFT p99 fifo / fair ≥ 10×",
+            ratio >= 10.0,
+            format!(
+                "fifo {:.1} ms / fair {:.1} ms = {ratio:.1}×",
+                q.tenants[0].ttft_p99, f.tenants[0].ttft_p99
+            ),
+        );
+    }
+    crit
+}
+
 pub async fn run(a: FairBenchArgs) -> anyhow::Result<()> {
     let seconds = a.seconds.max(5) as f64;
     let modes: &[&'static str] = match a.mode {
@@ -163,37 +202,31 @@ pub async fn run(a: FairBenchArgs) -> anyhow::Result<()> {
         weighted_runs = Some(runs);
     }
 
-    if want(Scenario::Interactive) {
-        let load = interactive_load(seconds);
-        let runs = run_modes(&load, modes, a.seed).await?;
-        print_runs(
+    for (scenario, key, title, load) in [
+        (
+            Scenario::Interactive,
+            "interactive",
             "interactive: one sequential light tenant beside a 3× flood",
-            &load,
-            &runs,
-        );
-        let mut crit = Vec::new();
-        for r in &runs {
-            if let Some((p50, p99, n)) = r.probe_ttft {
-                println!(
-                    "{}: light tenant alone: TTFT p50 {p50:.1} ms, p99 {p99:.1} ms ({n} requests); under load: p50 {:.1} ms, p99 {:.1} ms ({} requests)",
-                    r.mode, r.tenants[0].ttft_p50, r.tenants[0].ttft_p99, r.tenants[0].ttft_n
-                );
-            }
+            interactive_load(seconds),
+        ),
+        (
+            Scenario::InteractiveVaried,
+            "interactive_varied",
+            "interactive, varied: the flood's streams are 50–500 tokens long",
+            interactive_varied_load(seconds),
+        ),
+    ] {
+        // `all` runs the original scenario; the varied one on request.
+        if a.scenario != scenario
+            && !(a.scenario == Scenario::All && scenario == Scenario::Interactive)
+        {
+            continue;
         }
-        if let (Some(f), Some(q)) = (find(&runs, "fair"), find(&runs, "fifo")) {
-            let ratio = q.tenants[0].ttft_p99 / f.tenants[0].ttft_p99;
-            criterion(
-                &mut crit,
-                "light TTFT p99 fifo / fair ≥ 10×",
-                ratio >= 10.0,
-                format!(
-                    "fifo {:.1} ms / fair {:.1} ms = {ratio:.1}×",
-                    q.tenants[0].ttft_p99, f.tenants[0].ttft_p99
-                ),
-            );
-        }
+        let runs = run_modes(&load, modes, a.seed).await?;
+        print_runs(title, &load, &runs);
+        let crit = interactive_criteria(&runs);
         results.insert(
-            "interactive".into(),
+            key.into(),
             json!({"runs": runs.iter().map(run_json).collect::<Vec<_>>(), "criteria": crit}),
         );
     }

@@ -58,6 +58,8 @@ enum Command {
 enum BenchScenario {
     Weighted,
     Interactive,
+    /// `interactive` with heavy streams of 50–500 output tokens.
+    InteractiveVaried,
     Asymmetry,
     Throughput,
     All,
@@ -480,6 +482,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match b.scenario {
                 Some(BenchScenario::Weighted) => fair(Fair::Weighted).await,
                 Some(BenchScenario::Interactive) => fair(Fair::Interactive).await,
+                Some(BenchScenario::InteractiveVaried) => fair(Fair::InteractiveVaried).await,
                 Some(BenchScenario::Asymmetry) => fair(Fair::Asymmetry).await,
                 Some(BenchScenario::Throughput) => fair(Fair::Throughput).await,
                 Some(BenchScenario::All) => fair(Fair::All).await,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::{rngs::StdRng, SeedableRng};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 
 use super::scenarios::{
@@ -66,7 +66,11 @@ async fn worker(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
     while Instant::now() < ctx.deadline {
-        let (b, expected) = body(&mut rng, spec.prompt, spec.out);
+        let out_tokens = match spec.out_min {
+            Some(lo) => rng.gen_range(lo..=spec.out.max(lo)),
+            None => spec.out,
+        };
+        let (b, expected) = body(&mut rng, spec.prompt, out_tokens);
         let rec = Rec {
             tenant,
             expected_prompt: expected,

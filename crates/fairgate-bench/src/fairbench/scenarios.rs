@@ -20,7 +20,9 @@ pub(super) struct TenantSpec {
     pub(super) weight: u32,
     pub(super) streams: usize,
     pub(super) prompt: u64,
+    /// Output tokens per request; with `out_min`, drawn uniformly from `out_min..=out`.
     pub(super) out: u64,
+    pub(super) out_min: Option<u64>,
     /// Counted in the accumulated-difference metric.
     pub(super) backlogged: bool,
     /// Part of the start ramp.
@@ -70,6 +72,7 @@ pub(super) fn weighted_load(seconds: f64) -> Load {
         streams: 24,
         prompt: 128,
         out: 128,
+        out_min: None,
         backlogged: true,
         ramped: true,
     };
@@ -90,6 +93,7 @@ pub(super) fn interactive_load(seconds: f64) -> Load {
                 streams: 1,
                 prompt: 32,
                 out: 32,
+                out_min: None,
                 backlogged: false,
                 ramped: false,
             },
@@ -99,6 +103,7 @@ pub(super) fn interactive_load(seconds: f64) -> Load {
                 streams: 3 * SLOTS,
                 prompt: 64,
                 out: 512,
+                out_min: None,
                 backlogged: true,
                 ramped: true,
             },
@@ -118,6 +123,7 @@ pub(super) fn asymmetry_load(seconds: f64) -> Load {
                 streams: 32,
                 prompt: 512,
                 out: 32,
+                out_min: None,
                 backlogged: true,
                 ramped: false,
             },
@@ -127,6 +133,7 @@ pub(super) fn asymmetry_load(seconds: f64) -> Load {
                 streams: 24,
                 prompt: 32,
                 out: 512,
+                out_min: None,
                 backlogged: true,
                 ramped: false,
             },
@@ -135,4 +142,13 @@ pub(super) fn asymmetry_load(seconds: f64) -> Load {
         ramp_step: 0.0,
         probe: None,
     }
+}
+
+/// [`interactive_load`] with heavy streams of 50–500 output tokens, so heavy streams do not
+/// end in waves.
+pub(super) fn interactive_varied_load(seconds: f64) -> Load {
+    let mut load = interactive_load(seconds);
+    load.tenants[1].out_min = Some(50);
+    load.tenants[1].out = 500;
+    load
 }
