@@ -208,6 +208,17 @@ impl<T: MetricVecBuilder> Family<T> {
         }
     }
 
+    /// The series for these labels if it exists; never creates one.
+    pub fn existing(&self, vals: &[&str]) -> Option<T::M> {
+        let clean = self.cleaned(vals);
+        let known = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&hash_of(&clean));
+        known.then(|| self.vec.with_label_values(&clean))
+    }
+
     /// Label sets held now (for tests and the cap).
     pub fn series(&self) -> usize {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -285,7 +296,41 @@ const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05,
 ];
 
+/// Quantile `q` of a histogram, estimated from its buckets (linear within the bucket that
+/// holds it, as Prometheus' `histogram_quantile` does); `None` while it is empty.
+pub fn histogram_quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
+    use prometheus::core::Metric;
+    let m = h.metric();
+    let hist = m.get_histogram();
+    let count = hist.get_sample_count();
+    if count == 0 {
+        return None;
+    }
+    let rank = q * count as f64;
+    let (mut lower, mut below) = (0.0, 0u64);
+    for b in hist.get_bucket() {
+        let (upper, cum) = (b.get_upper_bound(), b.get_cumulative_count());
+        if cum as f64 >= rank {
+            let inside = (cum - below).max(1) as f64;
+            return Some(lower + (upper - lower) * (rank - below as f64) / inside);
+        }
+        (lower, below) = (upper, cum);
+    }
+    // Beyond the last finite bucket: its bound is the best estimate there is.
+    Some(lower)
+}
+
 impl Metrics {
+    /// A tenant's TTFT p50 and p99 on `model` since start, in milliseconds (the live
+    /// fair-share view); `None` before its first token.
+    pub fn tenant_ttft_ms(&self, model: &str, tenant: &str) -> Option<(f64, f64)> {
+        let h = self.tenant_ttft.existing(&[model, tenant])?;
+        Some((
+            histogram_quantile(&h, 0.5)? * 1000.0,
+            histogram_quantile(&h, 0.99)? * 1000.0,
+        ))
+    }
+
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let dropped = IntCounterVec::new(
@@ -711,5 +756,31 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains(r#"backend="a""#), "{t}");
+    }
+}
+
+#[cfg(test)]
+mod quantile_tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_buckets() {
+        let h = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("h", "h").buckets(vec![0.01, 0.1, 1.0]),
+        )
+        .unwrap();
+        assert_eq!(histogram_quantile(&h, 0.5), None);
+        for _ in 0..90 {
+            h.observe(0.005);
+        }
+        for _ in 0..10 {
+            h.observe(0.5);
+        }
+        // Rank 50 of 100 lies in the first bucket (90 observations up to 10 ms).
+        let p50 = histogram_quantile(&h, 0.5).unwrap();
+        assert!((p50 - 0.01 * 50.0 / 90.0).abs() < 1e-9, "{p50}");
+        // Rank 99 lies in (0.1, 1.0], which holds the last 10.
+        let p99 = histogram_quantile(&h, 0.99).unwrap();
+        assert!((p99 - (0.1 + 0.9 * 9.0 / 10.0)).abs() < 1e-9, "{p99}");
     }
 }

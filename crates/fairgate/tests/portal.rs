@@ -1488,3 +1488,65 @@ async fn operator_manages_backends_and_users_see_only_counts() {
     assert_eq!(parse_json(&drain["after"])["draining"], true);
     gw.shutdown().await;
 }
+
+/// The live fair-share view shows each tenant's time to first token (from the per-tenant
+/// histogram that `/metrics` also serves), and nothing for a tenant that has had none yet.
+#[tokio::test]
+async fn the_live_view_shows_each_tenants_time_to_first_token() {
+    let sim = Sim::start(SimConfig::instant("m")).await;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
+    gw.tenant("lab", 1).await;
+    gw.tenant("idle", 1).await;
+    let (_, key) = gw.key("lab", None).await;
+    let (_, idle_key) = gw.key("idle", None).await;
+    for _ in 0..3 {
+        let r = gw
+            .post(&key, "/v1/chat/completions", chat("m", 3, true))
+            .await;
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+    }
+    // `idle` is known to the pool (a refused request) but never got a token.
+    let r = gw
+        .post(
+            &idle_key,
+            "/v1/chat/completions",
+            chat("no-such-model", 3, false),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    user(&gw, "ops@example.org", "operator", None).await;
+    let cookie = session_cookie(&sign_in(&gw, "ops@example.org", PASSWORD).await);
+    let (s, body) = get_page(&gw, &cookie, "/portal/api/scheduler").await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let tenants = v["models"][0]["tenants"].as_array().unwrap().clone();
+    let lab = tenants.iter().find(|t| t["tenant"] == "lab").unwrap();
+    let (p50, p99) = (
+        lab["ttft_p50_ms"].as_f64().unwrap(),
+        lab["ttft_p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 >= 0.0 && p99 >= p50, "{lab}");
+    if let Some(idle) = tenants.iter().find(|t| t["tenant"] == "idle") {
+        assert!(idle["ttft_p50_ms"].is_null(), "{idle}");
+    }
+    let (_, page) = get_page(&gw, &cookie, "/portal/operator").await;
+    assert!(
+        page.contains("TTFT p50 / p99"),
+        "the live table has the column"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", gw.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "fairgate_tenant_time_to_first_token_seconds_count{model=\"m\",tenant=\"lab\"} 3"
+        ),
+        "per-tenant TTFT histogram in /metrics"
+    );
+    gw.shutdown().await;
+}

@@ -59,7 +59,7 @@ pub(super) async fn fair_share_html(
     );
     body.push_str(&table(&["Tenant", "Group", "Weight", ""], &rows));
     body.push_str(
-        "<h2>Fair share, live</h2><p class=\"muted\">Per model and tenant: weight, share of service in the last minute, queued and in-flight requests. Updates every 2 s.</p>\
+        "<h2>Fair share, live</h2><p class=\"muted\">Per model and tenant: weight, share of service in the last minute, queued and in-flight requests, time to first token since start. Updates every 2 s.</p>\
          <div id=\"live\">",
     );
     body.push_str(&live_table(st));
@@ -93,15 +93,31 @@ fn live_table(st: &PortalState) -> String {
                     format!("{:.1}%", 100.0 * t.share_last_minute),
                     t.view.queued.to_string(),
                     t.view.in_flight.to_string(),
+                    ttft_text(st.metrics.tenant_ttft_ms(&state.name, &t.view.name)),
                 ]
             })
             .collect();
         out.push_str(&table(
-            &["Tenant", "Weight", "Share (1 min)", "Queued", "In flight"],
+            &[
+                "Tenant",
+                "Weight",
+                "Share (1 min)",
+                "Queued",
+                "In flight",
+                "TTFT p50 / p99",
+            ],
             &rows,
         ));
     }
     out
+}
+
+/// A tenant's time to first token since start, as the live view shows it.
+fn ttft_text(ttft: Option<(f64, f64)>) -> String {
+    match ttft {
+        Some((p50, p99)) => format!("{p50:.0} / {p99:.0} ms"),
+        None => "—".to_owned(),
+    }
 }
 
 /// `GET /portal/api/scheduler`: the live view's numbers, polled by the page's script.
@@ -123,13 +139,18 @@ pub(crate) async fn scheduler_json(
                 "in_flight": state.in_flight,
                 "max_in_flight": state.max_in_flight,
                 "queued": state.queued,
-                "tenants": tenants.iter().map(|t| serde_json::json!({
-                    "tenant": &*t.view.name,
-                    "weight": t.view.weight,
-                    "share": t.share_last_minute,
-                    "queued": t.view.queued,
-                    "in_flight": t.view.in_flight,
-                })).collect::<Vec<_>>(),
+                "tenants": tenants.iter().map(|t| {
+                    let ttft = st.metrics.tenant_ttft_ms(&state.name, &t.view.name);
+                    serde_json::json!({
+                        "tenant": &*t.view.name,
+                        "weight": t.view.weight,
+                        "share": t.share_last_minute,
+                        "queued": t.view.queued,
+                        "in_flight": t.view.in_flight,
+                        "ttft_p50_ms": ttft.map(|x| x.0),
+                        "ttft_p99_ms": ttft.map(|x| x.1),
+                    })
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();
