@@ -489,6 +489,8 @@ struct PoolView {
     in_flight: usize,
     tokens_in_flight: u64,
     queued: usize,
+    /// Slots kept for tenants below their fair share now.
+    headroom: usize,
     tenants: Vec<SchedTenantView>,
 }
 
@@ -538,6 +540,7 @@ fn pool_view(pool: &fairgate_gateway::upstream::ModelPool) -> PoolView {
         in_flight: s.in_flight,
         tokens_in_flight: s.tokens_in_flight,
         queued: s.queued,
+        headroom: s.headroom,
         tenants,
     }
 }

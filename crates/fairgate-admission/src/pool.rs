@@ -258,6 +258,8 @@ pub struct PoolState {
     pub in_flight: usize,
     pub tokens_in_flight: u64,
     pub queued: usize,
+    /// Slots kept for tenants below their share now (see [`Headroom`]).
+    pub headroom: usize,
     pub tenants: Vec<TenantState>,
 }
 
@@ -494,6 +496,7 @@ impl Pool {
             in_flight: g.in_flight,
             tokens_in_flight: g.tokens_in_flight,
             queued: g.queue.len(),
+            headroom: g.headroom(),
             tenants: views
                 .into_iter()
                 .zip(sums)

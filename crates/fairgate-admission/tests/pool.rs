@@ -742,6 +742,7 @@ async fn automatic_headroom_appears_with_a_second_tenant() {
         let r = tokio::time::timeout(Duration::ZERO, p.admit(req("heavy", 1, HOUR))).await;
         heavy.push(r.expect("alone, heavy uses every slot").unwrap());
     }
+    assert_eq!(p.state().headroom, 0, "one tenant: no headroom");
     // Light arrives while the pool is full: it waits for the next free slot (no headroom yet).
     let order: Order = Arc::default();
     let light = waiter(&p, "light", 1, &order, Duration::from_millis(10));
@@ -759,6 +760,11 @@ async fn automatic_headroom_appears_with_a_second_tenant() {
         p.in_flight(),
         7,
         "one slot kept for a tenant below its share"
+    );
+    assert_eq!(
+        p.state().headroom,
+        1,
+        "two tenants: the operator sees the slot kept"
     );
     assert_eq!(p.queued(), 1);
     let again = tokio::time::timeout(Duration::ZERO, p.admit(req("light", 1, HOUR))).await;

@@ -76,11 +76,12 @@ fn live_table(st: &PortalState) -> String {
     for pool in &st.upstreams.pools {
         let state = pool.fair.state();
         out.push_str(&format!(
-            "<h3>{} <span class=\"muted\">{}/{} in flight, {} queued</span></h3>",
+            "<h3>{} <span class=\"muted\">{}/{} in flight, {} queued, headroom {}</span></h3>",
             esc(&state.name),
             state.in_flight,
             state.max_in_flight,
-            state.queued
+            state.queued,
+            state.headroom
         ));
         let mut tenants = state.tenants;
         tenants.sort_by(|a, b| a.view.name.cmp(&b.view.name));
@@ -139,6 +140,7 @@ pub(crate) async fn scheduler_json(
                 "in_flight": state.in_flight,
                 "max_in_flight": state.max_in_flight,
                 "queued": state.queued,
+                "headroom": state.headroom,
                 "tenants": tenants.iter().map(|t| {
                     let ttft = st.metrics.tenant_ttft_ms(&state.name, &t.view.name);
                     serde_json::json!({

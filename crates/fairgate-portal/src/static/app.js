@@ -40,7 +40,7 @@ meta.textContent='first token '+Math.round((first??performance.now())-t0)+' ms, 
 const live=document.getElementById('live');if(!live)return;
 async function refresh(){try{const r=await fetch('/portal/api/scheduler',{credentials:'same-origin'});
 if(!r.ok)return;const d=await r.json();let h='';
-for(const m of d.models){h+='<h3>'+esc(m.model)+' <span class="muted">'+m.mode+', '+m.in_flight+'/'+m.max_in_flight+' in flight, '+m.queued+' queued</span></h3>';
+for(const m of d.models){h+='<h3>'+esc(m.model)+' <span class="muted">'+m.mode+', '+m.in_flight+'/'+m.max_in_flight+' in flight, '+m.queued+' queued, headroom '+m.headroom+'</span></h3>';
 h+='<div class="scroll"><table><thead><tr><th>Tenant</th><th>Weight</th><th>Share (1 min)</th><th>Queued</th><th>In flight</th><th>TTFT p50 / p99</th></tr></thead><tbody>';
 for(const t of m.tenants){h+='<tr data-tenant="'+esc(t.tenant)+'"><td>'+esc(t.tenant)+'</td><td class="w">'+t.weight+'</td><td>'+(100*t.share).toFixed(1)+'%</td><td>'+t.queued+'</td><td>'+t.in_flight+'</td><td>'+(t.ttft_p50_ms==null?'—':t.ttft_p50_ms.toFixed(0)+' / '+t.ttft_p99_ms.toFixed(0)+' ms')+'</td></tr>';}
 h+='</tbody></table></div>';}live.innerHTML=h;}catch(e){}}
