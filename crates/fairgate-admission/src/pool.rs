@@ -51,8 +51,8 @@ impl Default for CostWeights {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Headroom {
     /// Sized from what arrives: none while one tenant has the pool to itself; with several
-    /// tenants, one slot per distinct tenant recently admitted below its share, at least one
-    /// and at most an eighth of the pool (pools under 4 slots keep none).
+    /// tenants, one slot per distinct tenant recently admitted with nothing else in flight, at
+    /// least one and at most an eighth of the pool (pools under 4 slots keep none).
     #[default]
     Auto,
     /// A fixed number of slots (0 turns headroom off).
@@ -365,7 +365,8 @@ impl Pool {
                 g.queue.queued(tenant) == 0 && g.fits(tokens) && g.headroom_for(tenant)
             };
             if direct {
-                g.take(tenant, tokens, prompt_cost);
+                let light = g.queue.in_flight(tenant) == 0;
+                g.take(tenant, tokens, prompt_cost, light);
                 g.queue.start(tenant);
                 drop(g);
                 self.admitted.fetch_add(1, Ordering::Relaxed);
@@ -690,10 +691,10 @@ impl Inner {
     }
 
     /// Occupies a slot and charges the prompt estimate (VTC charges prefill at admission).
-    fn take(&mut self, tenant: TenantId, tokens: u64, prompt_cost: u64) {
+    /// `light`: the tenant had nothing else in flight, which is what an interactive user
+    /// looks like; the automatic headroom counts such tenants.
+    fn take(&mut self, tenant: TenantId, tokens: u64, prompt_cost: u64, light: bool) {
         let now = Instant::now();
-        // Arriving with nothing in flight is what an interactive user looks like.
-        let light = self.queue.in_flight(tenant) == 0;
         let seen = self.last_admitted.entry(tenant).or_insert((now, None));
         seen.0 = now;
         if light {
@@ -746,7 +747,9 @@ impl Inner {
             let Some((tenant, w)) = self.queue.pop() else {
                 break;
             };
-            self.take(tenant, w.tokens, w.prompt_cost);
+            // `pop` already counts this request in flight.
+            let light = self.queue.in_flight(tenant) == 1;
+            self.take(tenant, w.tokens, w.prompt_cost, light);
             out.push((
                 w.tx,
                 Grant {

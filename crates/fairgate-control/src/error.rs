@@ -24,6 +24,12 @@ pub enum ControlError {
     Internal(String),
 }
 
+impl From<fairgate_types::InvalidName> for ControlError {
+    fn from(e: fairgate_types::InvalidName) -> Self {
+        ControlError::Invalid(e.to_string())
+    }
+}
+
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
         match e {

@@ -2,10 +2,10 @@
 //! row weighs 1.
 
 use fairgate_gateway::state::{refresh_directory, AppState};
-use fairgate_types::Group;
+use fairgate_types::{Group, GroupName};
 
 use crate::audit::{json_of, record_audit};
-use crate::validate::{valid_name, valid_weight};
+use crate::validate::valid_weight;
 use crate::ControlError;
 
 /// Creates the group or sets its weight.
@@ -15,7 +15,7 @@ pub async fn set_group(
     name: &str,
     weight: u32,
 ) -> Result<Group, ControlError> {
-    valid_name("group", name)?;
+    GroupName::parse(name)?;
     let g = Group {
         name: name.to_owned(),
         weight: valid_weight(weight)?,

@@ -2,10 +2,10 @@
 //! is live (the directory and every pool's weights) before the function returns, and audited.
 
 use fairgate_gateway::state::{refresh_directory, AppState};
-use fairgate_types::{now_millis, Tenant, TenantPolicy};
+use fairgate_types::{now_millis, GroupName, Tenant, TenantName, TenantPolicy};
 
 use crate::audit::{json_of, record_audit};
-use crate::validate::{check_tenant_policy, valid_name, valid_weight};
+use crate::validate::{check_tenant_policy, valid_weight};
 use crate::ControlError;
 
 /// A tenant to create.
@@ -34,9 +34,9 @@ pub async fn create_tenant(
     actor: &str,
     req: NewTenant,
 ) -> Result<Tenant, ControlError> {
-    valid_name("tenant name", &req.name)?;
+    TenantName::parse(&req.name)?;
     if let Some(g) = &req.group {
-        valid_name("group", g)?;
+        GroupName::parse(g)?;
     }
     check_tenant_policy(&req.policy)?;
     let tenant = Tenant {
@@ -79,7 +79,7 @@ pub async fn update_tenant(
     }
     if let Some(g) = change.group {
         if let Some(g) = &g {
-            valid_name("group", g)?;
+            GroupName::parse(g)?;
         }
         t.group = g;
     }

@@ -67,10 +67,10 @@ impl ContextLengths {
     }
 
     /// The request path's read: the length last learnt for `model`, without waiting on any
-    /// backend. `Err(value)` when it is unknown or due and no refresh is running yet: the
-    /// caller starts one ([`ContextLengths::refreshed`] clears the mark), so later requests see
+    /// backend, and whether the caller should start a background refresh (it is unknown or
+    /// old and none is running; [`ContextLengths::refreshed`] ends it), so later requests see
     /// it (reservations clamp `max_tokens` to it).
-    pub fn known_or_due(&self, model: &str) -> Result<Option<u64>, Option<u64>> {
+    pub fn known_or_due(&self, model: &str) -> (Option<u64>, bool) {
         let now = Instant::now();
         let (value, due) = match self.lock().get(model) {
             None => (None, true),
@@ -79,14 +79,11 @@ impl ContextLengths {
                 (*v, now.saturating_duration_since(*at) > keep)
             }
         };
-        if due
+        let start = due
             && !self
                 .refreshing
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            return Err(value);
-        }
-        Ok(value)
+                .swap(true, std::sync::atomic::Ordering::AcqRel);
+        (value, start)
     }
 
     /// Marks the background refresh started by [`ContextLengths::known_or_due`] as over.

@@ -72,17 +72,15 @@ impl AppState {
     /// The request path's read of `model`'s context length: never waits on a backend; when
     /// the length is unknown or old, one background refresh starts.
     pub fn context_length(self: &Arc<Self>, model: &str) -> Option<u64> {
-        match self.context.known_or_due(model) {
-            Ok(v) => v,
-            Err(v) => {
-                let st = self.clone();
-                tokio::spawn(async move {
-                    st.context.all(&st.upstreams, &st.client).await;
-                    st.context.refreshed();
-                });
-                v
-            }
+        let (value, refresh) = self.context.known_or_due(model);
+        if refresh {
+            let st = self.clone();
+            tokio::spawn(async move {
+                st.context.all(&st.upstreams, &st.client).await;
+                st.context.refreshed();
+            });
         }
+        value
     }
 
     /// Every model's known context length, asking backends not asked recently (portal pages).

@@ -46,15 +46,7 @@ pub(crate) async fn keys_page(
     let rows: Vec<Vec<String>> = keys
         .iter()
         .map(|k| {
-            let state = if k.revoked_at.is_some() {
-                "revoked"
-            } else if !k.enabled {
-                "disabled"
-            } else if k.expires_at.is_some_and(|e| e <= now) {
-                "expired"
-            } else {
-                "active"
-            };
+            let state = crate::reports::key_state(k, now);
             let action = if state == "revoked" {
                 String::new()
             } else {

@@ -288,7 +288,8 @@ pub(super) fn budgets_text(t: &Tenant) -> String {
         + if t.policy.hard_cap { " (hard cap)" } else { "" }
 }
 
-fn key_state(k: &KeyRecord, now: i64) -> &'static str {
+/// What a key can do now: `revoked`, `disabled`, `expired` or `active`.
+pub(crate) fn key_state(k: &KeyRecord, now: i64) -> &'static str {
     if k.revoked_at.is_some() {
         "revoked"
     } else if !k.enabled {

@@ -136,7 +136,7 @@ macro_rules! name_type {
 name_type!(
     /// A tenant's name, checked against the one name rule.
     TenantName,
-    "tenant"
+    "tenant name"
 );
 name_type!(
     /// A group's name, checked against the one name rule.
