@@ -72,6 +72,13 @@ pub struct PoolConfig {
     pub cost: CostWeights,
     /// Slots only tenants below their fair share may take (fair mode only).
     pub headroom: Headroom,
+    /// Slots beyond `max_in_flight` that engines running vLLM's priority policy offer (the sum
+    /// of `engine_max_seqs - max_in_flight` over them): only a tenant below its share may take
+    /// one, and its request reaches the engine with the best priority, so the engine runs it
+    /// before the over-share work it already holds. They stand in for the automatic headroom.
+    pub engine_extra: usize,
+    /// Some backend schedules by priority: work out each admission's fair-share position.
+    pub engine_priority: bool,
 }
 
 impl Default for PoolConfig {
@@ -83,6 +90,8 @@ impl Default for PoolConfig {
             mode: Mode::Fair,
             cost: CostWeights::default(),
             headroom: Headroom::Auto,
+            engine_extra: 0,
+            engine_priority: false,
         }
     }
 }
@@ -164,6 +173,8 @@ struct Grant {
     tenant: TenantId,
     tokens: u64,
     prompt_cost: u64,
+    rank: u8,
+    engine_slot: bool,
 }
 
 /// Service delivered per tenant in the last minute, in one-second buckets.
@@ -215,6 +226,8 @@ struct Inner {
     cfg: PoolConfig,
     queue: FairQueue<Waiter>,
     in_flight: usize,
+    /// Of `in_flight`, those in engine slots beyond the capacity.
+    engine_in_flight: usize,
     tokens_in_flight: u64,
     windows: HashMap<TenantId, Window>,
     /// Service delivered here and not yet published to other replicas; negative when a
@@ -271,6 +284,7 @@ impl Pool {
                 queue: FairQueue::new(cfg.mode),
                 cfg,
                 in_flight: 0,
+                engine_in_flight: 0,
                 tokens_in_flight: 0,
                 windows: HashMap::new(),
                 unpublished: HashMap::new(),
@@ -321,6 +335,21 @@ impl Pool {
         self.send(grants);
     }
 
+    /// Changes the engines' extra slots and whether positions are worked out (backends that
+    /// run the priority policy added, changed or gone); waiters are dispatched if it grew.
+    pub fn set_engine(self: &Arc<Self>, engine_extra: usize, engine_priority: bool) {
+        let grants = {
+            let mut g = self.lock();
+            if g.cfg.engine_extra == engine_extra && g.cfg.engine_priority == engine_priority {
+                return;
+            }
+            g.cfg.engine_extra = engine_extra;
+            g.cfg.engine_priority = engine_priority;
+            g.dispatch()
+        };
+        self.send(grants);
+    }
+
     /// Current capacity.
     pub fn capacity(&self) -> usize {
         self.lock().cfg.max_in_flight
@@ -364,13 +393,23 @@ impl Pool {
             } else {
                 g.queue.queued(tenant) == 0 && g.fits(tokens) && g.headroom_for(tenant)
             };
-            if direct {
-                let light = g.queue.in_flight(tenant) == 0;
-                g.take(tenant, tokens, prompt_cost, light);
+            // Else an engine slot beyond the pool's capacity, for a tenant below its share.
+            let engine_slot =
+                !direct && g.queue.queued(tenant) == 0 && g.engine_room_for(tenant, tokens);
+            if direct || engine_slot {
+                let held = g.queue.in_flight(tenant);
+                let grant = Grant {
+                    tenant,
+                    tokens,
+                    prompt_cost,
+                    rank: g.rank(tenant, held),
+                    engine_slot,
+                };
+                g.take(tenant, &grant, held == 0);
                 g.queue.start(tenant);
                 drop(g);
                 self.admitted.fetch_add(1, Ordering::Relaxed);
-                return Ok(self.permit(tenant, tokens, prompt_cost));
+                return Ok(self.permit(grant));
             }
             if g.queue.queued(tenant) >= req.max_queued {
                 return Err(AdmitError::TenantQueueFull {
@@ -414,7 +453,7 @@ impl Pool {
         match res {
             Ok(Ok(grant)) => {
                 leave.armed = false;
-                Ok(self.permit(grant.tenant, grant.tokens, grant.prompt_cost))
+                Ok(self.permit(grant))
             }
             // The pool never drops a waiter's sender without sending; treat it like a timeout.
             Ok(Err(_)) | Err(_) => {
@@ -426,7 +465,7 @@ impl Pool {
                     // Dispatched in the same instant the deadline fired: take the slot.
                     drop(g);
                     if let Some(grant) = leave.rx.as_mut().and_then(close_and_take) {
-                        return Ok(self.permit(grant.tenant, grant.tokens, grant.prompt_cost));
+                        return Ok(self.permit(grant));
                     }
                     g = self.lock();
                 }
@@ -439,14 +478,16 @@ impl Pool {
         }
     }
 
-    fn permit(self: &Arc<Self>, tenant: TenantId, tokens: u64, prompt_cost: u64) -> Permit {
+    fn permit(self: &Arc<Self>, grant: Grant) -> Permit {
         Permit {
             pool: self.clone(),
-            tenant,
-            tokens,
-            prompt_cost,
+            tenant: grant.tenant,
+            tokens: grant.tokens,
+            prompt_cost: grant.prompt_cost,
             completion_charged: 0,
             since: Instant::now(),
+            rank: grant.rank,
+            engine_slot: grant.engine_slot,
         }
     }
 
@@ -468,7 +509,7 @@ impl Pool {
             let mut g = self.lock();
             for r in returned {
                 g.unaccount(r.tenant, r.prompt_cost);
-                g.release(r.tenant, r.tokens);
+                g.release(r.tenant, r.tokens, r.engine_slot);
             }
             grants = g.dispatch();
         }
@@ -569,10 +610,7 @@ impl Drop for LeaveQueue<'_> {
         if removed.is_none() {
             if let Some(rx) = self.rx.as_mut() {
                 if let Some(grant) = close_and_take(rx) {
-                    drop(
-                        self.pool
-                            .permit(grant.tenant, grant.tokens, grant.prompt_cost),
-                    );
+                    drop(self.pool.permit(grant));
                 }
             }
         }
@@ -590,12 +628,17 @@ impl Inner {
     /// Room for one more request of `tokens`. A request larger than the token bound (the
     /// bound may have shrunk since it queued) runs alone rather than blocking the queue.
     fn fits(&self, tokens: u64) -> bool {
-        self.in_flight < self.cfg.max_in_flight
+        self.regular_in_flight() < self.cfg.max_in_flight
             && (self.in_flight == 0
                 || self
                     .cfg
                     .max_tokens_in_flight
                     .is_none_or(|m| self.tokens_in_flight.saturating_add(tokens) <= m))
+    }
+
+    /// Requests in the pool's own slots (engine slots beyond the capacity not counted).
+    fn regular_in_flight(&self) -> usize {
+        self.in_flight.saturating_sub(self.engine_in_flight)
     }
 
     /// Slots kept for tenants below their share now (see [`Headroom`]).
@@ -606,8 +649,43 @@ impl Inner {
         }
         match self.cfg.headroom {
             Headroom::Slots(n) => n.min(cap.saturating_sub(1)),
-            Headroom::Auto => self.auto_headroom,
+            // Engine slots beyond the capacity serve the same tenants, at no cost to the rest.
+            Headroom::Auto => self.auto_headroom.saturating_sub(self.cfg.engine_extra),
         }
+    }
+
+    /// Whether `tenant`, below its fair share, may take one of the engines' slots beyond the
+    /// pool's capacity (see [`PoolConfig::engine_extra`]); the token bound still holds.
+    fn engine_room_for(&self, tenant: TenantId, tokens: u64) -> bool {
+        let extra = self.cfg.engine_extra;
+        extra > 0
+            && self.cfg.mode == Mode::Fair
+            && self.engine_in_flight < extra
+            && self.cfg.max_tokens_in_flight.is_none_or(|m| {
+                self.in_flight == 0 || self.tokens_in_flight.saturating_add(tokens) <= m
+            })
+            && self
+                .shares(tenant)
+                .iter()
+                .any(|&(t, share)| t == tenant && (self.queue.in_flight(t) as f64) < share)
+    }
+
+    /// The fair-share position of a request of `tenant`, which holds `held` slots besides it:
+    /// how many whole fair shares of slots the tenant already holds (0: below its share),
+    /// at most 9. Engines that schedule by priority run lower positions first.
+    fn rank(&self, tenant: TenantId, held: usize) -> u8 {
+        if !self.cfg.engine_priority || held == 0 {
+            return 0;
+        }
+        let share = self
+            .shares(tenant)
+            .iter()
+            .find(|x| x.0 == tenant)
+            .map_or(0.0, |x| x.1);
+        if share <= 0.0 {
+            return 9;
+        }
+        (held as f64 / share).floor().min(9.0) as u8
     }
 
     /// Re-sizes [`Headroom::Auto`] from the tenants admitted recently, and forgets older ones.
@@ -641,7 +719,7 @@ impl Inner {
             return false;
         }
         let (cap, h) = (self.cfg.max_in_flight, self.headroom());
-        if h == 0 || self.in_flight + h < cap {
+        if h == 0 || self.regular_in_flight() + h < cap {
             return true;
         }
         let shares = self.shares(tenant);
@@ -693,7 +771,11 @@ impl Inner {
     /// Occupies a slot and charges the prompt estimate (VTC charges prefill at admission).
     /// `light`: the tenant had nothing else in flight, which is what an interactive user
     /// looks like; the automatic headroom counts such tenants.
-    fn take(&mut self, tenant: TenantId, tokens: u64, prompt_cost: u64, light: bool) {
+    fn take(&mut self, tenant: TenantId, g: &Grant, light: bool) {
+        let (tokens, prompt_cost) = (g.tokens, g.prompt_cost);
+        if g.engine_slot {
+            self.engine_in_flight += 1;
+        }
         let now = Instant::now();
         let seen = self.last_admitted.entry(tenant).or_insert((now, None));
         seen.0 = now;
@@ -729,8 +811,11 @@ impl Inner {
         *u = u.saturating_sub(i64::try_from(cost).unwrap_or(i64::MAX));
     }
 
-    fn release(&mut self, tenant: TenantId, tokens: u64) {
+    fn release(&mut self, tenant: TenantId, tokens: u64, engine_slot: bool) {
         self.resize_headroom();
+        if engine_slot {
+            self.engine_in_flight = self.engine_in_flight.saturating_sub(1);
+        }
         self.in_flight = self.in_flight.saturating_sub(1);
         self.tokens_in_flight = self.tokens_in_flight.saturating_sub(tokens);
         self.queue.finish(tenant);
@@ -741,23 +826,27 @@ impl Inner {
     fn dispatch(&mut self) -> Vec<Dispatched> {
         let mut out = Vec::new();
         while let Some((tenant, w)) = self.queue.peek() {
-            if !self.fits_for(tenant, w.tokens) {
+            let engine_slot = if self.fits_for(tenant, w.tokens) {
+                false
+            } else if self.engine_room_for(tenant, w.tokens) {
+                true
+            } else {
                 break;
-            }
+            };
             let Some((tenant, w)) = self.queue.pop() else {
                 break;
             };
             // `pop` already counts this request in flight.
-            let light = self.queue.in_flight(tenant) == 1;
-            self.take(tenant, w.tokens, w.prompt_cost, light);
-            out.push((
-                w.tx,
-                Grant {
-                    tenant,
-                    tokens: w.tokens,
-                    prompt_cost: w.prompt_cost,
-                },
-            ));
+            let held = self.queue.in_flight(tenant).saturating_sub(1);
+            let grant = Grant {
+                tenant,
+                tokens: w.tokens,
+                prompt_cost: w.prompt_cost,
+                rank: self.rank(tenant, held),
+                engine_slot,
+            };
+            self.take(tenant, &grant, held == 0);
+            out.push((w.tx, grant));
         }
         out
     }
@@ -778,6 +867,8 @@ pub struct Permit {
     prompt_cost: u64,
     completion_charged: u64,
     since: Instant,
+    rank: u8,
+    engine_slot: bool,
 }
 
 impl std::fmt::Debug for Permit {
@@ -790,6 +881,19 @@ impl std::fmt::Debug for Permit {
 }
 
 impl Permit {
+    /// The request's fair-share position when admitted: how many whole fair shares of slots
+    /// its tenant already held (0: below its share), at most 9; always 0 unless the pool's
+    /// `engine_priority` is on.
+    pub fn rank(&self) -> u8 {
+        self.rank
+    }
+
+    /// Admitted into an engine slot beyond the pool's capacity: only a backend running the
+    /// priority policy with room up to its `engine_max_seqs` may take it.
+    pub fn engine_slot(&self) -> bool {
+        self.engine_slot
+    }
+
     /// Charges completion tokens as they are served (streams call this per chunk).
     pub fn add_completion_tokens(&mut self, n: u64) {
         if n == 0 {
@@ -832,7 +936,7 @@ impl Drop for Permit {
         let grants = {
             let mut g = self.pool.lock();
             g.hold_ewma_ms = g.hold_ewma_ms * 0.9 + held_ms * 0.1;
-            g.release(self.tenant, self.tokens);
+            g.release(self.tenant, self.tokens, self.engine_slot);
             g.dispatch()
         };
         self.pool.send(grants);

@@ -51,6 +51,8 @@ pub async fn add_backend(
             )));
         }
     }
+    req.validate_engine()
+        .map_err(|(f, m)| ControlError::Invalid(format!("{f}: {m}")))?;
     let cfg = req;
     cfg.validate_access()
         .map_err(|(f, m)| ControlError::Invalid(format!("{f}: {m}")))?;

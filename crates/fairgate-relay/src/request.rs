@@ -30,7 +30,10 @@ use crate::json::{skip_map, skip_seq, Handler, KeySeed, Seed, Shape, ShapeOf};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
 use std::fmt;
 
-pub use crate::rewrite::{with_include_usage, with_model, with_model_set, with_stream_usage};
+pub use crate::rewrite::{
+    client_priority, with_include_usage, with_model, with_model_set, with_priority,
+    with_stream_usage,
+};
 
 /// Which OpenAI-compatible endpoint a body was sent to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +63,12 @@ pub struct ParsedRequest {
     /// Sequences the backend generates per request: the larger of `n` and `best_of` (chat and
     /// completions), at least 1. The reservation multiplies `max_tokens` by it.
     pub choices: u64,
+    /// vLLM's `priority` as the client sent it (an integer; lower runs first under vLLM's
+    /// `--scheduling-policy priority`); `None` when absent or null.
+    pub priority: Option<i64>,
+    /// The body has a top-level `priority` member (null included): the gateway removes it
+    /// before an engine that does not schedule by priority sees it.
+    pub priority_member: bool,
 }
 
 /// Why a request body was refused; maps onto an OpenAI-style `invalid_request_error`.
@@ -216,6 +225,7 @@ struct TopFields {
     stream_options: Option<Result<StreamOptions, Shape>>,
     max_tokens: Option<Shape>,
     max_completion_tokens: Option<Shape>,
+    priority: Option<Shape>,
     payload: Option<Result<u64, RequestError>>,
 }
 
@@ -228,6 +238,7 @@ enum TopKey {
     MaxCompletionTokens,
     N,
     BestOf,
+    Priority,
     Messages,
     Prompt,
     Input,
@@ -244,6 +255,7 @@ fn classify_top_key(endpoint: Endpoint, key: &str) -> TopKey {
         ("max_completion_tokens", ChatCompletions) => TopKey::MaxCompletionTokens,
         ("n", ChatCompletions | Completions) => TopKey::N,
         ("best_of", ChatCompletions | Completions) => TopKey::BestOf,
+        ("priority", _) => TopKey::Priority,
         ("messages", ChatCompletions) => TopKey::Messages,
         ("prompt", Completions) => TopKey::Prompt,
         ("input", Embeddings) => TopKey::Input,
@@ -294,6 +306,21 @@ impl TopFields {
         let max_completion_tokens =
             token_limit("max_completion_tokens", self.max_completion_tokens)?;
         let choices = self.n.unwrap_or(1).max(self.best_of.unwrap_or(1)).max(1);
+        let priority_member = self.priority.is_some();
+        let priority = match self.priority {
+            None | Some(Shape::Null) => None,
+            Some(Shape::UInt(n)) => Some(i64::try_from(n).map_err(|_| {
+                RequestError::invalid_value("priority".into(), "'priority' is out of range".into())
+            })?),
+            Some(Shape::NegInt(n)) => Some(n),
+            Some(got) => {
+                return Err(RequestError::invalid_type(
+                    "priority".into(),
+                    "an integer",
+                    got,
+                ))
+            }
+        };
         let (field, prompt_tokens_estimate) = match endpoint {
             Endpoint::ChatCompletions => ("messages", self.payload),
             Endpoint::Completions => ("prompt", self.payload),
@@ -328,6 +355,8 @@ impl TopFields {
             } else {
                 choices
             },
+            priority,
+            priority_member,
         })
     }
 }
@@ -386,6 +415,7 @@ impl<'de> Handler<'de> for TopH {
                     f.stream_options = Some(map.next_value_seed(Seed(StreamOptionsH))?)
                 }
                 TopKey::MaxTokens => f.max_tokens = Some(map.next_value_seed(Seed(ShapeOf))?),
+                TopKey::Priority => f.priority = Some(map.next_value_seed(Seed(ShapeOf))?),
                 TopKey::MaxCompletionTokens => {
                     f.max_completion_tokens = Some(map.next_value_seed(Seed(ShapeOf))?)
                 }
@@ -946,8 +976,26 @@ mod tests {
                 max_tokens: Some(100),
                 prompt_tokens_estimate: 19,
                 choices: 1,
+                priority: None,
+                priority_member: false,
             }
         );
+    }
+
+    #[test]
+    fn priority_is_an_integer_or_null() {
+        let body = |v: &str| format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"priority":{v}}}"#);
+        let p = chat(&body("-3")).unwrap();
+        assert_eq!((p.priority, p.priority_member), (Some(-3), true));
+        let p = chat(&body("7")).unwrap();
+        assert_eq!((p.priority, p.priority_member), (Some(7), true));
+        let p = chat(&body("null")).unwrap();
+        assert_eq!((p.priority, p.priority_member), (None, true));
+        for bad in [r#""high""#, "1.5", "true", "[1]"] {
+            let e = chat(&body(bad)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("priority"), "{bad}");
+        }
+        assert!(chat(&body("18446744073709551615")).is_err());
     }
 
     #[test]

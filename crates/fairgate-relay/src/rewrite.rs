@@ -84,6 +84,115 @@ pub fn with_model_set(body: &[u8], model: &str) -> Result<Bytes, RequestError> {
     splice(body, &mut [(open + 1, open + 1, &insert)])
 }
 
+/// The body's top-level `priority` as the client sent it (the last occurrence), when it is an
+/// integer; `None` when absent. Anything else is `Err` (vLLM's field is an integer).
+pub fn client_priority(body: &[u8]) -> Result<Option<i64>, RequestError> {
+    if !mentions_priority(body) {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(body).map_err(RequestError::invalid_utf8)?;
+    let top = parse_object(text, [PRIORITY])?.map_err(RequestError::not_an_object)?;
+    let [value] = top.targets;
+    match value.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(raw) => raw.parse::<i64>().map(Some).map_err(|_| {
+            RequestError::invalid_type(PRIORITY.into(), "an integer", shape_of_raw(raw))
+        }),
+    }
+}
+
+/// The body with the top-level `priority` set to `value` (vLLM's `--scheduling-policy
+/// priority`: lower runs first), or with every top-level `priority` member removed when
+/// `value` is `None` (for an engine that does not take one); everything else byte-identical.
+/// A body that does not mention `priority` and gets none comes back as is, without a parse.
+pub fn with_priority(body: &Bytes, value: Option<i64>) -> Result<Bytes, RequestError> {
+    if value.is_none() && !mentions_priority(body) {
+        return Ok(body.clone());
+    }
+    let mut out = body.clone();
+    // Duplicate keys: the last one wins upstream, so each pass edits the last occurrence;
+    // removal repeats until none is left (one pass for any body a client library sends).
+    loop {
+        let text = std::str::from_utf8(&out).map_err(RequestError::invalid_utf8)?;
+        let top = parse_object(text, [PRIORITY])?.map_err(RequestError::not_an_object)?;
+        let [old] = top.targets;
+        let next = match (old, value) {
+            (None, None) => return Ok(out),
+            (Some(old), Some(v)) => {
+                let at = offset_in(text, old.get()).ok_or_else(internal)?;
+                let v = v.to_string();
+                return splice(&out, &mut [(at, at + old.get().len(), v.as_bytes())]);
+            }
+            (None, Some(v)) => {
+                let open = brace_offset(text, text).ok_or_else(internal)?;
+                let mut insert = format!(r#""{PRIORITY}":{v}"#).into_bytes();
+                if top.entries > 0 {
+                    insert.push(b',');
+                }
+                return splice(&out, &mut [(open + 1, open + 1, &insert)]);
+            }
+            (Some(old), None) => {
+                let (from, to) = member_span(text, old.get()).ok_or_else(internal)?;
+                splice(&out, &mut [(from, to, &b""[..])])?
+            }
+        };
+        out = next;
+    }
+}
+
+const PRIORITY: &str = "priority";
+
+/// Cheap pre-check before a parse: a top-level `priority` member needs the bytes `priority`
+/// in the body, or a `\u` escape that spells some of them.
+fn mentions_priority(body: &[u8]) -> bool {
+    body.windows(PRIORITY.len()).any(|w| w == PRIORITY.as_bytes())
+        || body.windows(2).any(|w| w == b"\\u")
+}
+
+/// The span of the object member whose value is `value` (a sub-slice of `text`), with one
+/// separating comma: the one after it, or the one before it when it is the last member.
+fn member_span(text: &str, value: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let at = offset_in(text, value)?;
+    let is_ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    // Back over `  :  ` to the key's closing quote, then to its opening quote: the key is
+    // `priority` (possibly with \u escapes), which holds no quote of its own.
+    let mut i = at;
+    while i > 0 && is_ws(bytes[i - 1]) {
+        i -= 1;
+    }
+    if i == 0 || bytes[i - 1] != b':' {
+        return None;
+    }
+    i -= 1;
+    while i > 0 && is_ws(bytes[i - 1]) {
+        i -= 1;
+    }
+    if i == 0 || bytes[i - 1] != b'"' {
+        return None;
+    }
+    i -= 1;
+    let key_start = text[..i].rfind('"')?;
+    let mut end = at + value.len();
+    let mut j = end;
+    while j < bytes.len() && is_ws(bytes[j]) {
+        j += 1;
+    }
+    if bytes.get(j) == Some(&b',') {
+        end = j + 1;
+        return Some((key_start, end));
+    }
+    // The last member: take the comma before it, if any.
+    let mut k = key_start;
+    while k > 0 && is_ws(bytes[k - 1]) {
+        k -= 1;
+    }
+    if k > 0 && bytes[k - 1] == b',' {
+        return Some((k - 1, end));
+    }
+    Some((key_start, end))
+}
+
 /// Sets every flag in `flags` to `true` inside the top-level `stream_options`.
 fn enable_stream_options<const N: usize>(
     body: &[u8],
@@ -287,6 +396,49 @@ fn internal() -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prio(body: &str, v: Option<i64>) -> String {
+        let b = Bytes::copy_from_slice(body.as_bytes());
+        String::from_utf8(with_priority(&b, v).unwrap().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn priority_is_set_replaced_or_removed() {
+        assert_eq!(prio(r#"{"model":"m"}"#, Some(3)), r#"{"priority":3,"model":"m"}"#);
+        assert_eq!(prio(r#"{}"#, Some(0)), r#"{"priority":0}"#);
+        assert_eq!(
+            prio(r#"{"model":"m", "priority" : -5 }"#, Some(2)),
+            r#"{"model":"m", "priority" : 2 }"#
+        );
+        assert_eq!(prio(r#"{"priority":1,"model":"m"}"#, None), r#"{"model":"m"}"#);
+        assert_eq!(prio(r#"{"model":"m", "priority": 1}"#, None), r#"{"model":"m"}"#);
+        assert_eq!(prio(r#"{ "priority": 1 }"#, None), r#"{  }"#);
+        assert_eq!(
+            prio(r#"{"priority":1,"model":"m","priority":2}"#, None),
+            r#"{"model":"m"}"#
+        );
+        assert_eq!(
+            prio(r#"{"\u0070riority":7,"model":"m"}"#, None),
+            r#"{"model":"m"}"#
+        );
+        // Nested `priority` members are the client's business, not the engine's.
+        assert_eq!(
+            prio(r#"{"model":"m","metadata":{"priority":1}}"#, None),
+            r#"{"model":"m","metadata":{"priority":1}}"#
+        );
+        let body = r#"{"model":"m","messages":[]}"#;
+        assert_eq!(prio(body, None), body);
+    }
+
+    #[test]
+    fn client_priority_reads_integers_only() {
+        assert_eq!(client_priority(br#"{"priority":-2}"#).unwrap(), Some(-2));
+        assert_eq!(client_priority(br#"{"model":"m"}"#).unwrap(), None);
+        assert_eq!(client_priority(br#"{"priority":null}"#).unwrap(), None);
+        let e = client_priority(br#"{"priority":"high"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("priority"));
+        assert!(client_priority(br#"{"priority":1.5}"#).is_err());
+    }
 
     fn rewrite(body: &str) -> String {
         String::from_utf8(with_include_usage(body.as_bytes()).unwrap().to_vec()).unwrap()

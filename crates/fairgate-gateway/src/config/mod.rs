@@ -385,6 +385,9 @@ impl Config {
                         "must be at least 1",
                     ));
                 }
+                if let Err((field, msg)) = b.validate_engine() {
+                    return Err(field_err(format!("{at}.{field}"), msg));
+                }
                 for a in b.adapters.iter().flatten() {
                     if !m.adapters.contains(a) {
                         return Err(field_err(

@@ -269,6 +269,29 @@ pub struct BackendConfig {
     /// `upstream.ca_file` and the system roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    // --- Engine cooperation (issue 12) ---
+    /// How the engine orders the requests it holds: vLLM's `--scheduling-policy`. With
+    /// `priority`, each request carries its fair-share position as vLLM's `priority` (lower
+    /// runs first; tenants below their share get 0).
+    #[serde(default)]
+    pub scheduling_policy: SchedulingPolicy,
+    /// The engine's own sequence limit (vLLM's `--max-num-seqs`) when it is above
+    /// `max_in_flight`; priority policy only. The slots in between are taken only by tenants
+    /// below their fair share, whose requests the engine then schedules first.
+    #[serde(default)]
+    pub engine_max_seqs: Option<usize>,
+}
+
+/// How an engine orders the requests it holds (vLLM's `--scheduling-policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulingPolicy {
+    /// First come, first served (vLLM's default): the gateway never sends `priority`.
+    #[default]
+    Fcfs,
+    /// By `(priority, arrival)`; under KV-cache pressure vLLM preempts the running request
+    /// with the largest priority value first.
+    Priority,
 }
 
 impl ModelConfig {
@@ -304,6 +327,41 @@ impl BackendConfig {
             api_key: None,
             api_key_env: None,
             ca_file: None,
+            scheduling_policy: SchedulingPolicy::Fcfs,
+            engine_max_seqs: None,
+        }
+    }
+
+    /// The engine settings agree with each other: `engine_max_seqs` needs the priority policy
+    /// (an FCFS engine would run the extra work in arrival order) and is at least
+    /// `max_in_flight`. `Err` names the field.
+    pub fn validate_engine(&self) -> Result<(), (&'static str, String)> {
+        let Some(n) = self.engine_max_seqs else {
+            return Ok(());
+        };
+        if self.scheduling_policy != SchedulingPolicy::Priority {
+            return Err((
+                "engine_max_seqs",
+                "needs scheduling_policy = \"priority\": an FCFS engine would run the extra requests in arrival order".into(),
+            ));
+        }
+        if n < self.max_in_flight {
+            return Err((
+                "engine_max_seqs",
+                format!(
+                    "must be at least max_in_flight ({}); it is the engine's --max-num-seqs",
+                    self.max_in_flight
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Engine slots beyond `max_in_flight` that only tenants below their share may take.
+    pub fn engine_extra(&self) -> usize {
+        match (self.scheduling_policy, self.engine_max_seqs) {
+            (SchedulingPolicy::Priority, Some(n)) => n.saturating_sub(self.max_in_flight),
+            _ => 0,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{BackendConfig, RoutingConfig, Secret};
+use crate::config::{BackendConfig, RoutingConfig, SchedulingPolicy, Secret};
 use crate::router::health::{Breaker, Routable, State};
 use crate::router::prefix::PrefixIndex;
 use crate::router::scrape::Scraped;
@@ -61,6 +61,12 @@ pub struct Backend {
     pub origin: Origin,
     pub(crate) max_in_flight: AtomicUsize,
     pub(crate) max_tokens_in_flight: Option<u64>,
+    /// The engine runs vLLM's priority policy: requests carry their fair-share position.
+    pub(crate) priority_policy: AtomicBool,
+    /// The engine's `--max-num-seqs` when above `max_in_flight` (0: not declared).
+    pub(crate) engine_max_seqs: AtomicUsize,
+    /// Of `in_flight`, requests in engine slots beyond `max_in_flight`.
+    pub(crate) engine_in_flight: AtomicUsize,
     /// Adapters this backend serves; `None`: all of its model's.
     pub(crate) adapters: Option<Vec<String>>,
     /// Requests currently holding a lease on this backend.
@@ -96,6 +102,9 @@ impl Backend {
             origin,
             max_in_flight: AtomicUsize::new(cfg.max_in_flight),
             max_tokens_in_flight: cfg.max_tokens_in_flight,
+            priority_policy: AtomicBool::new(cfg.scheduling_policy == SchedulingPolicy::Priority),
+            engine_max_seqs: AtomicUsize::new(cfg.engine_max_seqs.unwrap_or(0)),
+            engine_in_flight: AtomicUsize::new(0),
             adapters: cfg.adapters.clone(),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -135,6 +144,36 @@ impl Backend {
         self.max_in_flight.load(Ordering::Relaxed)
     }
 
+    /// Whether the engine schedules by vLLM's `priority` field.
+    pub fn priority_policy(&self) -> bool {
+        self.priority_policy.load(Ordering::Relaxed)
+    }
+
+    /// Engine slots beyond `max_in_flight` (for tenants below their share).
+    pub(crate) fn engine_extra(&self) -> usize {
+        if !self.priority_policy() {
+            return 0;
+        }
+        self.engine_max_seqs
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.max_in_flight())
+    }
+
+    /// How many requests may be in flight here when claiming a slot of this kind: an ordinary
+    /// slot does not count the engine slots in use; an engine slot needs one of them free.
+    pub(crate) fn claim_limit(&self, engine_slot: bool) -> usize {
+        let engine = self.engine_in_flight.load(Ordering::Relaxed);
+        if engine_slot {
+            let extra = self.engine_extra();
+            if engine >= extra {
+                return 0;
+            }
+            self.max_in_flight() + extra
+        } else {
+            self.max_in_flight() + engine
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -163,15 +202,28 @@ impl Backend {
     }
 
     /// Claims a slot below `limit`; lock-free so concurrent picks never overshoot.
-    pub(crate) fn try_claim(&self, limit: usize) -> bool {
-        self.in_flight
+    pub(crate) fn try_claim(&self, limit: usize, engine_slot: bool) -> bool {
+        let claimed = self
+            .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .is_ok()
+            .is_ok();
+        if claimed && engine_slot {
+            self.engine_in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        claimed
     }
 
-    pub(crate) fn view(&self, now: Instant, ctx: &Route<'_>, trial: bool) -> View {
+    /// Gives back a slot claimed with [`Backend::try_claim`] (or taken over the limit).
+    pub(crate) fn unclaim(&self, engine_slot: bool) {
+        if engine_slot {
+            self.engine_in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn view(&self, now: Instant, ctx: &Route<'_>, limit: usize) -> View {
         let in_flight = self.in_flight();
         // Read in place: this runs for every candidate of every request.
         let load = lock(&self.load);
@@ -208,7 +260,7 @@ impl Backend {
         };
         View {
             in_flight,
-            max_in_flight: if trial { 1 } else { self.max_in_flight() },
+            max_in_flight: limit,
             foreign,
             waiting,
             kv_usage,

@@ -78,11 +78,13 @@ pub struct Lease {
     pub(crate) pool: Arc<ModelPool>,
     /// Backends this request was sent to, in order.
     pub(crate) tried: Vec<Arc<Backend>>,
+    /// The permit is an engine slot beyond `max_in_flight` (see [`Backend::claim_limit`]).
+    pub(crate) engine_slot: bool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.backend.unclaim(self.engine_slot);
         if self.backend.routable(Instant::now()) != Routable::Full
             || self.backend.removing.load(Ordering::Relaxed)
         {
@@ -120,14 +122,14 @@ impl Lease {
         exclude.push(&self.backend);
         let next = self
             .pool
-            .pick(route, &exclude)
-            .or_else(|| self.pool.overcommit(route, &exclude));
+            .pick(route, &exclude, self.engine_slot)
+            .or_else(|| self.pool.overcommit(route, &exclude, self.engine_slot));
         let Some(next) = next else {
             return false;
         };
         next.stats.retries.fetch_add(1, Ordering::Relaxed);
         let prev = std::mem::replace(&mut self.backend, next);
-        prev.in_flight.fetch_sub(1, Ordering::AcqRel);
+        prev.unclaim(self.engine_slot);
         if prev.routable(Instant::now()) != Routable::Full {
             self.pool.refresh();
         }
@@ -151,6 +153,8 @@ pub fn pool_config(max_in_flight: usize, tokens: Option<u64>, adm: &AdmissionCon
             output: adm.output_token_cost,
         },
         headroom: adm.headroom.map_or(Headroom::Auto, Headroom::Slots),
+        engine_extra: 0,
+        engine_priority: false,
     }
 }
 
@@ -162,11 +166,19 @@ impl ModelPool {
             .map(|b| Arc::new(Backend::new(b, Origin::Config, routing)))
             .collect();
         let (cap, tokens) = capacity(&backends, Instant::now());
+        let (extra, priority) = engine_capacity(&backends, Instant::now());
         ModelPool {
             name: cfg.name.clone(),
             adapters: cfg.adapters.clone(),
             backends: ArcSwap::from_pointee(backends),
-            fair: Pool::new(cfg.name.clone(), pool_config(cap, tokens, adm)),
+            fair: Pool::new(
+                cfg.name.clone(),
+                PoolConfig {
+                    engine_extra: extra,
+                    engine_priority: priority,
+                    ..pool_config(cap, tokens, adm)
+                },
+            ),
             rotation: AtomicUsize::new(0),
             edit: Mutex::new(()),
         }
@@ -229,6 +241,8 @@ impl ModelPool {
         }
         let (cap, tokens) = capacity(&self.backends.load(), now);
         self.fair.set_capacity(cap, tokens);
+        let (extra, priority) = engine_capacity(&self.backends.load(), now);
+        self.fair.set_engine(extra, priority);
     }
 
     /// Waits for admission, then picks the backend. Cancel-safe: a caller that is dropped
@@ -244,11 +258,12 @@ impl ModelPool {
             });
         }
         let permit = self.fair.admit(req).await.map_err(AcquireError::Admit)?;
+        let engine_slot = permit.engine_slot();
         // A permit means a slot exists, unless usability changed in between: then the least
         // loaded usable backend takes one more than its share for a moment.
         let backend = self
-            .pick(route, &[])
-            .or_else(|| self.overcommit(route, &[]))
+            .pick(route, &[], engine_slot)
+            .or_else(|| self.overcommit(route, &[], engine_slot))
             .ok_or_else(|| AcquireError::NoBackend {
                 retry_after: self.next_recovery(),
             })?;
@@ -257,6 +272,7 @@ impl ModelPool {
             permit,
             pool: self.clone(),
             tried: Vec::new(),
+            engine_slot,
         })
     }
 
@@ -265,30 +281,31 @@ impl ModelPool {
         &self,
         route: &Route<'_>,
         exclude: &[&Arc<Backend>],
+        engine_slot: bool,
     ) -> Option<Arc<Backend>> {
         let list = self.backends.load();
         for _ in 0..4 {
             let now = Instant::now();
-            let mut cands: Vec<(&Arc<Backend>, bool)> = Vec::with_capacity(list.len());
+            let mut cands: Vec<(&Arc<Backend>, usize)> = Vec::with_capacity(list.len());
             for b in list.iter() {
                 if exclude.iter().any(|x| Arc::ptr_eq(x, b)) || !b.serves(route.adapter) {
                     continue;
                 }
                 match b.routable(now) {
-                    Routable::Full => cands.push((b, false)),
-                    Routable::Trial => cands.push((b, true)),
-                    Routable::No => {}
+                    Routable::Full => cands.push((b, b.claim_limit(engine_slot))),
+                    // A half-open trial is one ordinary request.
+                    Routable::Trial if !engine_slot => cands.push((b, 1)),
+                    Routable::Trial | Routable::No => {}
                 }
             }
             let views: Vec<View> = cands
                 .iter()
-                .map(|(b, trial)| b.view(now, route, *trial))
+                .map(|&(b, limit)| b.view(now, route, limit))
                 .collect();
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
             let (i, reason) = router::choose(route.strategy, &views, rotation, &route.thresholds)?;
-            let (b, trial) = cands[i];
-            let limit = if trial { 1 } else { b.max_in_flight() };
-            if b.try_claim(limit) {
+            let (b, limit) = cands[i];
+            if b.try_claim(limit, engine_slot) {
                 b.stats.picks[reason.index()].fetch_add(1, Ordering::Relaxed);
                 b.stats.attempts.fetch_add(1, Ordering::Relaxed);
                 if !route.blocks.is_empty() {
@@ -307,6 +324,7 @@ impl ModelPool {
         &self,
         route: &Route<'_>,
         exclude: &[&Arc<Backend>],
+        engine_slot: bool,
     ) -> Option<Arc<Backend>> {
         let now = Instant::now();
         let list = self.backends.load();
@@ -320,6 +338,9 @@ impl ModelPool {
                 la.total_cmp(&lb)
             })?;
         b.in_flight.fetch_add(1, Ordering::AcqRel);
+        if engine_slot {
+            b.engine_in_flight.fetch_add(1, Ordering::AcqRel);
+        }
         b.stats.attempts.fetch_add(1, Ordering::Relaxed);
         b.stats.picks[Reason::LeastLoaded.index()].fetch_add(1, Ordering::Relaxed);
         if !route.blocks.is_empty() {
@@ -406,6 +427,12 @@ impl ModelPool {
             match self.backend(&bc.url) {
                 Some(b) => {
                     b.max_in_flight.store(bc.max_in_flight, Ordering::Relaxed);
+                    b.priority_policy.store(
+                        bc.scheduling_policy == crate::config::SchedulingPolicy::Priority,
+                        Ordering::Relaxed,
+                    );
+                    b.engine_max_seqs
+                        .store(bc.engine_max_seqs.unwrap_or(0), Ordering::Relaxed);
                     b.api_key.store(key_of(bc).map(Arc::new));
                 }
                 None => {
@@ -438,6 +465,17 @@ pub(crate) fn capacity(list: &[Arc<Backend>], now: Instant) -> (usize, Option<u6
         .map(|b| b.max_tokens_in_flight)
         .sum::<Option<u64>>();
     (slots, tokens)
+}
+
+/// Engine slots beyond the pool's capacity (usable backends running the priority policy with
+/// `engine_max_seqs` above `max_in_flight`), and whether any backend takes a priority at all.
+pub(crate) fn engine_capacity(list: &[Arc<Backend>], now: Instant) -> (usize, bool) {
+    let extra = list
+        .iter()
+        .filter(|b| b.routable(now) == Routable::Full)
+        .map(|b| b.engine_extra())
+        .sum();
+    (extra, list.iter().any(|b| b.priority_policy()))
 }
 
 /// Every model's pool, as declared in the config.
