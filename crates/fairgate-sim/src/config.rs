@@ -5,6 +5,50 @@
 
 use std::time::Duration;
 
+/// vLLM's `--scheduling-policy`: the order of the waiting queue and the choice of the request
+/// to preempt when the KV cache runs out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SchedulingPolicy {
+    /// Waiting queue in arrival order; a preempted request goes back to its front; the
+    /// last-admitted running request is preempted. Requests with a non-zero `priority` are
+    /// rejected (400), as in vLLM.
+    #[default]
+    Fcfs,
+    /// Waiting queue ordered by `(priority, arrival)`, lower value first; the running request
+    /// with the largest `(priority, arrival)` is preempted.
+    Priority,
+}
+
+impl SchedulingPolicy {
+    /// The flag value, as vLLM spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedulingPolicy::Fcfs => "fcfs",
+            SchedulingPolicy::Priority => "priority",
+        }
+    }
+}
+
+impl std::fmt::Display for SchedulingPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SchedulingPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fcfs" => Ok(SchedulingPolicy::Fcfs),
+            "priority" => Ok(SchedulingPolicy::Priority),
+            other => Err(format!(
+                "unknown scheduling policy `{other}` (expected `fcfs` or `priority`)"
+            )),
+        }
+    }
+}
+
 /// Everything that shapes one simulated vLLM instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
@@ -28,10 +72,14 @@ pub struct SimConfig {
     pub lora_load: Duration,
     /// Running batch size limit (vLLM `--max-num-seqs`).
     pub max_num_seqs: usize,
-    /// KV-cache capacity in tokens. A running request reserves prompt + max output tokens.
+    /// KV-cache capacity in tokens: `kv_cache_tokens / block_size` blocks. A running request
+    /// holds the blocks of its prompt and the tokens it has generated so far, one more block
+    /// whenever it crosses a block boundary (running out of blocks preempts a request).
     pub kv_cache_tokens: u64,
-    /// Prefix-cache block size in tokens (vLLM `--block-size`).
+    /// KV and prefix-cache block size in tokens (vLLM `--block-size`).
     pub block_size: u64,
+    /// vLLM's `--scheduling-policy` (default `fcfs`).
+    pub scheduling_policy: SchedulingPolicy,
     /// Longest prompt + max_tokens a request may ask for; beyond it the request gets 400.
     pub max_model_len: u64,
     /// Fixed cost of a prefill.
@@ -73,6 +121,7 @@ impl Default for SimConfig {
             max_num_seqs: 16,
             kv_cache_tokens: 65_536,
             block_size: 16,
+            scheduling_policy: SchedulingPolicy::Fcfs,
             max_model_len: 8192,
             prefill_overhead: Duration::from_millis(20),
             prefill_per_token: Duration::from_micros(100),
@@ -151,6 +200,11 @@ impl SimConfig {
     pub(crate) fn num_blocks(&self) -> u64 {
         self.kv_cache_tokens / self.effective_block_size()
     }
+
+    /// Blocks that hold `tokens` tokens of KV.
+    pub(crate) fn blocks_for(&self, tokens: u64) -> u64 {
+        tokens.div_ceil(self.effective_block_size())
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +238,18 @@ mod tests {
             .effective_max_loras(),
             1
         );
+    }
+
+    #[test]
+    fn scheduling_policy_parses_vllm_names() {
+        assert_eq!(
+            SimConfig::default().scheduling_policy,
+            SchedulingPolicy::Fcfs
+        );
+        for p in [SchedulingPolicy::Fcfs, SchedulingPolicy::Priority] {
+            assert_eq!(p.as_str().parse::<SchedulingPolicy>(), Ok(p));
+        }
+        assert!("lifo".parse::<SchedulingPolicy>().is_err());
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! histograms, the prefix cache (behind a mutex), and `max_num_seqs` as a concurrency limit
 //! (a semaphore; requests queue for a permit and show up in `num_requests_waiting`).
 //! KV capacity is not modelled here beyond the `kv_tokens_used` figure: instant configs have
-//! a huge cache, so a KV wait would never happen. LoRA requests are served without the
-//! `max_loras` residency limit (and with no load cost); they are still counted per adapter
-//! for `vllm:lora_requests_info`.
+//! a huge cache, so a KV wait (or a preemption) would never happen. A request's `priority` is
+//! validated as on the engine path but orders nothing: permits are handed out in arrival order.
+//! LoRA requests are served without the `max_loras` residency limit (and with no load cost);
+//! they are still counted per adapter for `vllm:lora_requests_info`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -3,8 +3,9 @@
 //! It serves one model like `vllm serve` does, speaks vLLM's HTTP API (`/v1/chat/completions`,
 //! `/v1/completions`, `/v1/embeddings`, `/v1/models`, `/tokenize`, `/health`, `/version`,
 //! `/metrics`) with vLLM's JSON shapes and metric names, and models what a gateway's scheduler
-//! cares about: continuous batching under `max_num_seqs`, a KV-cache budget that makes requests
-//! wait, a block-hash prefix cache, and step times that grow with the batch.
+//! cares about: continuous batching under `max_num_seqs`, a block-allocated KV cache that makes
+//! requests wait and preempts running ones when full, vLLM's `fcfs` / `priority` scheduling
+//! policies, a block-hash prefix cache, and step times that grow with the batch.
 //!
 //! LoRA adapters ([`SimConfig::lora_modules`], like `vllm serve --enable-lora --lora-modules`)
 //! are served under their own model names, listed in `/v1/models` with the base model as
@@ -28,8 +29,9 @@
 //! - [`config`]: [`SimConfig`], its defaults and the zero-latency profile.
 //! - [`tokenizer`]: the deterministic stand-in tokenizer and chat-template framing.
 //! - [`fault`]: the `x-sim-fault` header syntax and the random error/hang rates.
-//! - `engine`: the continuous-batching step loop (FCFS admission, KV budget, `max_loras`
-//!   residency and adapter slots, step timing).
+//! - `engine`: the continuous-batching step loop (`fcfs` / `priority` scheduling, KV blocks
+//!   allocated as sequences grow, preemption, `max_loras` residency and adapter slots, step
+//!   timing).
 //! - `prefix_cache`: vLLM-style chained block hashes with LRU eviction.
 //! - `fast`: the zero-latency path that answers without the step loop (no LoRA residency limit).
 //! - `metrics`: vLLM's Prometheus metrics in a per-simulator registry, with the per-adapter
@@ -58,7 +60,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::SimConfig;
+pub use config::{SchedulingPolicy, SimConfig};
 pub use fault::FAULT_HEADER;
 pub use tokenizer::{count_tokens, tokenize};
 
@@ -83,8 +85,11 @@ pub struct SimStats {
     pub prefix_cache_queries_total: u64,
     /// Prompt tokens served from the prefix cache.
     pub prefix_cache_hits_total: u64,
-    /// KV tokens reserved by running sequences.
+    /// KV tokens held by running sequences: their blocks × `block_size` (the engine); the
+    /// fast path reports prompt + max_tokens per running request.
     pub kv_tokens_used: u64,
+    /// Running requests preempted for lack of KV blocks (`vllm:num_preemptions_total`).
+    pub num_preemptions_total: u64,
 }
 
 /// Which LoRA adapters have requests in the running batch and in the waiting queue right now:
@@ -212,6 +217,7 @@ impl Simulator {
             prefix_cache_queries_total: m.prefix_queries.get(),
             prefix_cache_hits_total: m.prefix_hits.get(),
             kv_tokens_used: m.load.kv_tokens_used.load(Ordering::Relaxed),
+            num_preemptions_total: m.preemptions.get(),
         }
     }
 

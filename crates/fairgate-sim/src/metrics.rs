@@ -2,8 +2,10 @@
 //! simulators share one process in tests and `fairgate demo`, so the global registry is no use).
 //!
 //! Every series carries `model_name="<model>"` and `engine="0"`. Load gauges are read from
-//! atomics at scrape time. `vllm:num_preemptions_total` stays 0: the engine reserves a request's
-//! whole KV need at admission, so it never has to preempt.
+//! atomics at scrape time. `vllm:num_preemptions_total` counts the engine's preemptions: KV is
+//! allocated block by block as sequences grow (as in vLLM v1), so a full cache preempts a running
+//! request (see `engine`). The fast path never preempts (its cache is never full).
+//! `vllm:kv_cache_usage_perc` is the share of the blocks held by running requests.
 //!
 //! `vllm:lora_requests_info` is vLLM v1's info gauge: labels `max_lora` (the `--max-loras`
 //! value; `"0"` here when LoRA is off, where vLLM would not export the metric),
@@ -217,6 +219,7 @@ pub struct Metrics {
     success_abort: IntCounter,
     pub prefix_queries: IntCounter,
     pub prefix_hits: IntCounter,
+    pub preemptions: IntCounter,
     pub ttft: Histogram,
     pub itl: Histogram,
     pub e2e: Histogram,
@@ -335,7 +338,7 @@ impl Metrics {
             "vllm:prefix_cache_hits_total",
             "Prefix cache hits, in terms of number of cached tokens.",
         )?;
-        counter(
+        let preemptions = counter(
             "vllm:num_preemptions_total",
             "Cumulative number of preemption from the engine.",
         )?;
@@ -356,6 +359,7 @@ impl Metrics {
             success_abort: success.with_label_values(&["abort"]),
             prefix_queries,
             prefix_hits,
+            preemptions,
             ttft: hist(
                 "vllm:time_to_first_token_seconds",
                 "Histogram of time to first token in seconds.",

@@ -1,5 +1,6 @@
 //! Engine behaviour on paused (virtual) time, driving the router in-process: batching limits,
-//! KV waits, prefix-cache TTFT, batch-dependent step time, disconnects, delays, LoRA residency.
+//! KV waits, prefix-cache TTFT, batch-dependent step time, disconnects, delays, LoRA residency,
+//! the `fcfs` / `priority` scheduling policies and KV preemption.
 
 mod common;
 
@@ -8,10 +9,10 @@ use std::time::Duration;
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::http::Response;
 use common::{call, chat_body, get, sse, text};
-use fairgate_sim::{SimConfig, Simulator, FAULT_HEADER};
+use fairgate_sim::{SchedulingPolicy, SimConfig, Simulator, FAULT_HEADER};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -117,25 +118,290 @@ async fn max_num_seqs_bounds_the_batch_and_the_rest_wait_in_order() {
     assert_eq!(st.generation_tokens_total, 20);
 }
 
+/// One completion request with an exact prompt of `prompt` token ids, distinct per `id` (so no
+/// prefix-cache hits), and vLLM's `priority` field.
+#[derive(Debug, Clone, Copy)]
+struct Req {
+    id: u32,
+    prompt: u32,
+    max_tokens: u64,
+    priority: i64,
+}
+
+fn req(id: u32, prompt: u32, max_tokens: u64, priority: i64) -> Req {
+    Req {
+        id,
+        prompt,
+        max_tokens,
+        priority,
+    }
+}
+
+/// Streams a completion to the end, timestamping each token chunk; checks that it got every
+/// token once and ended with `finish_reason` "length".
+async fn stream_completion(sim: Simulator, t0: Instant, r: Req) -> Seen {
+    let ids: Vec<u32> = (0..r.prompt).map(|k| r.id * 10_000 + k).collect();
+    let body = json!({
+        "model": "sim",
+        "prompt": ids,
+        "max_tokens": r.max_tokens,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "priority": r.priority,
+    });
+    let mut s = body_stream(call(&sim, "/v1/completions", &[], &body).await);
+    let mut raw = Vec::new();
+    let mut token_times = Vec::new();
+    while let Some(b) = next_frame(&mut s).await {
+        if std::str::from_utf8(&b).unwrap().contains("\"text\":\"") {
+            token_times.push(t0.elapsed());
+        }
+        raw.extend_from_slice(&b);
+    }
+    let (events, done) = sse(std::str::from_utf8(&raw).unwrap());
+    assert!(done);
+    assert_eq!(token_times.len() as u64, r.max_tokens, "{r:?}");
+    let reasons: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e["choices"].get(0))
+        .map(|c| &c["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(reasons, [&json!("length")], "{r:?}");
+    let seen = Seen {
+        first_token: token_times[0],
+        done: *token_times.last().unwrap(),
+        token_times,
+        events,
+    };
+    assert_eq!(usage(&seen)["completion_tokens"], r.max_tokens);
+    assert_eq!(usage(&seen)["prompt_tokens"], r.prompt);
+    seen
+}
+
+fn spawn_req(sim: &Simulator, t0: Instant, r: Req) -> tokio::task::JoinHandle<Seen> {
+    tokio::spawn(stream_completion(sim.clone(), t0, r))
+}
+
+/// Tokens `s` had received by `t`.
+fn tokens_by(s: &Seen, t: Duration) -> usize {
+    s.token_times.iter().filter(|&&x| x <= t).count()
+}
+
+/// Blocks of 4 tokens, `blocks` of them, under `policy`.
+fn kv_cfg(policy: SchedulingPolicy, blocks: u64) -> SimConfig {
+    SimConfig {
+        block_size: 4,
+        kv_cache_tokens: 4 * blocks,
+        scheduling_policy: policy,
+        ..cfg()
+    }
+}
+
+/// A series of the simulator's `/metrics`, by name (the labels are always the same two).
+async fn series(sim: &Simulator, name: &str) -> f64 {
+    let m = text(get(sim, "/metrics").await).await;
+    let prefix = format!("{name}{{engine=\"0\",model_name=\"sim\"}} ");
+    m.lines()
+        .find_map(|x| x.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{name} in {m}"))
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
-async fn kv_capacity_makes_requests_wait_head_of_line() {
+async fn kv_blocks_make_requests_wait_head_of_line() {
+    let sim = Simulator::new(kv_cfg(SchedulingPolicy::Fcfs, 6));
+    let t0 = Instant::now();
+    // A's prompt takes 4 of the 6 blocks; B's (3 blocks) does not fit next to it, C's (1) would.
+    let a = spawn_req(&sim, t0, req(1, 16, 4, 0));
+    let b = spawn_req(&sim, t0, req(2, 12, 2, 0));
+    let c = spawn_req(&sim, t0, req(3, 4, 2, 0));
+    sleep(MS).await;
+    let st = sim.stats();
+    assert_eq!((st.running, st.waiting, st.kv_tokens_used), (1, 2, 16));
+    // Step 1 (prefill 36 ms + step 12 ms) is over: A's next token needs a fifth block.
+    sleep_until(t0 + 49 * MS).await;
+    assert_eq!(sim.stats().kv_tokens_used, 20);
+    let (a, b, c) = (a.await.unwrap(), b.await.unwrap(), c.await.unwrap());
+    assert!(b.first_token > a.done);
+    // C would fit next to A, but admission does not let it pass B; both go in together.
+    assert_eq!(c.first_token, b.first_token);
+    let st = sim.stats();
+    assert_eq!((st.kv_tokens_used, st.num_preemptions_total), (0, 0));
+}
+
+/// Runs A alone first (one slot), then queues B..F behind it with the given priorities;
+/// returns the first-token times of A, B, C, D, F.
+async fn admission_order(policy: SchedulingPolicy, prio: [i64; 4]) -> Vec<Duration> {
     let sim = Simulator::new(SimConfig {
-        kv_cache_tokens: 100,
+        max_num_seqs: 1,
+        scheduling_policy: policy,
         ..cfg()
     });
     let t0 = Instant::now();
-    // "hi" is an 8-token chat prompt: A and B need 68 KV tokens each, C only 18.
-    let a = tokio::spawn(stream_chat(sim.clone(), t0, "hi".into(), 60));
-    let b = tokio::spawn(stream_chat(sim.clone(), t0, "hi".into(), 60));
-    let c = tokio::spawn(stream_chat(sim.clone(), t0, "hi".into(), 10));
+    let mut tasks = vec![spawn_req(&sim, t0, req(1, 4, 3, 0))];
+    sleep(MS).await;
+    // B at 1 ms; C and D at 2 ms; F at 3 ms.
+    tasks.push(spawn_req(&sim, t0, req(2, 4, 3, prio[0])));
+    sleep(MS).await;
+    tasks.push(spawn_req(&sim, t0, req(3, 4, 3, prio[1])));
+    tasks.push(spawn_req(&sim, t0, req(4, 4, 3, prio[2])));
+    sleep(MS).await;
+    tasks.push(spawn_req(&sim, t0, req(5, 4, 3, prio[3])));
+    sleep(MS).await;
+    assert_eq!((sim.stats().running, sim.stats().waiting), (1, 4));
+    let mut first = Vec::new();
+    for t in tasks {
+        first.push(t.await.unwrap().first_token);
+    }
+    assert_eq!(sim.stats().num_preemptions_total, 0);
+    first
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_order_is_arrival_under_fcfs_and_priority_then_arrival_under_priority() {
+    let fcfs = admission_order(SchedulingPolicy::Fcfs, [0; 4]).await;
+    assert!(fcfs.windows(2).all(|w| w[0] < w[1]), "{fcfs:?}");
+    // B(5) at 1 ms, C(1) and D(5) at 2 ms, F(1) at 3 ms: C, F (lower value, in arrival order)
+    // pass B, which still goes before D (same value, earlier).
+    let p = admission_order(SchedulingPolicy::Priority, [5, 1, 5, 1]).await;
+    let (a, b, c, d, f) = (p[0], p[1], p[2], p[3], p[4]);
+    assert!(a < c && c < f && f < b && b < d, "{p:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_batch_makes_a_high_priority_arrival_wait_without_preemption() {
+    let sim = Simulator::new(SimConfig {
+        max_num_seqs: 2,
+        scheduling_policy: SchedulingPolicy::Priority,
+        ..cfg()
+    });
+    let t0 = Instant::now();
+    let l1 = spawn_req(&sim, t0, req(1, 4, 5, 10));
+    let l2 = spawn_req(&sim, t0, req(2, 4, 20, 10));
+    let l3 = spawn_req(&sim, t0, req(3, 4, 3, 10));
+    sleep(MS).await;
+    let h = spawn_req(&sim, t0, req(4, 4, 3, 0));
     sleep(MS).await;
     let st = sim.stats();
-    assert_eq!((st.running, st.waiting, st.kv_tokens_used), (1, 2, 68));
-    let (a, b, c) = (a.await.unwrap(), b.await.unwrap(), c.await.unwrap());
-    assert!(b.first_token > a.done);
-    // C would fit next to A, but FCFS admission does not let it pass B.
-    assert!(c.first_token >= b.first_token);
-    assert_eq!(sim.stats().kv_tokens_used, 0);
+    assert_eq!(
+        (st.running, st.waiting, st.num_preemptions_total),
+        (2, 2, 0)
+    );
+    let (l1, l2, l3, h) = (
+        l1.await.unwrap(),
+        l2.await.unwrap(),
+        l3.await.unwrap(),
+        h.await.unwrap(),
+    );
+    // H takes the first free slot, in the step right after L1's last token, ahead of L3 which
+    // arrived before it; L2 kept running throughout.
+    assert!(h.first_token > l1.done);
+    let next_step = l2.token_times.iter().find(|&&t| t > l1.done).unwrap();
+    assert_eq!(h.first_token, *next_step);
+    assert!(l3.first_token > h.done);
+    assert_eq!(sim.stats().num_preemptions_total, 0);
+}
+
+/// A(prio a) and B(prio b) at t0, C(prio c) at 1 ms, each a 1-block prompt and 8 tokens,
+/// in 6 blocks of 4: once A needs its third block (its 6th step), the cache is full.
+async fn kv_preemption(policy: SchedulingPolicy, [pa, pb, pc]: [i64; 3]) -> (Simulator, [Seen; 3]) {
+    let sim = Simulator::new(kv_cfg(policy, 6));
+    let t0 = Instant::now();
+    let a = spawn_req(&sim, t0, req(1, 4, 8, pa));
+    let b = spawn_req(&sim, t0, req(2, 4, 8, pb));
+    sleep(MS).await;
+    let c = spawn_req(&sim, t0, req(3, 4, 8, pc));
+    let seen = [a.await.unwrap(), b.await.unwrap(), c.await.unwrap()];
+    let st = sim.stats();
+    assert_eq!(st.num_preemptions_total, 1, "{policy:?}");
+    assert_eq!((st.running, st.waiting, st.kv_tokens_used), (0, 0, 0));
+    assert_eq!(st.generation_tokens_total, 24, "no token twice");
+    assert_eq!(st.requests_total, 3);
+    assert_eq!(series(&sim, "vllm:num_preemptions_total").await, 1.0);
+    // TTFT once per request, every later token an inter-token latency (the pause included).
+    assert_eq!(
+        series(&sim, "vllm:time_to_first_token_seconds_count").await,
+        3.0
+    );
+    assert_eq!(
+        series(&sim, "vllm:inter_token_latency_seconds_count").await,
+        21.0
+    );
+    (sim, seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_kv_under_priority_preempts_the_largest_priority_and_arrival() {
+    // Running order A(0), B(5), C(1): B is the victim although C was admitted last.
+    let (_, [a, b, c]) = kv_preemption(SchedulingPolicy::Priority, [0, 5, 1]).await;
+    assert_eq!(tokens_by(&b, a.done), 5, "B paused after 5 tokens");
+    assert_eq!(tokens_by(&c, a.done), 7, "C kept running");
+    assert!(a.done < c.done && c.done < b.done);
+    // B resumed once A freed its blocks and finished with all its tokens.
+    assert!(b.token_times[5] > a.done);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_kv_under_fcfs_preempts_the_last_admitted() {
+    let (_, [a, b, c]) = kv_preemption(SchedulingPolicy::Fcfs, [0, 0, 0]).await;
+    assert_eq!(tokens_by(&c, a.done), 4, "C paused after 4 tokens");
+    assert_eq!(b.done, a.done, "B kept running");
+    assert!(c.token_times[4] > a.done);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_admitted_in_a_step_that_preempted() {
+    let sim = Simulator::new(SimConfig {
+        max_num_seqs: 2,
+        ..kv_cfg(SchedulingPolicy::Priority, 6)
+    });
+    let t0 = Instant::now();
+    // A holds 2 blocks and B 4 by A's 6th step, where A needs a third: B is preempted, which
+    // frees a slot and 3 blocks. D waits for the slot and would fit, yet it only goes in the
+    // next step.
+    let a = spawn_req(&sim, t0, req(1, 4, 12, 0));
+    let b = spawn_req(&sim, t0, req(2, 12, 8, 5));
+    sleep(MS).await;
+    let d = spawn_req(&sim, t0, req(3, 4, 2, 1));
+    sleep(MS).await;
+    assert_eq!((sim.stats().running, sim.stats().waiting), (2, 1));
+    let (a, b, d) = (a.await.unwrap(), b.await.unwrap(), d.await.unwrap());
+    assert_eq!(
+        tokens_by(&b, a.token_times[5]),
+        5,
+        "B preempted in A's 6th step"
+    );
+    assert_ne!(
+        d.first_token, a.token_times[5],
+        "not admitted in the preempting step"
+    );
+    assert_eq!(
+        d.first_token, a.token_times[6],
+        "admitted in the step after it"
+    );
+    assert!(b.done > d.done);
+    assert_eq!(sim.stats().num_preemptions_total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_with_the_lowest_priority_preempts_itself() {
+    let sim = Simulator::new(kv_cfg(SchedulingPolicy::Priority, 6));
+    let t0 = Instant::now();
+    // A (priority 5) runs first; B (priority 0) joins a step later. In A's 10th step its
+    // fourth block is not free, and A itself is the largest (priority, arrival).
+    let a = spawn_req(&sim, t0, req(1, 4, 12, 5));
+    sleep(MS).await;
+    let b = spawn_req(&sim, t0, req(2, 4, 12, 0));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(tokens_by(&a, b.done), 9, "A stopped after 9 tokens");
+    assert!(a.token_times[9] > b.done);
+    // B never paused: its gaps are all single steps (10 ms + 2 ms per scheduled sequence).
+    for w in b.token_times.windows(2) {
+        assert!(w[1] - w[0] <= 14 * MS, "{:?}", b.token_times);
+    }
+    assert_eq!(sim.stats().num_preemptions_total, 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{chat_body, serve, sse, streamed_text};
-use fairgate_sim::{SimConfig, FAULT_HEADER};
+use fairgate_sim::{SchedulingPolicy, SimConfig, FAULT_HEADER};
 use serde_json::{json, Value};
 
 fn instant() -> SimConfig {
@@ -509,6 +509,81 @@ async fn error_shapes() {
     let st = s.sim.stats();
     assert_eq!(st.requests_total, 0, "rejected requests count nothing");
     assert_eq!(st.prompt_tokens_total, 0);
+}
+
+#[tokio::test]
+async fn priority_field_is_validated_like_vllm() {
+    let chat = |priority: Value| {
+        let mut b = chat_body("x", 2, false);
+        b["priority"] = priority;
+        b
+    };
+    let completion =
+        |priority: Value| json!({"model":"sim","prompt":"x","max_tokens":2,"priority":priority});
+    // Engine (fcfs, the default) and fast path validate alike.
+    for cfg in [engine(), instant()] {
+        let s = serve(cfg).await;
+        for (path, body) in [
+            ("/v1/chat/completions", chat(json!(3))),
+            ("/v1/completions", completion(json!(-2))),
+        ] {
+            let v = error_of(post(&s.url(path), &body).await, 400).await;
+            assert_eq!(v["error"]["type"], "BadRequestError");
+            let n = body["priority"].as_i64().unwrap();
+            assert_eq!(
+                v["error"]["message"],
+                format!("Got priority {n} but Priority scheduling is not enabled."),
+                "{path}"
+            );
+        }
+        let v = error_of(
+            post(&s.url("/v1/chat/completions"), &chat(json!("high"))).await,
+            400,
+        )
+        .await;
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid request: invalid type"));
+        // An explicit 0 is the default and accepted under fcfs.
+        let ok = post(&s.url("/v1/chat/completions"), &chat(json!(0))).await;
+        assert_eq!(ok.status(), 200);
+        assert_eq!(
+            s.sim.stats().requests_total,
+            1,
+            "rejected ones count nothing"
+        );
+        s.shutdown().await.unwrap();
+    }
+    for cfg in [engine(), instant()] {
+        let s = serve(SimConfig {
+            scheduling_policy: SchedulingPolicy::Priority,
+            ..cfg
+        })
+        .await;
+        for (path, body) in [
+            ("/v1/chat/completions", chat(json!(3))),
+            ("/v1/completions", completion(json!(-2))),
+        ] {
+            let resp = post(&s.url(path), &body).await;
+            assert_eq!(resp.status(), 200, "{path}");
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["usage"]["completion_tokens"], 2, "{path}");
+        }
+        // Not an integer: a 400 in the parse error style, under either policy.
+        for bad in [json!("high"), json!(1.5), json!(null)] {
+            for (path, body) in [
+                ("/v1/chat/completions", chat(bad.clone())),
+                ("/v1/completions", completion(bad.clone())),
+            ] {
+                let v = error_of(post(&s.url(path), &body).await, 400).await;
+                assert_eq!(v["error"]["type"], "BadRequestError", "{path} {bad}");
+                let msg = v["error"]["message"].as_str().unwrap();
+                assert!(msg.starts_with("Invalid request: invalid type"), "{msg}");
+            }
+        }
+        s.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -161,6 +161,11 @@ struct SimArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* (vLLM `--api-key`, env `VLLM_API_KEY`).
     #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// vLLM's `--scheduling-policy`: `fcfs` (arrival order; a non-zero request `priority` is a
+    /// 400) or `priority` (waiting queue by the request's `priority`, lower first, then arrival;
+    /// the lowest-priority running request is preempted when the KV cache is full).
+    #[arg(long, default_value = "fcfs", value_parser = ["fcfs", "priority"])]
+    scheduling_policy: String,
 }
 
 #[derive(Args)]
@@ -574,6 +579,10 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<()> {
     if let Some(v) = a.max_loras {
         c.max_loras = v;
     }
+    c.scheduling_policy = a
+        .scheduling_policy
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;

@@ -4,7 +4,8 @@
 //! (400 on malformed JSON or wrong types) → model check (the base model or a LoRA adapter of
 //! `lora_modules`, else 404; responses echo the requested name) →
 //! limits (400: `n` ≠ 1, `max_tokens` < 1, empty prompt, prompt + max_tokens over
-//! `max_model_len` or over the whole KV cache, `stream_options` without `stream`) → delay
+//! `max_model_len` or over the blocks of the whole KV cache, `stream_options` without `stream`,
+//! a non-zero `priority` under the `fcfs` scheduling policy) → delay
 //! (`slow_start` + `slow=`) → injected failure (`error` → 500, `hang`) → engine or fast path.
 //! Without `max_tokens`, the output length is `default_max_tokens`, clipped to what fits in
 //! `max_model_len`. The `content-type` header is not checked. `/detokenize` is not offered:
@@ -33,6 +34,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SchedulingPolicy;
 use crate::engine::{SeqEvent, SeqRequest};
 use crate::fault::{Fault, FAULT_HEADER};
 use crate::metrics::FinishReason;
@@ -223,6 +225,8 @@ struct Job {
     body_hash: u64,
     /// LoRA adapter the request names; `None` for the base model.
     lora: Option<usize>,
+    /// vLLM's request `priority` (lower first under the `priority` policy).
+    priority: i64,
 }
 
 /// Request fields shared by chat and completions, before validation.
@@ -234,6 +238,7 @@ struct JobSpec<'a> {
     stream: Option<bool>,
     stream_options: Option<&'a StreamOptions>,
     n: Option<u64>,
+    priority: i64,
 }
 
 fn validate(
@@ -247,6 +252,13 @@ fn validate(
     if let Some(n) = spec.n.filter(|&n| n != 1) {
         return Err(ApiError::bad_request(format!(
             "n={n} is not supported by the simulator; only n=1"
+        )));
+    }
+    if spec.priority != 0 && cfg.scheduling_policy == SchedulingPolicy::Fcfs {
+        // vLLM's own message (`Processor._validate_request`).
+        return Err(ApiError::bad_request(format!(
+            "Got priority {} but Priority scheduling is not enabled.",
+            spec.priority
         )));
     }
     let stream = spec.stream.unwrap_or(false);
@@ -282,11 +294,13 @@ fn validate(
              tokens ({max_tokens} > {max_len} - {prompt})."
         )));
     }
+    // The engine allocates whole blocks: a request must fit the cache alone when it is full
+    // length, or it would preempt itself forever.
     let need = prompt + max_tokens;
-    if need > cfg.kv_cache_tokens {
+    if cfg.blocks_for(need) > cfg.num_blocks() {
         return Err(ApiError::bad_request(format!(
             "The request needs {need} KV-cache tokens but the cache holds only {} tokens.",
-            cfg.kv_cache_tokens
+            cfg.num_blocks() * cfg.effective_block_size()
         )));
     }
     Ok(Job {
@@ -305,6 +319,7 @@ fn validate(
         fault: fault_of(headers)?,
         body_hash: textgen::hash_bytes(body),
         lora,
+        priority: spec.priority,
     })
 }
 
@@ -326,6 +341,7 @@ fn chat_job(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Result<Job, Ap
         stream: req.stream,
         stream_options: req.stream_options.as_ref(),
         n: req.n,
+        priority: req.priority,
     };
     validate(sim, spec, headers, body)
 }
@@ -340,6 +356,7 @@ fn completion_job(sim: &Simulator, headers: &HeaderMap, body: &[u8]) -> Result<J
         stream: req.stream,
         stream_options: req.stream_options.as_ref(),
         n: req.n,
+        priority: req.priority,
     };
     validate(sim, spec, headers, body)
 }
@@ -398,6 +415,7 @@ async fn run(st: &AppState, job: Job, arrival: Instant) -> Response {
             max_tokens: job.max_tokens,
             abort_after: job.fault.abort_after,
             lora: job.lora,
+            priority: job.priority,
             arrival,
         })
         .await;
@@ -879,6 +897,7 @@ mod tests {
             stream: None,
             stream_options: None,
             n: None,
+            priority: 0,
         }
     }
 
@@ -923,5 +942,44 @@ mod tests {
         let mut bad = HeaderMap::new();
         bad.insert(FAULT_HEADER, "boom".parse().unwrap());
         assert!(validate(&s, spec(1, None), &bad, b"").is_err());
+    }
+
+    #[tokio::test]
+    async fn priority_needs_the_priority_policy() {
+        let h = HeaderMap::new();
+        let fcfs = sim();
+        let mut high = spec(1, Some(1));
+        high.priority = -3;
+        let e = validate(&fcfs, high, &h, b"").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e.message,
+            "Got priority -3 but Priority scheduling is not enabled."
+        );
+        // Priority 0 is the default and always accepted.
+        assert_eq!(
+            validate(&fcfs, spec(1, Some(1)), &h, b"").unwrap().priority,
+            0
+        );
+        let prio = Simulator::new(SimConfig {
+            scheduling_policy: SchedulingPolicy::Priority,
+            ..SimConfig::instant("m")
+        });
+        let mut low = spec(1, Some(1));
+        low.priority = 7;
+        assert_eq!(validate(&prio, low, &h, b"").unwrap().priority, 7);
+    }
+
+    #[tokio::test]
+    async fn kv_limit_counts_whole_blocks() {
+        // 90 tokens of cache in blocks of 16: 5 blocks, 80 tokens usable.
+        let s = Simulator::new(SimConfig {
+            kv_cache_tokens: 90,
+            ..SimConfig::instant("m")
+        });
+        let h = HeaderMap::new();
+        assert!(validate(&s, spec(40, Some(40)), &h, b"").is_ok());
+        let e = validate(&s, spec(40, Some(41)), &h, b"").unwrap_err();
+        assert!(e.message.contains("holds only 80 tokens"), "{}", e.message);
     }
 }

@@ -137,6 +137,10 @@ pub struct ChatRequest<'a> {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub n: Option<u64>,
+    /// vLLM's scheduling priority (lower runs first under `--scheduling-policy priority`). An
+    /// integer; anything else, `null` included, is a 400 as in vLLM (`int = 0`).
+    #[serde(default)]
+    pub priority: i64,
 }
 
 /// One chat message.
@@ -214,6 +218,10 @@ pub struct CompletionRequest<'a> {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub n: Option<u64>,
+    /// vLLM's scheduling priority (lower runs first under `--scheduling-policy priority`). An
+    /// integer; anything else, `null` included, is a 400 as in vLLM (`int = 0`).
+    #[serde(default)]
+    pub priority: i64,
 }
 
 /// Completions `prompt` / embeddings `input` / tokenize `prompt`.
@@ -302,6 +310,9 @@ mod tests {
             br#"{"model":"m"}"#,
             br#"{"messages":[{"content":"x"}]}"#,
             br#"{"messages":[],"max_tokens":-1}"#,
+            br#"{"messages":[],"priority":"high"}"#,
+            br#"{"messages":[],"priority":1.5}"#,
+            br#"{"messages":[],"priority":null}"#,
             br#"not json"#,
         ] {
             let e = parse::<ChatRequest>(body).unwrap_err();
