@@ -782,3 +782,80 @@ async fn fifo_keeps_no_headroom() {
     let b3 = tokio::time::timeout(Duration::ZERO, p.admit(req("b", 1, HOUR))).await;
     assert!(b3.is_ok(), "fifo fills every slot");
 }
+
+fn pool_engine(cap: usize, extra: usize) -> Arc<Pool> {
+    Pool::new(
+        "m",
+        PoolConfig {
+            max_in_flight: cap,
+            headroom: Headroom::Slots(0),
+            engine_extra: extra,
+            engine_priority: true,
+            ..PoolConfig::default()
+        },
+    )
+}
+
+/// Engine slots beyond the capacity (a priority-policy engine's `engine_max_seqs`) go only to
+/// a tenant below its share, never to queued over-share work, and do not shrink the slots the
+/// over-share tenant may hold.
+#[tokio::test(start_paused = true)]
+async fn engine_slots_go_only_to_tenants_below_their_share() {
+    let p = pool_engine(4, 1);
+    drop(p.admit(req("light", 1, HOUR)).await.unwrap());
+    let mut heavy = Vec::new();
+    for _ in 0..4 {
+        let h = p.admit(req("heavy", 1, HOUR)).await.unwrap();
+        assert!(!h.engine_slot());
+        heavy.push(h);
+    }
+    // The pool is full; heavy (over its share of 2) queues and the engine slot stays free.
+    let order: Order = Arc::default();
+    let queued = waiter(&p, "heavy", 1, &order, HOUR);
+    settle().await;
+    assert_eq!((p.in_flight(), p.queued()), (4, 1));
+    // The light tenant gets the engine slot at once, marked as such and at position 0.
+    let light = tokio::time::timeout(Duration::ZERO, p.admit(req("light", 1, HOUR)))
+        .await
+        .expect("light must not wait")
+        .unwrap();
+    assert!(light.engine_slot());
+    assert_eq!(light.rank(), 0);
+    assert_eq!(p.in_flight(), 5);
+    // The one engine slot is taken: a second light request waits like anyone else.
+    let light2 = tokio::time::timeout(Duration::from_secs(1), p.admit(req("light", 1, HOUR))).await;
+    assert!(light2.is_err(), "only one engine slot");
+    // A heavy slot that frees goes to heavy's queued request: the engine slot in use does not
+    // count against the pool's own capacity.
+    drop(heavy.pop());
+    settle().await;
+    assert_eq!(*order.lock().unwrap(), ["heavy"]);
+    assert_eq!(p.in_flight(), 5);
+    drop(light);
+    assert_eq!(p.in_flight(), 4);
+    queued.abort();
+}
+
+/// The fair-share position a permit carries: whole fair shares already held, 0 below the share.
+#[tokio::test(start_paused = true)]
+async fn permits_carry_the_fair_share_position() {
+    let p = pool_engine(8, 0);
+    drop(p.admit(req("a", 1, HOUR)).await.unwrap());
+    // Two tenants present: each one's share is 4 of 8 slots.
+    let mut held = Vec::new();
+    let mut ranks = Vec::new();
+    for _ in 0..8 {
+        let permit = p.admit(req("b", 1, HOUR)).await.unwrap();
+        ranks.push(permit.rank());
+        held.push(permit);
+    }
+    assert_eq!(ranks, [0, 0, 0, 0, 1, 1, 1, 1]);
+    // Without a priority engine the position is not worked out.
+    let q = pool_headroom(8, Mode::Fair, Headroom::Slots(0));
+    drop(q.admit(req("a", 1, HOUR)).await.unwrap());
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(q.admit(req("b", 1, HOUR)).await.unwrap());
+    }
+    assert!(held.iter().all(|p| p.rank() == 0));
+}

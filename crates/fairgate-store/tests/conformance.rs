@@ -156,6 +156,7 @@ fn key_policy() -> KeyPolicy {
             cost: Some(Micros(u64::MAX)),
         }],
         priority: Some(Priority::Batch),
+        engine_priority: true,
     }
 }
 

@@ -590,6 +590,12 @@ pub struct KeyPolicy {
     /// Priority class for this key's requests unless a request header says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
+    /// The key may set vLLM's own `priority` field: its value then reaches engines that run the
+    /// priority policy instead of the gateway's fair-share position. Without it the field is
+    /// replaced (priority engines) or removed (others), so a client cannot jump the engine's
+    /// queue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub engine_priority: bool,
 }
 
 impl KeyPolicy {

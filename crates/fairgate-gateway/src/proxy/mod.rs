@@ -278,9 +278,20 @@ async fn forward(
         Err(e) => return t.fail(e),
     };
     drop(dir);
+    let rank = t.admitted.as_ref().map_or(0, |a| a.lease.permit.rank());
+    let engine = send::EnginePriority::new(
+        &plan,
+        &resolved,
+        principal.policy().engine_priority,
+        rank,
+    );
     t.overhead_before = t.start.elapsed().saturating_sub(waited);
     t.upstream_sent = Some(Instant::now());
-    let resp = match send::send(&st, &mut t, &live, &parts, &plan, &resolved, &route).await {
+    let resp = match send::send(
+        &st, &mut t, &live, &parts, &plan, &resolved, &route, &engine,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => return t.fail(e),
     };

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use fairgate_types::Priority;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -39,8 +41,57 @@ pub(super) struct SendError {
     pub(super) retry: Retry,
 }
 
+/// What vLLM's `priority` field says for this request, worked out once and applied per
+/// backend: engines that run the priority policy get the request's fair-share position (or the
+/// client's own value, when its key may set one); others never see the field.
+pub(super) struct EnginePriority {
+    value: i64,
+    /// The body may carry a client `priority` to take out for engines without the policy.
+    strip: bool,
+}
+
+/// Added to the position of `batch`-class requests, so an engine runs every interactive
+/// request before any batch one (positions are 0..=9).
+const BATCH_POSITION: i64 = 10;
+
+impl EnginePriority {
+    pub(super) fn new(plan: &Plan, r: &Resolved, key_may_set: bool, rank: u8) -> EnginePriority {
+        let own = i64::from(rank) + if r.priority == Priority::Batch { BATCH_POSITION } else { 0 };
+        let (client, strip) = match &plan.parsed {
+            Some(p) => (p.priority, p.priority_member),
+            // A relayed body was not parsed: look only if it may mention the field.
+            None => (fairgate_relay::client_priority(&plan.body).ok().flatten(), true),
+        };
+        let value = match client {
+            Some(v) if key_may_set => v,
+            _ => own,
+        };
+        EnginePriority { value, strip }
+    }
+
+    /// The body for `backend`. A relayed body that is not JSON goes as it is (it has no
+    /// `priority` member to take out, and an engine would not read one in it).
+    fn body(&self, plan: &Plan, backend: &Backend) -> Bytes {
+        let value = if backend.priority_policy() {
+            Some(self.value)
+        } else if self.strip {
+            None
+        } else {
+            return plan.body.clone();
+        };
+        match fairgate_relay::with_priority(&plan.body, value) {
+            Ok(b) => b,
+            Err(_) => plan.body.clone(),
+        }
+    }
+}
+
 /// Phase 4, send: attempts on the leased backend, moving the lease to a backend not yet tried
 /// after each retryable failure.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one phase of one request; each is read once"
+)]
 pub(super) async fn send(
     st: &AppState,
     t: &mut Tracker,
@@ -49,6 +100,7 @@ pub(super) async fn send(
     plan: &Plan,
     r: &Resolved,
     route: &Route<'_>,
+    engine: &EnginePriority,
 ) -> Result<http::Response<Incoming>, ApiError> {
     let path_q = parts
         .uri
@@ -63,12 +115,13 @@ pub(super) async fn send(
         let backend = lease.backend.clone();
         t.row.backend = Some(backend.name.clone());
         t.row.attempts = lease.attempts();
+        let body = engine.body(plan, &backend);
         match attempt(
             st,
             &backend,
             parts,
             path_q,
-            plan,
+            body,
             &r.served,
             t.row.id.as_str(),
         )
@@ -101,7 +154,7 @@ async fn attempt(
     backend: &Backend,
     parts: &http::request::Parts,
     path_q: &str,
-    plan: &Plan,
+    body: Bytes,
     served: &str,
     request_id: &str,
 ) -> Result<http::Response<Incoming>, SendError> {
@@ -113,7 +166,7 @@ async fn attempt(
         *h = upstream_headers(&parts.headers, request_id);
         backend.authorize(h);
     }
-    let body = Full::new(plan.body.clone()).map_err(|never| match never {});
+    let body = Full::new(body).map_err(|never| match never {});
     let up_req = builder.body(body.boxed()).map_err(|e| SendError {
         error: ApiError::Internal(e.to_string()),
         why: e.to_string(),

@@ -412,16 +412,10 @@ pub(crate) async fn add(
             })?,
         };
         let req = NewBackend {
-            url: url.to_owned(),
-            max_in_flight,
-            max_tokens_in_flight: None,
-            adapters: None,
             name: Some(f.get("name").trim())
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned),
-            api_key: None,
-            api_key_env: None,
-            ca_file: None,
+            ..NewBackend::new(url, max_in_flight)
         };
         add_backend(&st.gateway, &s.user().email, &model, req)
             .await
