@@ -79,6 +79,11 @@ pub struct PoolConfig {
     pub engine_extra: usize,
     /// Some backend schedules by priority: work out each admission's fair-share position.
     pub engine_priority: bool,
+    /// Short first within a fairness band (fair mode): when a slot frees, a queued request
+    /// expected to be short (its `max_tokens`, or less when its tenant's recent answers were
+    /// shorter) goes ahead of a longer one whose tenant is at most one average request's
+    /// service behind (see [`crate::fair::FairQueue::set_band`] for the bound).
+    pub length_aware: bool,
 }
 
 impl Default for PoolConfig {
@@ -92,6 +97,7 @@ impl Default for PoolConfig {
             headroom: Headroom::Auto,
             engine_extra: 0,
             engine_priority: false,
+            length_aware: true,
         }
     }
 }
@@ -242,6 +248,11 @@ struct Inner {
     last_admitted: HashMap<TenantId, (Instant, Option<Instant>)>,
     /// [`Headroom::Auto`]'s current size, recomputed as requests start and end.
     auto_headroom: usize,
+    /// Moving average of each tenant's completion tokens per request, for the expected
+    /// length of its queued requests.
+    out_ewma: HashMap<TenantId, f64>,
+    /// Moving average of one request's raw cost: the short-first band's width.
+    cost_ewma: f64,
 }
 
 /// One model pool. Cheap to share: `Arc<Pool>`.
@@ -292,6 +303,8 @@ impl Pool {
                 epoch: Instant::now(),
                 last_admitted: HashMap::new(),
                 auto_headroom: 0,
+                out_ewma: HashMap::new(),
+                cost_ewma: 0.0,
             }),
             admitted: AtomicU64::new(0),
         })
@@ -313,6 +326,7 @@ impl Pool {
             let mut g = self.lock();
             g.queue.set_mode(cfg.mode);
             g.cfg = cfg;
+            g.set_band();
             g.dispatch()
         };
         self.send(grants);
@@ -425,9 +439,11 @@ impl Pool {
                 });
             }
             let (tx, rx) = oneshot::channel();
-            let ticket = g.queue.push(
+            let hint = g.expected_output(tenant, req.tokens.saturating_sub(req.prompt_estimate));
+            let ticket = g.queue.push_hinted(
                 tenant,
                 req.priority,
+                hint,
                 Waiter {
                     tx,
                     tokens,
@@ -634,6 +650,36 @@ impl Inner {
                     .cfg
                     .max_tokens_in_flight
                     .is_none_or(|m| self.tokens_in_flight.saturating_add(tokens) <= m))
+    }
+
+    /// The output a queued request of `tenant` is expected to produce: its own limit, or the
+    /// tenant's recent average when that is smaller (clients often ask for far more than they
+    /// get).
+    fn expected_output(&self, tenant: TenantId, max_output: u64) -> u64 {
+        match self.out_ewma.get(&tenant) {
+            Some(&avg) => max_output.min(avg.ceil() as u64),
+            None => max_output,
+        }
+    }
+
+    /// Folds a finished request into its tenant's output average and the pool's average cost,
+    /// and re-sizes the short-first band.
+    fn learn_length(&mut self, tenant: TenantId, output: u64, cost: u64) {
+        let avg = self.out_ewma.entry(tenant).or_insert(output as f64);
+        *avg = *avg * 0.8 + output as f64 * 0.2;
+        self.cost_ewma = if self.cost_ewma == 0.0 {
+            cost as f64
+        } else {
+            self.cost_ewma * 0.95 + cost as f64 * 0.05
+        };
+        self.set_band();
+    }
+
+    /// The short-first band: one average request's cost, in fair mode when enabled.
+    fn set_band(&mut self) {
+        let on = self.cfg.length_aware && self.cfg.mode == Mode::Fair;
+        self.queue
+            .set_band(if on { self.cost_ewma as u64 } else { 0 });
     }
 
     /// Requests in the pool's own slots (engine slots beyond the capacity not counted).
@@ -936,6 +982,10 @@ impl Drop for Permit {
         let grants = {
             let mut g = self.pool.lock();
             g.hold_ewma_ms = g.hold_ewma_ms * 0.9 + held_ms * 0.1;
+            let cost = self
+                .prompt_cost
+                .saturating_add(self.completion_charged.saturating_mul(g.cfg.cost.output));
+            g.learn_length(self.tenant, self.completion_charged, cost);
             g.release(self.tenant, self.tokens, self.engine_slot);
             g.dispatch()
         };

@@ -859,3 +859,54 @@ async fn permits_carry_the_fair_share_position() {
     }
     assert!(held.iter().all(|p| p.rank() == 0));
 }
+
+/// Length awareness: when a slot frees, a tenant whose recent answers were short goes ahead of
+/// a long request whose tenant is only slightly behind on service (within one average
+/// request); with it off, the fair order alone decides.
+#[tokio::test(start_paused = true)]
+async fn a_freed_slot_goes_first_to_short_work_within_the_band() {
+    for length_aware in [true, false] {
+        let p = Pool::new(
+            "m",
+            PoolConfig {
+                max_in_flight: 1,
+                headroom: Headroom::Slots(0),
+                length_aware,
+                ..PoolConfig::default()
+            },
+        );
+        // "short" has been served once: 5 prompt + 20 completion tokens (cost 45).
+        let mut first = p.admit(req("short", 1, HOUR)).await.unwrap();
+        first.add_completion_tokens(20);
+        drop(first);
+        // A third tenant holds the only slot; then "long" (never seen: its counter starts at
+        // the active floor, below short's) and "short" queue, both allowed 1,000 tokens.
+        let filler = p.admit(req("filler", 1, HOUR)).await.unwrap();
+        let order: Order = Arc::default();
+        let mut tasks = Vec::new();
+        for name in ["long", "short"] {
+            let (p, order) = (p.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let ask = AdmitRequest {
+                    tokens: 1_005,
+                    ..req(name, 1, HOUR)
+                };
+                let permit = p.admit(ask).await.expect("admitted");
+                order.lock().unwrap().push(name);
+                drop(permit);
+            }));
+            settle().await;
+        }
+        assert_eq!(p.queued(), 2);
+        drop(filler);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let expected = if length_aware {
+            ["short", "long"]
+        } else {
+            ["long", "short"]
+        };
+        assert_eq!(*order.lock().unwrap(), expected, "length_aware {length_aware}");
+    }
+}

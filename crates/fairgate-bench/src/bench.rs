@@ -55,6 +55,7 @@ struct Target {
 /// is measured is the gateway's own work; its warnings are shown.
 fn stack() -> StackSpec<'static> {
     StackSpec {
+        backend_extra: String::new(),
         model: MODEL,
         sims: vec![vec!["--instant".to_owned()]],
         config: String::new(),

@@ -60,6 +60,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use crate::harness::report::{criterion, write_json};
+pub use driver::Engine;
 use driver::run_load;
 use report::{analyse, find, print_runs, run_json, RunReport};
 use scenarios::{
@@ -95,17 +96,19 @@ pub struct FairBenchArgs {
     pub seconds: u64,
     pub seed: u64,
     pub json: Option<PathBuf>,
+    pub engine: Engine,
 }
 
 async fn run_modes(
     load: &Load,
     modes: &[&'static str],
     seed: u64,
+    engine: Engine,
 ) -> anyhow::Result<Vec<RunReport>> {
     let mut out = Vec::new();
     for &m in modes {
         eprintln!("fairbench: running {} s in {m} mode…", load.seconds);
-        let run = run_load(load, m, seed).await?;
+        let run = run_load(load, m, seed, engine).await?;
         out.push(analyse(load, &run));
     }
     Ok(out)
@@ -180,7 +183,7 @@ pub async fn run(a: FairBenchArgs) -> anyhow::Result<()> {
 
     if want(Scenario::Weighted) {
         let load = weighted_load(seconds);
-        let runs = run_modes(&load, modes, a.seed).await?;
+        let runs = run_modes(&load, modes, a.seed, a.engine).await?;
         print_runs("weighted: 1:2:4, all backlogged", &load, &runs);
         let mut crit = Vec::new();
         for r in &runs {
@@ -222,7 +225,7 @@ pub async fn run(a: FairBenchArgs) -> anyhow::Result<()> {
         {
             continue;
         }
-        let runs = run_modes(&load, modes, a.seed).await?;
+        let runs = run_modes(&load, modes, a.seed, a.engine).await?;
         print_runs(title, &load, &runs);
         let crit = interactive_criteria(&runs);
         results.insert(
@@ -233,7 +236,7 @@ pub async fn run(a: FairBenchArgs) -> anyhow::Result<()> {
 
     if want(Scenario::Asymmetry) {
         let load = asymmetry_load(seconds);
-        let runs = run_modes(&load, modes, a.seed).await?;
+        let runs = run_modes(&load, modes, a.seed, a.engine).await?;
         print_runs(
             "asymmetry: short-output A vs long-output B, both backlogged",
             &load,
@@ -275,7 +278,7 @@ pub async fn run(a: FairBenchArgs) -> anyhow::Result<()> {
             Some(r) => r,
             None => {
                 let load = weighted_load(seconds);
-                let runs = run_modes(&load, modes, a.seed).await?;
+                let runs = run_modes(&load, modes, a.seed, a.engine).await?;
                 print_runs("throughput (the weighted load)", &load, &runs);
                 runs
             }

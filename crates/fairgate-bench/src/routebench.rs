@@ -377,6 +377,7 @@ struct RunOut {
 /// (one tenant, open loop), so only routing decides where requests wait.
 fn stack(strategy: &str, seed: u64) -> StackSpec<'static> {
     StackSpec {
+        backend_extra: String::new(),
         model: MODEL,
         sims: (0..REPLICAS as u64)
             .map(|i| {

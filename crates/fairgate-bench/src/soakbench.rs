@@ -66,6 +66,7 @@ fn proc_sample(pid: u32) -> Option<(f64, usize)> {
 /// inputs would fill the terminal with warnings.
 fn stack(seed: u64) -> StackSpec<'static> {
     StackSpec {
+        backend_extra: String::new(),
         model: "soak",
         sims: vec![flags(&[
             ("--max-num-seqs", "64".to_owned()),

@@ -90,6 +90,14 @@ struct BenchCmd {
     /// Write scenario results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Fair-share scenarios: the simulator's scheduling policy (vLLM's `--scheduling-policy`);
+    /// with `priority` the gateway's backend declares it and sends fair-share positions.
+    #[arg(long, value_parser = ["fcfs", "priority"], default_value = "fcfs")]
+    engine_policy: String,
+    /// Fair-share scenarios with `--engine-policy priority`: the simulator's `--max-num-seqs`,
+    /// declared to the gateway as `engine_max_seqs` (above its `max_in_flight` of 16).
+    #[arg(long)]
+    engine_max_seqs: Option<usize>,
     /// Seed of the simulator and the prompt text (scenarios only).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -465,6 +473,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging("text");
             use crate::fairbench::Scenario as Fair;
             use crate::routebench::Workload;
+            if b.engine_max_seqs.is_some() && b.engine_policy != "priority" {
+                anyhow::bail!("--engine-max-seqs needs --engine-policy priority (the gateway uses the extra engine slots only for work the engine puts first)");
+            }
             let fair = |scenario| {
                 crate::fairbench::run(crate::fairbench::FairBenchArgs {
                     scenario,
@@ -472,6 +483,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     seconds: b.seconds.unwrap_or(25),
                     seed: b.seed,
                     json: b.json.clone(),
+                    engine: crate::fairbench::Engine {
+                        priority: b.engine_policy == "priority",
+                        max_seqs: b.engine_max_seqs,
+                    },
                 })
             };
             let routing = |workloads| {

@@ -17,6 +17,15 @@ use crate::harness::metrics::gauge;
 use crate::harness::process::{self, flags, StackSpec, MODEL};
 use crate::harness::stream::{chat_body, random_words, stream_one, Ctx, Rec};
 
+/// How the simulated engine schedules: vLLM's FCFS default, or its priority policy (the
+/// gateway then sends fair-share positions), optionally with `--max-num-seqs` above the
+/// gateway's `max_in_flight` (declared to the gateway as `engine_max_seqs`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Engine {
+    pub priority: bool,
+    pub max_seqs: Option<usize>,
+}
+
 /// Everything one run in one mode recorded.
 pub(super) struct RunOut {
     pub(super) mode: &'static str,
@@ -28,11 +37,21 @@ pub(super) struct RunOut {
 
 /// The simulator and a gateway in `mode` with one backend of [`SLOTS`] slots, so the queue
 /// forms in the gateway and the admission mode decides who runs next.
-fn stack(mode: &str, seed: u64) -> StackSpec<'static> {
+fn stack(mode: &str, seed: u64, engine: Engine) -> StackSpec<'static> {
+    let (policy, extra) = if engine.priority {
+        let mut extra = "scheduling_policy = \"priority\"\n".to_owned();
+        if let Some(n) = engine.max_seqs {
+            extra.push_str(&format!("engine_max_seqs = {n}\n"));
+        }
+        ("priority", extra)
+    } else {
+        ("fcfs", String::new())
+    };
     StackSpec {
         model: MODEL,
         sims: vec![flags(&[
-            ("--max-num-seqs", SLOTS.to_string()),
+            ("--max-num-seqs", engine.max_seqs.unwrap_or(SLOTS).to_string()),
+            ("--scheduling-policy", policy.to_owned()),
             ("--decode-step-ms", DECODE_STEP_MS.to_string()),
             ("--decode-step-per-seq-us", DECODE_PER_SEQ_US.to_string()),
             ("--prefill-overhead-ms", PREFILL_OVERHEAD_MS.to_string()),
@@ -41,6 +60,7 @@ fn stack(mode: &str, seed: u64) -> StackSpec<'static> {
         ])],
         config: format!("[admission]\nmode = \"{mode}\"\nqueue_timeout_ms = 600000\n"),
         max_in_flight: SLOTS,
+        backend_extra: extra,
         gateway_log: true,
     }
 }
@@ -166,10 +186,15 @@ async fn sample_sim(client: reqwest::Client, sim: String, from: f64, to: f64) ->
 
 /// One run of `load` in admission `mode`: a fresh simulator and gateway, the unloaded probe
 /// if the load has one, then the load itself.
-pub(super) async fn run_load(load: &Load, mode: &'static str, seed: u64) -> anyhow::Result<RunOut> {
+pub(super) async fn run_load(
+    load: &Load,
+    mode: &'static str,
+    seed: u64,
+    engine: Engine,
+) -> anyhow::Result<RunOut> {
     let client = bench_client()?;
     let name = format!("fairbench-{mode}-{seed}");
-    let stack = process::start(&name, stack(mode, seed), &client).await?;
+    let stack = process::start(&name, stack(mode, seed, engine), &client).await?;
     let gw = &stack.gateway;
     let result = async {
         let mut keys = Vec::new();

@@ -144,6 +144,8 @@ pub(crate) struct StackSpec<'a> {
     pub(crate) config: String,
     /// `max_in_flight` of every backend.
     pub(crate) max_in_flight: usize,
+    /// More lines of every `[[models.backends]]` entry (engine settings).
+    pub(crate) backend_extra: String,
     /// Copy the gateway's warnings to stderr.
     pub(crate) gateway_log: bool,
 }
@@ -184,8 +186,8 @@ pub(crate) async fn start(
             procs.children.push(spawn_sim(spec.model, port, args)?);
             let url = format!("http://127.0.0.1:{port}");
             backends.push_str(&format!(
-                "[[models.backends]]\nurl = \"{url}\"\nmax_in_flight = {}\n",
-                spec.max_in_flight
+                "[[models.backends]]\nurl = \"{url}\"\nmax_in_flight = {}\n{}",
+                spec.max_in_flight, spec.backend_extra
             ));
             sims.push(url);
         }

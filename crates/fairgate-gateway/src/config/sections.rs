@@ -553,6 +553,12 @@ pub struct AdmissionConfig {
     /// only.
     #[serde(default)]
     pub headroom: Option<usize>,
+    /// When a slot frees, a queued request expected to be short (its `max_tokens`, or its
+    /// tenant's recent answer length when smaller) goes ahead of a longer one whose tenant is
+    /// at most one average request's service behind. Fair mode only; the fairness bound
+    /// between two backlogged tenants grows from 2 to at most 3 requests' worth of service.
+    #[serde(default = "defaults::yes")]
+    pub length_aware: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -609,6 +615,7 @@ impl Default for AdmissionConfig {
             output_token_cost: 2,
             on_limit: OnLimit::Queue,
             headroom: None,
+            length_aware: true,
         }
     }
 }

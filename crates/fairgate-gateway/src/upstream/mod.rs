@@ -155,6 +155,7 @@ pub fn pool_config(max_in_flight: usize, tokens: Option<u64>, adm: &AdmissionCon
         headroom: adm.headroom.map_or(Headroom::Auto, Headroom::Slots),
         engine_extra: 0,
         engine_priority: false,
+        length_aware: adm.length_aware,
     }
 }
 
@@ -353,7 +354,12 @@ impl ModelPool {
     /// the backends give.
     pub fn apply_admission(&self, adm: &AdmissionConfig) {
         let (cap, tokens) = capacity(&self.backends.load(), Instant::now());
-        self.fair.reconfigure(pool_config(cap, tokens, adm));
+        let (engine_extra, engine_priority) = engine_capacity(&self.backends.load(), Instant::now());
+        self.fair.reconfigure(PoolConfig {
+            engine_extra,
+            engine_priority,
+            ..pool_config(cap, tokens, adm)
+        });
     }
 
     /// Adds a backend; `Err` if one with this URL is already there.
