@@ -415,7 +415,9 @@ impl<T> FairQueue<T> {
                 let Some(slot) = self.head_of(t) else {
                     continue;
                 };
-                let hint = self.slots[slot as usize].as_ref().map_or(u64::MAX, |e| e.hint);
+                let hint = self.slots[slot as usize]
+                    .as_ref()
+                    .map_or(u64::MAX, |e| e.hint);
                 if best.is_none_or(|(h, _)| hint < h) {
                     best = Some((hint, slot));
                 }

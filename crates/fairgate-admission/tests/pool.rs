@@ -907,6 +907,10 @@ async fn a_freed_slot_goes_first_to_short_work_within_the_band() {
         } else {
             ["long", "short"]
         };
-        assert_eq!(*order.lock().unwrap(), expected, "length_aware {length_aware}");
+        assert_eq!(
+            *order.lock().unwrap(),
+            expected,
+            "length_aware {length_aware}"
+        );
     }
 }

@@ -60,8 +60,8 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use crate::harness::report::{criterion, write_json};
-pub use driver::Engine;
 use driver::run_load;
+pub use driver::Engine;
 use report::{analyse, find, print_runs, run_json, RunReport};
 use scenarios::{
     asymmetry_load, interactive_load, interactive_varied_load, weighted_load, Load,

@@ -34,9 +34,9 @@ pub mod stream;
 
 pub use model::{query_model, read_model, BodyKind, ModelRead, ModelSource};
 pub use request::{
-    client_priority, estimate_text_tokens, parse_request, reservation_tokens, reservation_tokens_within,
-    with_include_usage, with_model, with_model_set, with_priority, with_stream_usage, Endpoint, ParsedRequest,
-    RequestError, NON_TEXT_PART_TOKENS,
+    client_priority, estimate_text_tokens, parse_request, reservation_tokens,
+    reservation_tokens_within, with_include_usage, with_model, with_model_set, with_priority,
+    with_stream_usage, Endpoint, ParsedRequest, RequestError, NON_TEXT_PART_TOKENS,
 };
 pub use response::usage_from_body;
 pub use stream::{Pushed, StreamRelay, MAX_EVENT_BYTES};

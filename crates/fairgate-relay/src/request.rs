@@ -984,7 +984,11 @@ mod tests {
 
     #[test]
     fn priority_is_an_integer_or_null() {
-        let body = |v: &str| format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"priority":{v}}}"#);
+        let body = |v: &str| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"priority":{v}}}"#
+            )
+        };
         let p = chat(&body("-3")).unwrap();
         assert_eq!((p.priority, p.priority_member), (Some(-3), true));
         let p = chat(&body("7")).unwrap();

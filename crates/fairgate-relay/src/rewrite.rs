@@ -145,7 +145,8 @@ const PRIORITY: &str = "priority";
 /// Cheap pre-check before a parse: a top-level `priority` member needs the bytes `priority`
 /// in the body, or a `\u` escape that spells some of them.
 fn mentions_priority(body: &[u8]) -> bool {
-    body.windows(PRIORITY.len()).any(|w| w == PRIORITY.as_bytes())
+    body.windows(PRIORITY.len())
+        .any(|w| w == PRIORITY.as_bytes())
         || body.windows(2).any(|w| w == b"\\u")
 }
 
@@ -404,14 +405,23 @@ mod tests {
 
     #[test]
     fn priority_is_set_replaced_or_removed() {
-        assert_eq!(prio(r#"{"model":"m"}"#, Some(3)), r#"{"priority":3,"model":"m"}"#);
+        assert_eq!(
+            prio(r#"{"model":"m"}"#, Some(3)),
+            r#"{"priority":3,"model":"m"}"#
+        );
         assert_eq!(prio(r#"{}"#, Some(0)), r#"{"priority":0}"#);
         assert_eq!(
             prio(r#"{"model":"m", "priority" : -5 }"#, Some(2)),
             r#"{"model":"m", "priority" : 2 }"#
         );
-        assert_eq!(prio(r#"{"priority":1,"model":"m"}"#, None), r#"{"model":"m"}"#);
-        assert_eq!(prio(r#"{"model":"m", "priority": 1}"#, None), r#"{"model":"m"}"#);
+        assert_eq!(
+            prio(r#"{"priority":1,"model":"m"}"#, None),
+            r#"{"model":"m"}"#
+        );
+        assert_eq!(
+            prio(r#"{"model":"m", "priority": 1}"#, None),
+            r#"{"model":"m"}"#
+        );
         assert_eq!(prio(r#"{ "priority": 1 }"#, None), r#"{  }"#);
         assert_eq!(
             prio(r#"{"priority":1,"model":"m","priority":2}"#, None),

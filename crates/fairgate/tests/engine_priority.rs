@@ -140,9 +140,16 @@ async fn the_priority_field_follows_the_backend_policy_and_the_key() {
     let (s, v) = send(&gw, &trusted, body("prio", Some(json!("high"))), None).await;
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["error"]["param"], "priority", "{v}");
-    assert_eq!(prio_seen.lock().unwrap().len(), before, "never sent upstream");
+    assert_eq!(
+        prio_seen.lock().unwrap().len(),
+        before,
+        "never sent upstream"
+    );
     let rows = gw.wait_rows(Some("t"), 9).await;
-    assert!(rows.iter().any(|r| r["error_class"] == "invalid_type"), "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r["error_class"] == "invalid_type"),
+        "{rows:?}"
+    );
     gw.shutdown().await;
     db.cleanup().await;
 }

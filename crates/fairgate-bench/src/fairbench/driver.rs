@@ -50,7 +50,10 @@ fn stack(mode: &str, seed: u64, engine: Engine) -> StackSpec<'static> {
     StackSpec {
         model: MODEL,
         sims: vec![flags(&[
-            ("--max-num-seqs", engine.max_seqs.unwrap_or(SLOTS).to_string()),
+            (
+                "--max-num-seqs",
+                engine.max_seqs.unwrap_or(SLOTS).to_string(),
+            ),
             ("--scheduling-policy", policy.to_owned()),
             ("--decode-step-ms", DECODE_STEP_MS.to_string()),
             ("--decode-step-per-seq-us", DECODE_PER_SEQ_US.to_string()),

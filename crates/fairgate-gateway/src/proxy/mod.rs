@@ -279,12 +279,8 @@ async fn forward(
     };
     drop(dir);
     let rank = t.admitted.as_ref().map_or(0, |a| a.lease.permit.rank());
-    let engine = send::EnginePriority::new(
-        &plan,
-        &resolved,
-        principal.policy().engine_priority,
-        rank,
-    );
+    let engine =
+        send::EnginePriority::new(&plan, &resolved, principal.policy().engine_priority, rank);
     t.overhead_before = t.start.elapsed().saturating_sub(waited);
     t.upstream_sent = Some(Instant::now());
     let resp = match send::send(

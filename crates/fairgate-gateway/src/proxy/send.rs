@@ -56,11 +56,19 @@ const BATCH_POSITION: i64 = 10;
 
 impl EnginePriority {
     pub(super) fn new(plan: &Plan, r: &Resolved, key_may_set: bool, rank: u8) -> EnginePriority {
-        let own = i64::from(rank) + if r.priority == Priority::Batch { BATCH_POSITION } else { 0 };
+        let own = i64::from(rank)
+            + if r.priority == Priority::Batch {
+                BATCH_POSITION
+            } else {
+                0
+            };
         let (client, strip) = match &plan.parsed {
             Some(p) => (p.priority, p.priority_member),
             // A relayed body was not parsed: look only if it may mention the field.
-            None => (fairgate_relay::client_priority(&plan.body).ok().flatten(), true),
+            None => (
+                fairgate_relay::client_priority(&plan.body).ok().flatten(),
+                true,
+            ),
         };
         let value = match client {
             Some(v) if key_may_set => v,

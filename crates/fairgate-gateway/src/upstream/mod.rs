@@ -354,7 +354,8 @@ impl ModelPool {
     /// the backends give.
     pub fn apply_admission(&self, adm: &AdmissionConfig) {
         let (cap, tokens) = capacity(&self.backends.load(), Instant::now());
-        let (engine_extra, engine_priority) = engine_capacity(&self.backends.load(), Instant::now());
+        let (engine_extra, engine_priority) =
+            engine_capacity(&self.backends.load(), Instant::now());
         self.fair.reconfigure(PoolConfig {
             engine_extra,
             engine_priority,
