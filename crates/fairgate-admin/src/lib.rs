@@ -54,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/usage", get(usage))
         .route("/requests", get(requests))
         .route("/scheduler", get(scheduler))
+        .route("/cluster", get(cluster))
         .route("/reload", post(reload_config))
         .route("/users", get(list_users).post(create_user))
         .route("/audit", get(list_audit))
@@ -561,6 +562,33 @@ async fn scheduler(
         None => st.upstreams.pools.iter().map(|p| pool_view(p)).collect(),
     };
     Ok(Json(SchedulerView { models }))
+}
+
+/// `GET /admin/v1/cluster`: this replica and the live members it sees.
+#[derive(Serialize)]
+struct ClusterView {
+    /// `false` without `[cluster]` (one process).
+    enabled: bool,
+    member: Option<String>,
+    redis_up: bool,
+    members: Vec<fairgate_cluster::Member>,
+}
+
+async fn cluster(State(st): State<Arc<AppState>>) -> Json<ClusterView> {
+    Json(match &st.cluster {
+        Some(c) => ClusterView {
+            enabled: true,
+            member: Some(c.member_id().to_owned()),
+            redis_up: c.redis_up(),
+            members: c.members(),
+        },
+        None => ClusterView {
+            enabled: false,
+            member: None,
+            redis_up: false,
+            members: Vec::new(),
+        },
+    })
 }
 
 /// One budget line: the cap from the live policy, usage from the budget accounts.

@@ -1,7 +1,7 @@
 //! Groups: set (create or re-weigh) and delete. Tenants name groups freely; a group without a
 //! row weighs 1.
 
-use fairgate_gateway::state::{refresh_directory, AppState};
+use fairgate_gateway::state::{directory_changed, AppState};
 use fairgate_types::{Group, GroupName};
 
 use crate::audit::{json_of, record_audit};
@@ -22,7 +22,7 @@ pub async fn set_group(
     };
     let before = st.store.get_group(&g.name).await?.and_then(|g| json_of(&g));
     let created = st.store.upsert_group(&g).await?;
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     record_audit(
         st,
         actor,
@@ -42,7 +42,7 @@ pub async fn delete_group(st: &AppState, actor: &str, name: &str) -> Result<(), 
     if !st.store.delete_group(name).await? {
         return Err(ControlError::NotFound(format!("group `{name}`")));
     }
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     record_audit(
         st,
         actor,

@@ -2,7 +2,7 @@
 //! its hash is stored, and audit entries never carry it (the record does not serialize it).
 
 use fairgate_gateway::identity::{mint_key, mint_secret_for, NewKey as Minted};
-use fairgate_gateway::state::{refresh_directory, AppState};
+use fairgate_gateway::state::{directory_changed, AppState};
 use fairgate_types::{now_millis, KeyId, KeyPolicy, KeyRecord, UnixMillis};
 
 use crate::audit::{json_of, record_audit};
@@ -75,7 +75,7 @@ pub async fn create_key(
         policy: req.policy,
     };
     st.store.insert_key(&rec).await?;
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     record_audit(
         st,
         actor,
@@ -120,7 +120,7 @@ pub async fn update_key(
         k.policy = p;
     }
     st.store.update_key(&k).await?;
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     record_audit(
         st,
         actor,
@@ -142,7 +142,7 @@ pub async fn revoke_key(st: &AppState, actor: &str, id: &str) -> Result<KeyRecor
     }
     k.enabled = false;
     st.store.update_key(&k).await?;
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     record_audit(
         st,
         actor,
@@ -183,7 +183,7 @@ pub async fn rotate_key_secret(
     let minted = mint_secret_for(k.id.clone());
     k.secret_hash = minted.secret_hash.clone();
     st.store.update_key(k).await?;
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     record_audit(
         st,
         actor,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use fairgate_gateway::config::Config;
-use fairgate_gateway::state::{refresh_directory, AppState};
+use fairgate_gateway::state::{directory_changed, AppState};
 use fairgate_store::Store;
 
 /// Upserts the groups and tenants the config file declares.
@@ -85,7 +85,7 @@ pub async fn reload_config(st: &Arc<AppState>, actor: &str) -> anyhow::Result<Re
         needs_restart,
     };
     st.live.store(Arc::new(new));
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     if !report.needs_restart.is_empty() {
         tracing::warn!(fields = ?report.needs_restart, "config reloaded; these changes need a restart to apply");
     }

@@ -1,7 +1,7 @@
 //! Tenants: create, change (weight, group, policy: its limits and budgets), delete. Each change
 //! is live (the directory and every pool's weights) before the function returns, and audited.
 
-use fairgate_gateway::state::{refresh_directory, AppState};
+use fairgate_gateway::state::{directory_changed, AppState};
 use fairgate_types::{now_millis, GroupName, Tenant, TenantName, TenantPolicy};
 
 use crate::audit::{json_of, record_audit};
@@ -47,7 +47,7 @@ pub async fn create_tenant(
         policy: req.policy,
     };
     st.store.create_tenant(&tenant).await?;
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     record_audit(
         st,
         actor,
@@ -91,7 +91,7 @@ pub async fn update_tenant(
     if !st.store.update_tenant(&t).await? {
         return Err(not_found(name));
     }
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     record_audit(
         st,
         actor,
@@ -111,7 +111,7 @@ pub async fn delete_tenant(st: &AppState, actor: &str, name: &str) -> Result<(),
     if !st.store.delete_tenant(name).await? {
         return Err(not_found(name));
     }
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     record_audit(
         st,
         actor,

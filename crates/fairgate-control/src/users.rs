@@ -2,7 +2,7 @@
 //! one policy ([`crate::passwords`]) and are hashed on the blocking pool, never on an async
 //! worker that carries streams.
 
-use fairgate_gateway::state::{refresh_directory, AppState};
+use fairgate_gateway::state::{directory_changed, AppState};
 use fairgate_types::{now_millis, Role, Secret, User};
 
 use crate::audit::{json_of, record_audit};
@@ -132,7 +132,7 @@ pub async fn update_user(
     if only_disabled != Some(false) {
         st.store.delete_user_sessions(&u.id).await?;
     }
-    refresh_directory(st).await?;
+    directory_changed(st).await?;
     let action = match only_disabled {
         Some(true) => "user.disable",
         Some(false) => "user.enable",

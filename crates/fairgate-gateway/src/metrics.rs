@@ -275,6 +275,64 @@ pub struct Metrics {
     shared: Arc<Shared>,
     /// (model, backend name) pairs exported at the last scrape, to remove those that left.
     exported_backends: Mutex<HashSet<(String, String)>>,
+    cluster: ClusterMetrics,
+}
+
+/// The replica's view of the fleet (`[cluster]` only; zero otherwise).
+struct ClusterMetrics {
+    up: prometheus::IntGauge,
+    members: prometheus::IntGauge,
+    round_trips: prometheus::IntCounter,
+    round_trip_micros: prometheus::IntCounter,
+    errors: prometheus::IntCounter,
+    published: prometheus::IntCounter,
+    received: prometheus::IntCounter,
+}
+
+impl ClusterMetrics {
+    fn new(registry: &Registry) -> Result<ClusterMetrics, prometheus::Error> {
+        let gauge = |name: &str, help: &str| -> Result<prometheus::IntGauge, prometheus::Error> {
+            let g = prometheus::IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter =
+            |name: &str, help: &str| -> Result<prometheus::IntCounter, prometheus::Error> {
+                let c = prometheus::IntCounter::new(name, help)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        Ok(ClusterMetrics {
+            up: gauge(
+                "fairgate_cluster_redis_up",
+                "1 while Redis answers (the replica is in the fleet), 0 in local mode",
+            )?,
+            members: gauge(
+                "fairgate_cluster_members",
+                "Live replicas as of this replica's last heartbeat",
+            )?,
+            round_trips: counter(
+                "fairgate_cluster_redis_round_trips_total",
+                "Redis calls that succeeded",
+            )?,
+            round_trip_micros: counter(
+                "fairgate_cluster_redis_round_trip_microseconds_total",
+                "Time those calls took, summed (divide by the round trips for the mean)",
+            )?,
+            errors: counter(
+                "fairgate_cluster_redis_errors_total",
+                "Redis calls that failed or exceeded cluster.redis_timeout_ms",
+            )?,
+            published: counter(
+                "fairgate_cluster_changes_published_total",
+                "Changes this replica announced to the others",
+            )?,
+            received: counter(
+                "fairgate_cluster_changes_received_total",
+                "Changes other replicas announced that this one applied",
+            )?,
+        })
+    }
 }
 
 /// Moves a counter up to `total` (counters published from running totals kept elsewhere).
@@ -521,8 +579,22 @@ impl Metrics {
             )?,
             shared: shared.clone(),
             exported_backends: Mutex::new(HashSet::new()),
+            cluster: ClusterMetrics::new(&registry)?,
             registry,
         })
+    }
+
+    /// Copies the cluster's state into its series (at scrape time).
+    pub fn observe_cluster(&self, c: &fairgate_cluster::Cluster) {
+        let m = &self.cluster;
+        let s = c.stats();
+        m.up.set(i64::from(c.redis_up()));
+        m.members.set(c.members().len() as i64);
+        follow(&m.round_trips, s.round_trips);
+        follow(&m.round_trip_micros, s.round_trip_micros);
+        follow(&m.errors, s.errors);
+        follow(&m.published, s.changes_published);
+        follow(&m.received, s.changes_received);
     }
 
     /// The known label values and the series cap.

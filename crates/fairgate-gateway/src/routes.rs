@@ -60,6 +60,9 @@ async fn metrics(
         }
     }
     drop(live);
+    if let Some(c) = &st.cluster {
+        st.metrics.observe_cluster(c);
+    }
     (
         [(
             http::header::CONTENT_TYPE,

@@ -47,6 +47,8 @@ pub struct AppState {
     pub proxy_limits: ProxyLimits,
     /// Fired when shutdown begins (SIGTERM): `/readyz` answers 503 and connections drain.
     pub stopping: CancellationToken,
+    /// The other replicas, with `[cluster]`; `None` for a single process.
+    pub cluster: Option<Arc<fairgate_cluster::Cluster>>,
 }
 
 impl AppState {
@@ -86,6 +88,24 @@ impl AppState {
     /// Every model's known context length, asking backends not asked recently (portal pages).
     pub async fn context_lengths(&self) -> std::collections::HashMap<String, u64> {
         self.context.all(&self.upstreams, &self.client).await
+    }
+}
+
+/// A change to tenants, groups, keys, users or policies was stored: applies it here, then
+/// tells the other replicas (which re-read the store). What the control plane calls.
+pub async fn directory_changed(st: &AppState) -> Result<(), fairgate_store::StoreError> {
+    refresh_directory(st).await?;
+    announce(st, fairgate_cluster::Change::Directory).await;
+    Ok(())
+}
+
+/// Tells the other replicas about `change`. Bounded by `[cluster] redis_timeout_ms`; a failure
+/// is logged, not returned: the change is stored, and the others' periodic refresh picks it up.
+pub async fn announce(st: &AppState, change: fairgate_cluster::Change) {
+    if let Some(c) = &st.cluster {
+        if let Err(e) = c.publish(change).await {
+            tracing::warn!(error = %e, "could not announce a change to the other replicas; they will see it at their next refresh");
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! [`Operator`](crate::session::Operator), and every change a checked [`CsrfForm`](crate::session::CsrfForm).
 //!
 //! Every change goes the admin API's way: the same validation functions (`crate::admin`),
-//! the store, `refresh_directory` so the scheduler, limits and budgets use the new values at
+//! the store, `directory_changed` so the scheduler, limits and budgets use the new values at
 //! the next request, and an audit entry with before and after. A form that does not validate
 //! comes back as a 400 page showing the message and what was typed; nothing is changed. This
 //! file holds what the forms share: the submitted values, why a change failed, and how a

@@ -87,7 +87,25 @@ impl Gateway {
         let identity = Identity::load(store.clone())
             .await
             .context("loading tenants and keys")?;
+        let cluster = match &config.cluster {
+            Some(c) => {
+                let port = config.listen_addr().map(|a| a.port()).unwrap_or(0);
+                let cluster = fairgate_cluster::Cluster::new(fairgate_cluster::ClusterConfig {
+                    redis_url: c.redis_url.expose().to_owned(),
+                    replica_id: c.replica_id(port),
+                    key_prefix: c.key_prefix.clone(),
+                    heartbeat: Duration::from_millis(c.heartbeat_ms),
+                    member_ttl: Duration::from_millis(c.member_ttl_ms),
+                    op_timeout: Duration::from_millis(c.redis_timeout_ms),
+                })
+                .context("[cluster] redis_url")?;
+                tracing::info!(member = %cluster.member_id(), "joining the cluster");
+                Some(cluster)
+            }
+            None => None,
+        };
         let state = Arc::new(AppState {
+            cluster,
             live: Arc::new(ArcSwap::from_pointee(config.clone())),
             config_path: path,
             admission: Admission::new(&config),
@@ -153,6 +171,10 @@ impl Gateway {
             tokio::spawn(async move { reload_on_hangup(state, signals).await })
         };
         state.watch_backends();
+        let cluster = state.cluster.as_ref().map(|c| {
+            let changes = c.start(state.shutdown.clone());
+            tokio::spawn(apply_cluster_changes(state.clone(), changes))
+        });
         // Rolls ledger rows past `[ledger] retention_days` into daily aggregates (hourly).
         let retention = fairgate_store::spawn_retention(
             state.store.clone(),
@@ -166,6 +188,15 @@ impl Gateway {
         state.shutdown.cancel();
         refresh.abort();
         hangup.abort();
+        if let Some(task) = cluster {
+            task.abort();
+        }
+        if let Some(c) = &state.cluster {
+            // Leave at once rather than after the member TTL (bounded by the Redis timeout).
+            if let Err(e) = c.leave().await {
+                tracing::warn!(error = %e, "could not leave the cluster; the others drop this replica after its TTL");
+            }
+        }
         // Counts of suppressed anonymous failures not yet summarized.
         write_anonymous_summary(&state);
         if let Some(r) = retention {
@@ -184,6 +215,24 @@ impl Gateway {
             Err(e) => return Err(e).context("flushing the ledger at shutdown"),
         }
         result
+    }
+}
+
+/// Applies what other replicas announce: a changed directory is re-read from the shared store.
+/// A burst of announcements costs one re-read.
+async fn apply_cluster_changes(
+    state: Arc<AppState>,
+    mut changes: tokio::sync::mpsc::Receiver<fairgate_cluster::Change>,
+) {
+    while let Some(change) = changes.recv().await {
+        while changes.try_recv().is_ok() {}
+        match change {
+            fairgate_cluster::Change::Directory => {
+                if let Err(e) = refresh_directory(&state).await {
+                    tracing::warn!(error = %e, "re-reading the directory another replica changed failed; the periodic refresh retries");
+                }
+            }
+        }
     }
 }
 

@@ -42,6 +42,23 @@ pub fn idle_timeout_ms() -> u64 {
     120_000
 }
 
+pub fn cluster_prefix() -> String {
+    "fairgate".into()
+}
+
+pub fn heartbeat_ms() -> u64 {
+    1_000
+}
+
+/// Three heartbeats: a replica killed with `-9` is reclaimed within 3–4 s.
+pub fn member_ttl_ms() -> u64 {
+    3_000
+}
+
+pub fn redis_timeout_ms() -> u64 {
+    200
+}
+
 pub fn yes() -> bool {
     true
 }

@@ -97,6 +97,10 @@ pub struct Config {
     /// `[metrics]`: bounds on the gateway's own metric series.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    // --- Several replicas (issue 13) ---
+    /// `[cluster]`: join the other replicas through Redis. Absent: one process, as always.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
 }
 
 /// A config that could not be loaded; the message names the file and the field.
@@ -147,6 +151,7 @@ const ENV_FIELDS: &[&str] = &[
     "limits",
     "metrics_token",
     "metrics",
+    "cluster",
 ];
 
 impl Config {
@@ -216,6 +221,15 @@ impl Config {
                     self.database
                 ),
             ));
+        }
+        if let Some(c) = &self.cluster {
+            if self.database.starts_with("sqlite:") {
+                return Err(field_err(
+                    "cluster",
+                    "needs a database every replica shares (postgres://...): with SQLite each replica would keep its own keys, ledger and budgets",
+                ));
+            }
+            c.validate()?;
         }
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {

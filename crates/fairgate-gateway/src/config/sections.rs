@@ -282,6 +282,83 @@ pub struct BackendConfig {
     pub engine_max_seqs: Option<usize>,
 }
 
+/// `[cluster]`: how this replica finds the others (issue 13).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `redis://[:password@]host:port[/db]`; `FAIRGATE_CLUSTER__REDIS_URL` overrides.
+    pub redis_url: Secret,
+    /// This replica's name in the fleet. Default: the host name and the listen port.
+    #[serde(default)]
+    pub replica_id: Option<String>,
+    /// Prefix of every Redis key and channel (several fleets may share one Redis).
+    #[serde(default = "defaults::cluster_prefix")]
+    pub key_prefix: String,
+    /// How often a replica says it is alive.
+    #[serde(default = "defaults::heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A replica not heard from for this long is gone (what it held is reclaimed).
+    #[serde(default = "defaults::member_ttl_ms")]
+    pub member_ttl_ms: u64,
+    /// The longest one Redis call may take; a slower one counts as failed.
+    #[serde(default = "defaults::redis_timeout_ms")]
+    pub redis_timeout_ms: u64,
+}
+
+impl ClusterSection {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        let err = |f: &str, m: &str| super::field_err(format!("cluster.{f}"), m);
+        let url = self.redis_url.expose();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(err("redis_url", "must be a redis:// or rediss:// URL"));
+        }
+        if self.heartbeat_ms < 10 {
+            return Err(err("heartbeat_ms", "must be at least 10"));
+        }
+        if self.member_ttl_ms < 2 * self.heartbeat_ms {
+            return Err(err(
+                "member_ttl_ms",
+                "must be at least twice heartbeat_ms (one late heartbeat must not look like a death)",
+            ));
+        }
+        if self.redis_timeout_ms == 0 {
+            return Err(err("redis_timeout_ms", "must be at least 1"));
+        }
+        if self
+            .replica_id
+            .as_deref()
+            .is_some_and(|r| r.is_empty() || r.contains('#') || r.len() > 128)
+        {
+            return Err(err(
+                "replica_id",
+                "must be 1 to 128 characters, without `#`",
+            ));
+        }
+        if self.key_prefix.is_empty() {
+            return Err(err("key_prefix", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// `replica_id`, or the host name and `port`.
+    pub fn replica_id(&self, port: u16) -> String {
+        if let Some(r) = &self.replica_id {
+            return r.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "fairgate".into());
+        format!("{host}:{port}")
+    }
+}
+
 /// How an engine orders the requests it holds (vLLM's `--scheduling-policy`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,0 +1,431 @@
+//! What fairgate replicas share through Redis: who is alive (membership) and a bus on which a
+//! change made on one replica reaches the others at once.
+//!
+//! **Membership.** Every replica is the member `replica_id#epoch`, the epoch drawn at boot, so
+//! a replica restarted on the same host and port is a new member and nothing the old one held
+//! is mistaken for the new one's. Each heartbeat is one Lua script (one round trip): it stamps
+//! this member with Redis's own clock (replica clocks may disagree), drops members not seen
+//! for `member_ttl` and returns the live ones. A replica killed with `-9` leaves every view
+//! within `member_ttl` plus one heartbeat; one stopped cleanly leaves at once ([`Cluster::leave`]).
+//!
+//! **The change bus.** A Redis pub/sub channel. A change is announced after it is stored, so a
+//! replica that hears it re-reads the store and sees it. Pub/sub delivers at most once: after a
+//! lost subscription the subscriber reports one [`Change::Directory`] of its own (it may have
+//! missed some), and the periodic refresh of the directory stays as the backstop.
+//!
+//! Nothing here is on the request path. Every Redis call is bounded by `op_timeout`; a failure
+//! marks the cluster down ([`Cluster::redis_up`]) until a call succeeds, and is never fatal.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How a replica joins the fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+    /// This replica's name (default in the gateway: hostname and listen port).
+    pub replica_id: String,
+    /// Prefix of every Redis key and channel, so several fleets (or tests) share one Redis.
+    pub key_prefix: String,
+    pub heartbeat: Duration,
+    /// A member not heard from for this long is gone.
+    pub member_ttl: Duration,
+    /// The longest any Redis call may take before it counts as failed.
+    pub op_timeout: Duration,
+}
+
+/// Why a Redis call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected answer from redis: {0}")]
+    Protocol(String),
+}
+
+/// A change other replicas must apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// Tenants, groups, keys, users or their policies changed in the shared store.
+    Directory,
+}
+
+/// What travels on the channel: the change and who sent it (a replica ignores its own).
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    from: String,
+    #[serde(flatten)]
+    change: Change,
+}
+
+/// One live replica, as the last heartbeat saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// `replica#epoch`.
+    pub id: String,
+    pub replica: String,
+    pub epoch: String,
+    /// When it last beat, in Redis's clock (ms since the Unix epoch).
+    pub last_seen_ms: u64,
+    /// This process.
+    pub this: bool,
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub round_trips: u64,
+    pub round_trip_micros: u64,
+    pub errors: u64,
+    pub changes_published: u64,
+    pub changes_received: u64,
+}
+
+/// Stamps a member, drops the ones not seen for TTL ms, returns `[now, m1, t1, m2, t2, ...]`.
+const HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
+local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+table.insert(live, 1, tostring(now))
+return live
+"#;
+
+/// One replica's handle on the fleet. Cheap to share: `Arc<Cluster>`.
+pub struct Cluster {
+    cfg: ClusterConfig,
+    member: String,
+    client: redis::Client,
+    heartbeat: redis::Script,
+    conn: Mutex<Option<MultiplexedConnection>>,
+    up: AtomicBool,
+    members: Mutex<Vec<Member>>,
+    round_trips: AtomicU64,
+    round_trip_micros: AtomicU64,
+    errors: AtomicU64,
+    published: AtomicU64,
+    received: AtomicU64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("Cluster")
+            .field("member", &self.member)
+            .field("key_prefix", &self.cfg.key_prefix)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Checks the URL and draws this boot's epoch; no IO (Redis may be down at start: the
+    /// replica then serves in its local mode and joins once Redis answers).
+    pub fn new(cfg: ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
+        let client = redis::Client::open(cfg.redis_url.as_str())?;
+        let epoch = format!("{:016x}", rand::random::<u64>());
+        Ok(Arc::new(Cluster {
+            member: format!("{}#{epoch}", cfg.replica_id),
+            cfg,
+            client,
+            heartbeat: redis::Script::new(HEARTBEAT),
+            conn: Mutex::new(None),
+            up: AtomicBool::new(false),
+            members: Mutex::new(Vec::new()),
+            round_trips: AtomicU64::new(0),
+            round_trip_micros: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+        }))
+    }
+
+    /// `replica_id#epoch`.
+    pub fn member_id(&self) -> &str {
+        &self.member
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    /// Whether the last Redis call succeeded.
+    pub fn redis_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The live members as of the last heartbeat (this one included once it has beaten).
+    pub fn members(&self) -> Vec<Member> {
+        lock(&self.members).clone()
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            round_trips: self.round_trips.load(Ordering::Relaxed),
+            round_trip_micros: self.round_trip_micros.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            changes_published: self.published.load(Ordering::Relaxed),
+            changes_received: self.received.load(Ordering::Relaxed),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.cfg.key_prefix)
+    }
+
+    fn channel(&self) -> String {
+        self.key("changes")
+    }
+
+    /// Runs one Redis call on the shared connection within `op_timeout`, reconnecting first
+    /// if the last call broke it; records the outcome.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClusterError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let limit = self.cfg.op_timeout;
+        let started = Instant::now();
+        let result = tokio::time::timeout(limit, async {
+            let cached = lock(&self.conn).clone();
+            let conn = match cached {
+                Some(c) => c,
+                None => {
+                    let c = self.client.get_multiplexed_async_connection().await?;
+                    *lock(&self.conn) = Some(c.clone());
+                    c
+                }
+            };
+            f(conn).await
+        })
+        .await;
+        let result = match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(ClusterError::Redis(e)),
+            Err(_) => Err(ClusterError::Timeout(limit)),
+        };
+        match &result {
+            Ok(_) => {
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
+                self.round_trip_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(member = %self.member, "redis reachable: in the cluster");
+                }
+            }
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                // A broken or stuck connection is not reused; the next call dials again.
+                *lock(&self.conn) = None;
+                if self.up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(member = %self.member, error = %e, "redis unreachable: serving on local state");
+                }
+            }
+        }
+        result
+    }
+
+    /// One heartbeat: stamps this member, forgets the dead, and returns the live members.
+    pub async fn heartbeat(&self) -> Result<Vec<Member>, ClusterError> {
+        let key = self.key("members");
+        let ttl = self.cfg.member_ttl.as_millis() as u64;
+        let script = &self.heartbeat;
+        let member = self.member.clone();
+        let raw: Vec<String> = self
+            .call(|mut c| async move {
+                script
+                    .key(key)
+                    .arg(member)
+                    .arg(ttl)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let members = parse_members(&raw, &self.member)?;
+        *lock(&self.members) = members.clone();
+        Ok(members)
+    }
+
+    /// Announces `change` to the other replicas (call it after the change is stored).
+    pub async fn publish(&self, change: Change) -> Result<(), ClusterError> {
+        let payload = serde_json::to_string(&Envelope {
+            from: self.member.clone(),
+            change,
+        })
+        .map_err(|e| ClusterError::Protocol(e.to_string()))?;
+        let channel = self.channel();
+        let _: i64 = self
+            .call(|mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Leaves the membership at once (a clean stop), so nobody waits `member_ttl` for it.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let key = self.key("members");
+        let member = self.member.clone();
+        let _: i64 = self
+            .call(|mut c| async move {
+                redis::cmd("ZREM")
+                    .arg(key)
+                    .arg(member)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        lock(&self.members).retain(|m| !m.this);
+        Ok(())
+    }
+
+    /// Starts the heartbeat and the subscriber until `shutdown`; changes other replicas
+    /// announce come out of the returned receiver.
+    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) -> mpsc::Receiver<Change> {
+        let (tx, rx) = mpsc::channel(64);
+        let me = self.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.cfg.heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        if let Err(e) = me.heartbeat().await {
+                            tracing::debug!(error = %e, "heartbeat failed");
+                        }
+                    }
+                }
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move { me.subscribe(tx, shutdown).await });
+        rx
+    }
+
+    /// Keeps a subscription to the change channel, re-subscribing after a lost connection.
+    async fn subscribe(self: Arc<Self>, tx: mpsc::Sender<Change>, shutdown: CancellationToken) {
+        let mut lost = false;
+        loop {
+            let connected = tokio::time::timeout(self.cfg.op_timeout, async {
+                let mut ps = self.client.get_async_pubsub().await?;
+                ps.subscribe(self.channel()).await?;
+                redis::RedisResult::Ok(ps)
+            })
+            .await;
+            match connected {
+                Ok(Ok(ps)) => {
+                    if lost {
+                        // Messages sent while we were away are gone: re-read everything.
+                        let _ = tx.try_send(Change::Directory);
+                    }
+                    let mut messages = ps.into_on_message();
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            msg = messages.next() => {
+                                let Some(msg) = msg else { break };
+                                let Ok(text) = msg.get_payload::<String>() else { continue };
+                                match serde_json::from_str::<Envelope>(&text) {
+                                    Ok(env) if env.from != self.member => {
+                                        self.received.fetch_add(1, Ordering::Relaxed);
+                                        let _ = tx.try_send(env.change);
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed cluster message"),
+                                }
+                            }
+                        }
+                    }
+                    tracing::warn!("lost the cluster change subscription; re-subscribing");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cluster subscription failed"),
+                Err(_) => tracing::debug!("cluster subscription timed out"),
+            }
+            lost = true;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.heartbeat) => {}
+            }
+        }
+    }
+}
+
+/// `[now, m1, t1, m2, t2, ...]` from the heartbeat script, into members.
+fn parse_members(raw: &[String], me: &str) -> Result<Vec<Member>, ClusterError> {
+    let bad = || ClusterError::Protocol(format!("heartbeat answer {raw:?}"));
+    let pairs = raw.get(1..).ok_or_else(bad)?;
+    if pairs.len() % 2 != 0 {
+        return Err(bad());
+    }
+    pairs
+        .chunks(2)
+        .map(|p| {
+            let id = p[0].clone();
+            let last_seen_ms = p[1].parse::<f64>().map_err(|_| bad())? as u64;
+            let (replica, epoch) = id.rsplit_once('#').unwrap_or((id.as_str(), ""));
+            Ok(Member {
+                replica: replica.to_owned(),
+                epoch: epoch.to_owned(),
+                this: id == me,
+                last_seen_ms,
+                id,
+            })
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is one assignment or clone: a panic inside leaves valid data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_answers_parse() {
+        let raw: Vec<String> = ["1000", "a:1#e1", "990", "b:2#e2", "1000"]
+            .map(String::from)
+            .to_vec();
+        let m = parse_members(&raw, "b:2#e2").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].replica.as_str(), m[0].epoch.as_str(), m[0].this),
+            ("a:1", "e1", false)
+        );
+        assert!(m[1].this);
+        assert_eq!(m[1].last_seen_ms, 1000);
+        assert!(parse_members(&["1".into(), "x".into()], "x").is_err());
+        assert!(parse_members(&[], "x").is_err());
+    }
+
+    #[test]
+    fn changes_travel_as_tagged_json() {
+        let text = serde_json::to_string(&Envelope {
+            from: "r#1".into(),
+            change: Change::Directory,
+        })
+        .unwrap();
+        assert_eq!(text, r##"{"from":"r#1","kind":"directory"}"##);
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.change, Change::Directory);
+    }
+}
