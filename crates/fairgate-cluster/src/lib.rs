@@ -102,12 +102,86 @@ table.insert(live, 1, tostring(now))
 return live
 "#;
 
+/// Sets one member's lease of a pool's slots; see [`Cluster::lease`]. KEYS: the lease hash
+/// (member -> slots it may have in flight), the wants hash (member -> slots it would like),
+/// the members zset, the pool's birth key. ARGV: member, capacity, want, holding, ttl ms.
+/// Returns `{grant, field}`.
+const LEASE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me, cap, want, holding, ttl =
+  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+-- Reclaim: a member not seen for ttl holds nothing and wants nothing.
+local others, wants = 0, {}
+local held = redis.call('HGETALL', KEYS[1])
+for i = 1, #held, 2 do
+  local m = held[i]
+  if m ~= me then
+    local seen = redis.call('ZSCORE', KEYS[3], m)
+    if (not seen) or tonumber(seen) < now - ttl then
+      redis.call('HDEL', KEYS[1], m)
+      redis.call('HDEL', KEYS[2], m)
+    else
+      others = others + tonumber(held[i + 1])
+      wants[#wants + 1] = {tonumber(redis.call('HGET', KEYS[2], m) or held[i + 1]), m}
+    end
+  end
+end
+redis.call('HSET', KEYS[2], me, want)
+wants[#wants + 1] = {want, me}
+-- Entitlement: the capacity split max-min fair over what the members want (water-filling;
+-- the slots a whole split leaves over go one each to the first capped members by id).
+table.sort(wants, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local left, n, i = cap, #wants, 1
+while i <= n and wants[i][1] <= math.floor(left / (n - i + 1)) do
+  left = left - wants[i][1]
+  i = i + 1
+end
+local mine = 0
+for j = 1, n do
+  if wants[j][2] == me then mine = j end
+end
+local entitled = want
+if i <= n and mine >= i then
+  local capped = n - i + 1
+  local level = math.floor(left / capped)
+  local extra = left - level * capped
+  local capped_ids = {}
+  for j = i, n do capped_ids[#capped_ids + 1] = wants[j][2] end
+  table.sort(capped_ids)
+  entitled = level
+  for j = 1, extra do
+    if capped_ids[j] == me then entitled = level + 1 end
+  end
+  entitled = math.min(entitled, want)
+end
+-- A store that lost its data (restart) does not know what the others hold: for one ttl after
+-- it is first seen, nobody grows beyond what it already may have in flight.
+local born = redis.call('GET', KEYS[4])
+if not born then
+  redis.call('SET', KEYS[4], now)
+  born = now
+end
+local grant = math.max(0, math.min(want, entitled, cap - others))
+if now - tonumber(born) < ttl then
+  grant = math.min(grant, holding)
+end
+-- The field never drops below what this member may still have in flight.
+local field = math.max(grant, holding)
+redis.call('HSET', KEYS[1], me, field)
+return {grant, field}
+"#;
+
 /// One replica's handle on the fleet. Cheap to share: `Arc<Cluster>`.
 pub struct Cluster {
     cfg: ClusterConfig,
     member: String,
     client: redis::Client,
     heartbeat: redis::Script,
+    lease: redis::Script,
     conn: Mutex<Option<MultiplexedConnection>>,
     up: AtomicBool,
     members: Mutex<Vec<Member>>,
@@ -139,6 +213,7 @@ impl Cluster {
             cfg,
             client,
             heartbeat: redis::Script::new(HEARTBEAT),
+            lease: redis::Script::new(LEASE),
             conn: Mutex::new(None),
             up: AtomicBool::new(false),
             members: Mutex::new(Vec::new()),
@@ -254,6 +329,49 @@ impl Cluster {
         let members = parse_members(&raw, &self.member)?;
         *lock(&self.members) = members.clone();
         Ok(members)
+    }
+
+    /// Asks for this replica's share of a pool's `capacity` (slots in flight across the fleet),
+    /// wanting `want` of them while it `holding` may already be in flight (its in-flight count
+    /// or its current local capacity, whichever is larger). Returns the slots this replica may
+    /// now fill. Atomic in Redis, so the leases of all replicas never add up to more than
+    /// `capacity`: a replica's lease field never drops below what it may still have in flight,
+    /// and a grant only takes capacity no live member holds. Among members that want more
+    /// than there is, capacity is split max-min fair by what they want; a member past its
+    /// share gets a smaller grant, and its field follows as its requests end. The leases of a
+    /// member not seen for `member_ttl` are reclaimed here.
+    pub async fn lease(
+        &self,
+        pool: &str,
+        capacity: u64,
+        want: u64,
+        holding: u64,
+    ) -> Result<u64, ClusterError> {
+        let keys = [
+            self.key(&format!("lease:{pool}")),
+            self.key(&format!("want:{pool}")),
+            self.key("members"),
+            self.key(&format!("born:{pool}")),
+        ];
+        let ttl = self.cfg.member_ttl.as_millis() as u64;
+        let member = self.member.clone();
+        let script = &self.lease;
+        let (grant, _field): (u64, u64) = self
+            .call(|mut c| async move {
+                let mut inv = script.prepare_invoke();
+                for k in &keys {
+                    inv.key(k);
+                }
+                inv.arg(member)
+                    .arg(capacity)
+                    .arg(want)
+                    .arg(holding)
+                    .arg(ttl)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(grant)
     }
 
     /// Announces `change` to the other replicas (call it after the change is stored).

@@ -1,0 +1,149 @@
+//! Pool leases against a real Redis: the slots all replicas may fill never add up to more than
+//! the capacity, idle capacity goes to whoever wants it, contended capacity is split max-min
+//! fair, and a dead replica's slots come back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fairgate_cluster::{Cluster, ClusterConfig};
+
+const TTL: Duration = Duration::from_millis(300);
+
+fn member(redis: &str, prefix: &str, replica: &str) -> Arc<Cluster> {
+    Cluster::new(ClusterConfig {
+        redis_url: redis.to_owned(),
+        replica_id: replica.to_owned(),
+        key_prefix: format!("fgtest:{prefix}:{}", std::process::id()),
+        heartbeat: Duration::from_millis(100),
+        member_ttl: TTL,
+        op_timeout: Duration::from_millis(500),
+    })
+    .unwrap()
+}
+
+/// Heartbeats for every member, then waits out the grace a fresh pool starts with.
+async fn join(members: &[&Arc<Cluster>], pool: &str) {
+    for m in members {
+        m.heartbeat().await.unwrap();
+        m.lease(pool, 16, 0, 0).await.unwrap();
+    }
+    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+    for m in members {
+        m.heartbeat().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_pool_grows_nobody_during_its_grace_then_lends_everything() {
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let a = member(&redis, "grace", "a");
+    a.heartbeat().await.unwrap();
+    // Right after the pool is first seen, only what is already in flight is granted.
+    assert_eq!(a.lease("m", 16, 10, 0).await.unwrap(), 0);
+    assert_eq!(a.lease("m", 16, 10, 3).await.unwrap(), 3);
+    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+    a.heartbeat().await.unwrap();
+    // Alone, a replica may have all it asks for, up to the capacity.
+    assert_eq!(a.lease("m", 16, 10, 3).await.unwrap(), 10);
+    assert_eq!(a.lease("m", 16, 40, 10).await.unwrap(), 16);
+}
+
+#[tokio::test]
+async fn contended_capacity_is_split_fairly_without_ever_exceeding_it() {
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let (a, b) = (member(&redis, "split", "a"), member(&redis, "split", "b"));
+    join(&[&a, &b], "m").await;
+    // a takes everything while b is idle.
+    assert_eq!(a.lease("m", 16, 40, 0).await.unwrap(), 16);
+    // b wants too: nothing is free until a's requests end.
+    assert_eq!(b.lease("m", 16, 40, 0).await.unwrap(), 0);
+    // a is told to shrink to its share (8) but keeps its 16 in flight: b still gets 0.
+    assert_eq!(a.lease("m", 16, 40, 16).await.unwrap(), 8);
+    assert_eq!(b.lease("m", 16, 40, 0).await.unwrap(), 0);
+    // As a's requests end its field follows; b grows into what is freed, up to its share.
+    assert_eq!(a.lease("m", 16, 40, 12).await.unwrap(), 8);
+    assert_eq!(b.lease("m", 16, 40, 0).await.unwrap(), 4);
+    assert_eq!(a.lease("m", 16, 40, 8).await.unwrap(), 8);
+    assert_eq!(b.lease("m", 16, 40, 4).await.unwrap(), 8);
+    // A member wanting little leaves the rest to the other (max-min).
+    assert_eq!(b.lease("m", 16, 2, 8).await.unwrap(), 2);
+    assert_eq!(b.lease("m", 16, 2, 2).await.unwrap(), 2);
+    assert_eq!(a.lease("m", 16, 40, 8).await.unwrap(), 14);
+}
+
+/// Replicas with random demand lease, fill and drain for many rounds; at every moment the
+/// requests in flight across all of them fit the capacity.
+#[tokio::test]
+async fn random_demand_never_over_admits() {
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let members: Vec<Arc<Cluster>> = ["a", "b", "c"]
+        .iter()
+        .map(|r| member(&redis, "random", r))
+        .collect();
+    join(&members.iter().collect::<Vec<_>>(), "m").await;
+    const CAP: u64 = 16;
+    // Per member: (in flight, local capacity).
+    let mut state = [(0u64, 0u64); 3];
+    let mut rng: u64 = 0x5eed;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut max_seen = 0;
+    for round in 0..300 {
+        let i = (next(3)) as usize;
+        let (in_flight, cap) = state[i];
+        // Requests end, new ones are admitted up to the local capacity.
+        let ended = next(in_flight + 1);
+        let arrived = next(10);
+        let mut fl = in_flight - ended;
+        fl = (fl + arrived).min(cap.max(fl));
+        let want = fl + next(12);
+        let holding = fl.max(cap);
+        let grant = members[i].lease("m", CAP, want, holding).await.unwrap();
+        // What may be in flight from now on: at most the grant for new work.
+        state[i] = (fl.min(grant.max(fl)), grant);
+        let total: u64 = state.iter().map(|s| s.0.max(s.1)).sum();
+        max_seen = max_seen.max(total);
+        assert!(
+            total <= CAP,
+            "round {round}: replicas may fill {total} > {CAP}: {state:?}"
+        );
+        if round % 20 == 0 {
+            for m in &members {
+                m.heartbeat().await.unwrap();
+            }
+        }
+    }
+    assert!(max_seen >= CAP - 2, "capacity was used ({max_seen})");
+}
+
+#[tokio::test]
+async fn a_dead_replicas_slots_come_back_after_its_ttl() {
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let (a, b) = (member(&redis, "reclaim", "a"), member(&redis, "reclaim", "b"));
+    join(&[&a, &b], "m").await;
+    assert_eq!(a.lease("m", 16, 16, 0).await.unwrap(), 16);
+    assert_eq!(b.lease("m", 16, 16, 0).await.unwrap(), 0);
+    // a dies (no more heartbeats); b keeps beating and gets everything once a is gone.
+    let mut got = 0;
+    for _ in 0..100 {
+        b.heartbeat().await.unwrap();
+        got = b.lease("m", 16, 16, got).await.unwrap();
+        if got == 16 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, 16, "a's slots were never reclaimed");
+}
