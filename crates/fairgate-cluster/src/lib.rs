@@ -92,9 +92,14 @@ pub struct Stats {
 }
 
 /// Stamps a member, drops the ones not seen for TTL ms, returns `[now, m1, t1, m2, t2, ...]`.
+/// KEYS[2] records since when each member has been present without a gap (see [`LEASE`]).
 const HEARTBEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not last) or tonumber(last) < now - tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[2], ARGV[1], now)
+end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
 local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
@@ -104,13 +109,19 @@ return live
 
 /// Sets one member's lease of a pool's slots; see [`Cluster::lease`]. KEYS: the lease hash
 /// (member -> slots it may have in flight), the wants hash (member -> slots it would like),
-/// the members zset, the pool's birth key. ARGV: member, capacity, want, holding, ttl ms.
-/// Returns `{grant, field}`.
+/// the members zset, the pool's birth key, the presence hash. ARGV: member, capacity, want,
+/// holding, ttl ms. Returns `{grant, field}`.
+///
+/// Reclaiming a silent member's slots needs the caller to have been present, without a gap,
+/// for a whole TTL: after an outage of Redis every member looks silent, and the first one back
+/// must not take the slots of the others before they have had a TTL to come back too.
 const LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, cap, want, holding, ttl =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local since = tonumber(redis.call('HGET', KEYS[5], me) or now)
+local may_reclaim = now - since >= ttl
 -- Reclaim: a member not seen for ttl holds nothing and wants nothing.
 local others, wants = 0, {}
 local held = redis.call('HGETALL', KEYS[1])
@@ -118,7 +129,7 @@ for i = 1, #held, 2 do
   local m = held[i]
   if m ~= me then
     local seen = redis.call('ZSCORE', KEYS[3], m)
-    if (not seen) or tonumber(seen) < now - ttl then
+    if may_reclaim and ((not seen) or tonumber(seen) < now - ttl) then
       redis.call('HDEL', KEYS[1], m)
       redis.call('HDEL', KEYS[2], m)
     else
@@ -313,6 +324,7 @@ impl Cluster {
     /// One heartbeat: stamps this member, forgets the dead, and returns the live members.
     pub async fn heartbeat(&self) -> Result<Vec<Member>, ClusterError> {
         let key = self.key("members");
+        let present = self.key("present");
         let ttl = self.cfg.member_ttl.as_millis() as u64;
         let script = &self.heartbeat;
         let member = self.member.clone();
@@ -320,6 +332,7 @@ impl Cluster {
             .call(|mut c| async move {
                 script
                     .key(key)
+                    .key(present)
                     .arg(member)
                     .arg(ttl)
                     .invoke_async(&mut c)
@@ -352,6 +365,7 @@ impl Cluster {
             self.key(&format!("want:{pool}")),
             self.key("members"),
             self.key(&format!("born:{pool}")),
+            self.key("present"),
         ];
         let ttl = self.cfg.member_ttl.as_millis() as u64;
         let member = self.member.clone();

@@ -147,3 +147,27 @@ async fn a_dead_replicas_slots_come_back_after_its_ttl() {
     }
     assert_eq!(got, 16, "a's slots were never reclaimed");
 }
+
+/// After Redis was unreachable for everyone (no heartbeats for longer than the TTL), the first
+/// replica back does not take the others' slots: they get a TTL to come back first.
+#[tokio::test]
+async fn the_first_replica_back_after_an_outage_does_not_reclaim_the_others() {
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let (a, b) = (member(&redis, "outage", "a"), member(&redis, "outage", "b"));
+    join(&[&a, &b], "m").await;
+    assert_eq!(a.lease("m", 16, 8, 0).await.unwrap(), 8);
+    assert_eq!(b.lease("m", 16, 8, 0).await.unwrap(), 8);
+    // Nobody beats for longer than the TTL (as if Redis had been down).
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    a.heartbeat().await.unwrap();
+    // a is back first and wants everything: b's 8 stay b's.
+    assert_eq!(a.lease("m", 16, 16, 8).await.unwrap(), 8);
+    // b comes back within the TTL and keeps its slots.
+    b.heartbeat().await.unwrap();
+    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+    a.heartbeat().await.unwrap();
+    b.heartbeat().await.unwrap();
+    assert_eq!(a.lease("m", 16, 16, 8).await.unwrap(), 8);
+}
