@@ -260,6 +260,8 @@ pub struct Pool {
     name: String,
     inner: Mutex<Inner>,
     admitted: AtomicU64,
+    /// Woken when a request queues: whoever sizes the pool (the fleet's leases) may grow it.
+    demand: tokio::sync::Notify,
 }
 
 /// Live state of one tenant in a pool, for the admin API and gauges.
@@ -307,7 +309,13 @@ impl Pool {
                 cost_ewma: 0.0,
             }),
             admitted: AtomicU64::new(0),
+            demand: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Notified each time a request queues for want of a slot.
+    pub fn demand(&self) -> &tokio::sync::Notify {
+        &self.demand
     }
 
     pub fn name(&self) -> &str {
@@ -454,6 +462,7 @@ impl Pool {
             let grants = g.dispatch();
             drop(g);
             self.send(grants);
+            self.demand.notify_one();
             (rx, ticket, tenant)
         };
         let mut leave = LeaveQueue {

@@ -131,7 +131,10 @@ async fn a_dead_replicas_slots_come_back_after_its_ttl() {
     let Some(redis) = fairgate_testkit::redis_url() else {
         return;
     };
-    let (a, b) = (member(&redis, "reclaim", "a"), member(&redis, "reclaim", "b"));
+    let (a, b) = (
+        member(&redis, "reclaim", "a"),
+        member(&redis, "reclaim", "b"),
+    );
     join(&[&a, &b], "m").await;
     assert_eq!(a.lease("m", 16, 16, 0).await.unwrap(), 16);
     assert_eq!(b.lease("m", 16, 16, 0).await.unwrap(), 0);

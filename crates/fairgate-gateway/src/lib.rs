@@ -19,6 +19,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod extract;
+pub mod fleet;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

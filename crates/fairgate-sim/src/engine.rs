@@ -629,6 +629,10 @@ impl Engine {
                 m.finish(reason, r.prompt_tokens(), r.generated, r.clock.e2e(now));
                 m.lora.running(r.lora, false);
                 freed += r.blocks;
+                // Out of the running gauge before its client hears the end: a client that
+                // sends its next request at once must not see both counted (the gauge is
+                // otherwise published once per step).
+                m.load.running.fetch_sub(1, Ordering::Relaxed);
                 let _ = r.events.send(SeqEvent::Token { last });
                 if cut {
                     let _ = r.events.send(SeqEvent::Aborted);

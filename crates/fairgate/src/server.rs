@@ -173,6 +173,14 @@ impl Gateway {
         state.watch_backends();
         let cluster = state.cluster.as_ref().map(|c| {
             let changes = c.start(state.shutdown.clone());
+            if let Some(cc) = &state.config.cluster {
+                fairgate_gateway::fleet::start(
+                    &state.upstreams.pools,
+                    c,
+                    Duration::from_millis(cc.lease_interval_ms),
+                    &state.shutdown,
+                );
+            }
             tokio::spawn(apply_cluster_changes(state.clone(), changes))
         });
         // Rolls ledger rows past `[ledger] retention_days` into daily aggregates (hourly).

@@ -15,8 +15,12 @@ use serde_json::{json, Value};
 const MODEL: &str = "m";
 
 fn setup(sim: &str, redis: &str, prefix: &str, replica: &str) -> Setup {
+    setup_n(sim, redis, prefix, replica, 8)
+}
+
+fn setup_n(sim: &str, redis: &str, prefix: &str, replica: &str, slots: usize) -> Setup {
     let (redis, prefix, replica) = (redis.to_owned(), prefix.to_owned(), replica.to_owned());
-    Setup::one(MODEL, sim, 8).with(move |c| {
+    let mut s = Setup::one(MODEL, sim, slots).with(move |c| {
         c.cluster = Some(ClusterSection {
             redis_url: Secret::new(redis.clone()),
             replica_id: Some(replica.clone()),
@@ -24,8 +28,11 @@ fn setup(sim: &str, redis: &str, prefix: &str, replica: &str) -> Setup {
             heartbeat_ms: 100,
             member_ttl_ms: 500,
             redis_timeout_ms: 500,
+            lease_interval_ms: 50,
         });
-    })
+    });
+    s.queue_timeout_ms = 60_000;
+    s
 }
 
 /// Polls `check` every 50 ms for up to 15 s (generous: this waits for an effect, it does not
@@ -214,4 +221,121 @@ fn a_cluster_needs_a_shared_database() {
     .unwrap_err()
     .to_string();
     assert!(bad.contains("cluster.redis_url"), "{bad}");
+}
+
+/// Runs `clients` closed loops of non-streamed requests against `gw` until `until`; returns how
+/// many succeeded.
+fn load(
+    gw: &TestGateway,
+    key: &str,
+    clients: usize,
+    until: tokio::time::Instant,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    (0..clients)
+        .map(|_| {
+            let (http, base, key) = (gw.http.clone(), gw.base.clone(), key.to_owned());
+            tokio::spawn(async move {
+                let mut ok = 0;
+                while tokio::time::Instant::now() < until {
+                    let r = http
+                        .post(format!("{base}/v1/chat/completions"))
+                        .bearer_auth(&key)
+                        .json(&chat(MODEL, 30, false))
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status().is_success()) {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect()
+}
+
+/// Samples the backend's running + waiting count until `until`; returns the largest seen.
+fn watch_backend(sim: &Sim, until: tokio::time::Instant) -> tokio::task::JoinHandle<usize> {
+    let sim = sim.sim.clone();
+    tokio::spawn(async move {
+        let mut max = 0;
+        while tokio::time::Instant::now() < until {
+            let s = sim.stats();
+            max = max.max(s.running + s.waiting);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        max
+    })
+}
+
+/// Three replicas in front of one backend of 16 slots (the engine itself would take 64, so
+/// any over-admission would show): alone, one replica borrows what the idle ones do not use;
+/// all loaded, the backend never holds more than 16 from the fleet and every replica is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_one_backends_slots() {
+    let Some(db) = fresh_db(Db::Postgres).await else {
+        return;
+    };
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let sim = Sim::start(SimConfig {
+        model: MODEL.into(),
+        max_num_seqs: 64,
+        prefill_overhead: Duration::from_millis(1),
+        prefill_per_token: Duration::ZERO,
+        decode_step_base: Duration::from_millis(4),
+        decode_step_per_seq: Duration::ZERO,
+        ..SimConfig::default()
+    })
+    .await;
+    let prefix = format!("fgtest:share:{}", std::process::id());
+    let mut gws = Vec::new();
+    for r in ["a", "b", "c"] {
+        gws.push(TestGateway::start(setup_n(&sim.url, &redis, &prefix, r, 16), &db.url).await);
+    }
+    gws[0].tenant("t", 1).await;
+    let (_, key) = gws[0].key("t", None).await;
+    for gw in &gws {
+        eventually("the key everywhere", || async {
+            status(gw, &key).await == 200
+        })
+        .await;
+    }
+
+    // One replica loaded, two idle: it may fill all but the idle ones' spare slot each.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let watch = watch_backend(&sim, until);
+    let done: usize = futures_util::future::join_all(load(&gws[0], &key, 32, until))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    let max = watch.await.unwrap();
+    assert!(done > 0);
+    assert!(max <= 16, "the backend held {max} > 16 from the fleet");
+    assert!(max >= 14, "the idle replicas' slots were not lent ({max})");
+
+    // All three loaded.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let watch = watch_backend(&sim, until);
+    let runs: Vec<_> = gws.iter().map(|gw| load(gw, &key, 16, until)).collect();
+    let mut per_replica = Vec::new();
+    for r in runs {
+        let n: usize = futures_util::future::join_all(r)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .sum();
+        per_replica.push(n);
+    }
+    let max = watch.await.unwrap();
+    assert!(max <= 16, "the backend held {max} > 16 from the fleet");
+    assert!(
+        per_replica.iter().all(|&n| n > 0),
+        "every replica is served: {per_replica:?}"
+    );
+    for gw in gws {
+        gw.shutdown().await;
+    }
+    db.cleanup().await;
 }

@@ -55,6 +55,10 @@ pub fn member_ttl_ms() -> u64 {
     3_000
 }
 
+pub fn lease_interval_ms() -> u64 {
+    100
+}
+
 pub fn redis_timeout_ms() -> u64 {
     200
 }

@@ -303,6 +303,10 @@ pub struct ClusterSection {
     /// The longest one Redis call may take; a slower one counts as failed.
     #[serde(default = "defaults::redis_timeout_ms")]
     pub redis_timeout_ms: u64,
+    /// How often each model's lease of the fleet's slots is renewed when nothing queues (a
+    /// request that queues renews it at once).
+    #[serde(default = "defaults::lease_interval_ms")]
+    pub lease_interval_ms: u64,
 }
 
 impl ClusterSection {
@@ -320,6 +324,9 @@ impl ClusterSection {
                 "member_ttl_ms",
                 "must be at least twice heartbeat_ms (one late heartbeat must not look like a death)",
             ));
+        }
+        if self.lease_interval_ms < 10 {
+            return Err(err("lease_interval_ms", "must be at least 10"));
         }
         if self.redis_timeout_ms == 0 {
             return Err(err("redis_timeout_ms", "must be at least 1"));

@@ -60,6 +60,9 @@ pub struct Backend {
     pub(crate) client: Option<HttpClient>,
     pub origin: Origin,
     pub(crate) max_in_flight: AtomicUsize,
+    /// This replica's part of `max_in_flight` under `[cluster]` (its lease); `usize::MAX`
+    /// for a single process.
+    pub(crate) fleet_limit: AtomicUsize,
     pub(crate) max_tokens_in_flight: Option<u64>,
     /// The engine runs vLLM's priority policy: requests carry their fair-share position.
     pub(crate) priority_policy: AtomicBool,
@@ -101,6 +104,7 @@ impl Backend {
             }),
             origin,
             max_in_flight: AtomicUsize::new(cfg.max_in_flight),
+            fleet_limit: AtomicUsize::new(usize::MAX),
             max_tokens_in_flight: cfg.max_tokens_in_flight,
             priority_policy: AtomicBool::new(cfg.scheduling_policy == SchedulingPolicy::Priority),
             engine_max_seqs: AtomicUsize::new(cfg.engine_max_seqs.unwrap_or(0)),
@@ -140,7 +144,15 @@ impl Backend {
         }
     }
 
+    /// What this replica may send here: the configured `max_in_flight`, or less when the
+    /// fleet's lease gives this replica less.
     pub fn max_in_flight(&self) -> usize {
+        self.configured_max_in_flight()
+            .min(self.fleet_limit.load(Ordering::Relaxed))
+    }
+
+    /// `max_in_flight` as configured: what the whole fleet may send here.
+    pub fn configured_max_in_flight(&self) -> usize {
         self.max_in_flight.load(Ordering::Relaxed)
     }
 
@@ -151,12 +163,14 @@ impl Backend {
 
     /// Engine slots beyond `max_in_flight` (for tenants below their share).
     pub(crate) fn engine_extra(&self) -> usize {
-        if !self.priority_policy() {
+        // Under `[cluster]` only leased slots are used: engine slots are not shared across
+        // replicas yet, so none would be safe.
+        if !self.priority_policy() || self.fleet_limit.load(Ordering::Relaxed) != usize::MAX {
             return 0;
         }
         self.engine_max_seqs
             .load(Ordering::Relaxed)
-            .saturating_sub(self.max_in_flight())
+            .saturating_sub(self.configured_max_in_flight())
     }
 
     /// How many requests may be in flight here when claiming a slot of this kind: an ordinary

@@ -60,6 +60,8 @@ pub struct ModelPool {
     pub(crate) rotation: AtomicUsize,
     /// Serializes changes to the backend list.
     pub(crate) edit: Mutex<()>,
+    /// Capacity is leased from the fleet (`[cluster]`), see [`ModelPool::set_fleet_share`].
+    pub(crate) fleet: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ModelPool {
@@ -182,6 +184,7 @@ impl ModelPool {
             ),
             rotation: AtomicUsize::new(0),
             edit: Mutex::new(()),
+            fleet: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -225,6 +228,35 @@ impl ModelPool {
             })
             .min()
             .unwrap_or(Duration::from_secs(5))
+    }
+
+    /// The fleet's capacity for this model as configured: the configured `max_in_flight` of
+    /// the backends that take requests now (what all replicas together may send).
+    pub fn configured_capacity(&self) -> usize {
+        let now = Instant::now();
+        self.backends
+            .load()
+            .iter()
+            .filter(|b| b.routable(now) == Routable::Full)
+            .map(|b| b.configured_max_in_flight())
+            .sum()
+    }
+
+    /// Applies this replica's lease of `granted` slots out of `capacity` (see
+    /// [`crate::fleet`]): each backend gets `floor(max_in_flight × granted / capacity)`, so the
+    /// replicas' shares of one backend never add up to more than its `max_in_flight`.
+    pub fn set_fleet_share(&self, granted: usize, capacity: usize) {
+        self.fleet.store(true, Ordering::Relaxed);
+        for b in self.backends.load().iter() {
+            let m = b.configured_max_in_flight();
+            let share = if capacity == 0 {
+                0
+            } else {
+                (m as u128 * granted.min(capacity) as u128 / capacity as u128) as usize
+            };
+            b.fleet_limit.store(share, Ordering::Relaxed);
+        }
+        self.refresh();
     }
 
     /// Recomputes capacity from backend usability, and drops removed backends once idle.
@@ -395,6 +427,10 @@ impl ModelPool {
                 return Err(format!("backend `{url}` of model `{}`", self.name));
             }
             let b = Arc::new(Backend::new(cfg, origin, routing));
+            if self.fleet.load(Ordering::Relaxed) {
+                // Under a fleet lease a new backend starts with no share until the next grant.
+                b.fleet_limit.store(0, Ordering::Relaxed);
+            }
             let mut list = self.backends.load().as_ref().clone();
             list.push(b.clone());
             self.backends.store(Arc::new(list));
