@@ -392,6 +392,13 @@ impl Pool {
         self.lock().in_flight
     }
 
+    /// The summed weights of the tenants with something queued or in flight here: how much
+    /// of a shared capacity this pool's demand stands for (the fleet's leases split by it).
+    pub fn active_weight(&self) -> u64 {
+        let g = self.lock();
+        g.queue.active_tenants().map(|t| g.queue.weight(t)).sum()
+    }
+
     /// Requests admitted since start.
     pub fn admitted_total(&self) -> u64 {
         self.admitted.load(Ordering::Relaxed)

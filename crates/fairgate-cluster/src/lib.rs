@@ -110,7 +110,7 @@ return live
 /// Sets one member's lease of a pool's slots; see [`Cluster::lease`]. KEYS: the lease hash
 /// (member -> slots it may have in flight), the wants hash (member -> slots it would like),
 /// the members zset, the pool's birth key, the presence hash. ARGV: member, capacity, want,
-/// holding, ttl ms. Returns `{grant, field}`.
+/// holding, ttl ms, weight. Returns `{grant, field}`.
 ///
 /// Reclaiming a silent member's slots needs the caller to have been present, without a gap,
 /// for a whole TTL: after an outage of Redis every member looks silent, and the first one back
@@ -118,8 +118,8 @@ return live
 const LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local me, cap, want, holding, ttl =
-  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local me, cap, want, holding, ttl, weight = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), tonumber(ARGV[5]), math.max(1, tonumber(ARGV[6]))
 local since = tonumber(redis.call('HGET', KEYS[5], me) or now)
 local may_reclaim = now - since >= ttl
 -- Reclaim: a member not seen for ttl holds nothing and wants nothing.
@@ -134,38 +134,49 @@ for i = 1, #held, 2 do
       redis.call('HDEL', KEYS[2], m)
     else
       others = others + tonumber(held[i + 1])
-      wants[#wants + 1] = {tonumber(redis.call('HGET', KEYS[2], m) or held[i + 1]), m}
+      local w = redis.call('HGET', KEYS[2], m)
+      local want_m, weight_m = tonumber(held[i + 1]), 1
+      if w then
+        local sep = string.find(w, ':')
+        want_m, weight_m = tonumber(string.sub(w, 1, sep - 1)), tonumber(string.sub(w, sep + 1))
+      end
+      wants[#wants + 1] = {want_m, weight_m, m}
     end
   end
 end
-redis.call('HSET', KEYS[2], me, want)
-wants[#wants + 1] = {want, me}
--- Entitlement: the capacity split max-min fair over what the members want (water-filling;
--- the slots a whole split leaves over go one each to the first capped members by id).
+redis.call('HSET', KEYS[2], me, want .. ':' .. weight)
+wants[#wants + 1] = {want, weight, me}
+-- Entitlement: the capacity split weighted max-min fair over what the members want
+-- (water-filling by want/weight; slots the rounding leaves go one each to the capped members
+-- in id order).
 table.sort(wants, function(a, b)
-  if a[1] ~= b[1] then return a[1] < b[1] end
-  return a[2] < b[2]
+  local x, y = a[1] * b[2], b[1] * a[2]
+  if x ~= y then return x < y end
+  return a[3] < b[3]
 end)
-local left, n, i = cap, #wants, 1
-while i <= n and wants[i][1] <= math.floor(left / (n - i + 1)) do
+local left, wsum, n, i = cap, 0, #wants, 1
+for j = 1, n do wsum = wsum + wants[j][2] end
+while i <= n and wants[i][1] * wsum <= left * wants[i][2] do
   left = left - wants[i][1]
+  wsum = wsum - wants[i][2]
   i = i + 1
 end
 local mine = 0
 for j = 1, n do
-  if wants[j][2] == me then mine = j end
+  if wants[j][3] == me then mine = j end
 end
 local entitled = want
 if i <= n and mine >= i then
-  local capped = n - i + 1
-  local level = math.floor(left / capped)
-  local extra = left - level * capped
-  local capped_ids = {}
-  for j = i, n do capped_ids[#capped_ids + 1] = wants[j][2] end
-  table.sort(capped_ids)
-  entitled = level
-  for j = 1, extra do
-    if capped_ids[j] == me then entitled = level + 1 end
+  local given, ids = 0, {}
+  for j = i, n do
+    local e = math.floor(left * wants[j][2] / wsum)
+    given = given + e
+    ids[#ids + 1] = wants[j][3]
+    if j == mine then entitled = e end
+  end
+  table.sort(ids)
+  for j = 1, left - given do
+    if ids[j] == me then entitled = entitled + 1 end
   end
   entitled = math.min(entitled, want)
 end
@@ -350,15 +361,18 @@ impl Cluster {
     /// now fill. Atomic in Redis, so the leases of all replicas never add up to more than
     /// `capacity`: a replica's lease field never drops below what it may still have in flight,
     /// and a grant only takes capacity no live member holds. Among members that want more
-    /// than there is, capacity is split max-min fair by what they want; a member past its
-    /// share gets a smaller grant, and its field follows as its requests end. The leases of a
-    /// member not seen for `member_ttl` are reclaimed here.
+    /// than there is, capacity is split max-min fair in proportion to `weight` (the summed
+    /// weights of the tenants with work on that replica, at least 1), so tenants pinned to
+    /// different replicas get slots by their weights; a member past its share gets a smaller
+    /// grant, and its field follows as its requests end. The leases of a member not seen for
+    /// `member_ttl` are reclaimed here.
     pub async fn lease(
         &self,
         pool: &str,
         capacity: u64,
         want: u64,
         holding: u64,
+        weight: u64,
     ) -> Result<u64, ClusterError> {
         let keys = [
             self.key(&format!("lease:{pool}")),
@@ -381,6 +395,7 @@ impl Cluster {
                     .arg(want)
                     .arg(holding)
                     .arg(ttl)
+                    .arg(weight)
                     .invoke_async(&mut c)
                     .await
             })

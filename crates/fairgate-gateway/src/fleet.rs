@@ -56,8 +56,15 @@ async fn keep_lease(
         let want = (in_flight + pool.fair.queued() + SPARE).min(capacity);
         // What this replica may have in flight until the answer is applied.
         let holding = in_flight.max(granted);
+        let weight = pool.fair.active_weight();
         match cluster
-            .lease(&pool.name, capacity as u64, want as u64, holding as u64)
+            .lease(
+                &pool.name,
+                capacity as u64,
+                want as u64,
+                holding as u64,
+                weight,
+            )
             .await
         {
             Ok(g) => {
