@@ -549,6 +549,15 @@ impl<T> FairQueue<T> {
         })
     }
 
+    /// The counter of the group served next (fair mode; `None` with nothing queued): how far
+    /// behind the most-behind waiting work here is.
+    pub fn head_counter(&self) -> Option<u64> {
+        match self.mode {
+            Mode::Fifo => None,
+            Mode::Fair => self.backlogged_groups.first().map(|&(c, _)| c),
+        }
+    }
+
     /// Smallest counter among active tenants, the floor a returning tenant is lifted to.
     pub fn min_active_counter(&self, tenant: TenantId) -> Option<u64> {
         let g = self.tenants[tenant.0 as usize].group;

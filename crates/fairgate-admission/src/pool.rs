@@ -399,6 +399,12 @@ impl Pool {
         g.queue.active_tenants().map(|t| g.queue.weight(t)).sum()
     }
 
+    /// The counter of the work this pool would serve next, if any is queued (see
+    /// [`crate::fair::FairQueue::head_counter`]).
+    pub fn head_counter(&self) -> Option<u64> {
+        self.lock().queue.head_counter()
+    }
+
     /// Requests admitted since start.
     pub fn admitted_total(&self) -> u64 {
         self.admitted.load(Ordering::Relaxed)

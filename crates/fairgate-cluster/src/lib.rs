@@ -110,7 +110,7 @@ return live
 /// Sets one member's lease of a pool's slots; see [`Cluster::lease`]. KEYS: the lease hash
 /// (member -> slots it may have in flight), the wants hash (member -> slots it would like),
 /// the members zset, the pool's birth key, the presence hash. ARGV: member, capacity, want,
-/// holding, ttl ms, weight. Returns `{grant, field}`.
+/// holding, ttl ms, weight, head counter (or empty). Returns `{grant, field}`.
 ///
 /// Reclaiming a silent member's slots needs the caller to have been present, without a gap,
 /// for a whole TTL: after an outage of Redis every member looks silent, and the first one back
@@ -120,6 +120,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, cap, want, holding, ttl, weight = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4]), tonumber(ARGV[5]), math.max(1, tonumber(ARGV[6]))
+-- How far behind this member's next waiting work is (a global VTC counter); none waiting: last.
+local head = ARGV[7]
 local since = tonumber(redis.call('HGET', KEYS[5], me) or now)
 local may_reclaim = now - since >= ttl
 -- Reclaim: a member not seen for ttl holds nothing and wants nothing.
@@ -135,20 +137,24 @@ for i = 1, #held, 2 do
     else
       others = others + tonumber(held[i + 1])
       local w = redis.call('HGET', KEYS[2], m)
-      local want_m, weight_m = tonumber(held[i + 1]), 1
+      local want_m, weight_m, head_m = tonumber(held[i + 1]), 1, ''
       if w then
-        local sep = string.find(w, ':')
-        want_m, weight_m = tonumber(string.sub(w, 1, sep - 1)), tonumber(string.sub(w, sep + 1))
+        local a = string.find(w, ':')
+        local b = string.find(w, ':', a + 1)
+        want_m = tonumber(string.sub(w, 1, a - 1))
+        weight_m = tonumber(string.sub(w, a + 1, b - 1))
+        head_m = string.sub(w, b + 1)
       end
-      wants[#wants + 1] = {want_m, weight_m, m}
+      wants[#wants + 1] = {want_m, weight_m, m, head_m}
     end
   end
 end
-redis.call('HSET', KEYS[2], me, want .. ':' .. weight)
-wants[#wants + 1] = {want, weight, me}
+redis.call('HSET', KEYS[2], me, want .. ':' .. weight .. ':' .. head)
+wants[#wants + 1] = {want, weight, me, head}
 -- Entitlement: the capacity split weighted max-min fair over what the members want
--- (water-filling by want/weight; slots the rounding leaves go one each to the capped members
--- in id order).
+-- (water-filling by want/weight). Slots the rounding leaves go one each to the capped members
+-- whose waiting work is furthest behind (smallest head counter), so over time each gets its
+-- exact share rather than a rounded one.
 table.sort(wants, function(a, b)
   local x, y = a[1] * b[2], b[1] * a[2]
   if x ~= y then return x < y end
@@ -167,16 +173,23 @@ for j = 1, n do
 end
 local entitled = want
 if i <= n and mine >= i then
-  local given, ids = 0, {}
+  local given, behind = 0, {}
   for j = i, n do
     local e = math.floor(left * wants[j][2] / wsum)
     given = given + e
-    ids[#ids + 1] = wants[j][3]
+    behind[#behind + 1] = {wants[j][4], wants[j][3]}
     if j == mine then entitled = e end
   end
-  table.sort(ids)
+  -- Counters are compared as numbers; none waiting sorts last.
+  table.sort(behind, function(x, y)
+    local a, b = tonumber(x[1]), tonumber(y[1])
+    if a and b and a ~= b then return a < b end
+    if a and not b then return true end
+    if b and not a then return false end
+    return x[2] < y[2]
+  end)
   for j = 1, left - given do
-    if ids[j] == me then entitled = entitled + 1 end
+    if behind[j][2] == me then entitled = entitled + 1 end
   end
   entitled = math.min(entitled, want)
 end
@@ -197,6 +210,14 @@ redis.call('HSET', KEYS[1], me, field)
 return {grant, field}
 "#;
 
+/// Adds `(tenant, delta)` pairs (ARGV) to a pool's service totals (KEYS[1]); returns them all.
+const EXCHANGE: &str = r#"
+for i = 1, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return redis.call('HGETALL', KEYS[1])
+"#;
+
 /// One replica's handle on the fleet. Cheap to share: `Arc<Cluster>`.
 pub struct Cluster {
     cfg: ClusterConfig,
@@ -204,6 +225,7 @@ pub struct Cluster {
     client: redis::Client,
     heartbeat: redis::Script,
     lease: redis::Script,
+    exchange: redis::Script,
     conn: Mutex<Option<MultiplexedConnection>>,
     up: AtomicBool,
     members: Mutex<Vec<Member>>,
@@ -236,6 +258,7 @@ impl Cluster {
             client,
             heartbeat: redis::Script::new(HEARTBEAT),
             lease: redis::Script::new(LEASE),
+            exchange: redis::Script::new(EXCHANGE),
             conn: Mutex::new(None),
             up: AtomicBool::new(false),
             members: Mutex::new(Vec::new()),
@@ -373,6 +396,7 @@ impl Cluster {
         want: u64,
         holding: u64,
         weight: u64,
+        head: Option<u64>,
     ) -> Result<u64, ClusterError> {
         let keys = [
             self.key(&format!("lease:{pool}")),
@@ -396,11 +420,43 @@ impl Cluster {
                     .arg(holding)
                     .arg(ttl)
                     .arg(weight)
+                    .arg(head.map(|h| h.to_string()).unwrap_or_default())
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         Ok(grant)
+    }
+
+    /// Adds this replica's service per tenant since the last exchange (raw cost units; negative
+    /// for refunds) to the fleet's totals for `pool`, and returns every tenant's total, so
+    /// each replica's fair-share counters follow what the whole fleet served. One round trip.
+    pub async fn exchange_service(
+        &self,
+        pool: &str,
+        deltas: &[(String, i64)],
+    ) -> Result<Vec<(String, i64)>, ClusterError> {
+        let key = self.key(&format!("service:{pool}"));
+        let script = &self.exchange;
+        let raw: Vec<String> = self
+            .call(|mut c| async move {
+                let mut inv = script.prepare_invoke();
+                inv.key(key);
+                for (t, d) in deltas {
+                    inv.arg(t).arg(*d);
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        raw.chunks(2)
+            .map(|p| match p {
+                [t, v] => v
+                    .parse()
+                    .map(|v| (t.clone(), v))
+                    .map_err(|_| ClusterError::Protocol(format!("service total {v:?}"))),
+                _ => Err(ClusterError::Protocol("odd service answer".into())),
+            })
+            .collect()
     }
 
     /// Announces `change` to the other replicas (call it after the change is stored).

@@ -10,10 +10,18 @@
 //! use the rest (no static 1/N split); replicas that all want more than there is get a max-min
 //! fair split, each shrinking as its own requests end.
 //!
+//! The same task keeps the fair-share counters global: it adds what this replica served per
+//! tenant to the fleet's totals and charges each tenant's local counter with what the other
+//! replicas served ([`fairgate_cluster::Cluster::exchange_service`]). So each replica orders
+//! its own queue by fleet-wide service, and the lease split sends the slots that do not divide
+//! evenly to the replica whose waiting work is furthest behind: over time every tenant gets its
+//! weighted share of the fleet, also when each tenant's traffic reaches only one replica.
+//!
 //! When Redis does not answer, the lease stays what it was: the replica keeps serving within
 //! its last share and never grows, so the fleet cannot over-admit. A replica that starts while
 //! Redis is down has no share yet and queues until Redis answers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +58,9 @@ async fn keep_lease(
     shutdown: CancellationToken,
 ) {
     let mut granted = 0usize;
+    let mut service = ServiceExchange::default();
     loop {
+        service.run(&pool, &cluster).await;
         let capacity = pool.configured_capacity();
         let in_flight = pool.fair.in_flight();
         let want = (in_flight + pool.fair.queued() + SPARE).min(capacity);
@@ -64,6 +74,7 @@ async fn keep_lease(
                 want as u64,
                 holding as u64,
                 weight,
+                pool.fair.head_counter(),
             )
             .await
         {
@@ -81,6 +92,45 @@ async fn keep_lease(
                 tokio::time::sleep(interval / 10).await;
             }
             _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// This replica's side of the fleet's service totals for one pool.
+#[derive(Default)]
+struct ServiceExchange {
+    /// Served here and not yet added to the totals (kept across a failed exchange).
+    pending: HashMap<String, i64>,
+    /// Each tenant's total as last seen.
+    seen: HashMap<String, i64>,
+}
+
+impl ServiceExchange {
+    async fn run(&mut self, pool: &ModelPool, cluster: &Cluster) {
+        for (t, d) in pool.fair.take_local_service() {
+            *self.pending.entry(t.to_string()).or_default() += d;
+        }
+        let deltas: Vec<(String, i64)> = self
+            .pending
+            .iter()
+            .filter(|(_, d)| **d != 0)
+            .map(|(t, d)| (t.clone(), *d))
+            .collect();
+        let totals = match cluster.exchange_service(&pool.name, &deltas).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(model = %pool.name, error = %e, "service not exchanged");
+                return;
+            }
+        };
+        let mine: HashMap<String, i64> = deltas.into_iter().collect();
+        self.pending.clear();
+        for (tenant, total) in totals {
+            let last = self.seen.insert(tenant.clone(), total).unwrap_or(0);
+            let others = total - last - mine.get(&tenant).copied().unwrap_or(0);
+            if others != 0 {
+                pool.fair.absorb_remote_service(&tenant, 1, others);
+            }
         }
     }
 }
