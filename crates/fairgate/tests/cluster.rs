@@ -416,3 +416,128 @@ async fn pinned_tenants_get_their_weighted_share_of_the_fleet() {
     }
     db.cleanup().await;
 }
+
+/// Closed loops like [`load`], recording when each success ended and counting failures.
+fn load_timed(
+    base: &str,
+    key: &str,
+    clients: usize,
+    until: tokio::time::Instant,
+) -> Vec<tokio::task::JoinHandle<(Vec<tokio::time::Instant>, usize)>> {
+    (0..clients)
+        .map(|_| {
+            let (base, key) = (base.to_owned(), key.to_owned());
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap();
+                let (mut ok, mut failed) = (Vec::new(), 0);
+                while tokio::time::Instant::now() < until {
+                    let r = http
+                        .post(format!("{base}/v1/chat/completions"))
+                        .bearer_auth(&key)
+                        .json(&chat(MODEL, 30, false))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().is_success() => ok.push(tokio::time::Instant::now()),
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+async fn collect(
+    runs: Vec<tokio::task::JoinHandle<(Vec<tokio::time::Instant>, usize)>>,
+) -> (Vec<tokio::time::Instant>, usize) {
+    let mut all = (Vec::new(), 0);
+    for r in futures_util::future::join_all(runs).await {
+        let (ok, failed) = r.unwrap();
+        all.0.extend(ok);
+        all.1 += failed;
+    }
+    all
+}
+
+fn timed_sim_config() -> SimConfig {
+    SimConfig {
+        model: MODEL.into(),
+        max_num_seqs: 64,
+        prefill_overhead: Duration::from_millis(1),
+        prefill_per_token: Duration::ZERO,
+        decode_step_base: Duration::from_millis(4),
+        decode_step_per_seq: Duration::ZERO,
+        ..SimConfig::default()
+    }
+}
+
+/// Redis stopped for 10 s under load, then started again empty: the replicas keep serving on
+/// their last leases (no request fails), the backend is never overfilled, and both return to
+/// the fleet by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_keeps_the_last_leases_and_recovers() {
+    let Some(db) = fresh_db(Db::Postgres).await else {
+        return;
+    };
+    let mut redis = match fairgate_testkit::PrivateRedis::start() {
+        Ok(r) => r,
+        Err(e) => {
+            fairgate_testkit::require("Redis", &e);
+            return;
+        }
+    };
+    let sim = Sim::start(timed_sim_config()).await;
+    let prefix = format!("fgtest:outage:{}", std::process::id());
+    let mut gws = Vec::new();
+    for r in ["a", "b"] {
+        gws.push(TestGateway::start(setup_n(&sim.url, &redis.url(), &prefix, r, 16), &db.url).await);
+    }
+    gws[0].tenant("t", 1).await;
+    let (_, key) = gws[0].key("t", None).await;
+    for gw in &gws {
+        eventually("the key everywhere", || async { status(gw, &key).await == 200 }).await;
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(16);
+    let watch = watch_backend(&sim, until);
+    let runs: Vec<_> = gws.iter().map(|gw| load_timed(&gw.base, &key, 12, until)).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.stop();
+    let down = tokio::time::Instant::now();
+    for gw in &gws {
+        eventually("the replica notices", || async {
+            let (_, v) = gw.admin(Method::GET, "/cluster", None).await;
+            v["redis_up"] == false
+        })
+        .await;
+    }
+    tokio::time::sleep_until(down + Duration::from_secs(10)).await;
+    redis.start_again().unwrap();
+    let up = tokio::time::Instant::now();
+    for gw in &gws {
+        eventually("back in the fleet", || async {
+            let (_, v) = gw.admin(Method::GET, "/cluster", None).await;
+            v["redis_up"] == true && v["members"].as_array().map(Vec::len) == Some(2)
+        })
+        .await;
+    }
+    let mut served_during = Vec::new();
+    for r in runs {
+        let (ok, failed) = collect(r).await;
+        assert_eq!(failed, 0, "no request fails because Redis is down");
+        served_during.push(ok.iter().filter(|t| **t > down && **t < up).count());
+    }
+    let max = watch.await.unwrap();
+    assert!(max <= 16, "the backend held {max} > 16 from the fleet");
+    assert!(
+        served_during.iter().all(|&n| n > 0),
+        "both replicas served during the outage: {served_during:?}"
+    );
+    for gw in gws {
+        gw.shutdown().await;
+    }
+    db.cleanup().await;
+}
