@@ -494,16 +494,24 @@ async fn a_redis_outage_keeps_the_last_leases_and_recovers() {
     let prefix = format!("fgtest:outage:{}", std::process::id());
     let mut gws = Vec::new();
     for r in ["a", "b"] {
-        gws.push(TestGateway::start(setup_n(&sim.url, &redis.url(), &prefix, r, 16), &db.url).await);
+        gws.push(
+            TestGateway::start(setup_n(&sim.url, &redis.url(), &prefix, r, 16), &db.url).await,
+        );
     }
     gws[0].tenant("t", 1).await;
     let (_, key) = gws[0].key("t", None).await;
     for gw in &gws {
-        eventually("the key everywhere", || async { status(gw, &key).await == 200 }).await;
+        eventually("the key everywhere", || async {
+            status(gw, &key).await == 200
+        })
+        .await;
     }
     let until = tokio::time::Instant::now() + Duration::from_secs(16);
     let watch = watch_backend(&sim, until);
-    let runs: Vec<_> = gws.iter().map(|gw| load_timed(&gw.base, &key, 12, until)).collect();
+    let runs: Vec<_> = gws
+        .iter()
+        .map(|gw| load_timed(&gw.base, &key, 12, until))
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.stop();
     let down = tokio::time::Instant::now();
@@ -539,5 +547,167 @@ async fn a_redis_outage_keeps_the_last_leases_and_recovers() {
     for gw in gws {
         gw.shutdown().await;
     }
+    db.cleanup().await;
+}
+
+/// A replica as its own process (`fairgate serve`), so it can be killed with SIGKILL.
+struct Replica {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_replica(db: &str, redis: &str, prefix: &str, name: &str, sim: &str) -> Replica {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase = \"{db}\"\nadmin_token = \"{ADMIN}\"\n\
+         data_dir = \"{d}\"\n\
+         [admission]\nqueue_timeout_ms = 60000\n\
+         [cluster]\nredis_url = \"{redis}\"\nreplica_id = \"{name}\"\nkey_prefix = \"{prefix}\"\n\
+         heartbeat_ms = 100\nmember_ttl_ms = 500\nredis_timeout_ms = 500\nlease_interval_ms = 50\n\
+         [[models]]\nname = \"{MODEL}\"\n[[models.backends]]\nurl = \"{sim}\"\nmax_in_flight = 16\n",
+        d = dir.path().display(),
+    );
+    let path = dir.path().join("fairgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fairgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env("FAIRGATE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually("the replica answers", || async {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    Replica {
+        child,
+        base,
+        _dir: dir,
+    }
+}
+
+async fn admin_get(base: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/admin/v1{path}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or(Value::Null)
+}
+
+/// Three replica processes under load; one is killed with SIGKILL. The others keep serving
+/// without a failed request, the backend is never overfilled, and the dead replica's slots
+/// come back to the survivors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_replicas_slots_come_back_to_the_others() {
+    let Some(db) = fresh_db(Db::Postgres).await else {
+        return;
+    };
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let sim = Sim::start(timed_sim_config()).await;
+    let prefix = format!("fgtest:kill:{}", std::process::id());
+    let mut replicas = Vec::new();
+    for name in ["a", "b", "c"] {
+        replicas.push(spawn_replica(&db.url, &redis, &prefix, name, &sim.url).await);
+    }
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/admin/v1/tenants", replicas[0].base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "t", "weight": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let key: Value = http
+        .post(format!("{}/admin/v1/keys", replicas[0].base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"tenant": "t", "name": "k"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    for r in &replicas {
+        eventually("the key everywhere", || async {
+            http.post(format!("{}/v1/chat/completions", r.base))
+                .bearer_auth(&key)
+                .json(&chat(MODEL, 4, false))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    let watch = watch_backend(&sim, until);
+    let survivors: Vec<_> = replicas[..2]
+        .iter()
+        .map(|r| load_timed(&r.base, &key, 16, until))
+        .collect();
+    let doomed = load_timed(&replicas[2].base, &key, 16, until);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut dead = replicas.pop().unwrap();
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    // The survivors take over the dead one's slots: together they may fill all but their
+    // spare, which needs c's lease reclaimed.
+    eventually("the dead replica's slots come back", || async {
+        let mut cap = 0;
+        for r in &replicas {
+            cap += admin_get(&r.base, "/scheduler").await["models"][0]["max_in_flight"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        cap >= 15
+    })
+    .await;
+    for r in &replicas {
+        eventually("the survivors see two members", || async {
+            admin_get(&r.base, "/cluster").await["members"]
+                .as_array()
+                .map(Vec::len)
+                == Some(2)
+        })
+        .await;
+    }
+    for run in survivors {
+        let (ok, failed) = collect(run).await;
+        assert!(!ok.is_empty());
+        assert_eq!(failed, 0, "a survivor's request failed");
+    }
+    // The killed replica's own clients lose their connections; nobody else's do.
+    drop(collect(doomed).await);
+    let max = watch.await.unwrap();
+    assert!(max <= 16, "the backend held {max} > 16 from the fleet");
+    drop(replicas);
+    drop(dead);
     db.cleanup().await;
 }
