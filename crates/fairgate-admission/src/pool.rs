@@ -260,7 +260,8 @@ pub struct Pool {
     name: String,
     inner: Mutex<Inner>,
     admitted: AtomicU64,
-    /// Woken when a request queues: whoever sizes the pool (the fleet's leases) may grow it.
+    /// Woken when a request queues (whoever sizes the pool, the fleet's leases, may grow it) and
+    /// when a request ends while the pool is still over a lowered capacity (it may shrink).
     demand: tokio::sync::Notify,
 }
 
@@ -1001,7 +1002,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let held_ms = self.since.elapsed().as_secs_f64() * 1000.0;
-        let grants = {
+        let (grants, shrinking) = {
             let mut g = self.pool.lock();
             g.hold_ewma_ms = g.hold_ewma_ms * 0.9 + held_ms * 0.1;
             let cost = self
@@ -1009,9 +1010,15 @@ impl Drop for Permit {
                 .saturating_add(self.completion_charged.saturating_mul(g.cfg.cost.output));
             g.learn_length(self.tenant, self.completion_charged, cost);
             g.release(self.tenant, self.tokens, self.engine_slot);
-            g.dispatch()
+            // Still over a capacity that was lowered: whoever sizes the pool (the fleet's
+            // lease) should hand the freed slot on now rather than at its next round.
+            let shrinking = g.regular_in_flight() >= g.cfg.max_in_flight;
+            (g.dispatch(), shrinking)
         };
         self.pool.send(grants);
+        if shrinking {
+            self.pool.demand.notify_one();
+        }
     }
 }
 

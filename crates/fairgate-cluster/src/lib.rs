@@ -68,6 +68,16 @@ struct Envelope {
     change: Change,
 }
 
+/// What [`Cluster::lease`] granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Slots this replica may fill now.
+    pub grant: u64,
+    /// Its share is larger, but other replicas still hold the difference until some of their
+    /// requests end: ask again soon.
+    pub owed: bool,
+}
+
 /// One live replica, as the last heartbeat saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Member {
@@ -110,7 +120,7 @@ return live
 /// Sets one member's lease of a pool's slots; see [`Cluster::lease`]. KEYS: the lease hash
 /// (member -> slots it may have in flight), the wants hash (member -> slots it would like),
 /// the members zset, the pool's birth key, the presence hash. ARGV: member, capacity, want,
-/// holding, ttl ms, weight, head counter (or empty). Returns `{grant, field}`.
+/// holding, ttl ms, weight, head counter (or empty). Returns `{grant, field, entitled}`.
 ///
 /// Reclaiming a silent member's slots needs the caller to have been present, without a gap,
 /// for a whole TTL: after an outage of Redis every member looks silent, and the first one back
@@ -207,7 +217,7 @@ end
 -- The field never drops below what this member may still have in flight.
 local field = math.max(grant, holding)
 redis.call('HSET', KEYS[1], me, field)
-return {grant, field}
+return {grant, field, entitled}
 "#;
 
 /// Adds `(tenant, delta)` pairs (ARGV) to a pool's service totals (KEYS[1]); returns them all.
@@ -397,7 +407,7 @@ impl Cluster {
         holding: u64,
         weight: u64,
         head: Option<u64>,
-    ) -> Result<u64, ClusterError> {
+    ) -> Result<Lease, ClusterError> {
         let keys = [
             self.key(&format!("lease:{pool}")),
             self.key(&format!("want:{pool}")),
@@ -408,7 +418,7 @@ impl Cluster {
         let ttl = self.cfg.member_ttl.as_millis() as u64;
         let member = self.member.clone();
         let script = &self.lease;
-        let (grant, _field): (u64, u64) = self
+        let (grant, _field, entitled): (u64, u64, u64) = self
             .call(|mut c| async move {
                 let mut inv = script.prepare_invoke();
                 for k in &keys {
@@ -425,7 +435,10 @@ impl Cluster {
                     .await
             })
             .await?;
-        Ok(grant)
+        Ok(Lease {
+            grant,
+            owed: grant < entitled.min(want),
+        })
     }
 
     /// Adds this replica's service per tenant since the last exchange (raw cost units; negative

@@ -25,7 +25,7 @@ fn member(redis: &str, prefix: &str, replica: &str) -> Arc<Cluster> {
 async fn join(members: &[&Arc<Cluster>], pool: &str) {
     for m in members {
         m.heartbeat().await.unwrap();
-        m.lease(pool, 16, 0, 0, 1, None).await.unwrap();
+        m.lease(pool, 16, 0, 0, 1, None).await.unwrap().grant;
     }
     tokio::time::sleep(TTL + Duration::from_millis(50)).await;
     for m in members {
@@ -41,13 +41,13 @@ async fn a_fresh_pool_grows_nobody_during_its_grace_then_lends_everything() {
     let a = member(&redis, "grace", "a");
     a.heartbeat().await.unwrap();
     // Right after the pool is first seen, only what is already in flight is granted.
-    assert_eq!(a.lease("m", 16, 10, 0, 1, None).await.unwrap(), 0);
-    assert_eq!(a.lease("m", 16, 10, 3, 1, None).await.unwrap(), 3);
+    assert_eq!(a.lease("m", 16, 10, 0, 1, None).await.unwrap().grant, 0);
+    assert_eq!(a.lease("m", 16, 10, 3, 1, None).await.unwrap().grant, 3);
     tokio::time::sleep(TTL + Duration::from_millis(50)).await;
     a.heartbeat().await.unwrap();
     // Alone, a replica may have all it asks for, up to the capacity.
-    assert_eq!(a.lease("m", 16, 10, 3, 1, None).await.unwrap(), 10);
-    assert_eq!(a.lease("m", 16, 40, 10, 1, None).await.unwrap(), 16);
+    assert_eq!(a.lease("m", 16, 10, 3, 1, None).await.unwrap().grant, 10);
+    assert_eq!(a.lease("m", 16, 40, 10, 1, None).await.unwrap().grant, 16);
 }
 
 #[tokio::test]
@@ -58,21 +58,21 @@ async fn contended_capacity_is_split_fairly_without_ever_exceeding_it() {
     let (a, b) = (member(&redis, "split", "a"), member(&redis, "split", "b"));
     join(&[&a, &b], "m").await;
     // a takes everything while b is idle.
-    assert_eq!(a.lease("m", 16, 40, 0, 1, None).await.unwrap(), 16);
+    assert_eq!(a.lease("m", 16, 40, 0, 1, None).await.unwrap().grant, 16);
     // b wants too: nothing is free until a's requests end.
-    assert_eq!(b.lease("m", 16, 40, 0, 1, None).await.unwrap(), 0);
+    assert_eq!(b.lease("m", 16, 40, 0, 1, None).await.unwrap().grant, 0);
     // a is told to shrink to its share (8) but keeps its 16 in flight: b still gets 0.
-    assert_eq!(a.lease("m", 16, 40, 16, 1, None).await.unwrap(), 8);
-    assert_eq!(b.lease("m", 16, 40, 0, 1, None).await.unwrap(), 0);
+    assert_eq!(a.lease("m", 16, 40, 16, 1, None).await.unwrap().grant, 8);
+    assert_eq!(b.lease("m", 16, 40, 0, 1, None).await.unwrap().grant, 0);
     // As a's requests end its field follows; b grows into what is freed, up to its share.
-    assert_eq!(a.lease("m", 16, 40, 12, 1, None).await.unwrap(), 8);
-    assert_eq!(b.lease("m", 16, 40, 0, 1, None).await.unwrap(), 4);
-    assert_eq!(a.lease("m", 16, 40, 8, 1, None).await.unwrap(), 8);
-    assert_eq!(b.lease("m", 16, 40, 4, 1, None).await.unwrap(), 8);
+    assert_eq!(a.lease("m", 16, 40, 12, 1, None).await.unwrap().grant, 8);
+    assert_eq!(b.lease("m", 16, 40, 0, 1, None).await.unwrap().grant, 4);
+    assert_eq!(a.lease("m", 16, 40, 8, 1, None).await.unwrap().grant, 8);
+    assert_eq!(b.lease("m", 16, 40, 4, 1, None).await.unwrap().grant, 8);
     // A member wanting little leaves the rest to the other (max-min).
-    assert_eq!(b.lease("m", 16, 2, 8, 1, None).await.unwrap(), 2);
-    assert_eq!(b.lease("m", 16, 2, 2, 1, None).await.unwrap(), 2);
-    assert_eq!(a.lease("m", 16, 40, 8, 1, None).await.unwrap(), 14);
+    assert_eq!(b.lease("m", 16, 2, 8, 1, None).await.unwrap().grant, 2);
+    assert_eq!(b.lease("m", 16, 2, 2, 1, None).await.unwrap().grant, 2);
+    assert_eq!(a.lease("m", 16, 40, 8, 1, None).await.unwrap().grant, 14);
 }
 
 /// Replicas with random demand lease, fill and drain for many rounds; at every moment the
@@ -111,7 +111,8 @@ async fn random_demand_never_over_admits() {
         let grant = members[i]
             .lease("m", CAP, want, holding, 1, None)
             .await
-            .unwrap();
+            .unwrap()
+            .grant;
         // What may be in flight from now on: at most the grant for new work.
         state[i] = (fl.min(grant.max(fl)), grant);
         let total: u64 = state.iter().map(|s| s.0.max(s.1)).sum();
@@ -139,13 +140,13 @@ async fn a_dead_replicas_slots_come_back_after_its_ttl() {
         member(&redis, "reclaim", "b"),
     );
     join(&[&a, &b], "m").await;
-    assert_eq!(a.lease("m", 16, 16, 0, 1, None).await.unwrap(), 16);
-    assert_eq!(b.lease("m", 16, 16, 0, 1, None).await.unwrap(), 0);
+    assert_eq!(a.lease("m", 16, 16, 0, 1, None).await.unwrap().grant, 16);
+    assert_eq!(b.lease("m", 16, 16, 0, 1, None).await.unwrap().grant, 0);
     // a dies (no more heartbeats); b keeps beating and gets everything once a is gone.
     let mut got = 0;
     for _ in 0..100 {
         b.heartbeat().await.unwrap();
-        got = b.lease("m", 16, 16, got, 1, None).await.unwrap();
+        got = b.lease("m", 16, 16, got, 1, None).await.unwrap().grant;
         if got == 16 {
             break;
         }
@@ -163,19 +164,19 @@ async fn the_first_replica_back_after_an_outage_does_not_reclaim_the_others() {
     };
     let (a, b) = (member(&redis, "outage", "a"), member(&redis, "outage", "b"));
     join(&[&a, &b], "m").await;
-    assert_eq!(a.lease("m", 16, 8, 0, 1, None).await.unwrap(), 8);
-    assert_eq!(b.lease("m", 16, 8, 0, 1, None).await.unwrap(), 8);
+    assert_eq!(a.lease("m", 16, 8, 0, 1, None).await.unwrap().grant, 8);
+    assert_eq!(b.lease("m", 16, 8, 0, 1, None).await.unwrap().grant, 8);
     // Nobody beats for longer than the TTL (as if Redis had been down).
     tokio::time::sleep(TTL + Duration::from_millis(100)).await;
     a.heartbeat().await.unwrap();
     // a is back first and wants everything: b's 8 stay b's.
-    assert_eq!(a.lease("m", 16, 16, 8, 1, None).await.unwrap(), 8);
+    assert_eq!(a.lease("m", 16, 16, 8, 1, None).await.unwrap().grant, 8);
     // b comes back within the TTL and keeps its slots.
     b.heartbeat().await.unwrap();
     tokio::time::sleep(TTL + Duration::from_millis(50)).await;
     a.heartbeat().await.unwrap();
     b.heartbeat().await.unwrap();
-    assert_eq!(a.lease("m", 16, 16, 8, 1, None).await.unwrap(), 8);
+    assert_eq!(a.lease("m", 16, 16, 8, 1, None).await.unwrap().grant, 8);
 }
 
 /// Replicas whose tenants weigh 1, 2 and 4 (each replica's tenants pinned to it) and that
@@ -193,7 +194,11 @@ async fn contended_capacity_follows_the_weights_of_the_tenants_behind_it() {
     for _ in 0..5 {
         // Each one's requests drain to its last grant between rounds.
         for (i, (m, w)) in [(&c, 4), (&b, 2), (&a, 1)].into_iter().enumerate() {
-            grants[i] = m.lease("m", 14, 40, grants[i], w, None).await.unwrap();
+            grants[i] = m
+                .lease("m", 14, 40, grants[i], w, None)
+                .await
+                .unwrap()
+                .grant;
         }
     }
     assert_eq!(grants, [8, 4, 2], "c (4), b (2), a (1)");

@@ -58,6 +58,9 @@ async fn keep_lease(
     shutdown: CancellationToken,
 ) {
     let mut granted = 0usize;
+    // Slots are owed to this replica (others hold them until some of their requests end):
+    // look again soon rather than after a whole interval, so the slot does not sit idle.
+    let mut owed = false;
     let mut service = ServiceExchange::default();
     loop {
         service.run(&pool, &cluster).await;
@@ -78,9 +81,12 @@ async fn keep_lease(
             )
             .await
         {
-            Ok(g) => {
-                granted = usize::try_from(g).unwrap_or(usize::MAX).min(capacity);
+            Ok(lease) => {
+                granted = usize::try_from(lease.grant)
+                    .unwrap_or(usize::MAX)
+                    .min(capacity);
                 pool.set_fleet_share(granted, capacity);
+                owed = lease.owed;
             }
             // Redis down: keep the last share (never grow), see the module docs.
             Err(e) => tracing::debug!(model = %pool.name, error = %e, "lease not renewed"),
@@ -91,7 +97,7 @@ async fn keep_lease(
                 // A burst of arrivals costs one call per gap, not one per request.
                 tokio::time::sleep(interval / 10).await;
             }
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(if owed { interval / 10 } else { interval }) => {}
         }
     }
 }

@@ -11,6 +11,8 @@ use fairgate_sim::{SimConfig, Simulator};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+pub mod cluster;
+
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
 pub struct Sim {
