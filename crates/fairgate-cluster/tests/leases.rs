@@ -25,7 +25,7 @@ fn member(redis: &str, prefix: &str, replica: &str) -> Arc<Cluster> {
 async fn join(members: &[&Arc<Cluster>], pool: &str) {
     for m in members {
         m.heartbeat().await.unwrap();
-        m.lease(pool, 16, 0, 0, 1, None).await.unwrap().grant;
+        m.lease(pool, 16, 0, 0, 1, None).await.unwrap();
     }
     tokio::time::sleep(TTL + Duration::from_millis(50)).await;
     for m in members {
