@@ -173,21 +173,7 @@ async fn three_replicas_share_one_backends_slots() {
     let Some(redis) = fairgate_testkit::redis_url() else {
         return;
     };
-    let sim = Sim::start(SimConfig {
-        model: MODEL.into(),
-        max_num_seqs: 64,
-        prefill_overhead: Duration::from_millis(1),
-        prefill_per_token: Duration::ZERO,
-        decode_step_base: Duration::from_millis(4),
-        decode_step_per_seq: Duration::ZERO,
-        ..SimConfig::default()
-    })
-    .await;
-    let prefix = format!("fgtest:share:{}", std::process::id());
-    let mut gws = Vec::new();
-    for r in ["a", "b", "c"] {
-        gws.push(TestGateway::start(setup_n(&sim.url, &redis, &prefix, r, 16), &db.url).await);
-    }
+    let (sim, gws) = start_fleet(&db.url, &redis, "share", &["a", "b", "c"], 16).await;
     gws[0].tenant("t", 1).await;
     let (_, key) = gws[0].key("t", None).await;
     for gw in &gws {
@@ -200,11 +186,7 @@ async fn three_replicas_share_one_backends_slots() {
     // One replica loaded, two idle: it may fill all but the idle ones' spare slot each.
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
     let watch = watch_backend(&sim, until);
-    let done: usize = futures_util::future::join_all(load(&gws[0], &key, 32, until))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .sum();
+    let done = successes(load(&gws[0], &key, 32, until)).await;
     let max = watch.await.unwrap();
     assert!(done > 0);
     assert!(max <= 16, "the backend held {max} > 16 from the fleet");
@@ -216,12 +198,7 @@ async fn three_replicas_share_one_backends_slots() {
     let runs: Vec<_> = gws.iter().map(|gw| load(gw, &key, 16, until)).collect();
     let mut per_replica = Vec::new();
     for r in runs {
-        let n: usize = futures_util::future::join_all(r)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .sum();
-        per_replica.push(n);
+        per_replica.push(successes(r).await);
     }
     let max = watch.await.unwrap();
     assert!(max <= 16, "the backend held {max} > 16 from the fleet");
@@ -250,14 +227,7 @@ async fn a_redis_outage_keeps_the_last_leases_and_recovers() {
             return;
         }
     };
-    let sim = Sim::start(timed_sim_config()).await;
-    let prefix = format!("fgtest:outage:{}", std::process::id());
-    let mut gws = Vec::new();
-    for r in ["a", "b"] {
-        gws.push(
-            TestGateway::start(setup_n(&sim.url, &redis.url(), &prefix, r, 16), &db.url).await,
-        );
-    }
+    let (sim, gws) = start_fleet(&db.url, &redis.url(), "outage", &["a", "b"], 16).await;
     gws[0].tenant("t", 1).await;
     let (_, key) = gws[0].key("t", None).await;
     for gw in &gws {

@@ -70,33 +70,17 @@ pub async fn metric(gw: &TestGateway, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Runs `clients` closed loops of non-streamed requests against `gw` until `until`; returns how
-/// many succeeded.
+/// Runs `clients` closed loops of non-streamed requests against `gw` until `until`; each task
+/// returns how many succeeded.
 pub fn load(
     gw: &TestGateway,
     key: &str,
     clients: usize,
     until: tokio::time::Instant,
 ) -> Vec<tokio::task::JoinHandle<usize>> {
-    (0..clients)
-        .map(|_| {
-            let (http, base, key) = (gw.http.clone(), gw.base.clone(), key.to_owned());
-            tokio::spawn(async move {
-                let mut ok = 0;
-                while tokio::time::Instant::now() < until {
-                    let r = http
-                        .post(format!("{base}/v1/chat/completions"))
-                        .bearer_auth(&key)
-                        .json(&chat(MODEL, 30, false))
-                        .send()
-                        .await;
-                    if r.is_ok_and(|r| r.status().is_success()) {
-                        ok += 1;
-                    }
-                }
-                ok
-            })
-        })
+    load_timed(&gw.base, key, clients, until)
+        .into_iter()
+        .map(|run| tokio::spawn(async move { run.await.unwrap().0.len() }))
         .collect()
 }
 
@@ -238,4 +222,32 @@ pub async fn admin_get(base: &str, path: &str) -> Value {
         .json()
         .await
         .unwrap_or(Value::Null)
+}
+
+/// A simulator with real step timing (4 ms a token) and room for 64 sequences, so any
+/// over-admission by the fleet would show in its occupancy, and `names` replicas in front of
+/// it, each declaring `slots` for its one backend.
+pub async fn start_fleet(
+    db: &str,
+    redis: &str,
+    test: &str,
+    names: &[&str],
+    slots: usize,
+) -> (Sim, Vec<TestGateway>) {
+    let sim = Sim::start(timed_sim_config()).await;
+    let prefix = format!("fgtest:{test}:{}", std::process::id());
+    let mut gws = Vec::new();
+    for r in names {
+        gws.push(TestGateway::start(setup_n(&sim.url, redis, &prefix, r, slots), db).await);
+    }
+    (sim, gws)
+}
+
+/// Waits for load tasks started by [`load`] and adds up their successes.
+pub async fn successes(runs: Vec<tokio::task::JoinHandle<usize>>) -> usize {
+    futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum()
 }
