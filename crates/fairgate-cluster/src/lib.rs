@@ -472,6 +472,33 @@ impl Cluster {
             .collect()
     }
 
+    /// Stores `value` under `name` (within this fleet's prefix) for `ttl`: state one replica
+    /// makes and another may need, such as a sign-in in progress.
+    pub async fn put(&self, name: &str, value: &str, ttl: Duration) -> Result<(), ClusterError> {
+        let key = self.key(name);
+        let ms = ttl.as_millis().max(1) as u64;
+        let value = value.to_owned();
+        let _: () = self
+            .call(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Takes what [`Cluster::put`] stored under `name`, once: a second take finds nothing.
+    pub async fn take(&self, name: &str) -> Result<Option<String>, ClusterError> {
+        let key = self.key(name);
+        self.call(|mut c| async move { redis::cmd("GETDEL").arg(key).query_async(&mut c).await })
+            .await
+    }
+
     /// Announces `change` to the other replicas (call it after the change is stored).
     pub async fn publish(&self, change: Change) -> Result<(), ClusterError> {
         let payload = serde_json::to_string(&Envelope {

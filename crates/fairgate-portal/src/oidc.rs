@@ -122,10 +122,50 @@ type OidcClient = Client<
     EndpointMaybeSet,
 >;
 
+#[derive(Serialize, Deserialize)]
 struct Pending {
     nonce: String,
     verifier: String,
+    /// When it was made (local entries expire on it; shared ones carry a Redis TTL).
+    #[serde(skip, default = "Instant::now")]
     at: Instant,
+}
+
+/// Where a pending sign-in is shared under `[cluster]`: keyed by a hash of the state, so the
+/// store never holds the value the browser presents.
+fn pending_key(state: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("oidc:{hex}")
+}
+
+/// Keeps a sign-in in progress where the callback will find it: in Redis under `[cluster]`
+/// (the provider may send the browser back to any replica), else (or if Redis fails) here.
+async fn remember_pending(st: &PortalState, state: String, p: Pending) {
+    if let Some(c) = &st.gateway.cluster {
+        if let Ok(json) = serde_json::to_string(&p) {
+            match c.put(&pending_key(&state), &json, PENDING_TTL).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sign-in state kept on this replica only (redis)")
+                }
+            }
+        }
+    }
+    st.portal.oidc.insert_pending(state, p);
+}
+
+/// Takes the pending sign-in for `state` (once), from Redis or from this replica.
+async fn recall_pending(st: &PortalState, state: &str) -> Option<Pending> {
+    if let Some(c) = &st.gateway.cluster {
+        match c.take(&pending_key(state)).await {
+            Ok(Some(json)) => return serde_json::from_str(&json).ok(),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "sign-in state not read from redis"),
+        }
+    }
+    st.portal.oidc.take_pending(state)
 }
 
 /// The provider's discovery document with its key set, and when each was read.
@@ -370,7 +410,7 @@ async fn start_inner(st: &PortalState, secure: bool) -> Result<Response, Refusal
     let cfg = config(st)?;
     let p = st.portal.oidc.provider(cfg).await.map_err(provider_down)?;
     let (url, state, pending) = authorization(cfg, &p.meta)?;
-    st.portal.oidc.insert_pending(state.clone(), pending);
+    remember_pending(st, state.clone(), pending).await;
     let mut resp = redirect(url.as_str());
     resp.headers_mut()
         .insert(header::SET_COOKIE, state_cookie(&state, secure));
@@ -464,7 +504,7 @@ async fn callback_inner(
             "this sign-in was not started from this browser (state mismatch); start again",
         ));
     }
-    let Some(pending) = st.portal.oidc.take_pending(&state) else {
+    let Some(pending) = recall_pending(st, &state).await else {
         return Err(refuse(
             "this sign-in expired or was already used; start again",
         ));

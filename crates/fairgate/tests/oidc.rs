@@ -116,6 +116,17 @@ fn start_provider_with(email_verified: &str) -> Option<Provider> {
     Some(Provider { child, issuer })
 }
 
+/// The portal's OIDC settings for the test provider, plus `extra` TOML lines.
+fn oidc_config(issuer: &str, extra: &str) -> OidcConfig {
+    toml::from_str::<OidcConfig>(&format!(
+        "issuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\n\
+         client_secret = \"{CLIENT_SECRET}\"\n\
+         redirect_url = \"{PUBLIC}/portal/oidc/callback\"\n\
+         scopes = [\"openid\", \"email\", \"profile\", \"groups\"]\n{extra}"
+    ))
+    .unwrap()
+}
+
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -249,16 +260,10 @@ async fn sign_in_with_a_real_openid_provider() {
     let issuer = idp.issuer.clone();
     let gw = TestGateway::start(
         Setup::one("m", &sim.url, 8).with(move |cfg| {
-            cfg.portal.oidc = Some(
-                toml::from_str::<OidcConfig>(&format!(
-                    "issuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\n\
-                     client_secret = \"{CLIENT_SECRET}\"\n\
-                     redirect_url = \"{PUBLIC}/portal/oidc/callback\"\n\
-                     scopes = [\"openid\", \"email\", \"profile\", \"groups\"]\n\
-                     tenant_claim = \"groups\"\noperator_values = [\"fairgate-operators\"]"
-                ))
-                .unwrap(),
-            );
+            cfg.portal.oidc = Some(oidc_config(
+                &issuer,
+                "tenant_claim = \"groups\"\noperator_values = [\"fairgate-operators\"]",
+            ));
         }),
         &db.url,
     )
@@ -358,15 +363,7 @@ async fn an_unverified_email_never_links_or_creates_an_account() {
         let issuer = idp.issuer.clone();
         let gw = TestGateway::start(
             Setup::one("m", &sim.url, 8).with(move |cfg| {
-                cfg.portal.oidc = Some(
-                    toml::from_str::<OidcConfig>(&format!(
-                        "issuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\n\
-                         client_secret = \"{CLIENT_SECRET}\"\n\
-                         redirect_url = \"{PUBLIC}/portal/oidc/callback\"\n\
-                         scopes = [\"openid\", \"email\", \"profile\", \"groups\"]"
-                    ))
-                    .unwrap(),
-                );
+                cfg.portal.oidc = Some(oidc_config(&issuer, ""));
             }),
             &db.url,
         )
@@ -400,4 +397,57 @@ async fn an_unverified_email_never_links_or_creates_an_account() {
         assert_eq!(users[0]["role"], "operator");
         gw.shutdown().await;
     }
+}
+
+/// With `[cluster]`, a sign-in started on one replica finishes on another (the load balancer
+/// may send the provider's redirect anywhere), and only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_started_on_one_replica_finishes_on_another() {
+    let Some(idp) = start_provider() else {
+        return;
+    };
+    let Some(db) = fresh_db(Db::Postgres).await else {
+        return;
+    };
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let sim = Sim::start(SimConfig::instant("m")).await;
+    let prefix = format!("fgtest:oidc:{}", std::process::id());
+    let replica = |name: &str| {
+        let (issuer, redis, prefix, name) = (
+            idp.issuer.clone(),
+            redis.clone(),
+            prefix.clone(),
+            name.to_owned(),
+        );
+        Setup::one("m", &sim.url, 8).with(move |cfg| {
+            cfg.portal.oidc = Some(oidc_config(&issuer, "tenant_claim = \"groups\""));
+            cfg.cluster = Some(fairgate::config::ClusterSection {
+                redis_url: fairgate::config::Secret::new(redis.clone()),
+                replica_id: Some(name.clone()),
+                key_prefix: prefix.clone(),
+                heartbeat_ms: 100,
+                member_ttl_ms: 500,
+                redis_timeout_ms: 500,
+                lease_interval_ms: 50,
+            });
+        })
+    };
+    let a = TestGateway::start(replica("a"), &db.url).await;
+    let b = TestGateway::start(replica("b"), &db.url).await;
+    a.tenant("lab", 1).await;
+    let (jar, cb) = to_callback(&a, &idp).await;
+    let on_b = cb.replacen(&a.base, &b.base, 1);
+    assert_ne!(on_b, cb);
+    let r = get_with(&on_b, &jar.header()).await;
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    assert!(has_session(&r));
+    // Used once: the same callback on the replica that started it finds nothing.
+    let r = get_with(&cb, &jar.header()).await;
+    assert_eq!(r.status(), 400);
+    assert!(!has_session(&r));
+    a.shutdown().await;
+    b.shutdown().await;
+    db.cleanup().await;
 }
