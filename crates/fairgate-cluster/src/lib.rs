@@ -472,6 +472,36 @@ impl Cluster {
             .collect()
     }
 
+    /// Runs a Lua script on keys named within this fleet's prefix; the script answers with an
+    /// array of strings or integers (read as strings). For shared state whose rules live with
+    /// their owner (the portal's sign-in throttle), so this crate need not know them.
+    pub async fn run_script(
+        &self,
+        lua: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Vec<String>, ClusterError> {
+        let script = redis::Script::new(lua);
+        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        self.call(|mut c| async move {
+            let mut inv = script.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            for a in args {
+                inv.arg(a);
+            }
+            let v: Vec<redis::Value> = inv.invoke_async(&mut c).await?;
+            Ok(v.into_iter()
+                .map(|x| match x {
+                    redis::Value::Int(i) => i.to_string(),
+                    other => redis::from_redis_value::<String>(other).unwrap_or_default(),
+                })
+                .collect())
+        })
+        .await
+    }
+
     /// Stores `value` under `name` (within this fleet's prefix) for `ttl`: state one replica
     /// makes and another may need, such as a sign-in in progress.
     pub async fn put(&self, name: &str, value: &str, ttl: Duration) -> Result<(), ClusterError> {

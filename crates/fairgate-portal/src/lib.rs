@@ -50,7 +50,7 @@ use html::{esc, page};
 
 /// Portal state that is not in the database.
 pub struct Portal {
-    /// Sign-in throttle (per replica today; the trait lets a shared store take over).
+    /// Sign-in throttle: per replica, or shared through Redis under `[cluster]`.
     pub throttle: Box<dyn throttle::SignInThrottle>,
     /// Where password hashes run: bounded, off the async workers.
     pub hashing: hashing::HashPool,
@@ -83,7 +83,15 @@ pub struct PortalState {
 
 impl PortalState {
     pub fn new(gateway: Arc<AppState>) -> PortalState {
-        let portal = Portal::new(&gateway.config.portal);
+        let mut portal = Portal::new(&gateway.config.portal);
+        if let Some(c) = &gateway.cluster {
+            // Under `[cluster]` the counters are the fleet's, so spreading guesses over
+            // replicas gains nothing.
+            portal.throttle = Box::new(throttle::SharedThrottle::new(
+                throttle::ThrottleRules::default(),
+                c.clone(),
+            ));
+        }
         PortalState { gateway, portal }
     }
 }

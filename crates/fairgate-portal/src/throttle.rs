@@ -23,8 +23,8 @@
 //! (expired ones are the oldest). Accounts are kept as a SHA-256 prefix, so a flood of long
 //! random e-mails costs a fixed size per entry.
 //!
-//! The rules live behind [`SignInThrottle`], so replicas can share counters through a store
-//! (Redis) later; [`MemoryThrottle`] counts per replica.
+//! The rules live behind [`SignInThrottle`]: [`MemoryThrottle`] counts per replica,
+//! [`SharedThrottle`] in Redis for all replicas under `[cluster]`.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -377,6 +377,166 @@ impl SignInThrottle for MemoryThrottle {
 
     fn record_success<'a>(&'a self, account: &'a str, addr: IpAddr) -> BoxFuture<'a, ()> {
         Box::pin(async move { self.success_now(account, addr) })
+    }
+}
+
+/// The same rules with the counters in Redis (`[cluster]`), so a guesser gains nothing by
+/// spreading attempts over replicas. Windows are Redis keys that expire with them; accounts
+/// are keyed by the same SHA-256 prefix. When Redis does not answer, each call falls back to
+/// this replica's own [`MemoryThrottle`], which keeps counting meanwhile.
+pub struct SharedThrottle {
+    rules: ThrottleRules,
+    cluster: Arc<fairgate_cluster::Cluster>,
+    local: MemoryThrottle,
+}
+
+/// KEYS: address, pair, account failures, good addresses, slow slot. ARGV: address limit,
+/// pair limit, slow-after, interval ms, the address. Answers `{verdict, retry ms}`.
+const CHECK_LUA: &str = r#"
+local good = redis.call('LPOS', KEYS[4], ARGV[5]) ~= false
+if not good then
+  if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then
+    return {'address', redis.call('PTTL', KEYS[1])}
+  end
+end
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[2]) then
+  return {'pair', redis.call('PTTL', KEYS[2])}
+end
+if (not good) and tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[3]) then
+  if redis.call('SET', KEYS[5], '1', 'PX', ARGV[4], 'NX') then
+    return {'ok', 0}
+  end
+  return {'slowed', redis.call('PTTL', KEYS[5])}
+end
+return {'ok', 0}
+"#;
+
+/// KEYS: address, pair, account failures. ARGV: window ms. Each window starts at its first
+/// failure.
+const FAILURE_LUA: &str = r#"
+for i = 1, 3 do
+  if redis.call('INCR', KEYS[i]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  end
+end
+return {'ok'}
+"#;
+
+/// KEYS: pair, good addresses. ARGV: the address, how many to keep, how long (ms).
+const SUCCESS_LUA: &str = r#"
+redis.call('DEL', KEYS[1])
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {'ok'}
+"#;
+
+/// How long an account remembers the addresses it signed in from.
+const GOOD_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl SharedThrottle {
+    pub fn new(rules: ThrottleRules, cluster: Arc<fairgate_cluster::Cluster>) -> SharedThrottle {
+        SharedThrottle {
+            local: MemoryThrottle::new(rules.clone()),
+            rules,
+            cluster,
+        }
+    }
+
+    /// The Redis keys for one attempt, and the address as text.
+    fn keys(account: &str, addr: IpAddr) -> ([String; 5], String) {
+        let acct: String = account_key(account)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let addr = address_key(addr).to_string();
+        (
+            [
+                format!("signin:addr:{addr}"),
+                format!("signin:pair:{acct}:{addr}"),
+                format!("signin:acct:{acct}"),
+                format!("signin:good:{acct}"),
+                format!("signin:slow:{acct}"),
+            ],
+            addr,
+        )
+    }
+
+    async fn check_shared(&self, account: &str, addr: IpAddr) -> Result<(), Throttled> {
+        let r = &self.rules;
+        let (keys, a) = Self::keys(account, addr);
+        let args = [
+            r.address_failures.to_string(),
+            r.pair_failures.to_string(),
+            r.account_slow_after.to_string(),
+            r.account_interval.as_millis().max(1).to_string(),
+            a,
+        ];
+        let answer = match self.cluster.run_script(CHECK_LUA, &keys, &args).await {
+            Ok(v) => v,
+            Err(_) => return self.local.check_now(account, addr),
+        };
+        let retry = |v: &[String]| {
+            let ms = v.get(1).and_then(|x| x.parse::<i64>().ok()).unwrap_or(1000);
+            Duration::from_millis(ms.max(1) as u64)
+        };
+        let reason = match answer.first().map(String::as_str) {
+            Some("address") => ThrottleReason::Address,
+            Some("pair") => ThrottleReason::AccountFromAddress,
+            Some("slowed") => ThrottleReason::AccountSlowed,
+            _ => return Ok(()),
+        };
+        Err(Throttled {
+            retry_after: retry(&answer),
+            reason,
+        })
+    }
+
+    async fn failure_shared(&self, account: &str, addr: IpAddr) {
+        // Counted here too, so a Redis outage does not start everyone from zero.
+        self.local.failure_now(account, addr);
+        let (keys, _) = Self::keys(account, addr);
+        let window = self.rules.window.as_millis().max(1).to_string();
+        if let Err(e) = self
+            .cluster
+            .run_script(FAILURE_LUA, &keys[..3], &[window])
+            .await
+        {
+            tracing::debug!(error = %e, "sign-in failure counted on this replica only");
+        }
+    }
+
+    async fn success_shared(&self, account: &str, addr: IpAddr) {
+        self.local.success_now(account, addr);
+        let (keys, a) = Self::keys(account, addr);
+        let args = [
+            a,
+            self.rules.good_addresses.max(1).to_string(),
+            GOOD_FOR.as_millis().to_string(),
+        ];
+        let pair_and_good = [keys[1].clone(), keys[3].clone()];
+        if let Err(e) = self
+            .cluster
+            .run_script(SUCCESS_LUA, &pair_and_good, &args)
+            .await
+        {
+            tracing::debug!(error = %e, "sign-in success recorded on this replica only");
+        }
+    }
+}
+
+impl SignInThrottle for SharedThrottle {
+    fn check<'a>(&'a self, account: &'a str, addr: IpAddr) -> BoxFuture<'a, Result<(), Throttled>> {
+        Box::pin(self.check_shared(account, addr))
+    }
+
+    fn record_failure<'a>(&'a self, account: &'a str, addr: IpAddr) -> BoxFuture<'a, ()> {
+        Box::pin(self.failure_shared(account, addr))
+    }
+
+    fn record_success<'a>(&'a self, account: &'a str, addr: IpAddr) -> BoxFuture<'a, ()> {
+        Box::pin(self.success_shared(account, addr))
     }
 }
 
