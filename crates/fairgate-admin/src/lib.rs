@@ -493,6 +493,10 @@ struct PoolView {
     /// Slots kept for tenants below their fair share now.
     headroom: usize,
     tenants: Vec<SchedTenantView>,
+    /// With `[cluster]`: every live replica's part of this model (its lease, what it has in
+    /// flight and queued, per tenant), as published once a heartbeat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<Vec<fairgate_gateway::fleet::ReplicaState>>,
 }
 
 #[derive(Serialize)]
@@ -543,6 +547,7 @@ fn pool_view(pool: &fairgate_gateway::upstream::ModelPool) -> PoolView {
         queued: s.queued,
         headroom: s.headroom,
         tenants,
+        fleet: None,
     }
 }
 
@@ -551,16 +556,23 @@ async fn scheduler(
     State(st): State<Arc<AppState>>,
     Query(q): Query<SchedulerQuery>,
 ) -> Result<Json<SchedulerView>, ApiError> {
-    let models = match q.model {
-        Some(m) => {
-            let pool = st
-                .upstreams
-                .get(&m)
-                .ok_or_else(|| ApiError::AdminNotFound(format!("model `{m}`")))?;
-            vec![pool_view(pool)]
-        }
-        None => st.upstreams.pools.iter().map(|p| pool_view(p)).collect(),
+    let pools: Vec<&Arc<fairgate_gateway::upstream::ModelPool>> = match q.model {
+        Some(m) => vec![st
+            .upstreams
+            .get(&m)
+            .ok_or_else(|| ApiError::AdminNotFound(format!("model `{m}`")))?],
+        None => st.upstreams.pools.iter().collect(),
     };
+    let mut models = Vec::with_capacity(pools.len());
+    for pool in pools {
+        let mut view = pool_view(pool);
+        if let Some(c) = &st.cluster {
+            view.fleet = fairgate_gateway::fleet::fleet_state(&pool.name, c)
+                .await
+                .ok();
+        }
+        models.push(view);
+    }
     Ok(Json(SchedulerView { models }))
 }
 

@@ -522,6 +522,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Reads what [`Cluster::put`] stored under each of `names` (`None` where nothing is).
+    pub async fn get_many(&self, names: &[String]) -> Result<Vec<Option<String>>, ClusterError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = names.iter().map(|n| self.key(n)).collect();
+        self.call(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
+            .await
+    }
+
     /// Takes what [`Cluster::put`] stored under `name`, once: a second take finds nothing.
     pub async fn take(&self, name: &str) -> Result<Option<String>, ClusterError> {
         let key = self.key(name);

@@ -21,9 +21,11 @@
 //! its last share and never grows, so the fleet cannot over-admit. A replica that starts while
 //! Redis is down has no share yet and queues until Redis answers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use fairgate_cluster::Cluster;
 use tokio_util::sync::CancellationToken;
@@ -62,8 +64,14 @@ async fn keep_lease(
     // look again soon rather than after a whole interval, so the slot does not sit idle.
     let mut owed = false;
     let mut service = ServiceExchange::default();
+    let mut published: Option<tokio::time::Instant> = None;
     loop {
         service.run(&pool, &cluster).await;
+        // What this replica holds, for the fleet-wide scheduler view (once a heartbeat).
+        if published.is_none_or(|t| t.elapsed() >= cluster.config().heartbeat) {
+            published = Some(tokio::time::Instant::now());
+            publish_state(&pool, &cluster).await;
+        }
         let capacity = pool.configured_capacity();
         let in_flight = pool.fair.in_flight();
         let want = (in_flight + pool.fair.queued() + SPARE).min(capacity);
@@ -139,4 +147,67 @@ impl ServiceExchange {
             }
         }
     }
+}
+
+/// One replica's part of a model, as the fleet-wide scheduler view shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    pub member: String,
+    /// This replica's lease (the slots it may fill).
+    pub max_in_flight: usize,
+    pub in_flight: usize,
+    pub queued: usize,
+    /// Per tenant with work here: (queued, in flight).
+    pub tenants: BTreeMap<String, (usize, usize)>,
+}
+
+fn state_key(pool: &str, member: &str) -> String {
+    format!("state:{pool}:{member}")
+}
+
+/// Publishes this replica's part of `pool` for the other replicas' views; it expires with
+/// the member TTL, so a dead replica drops out of the view.
+async fn publish_state(pool: &ModelPool, cluster: &Cluster) {
+    let s = pool.fair.state();
+    let state = ReplicaState {
+        member: cluster.member_id().to_owned(),
+        max_in_flight: s.max_in_flight,
+        in_flight: s.in_flight,
+        queued: s.queued,
+        tenants: s
+            .tenants
+            .iter()
+            .filter(|t| t.view.queued + t.view.in_flight > 0)
+            .map(|t| (t.view.name.to_string(), (t.view.queued, t.view.in_flight)))
+            .collect(),
+    };
+    let Ok(json) = serde_json::to_string(&state) else {
+        return;
+    };
+    let ttl = cluster.config().member_ttl;
+    if let Err(e) = cluster
+        .put(&state_key(&pool.name, cluster.member_id()), &json, ttl)
+        .await
+    {
+        tracing::debug!(model = %pool.name, error = %e, "replica state not published");
+    }
+}
+
+/// Every live replica's part of the model `pool`, as last published (this one included).
+pub async fn fleet_state(
+    pool: &str,
+    cluster: &Cluster,
+) -> Result<Vec<ReplicaState>, fairgate_cluster::ClusterError> {
+    let keys: Vec<String> = cluster
+        .members()
+        .iter()
+        .map(|m| state_key(pool, &m.id))
+        .collect();
+    Ok(cluster
+        .get_many(&keys)
+        .await?
+        .into_iter()
+        .flatten()
+        .filter_map(|j| serde_json::from_str(&j).ok())
+        .collect())
 }

@@ -196,6 +196,23 @@ async fn three_replicas_share_one_backends_slots() {
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
     let watch = watch_backend(&sim, until);
     let runs: Vec<_> = gws.iter().map(|gw| load(gw, &key, 16, until)).collect();
+    // Any replica shows the whole fleet: three parts, each busy for `t`, within 16 together.
+    eventually("the fleet-wide view", || async {
+        let (_, v) = gws[0].admin(Method::GET, "/scheduler", None).await;
+        let Some(fleet) = v["models"][0]["fleet"].as_array().cloned() else {
+            return false;
+        };
+        let leases: u64 = fleet
+            .iter()
+            .filter_map(|r| r["max_in_flight"].as_u64())
+            .sum();
+        fleet.len() == 3
+            && leases <= 16
+            && fleet
+                .iter()
+                .all(|r| r["tenants"]["t"][1].as_u64().is_some_and(|n| n > 0))
+    })
+    .await;
     let mut per_replica = Vec::new();
     for r in runs {
         per_replica.push(successes(r).await);
