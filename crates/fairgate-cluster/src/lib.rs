@@ -220,12 +220,21 @@ redis.call('HSET', KEYS[1], me, field)
 return {grant, field, entitled}
 "#;
 
-/// Adds `(tenant, delta)` pairs (ARGV) to a pool's service totals (KEYS[1]); returns them all.
+/// Adds `(tenant, delta)` pairs (ARGV[2..]) to a pool's service totals (KEYS[1]), stamping
+/// each tenant with a new version (KEYS[2] zset, KEYS[3] counter); returns the current version
+/// and the totals of the tenants changed since version ARGV[1] (only those: a fleet with
+/// thousands of tenants exchanges what moved, not everything, every round).
 const EXCHANGE: &str = r#"
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[i])
 end
-return redis.call('HGETALL', KEYS[1])
+local out = {redis.call('GET', KEYS[3]) or '0'}
+for _, t in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')) do
+  out[#out + 1] = t
+  out[#out + 1] = redis.call('HGET', KEYS[1], t) or '0'
+end
+return out
 "#;
 
 /// One replica's handle on the fleet. Cheap to share: `Arc<Cluster>`.
@@ -442,34 +451,46 @@ impl Cluster {
     }
 
     /// Adds this replica's service per tenant since the last exchange (raw cost units; negative
-    /// for refunds) to the fleet's totals for `pool`, and returns every tenant's total, so
-    /// each replica's fair-share counters follow what the whole fleet served. One round trip.
+    /// for refunds) to the fleet's totals for `pool`, and returns the totals of the tenants
+    /// changed since version `since` with the current version, so each replica's fair-share
+    /// counters follow what the whole fleet served. One round trip. A version below `since`
+    /// means the store lost its data: ask again from 0.
     pub async fn exchange_service(
         &self,
         pool: &str,
+        since: u64,
         deltas: &[(String, i64)],
-    ) -> Result<Vec<(String, i64)>, ClusterError> {
-        let key = self.key(&format!("service:{pool}"));
+    ) -> Result<(u64, Vec<(String, i64)>), ClusterError> {
+        let keys = [
+            self.key(&format!("service:{pool}")),
+            self.key(&format!("service-version:{pool}")),
+            self.key(&format!("service-counter:{pool}")),
+        ];
         let script = &self.exchange;
         let raw: Vec<String> = self
             .call(|mut c| async move {
                 let mut inv = script.prepare_invoke();
-                inv.key(key);
+                for k in &keys {
+                    inv.key(k);
+                }
+                inv.arg(since);
                 for (t, d) in deltas {
                     inv.arg(t).arg(*d);
                 }
                 inv.invoke_async(&mut c).await
             })
             .await?;
-        raw.chunks(2)
+        let bad = |what: &str| ClusterError::Protocol(format!("service exchange: {what}"));
+        let (version, pairs) = raw.split_first().ok_or_else(|| bad("empty answer"))?;
+        let version = version.parse().map_err(|_| bad("version"))?;
+        let totals = pairs
+            .chunks(2)
             .map(|p| match p {
-                [t, v] => v
-                    .parse()
-                    .map(|v| (t.clone(), v))
-                    .map_err(|_| ClusterError::Protocol(format!("service total {v:?}"))),
-                _ => Err(ClusterError::Protocol("odd service answer".into())),
+                [t, v] => v.parse().map(|v| (t.clone(), v)).map_err(|_| bad("total")),
+                _ => Err(bad("odd answer")),
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((version, totals))
     }
 
     /// Runs a Lua script on keys named within this fleet's prefix; the script answers with an

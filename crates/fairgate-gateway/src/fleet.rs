@@ -117,6 +117,8 @@ struct ServiceExchange {
     pending: HashMap<String, i64>,
     /// Each tenant's total as last seen.
     seen: HashMap<String, i64>,
+    /// The totals' version as last seen (only tenants changed since are sent back).
+    since: u64,
 }
 
 impl ServiceExchange {
@@ -130,7 +132,10 @@ impl ServiceExchange {
             .filter(|(_, d)| **d != 0)
             .map(|(t, d)| (t.clone(), *d))
             .collect();
-        let totals = match cluster.exchange_service(&pool.name, &deltas).await {
+        let (version, totals) = match cluster
+            .exchange_service(&pool.name, self.since, &deltas)
+            .await
+        {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(model = %pool.name, error = %e, "service not exchanged");
@@ -139,6 +144,13 @@ impl ServiceExchange {
         };
         let mine: HashMap<String, i64> = deltas.into_iter().collect();
         self.pending.clear();
+        if version < self.since {
+            // Redis lost its totals (restarted empty): start over from what it has now.
+            self.seen.clear();
+            self.since = 0;
+            return;
+        }
+        self.since = version;
         for (tenant, total) in totals {
             let last = self.seen.insert(tenant.clone(), total).unwrap_or(0);
             let others = total - last - mine.get(&tenant).copied().unwrap_or(0);

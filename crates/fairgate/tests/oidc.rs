@@ -33,7 +33,14 @@ fn provider_dir() -> PathBuf {
 }
 
 /// `Some(reason)` when the provider cannot run here.
+/// Installs the provider's packages once per test process: the tests run in parallel, and
+/// two `npm ci` in one directory remove each other's files.
 fn prepare_provider() -> Option<String> {
+    static PREPARED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PREPARED.get_or_init(prepare_provider_once).clone()
+}
+
+fn prepare_provider_once() -> Option<String> {
     let node = Command::new("node").arg("--version").output();
     if !node.is_ok_and(|o| o.status.success()) {
         return Some("`node` is not installed".into());
