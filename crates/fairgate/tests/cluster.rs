@@ -213,6 +213,63 @@ async fn three_replicas_share_one_backends_slots() {
                 .all(|r| r["tenants"]["t"][1].as_u64().is_some_and(|n| n > 0))
     })
     .await;
+    // The portal's live view shows the same fleet, on another replica than the one where the
+    // operator account was made (sessions are in the shared database).
+    let (s, v) = gws[0]
+        .admin(
+            Method::POST,
+            "/users",
+            Some(json!({"email": "op@example.org", "password": "operator-password-1", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let portal = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed = portal
+        .post(format!("{}/portal/login", gws[1].base))
+        .form(&[
+            ("email", "op@example.org"),
+            ("password", "operator-password-1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = portal
+        .get(format!("{}/portal/operator", gws[1].base))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<h2>Replicas</h2>"), "{page}");
+    for r in ["a#", "b#", "c#"] {
+        assert!(page.contains(r), "replica {r} missing from the live view");
+    }
+    let live: Value = portal
+        .get(format!("{}/portal/api/scheduler", gws[2].base))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        live["models"][0]["fleet"].as_array().map(Vec::len),
+        Some(3),
+        "{live}"
+    );
     let mut per_replica = Vec::new();
     for r in runs {
         per_replica.push(successes(r).await);

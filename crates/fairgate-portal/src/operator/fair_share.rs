@@ -67,7 +67,51 @@ pub(super) async fn fair_share_html(
         // `/portal/static/app.js` keeps `#live` fresh.
         "</div>",
     );
+    if st.cluster.is_some() {
+        body.push_str(
+            "<h2>Replicas</h2><p class=\"muted\">Every live replica's part of each model: its \
+             lease of the backends' slots, what it has in flight and queued, per tenant \
+             (queued / in flight). As of this page's load.</p>",
+        );
+        body.push_str(&fleet_tables(st).await);
+    }
     Ok(page("Operator: fair share", Some(&s.viewer()), &body))
+}
+
+/// Per model, one row per live replica (`[cluster]` only).
+async fn fleet_tables(st: &PortalState) -> String {
+    let Some(c) = &st.cluster else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for pool in &st.upstreams.pools {
+        let fleet = fairgate_gateway::fleet::fleet_state(&pool.name, c)
+            .await
+            .unwrap_or_default();
+        out.push_str(&format!("<h3>{}</h3>", esc(&pool.name)));
+        let rows: Vec<Vec<String>> = fleet
+            .iter()
+            .map(|r| {
+                let tenants: Vec<String> = r
+                    .tenants
+                    .iter()
+                    .map(|(t, (q, f))| format!("{} {q}/{f}", esc(t)))
+                    .collect();
+                vec![
+                    esc(&r.member),
+                    r.max_in_flight.to_string(),
+                    r.in_flight.to_string(),
+                    r.queued.to_string(),
+                    tenants.join(", "),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["Replica", "Lease", "In flight", "Queued", "Tenants"],
+            &rows,
+        ));
+    }
+    out
 }
 
 /// The live view as server-rendered HTML (the script replaces it with fresh data).
@@ -126,7 +170,7 @@ pub(crate) async fn scheduler_json(
     State(st): State<Arc<PortalState>>,
     _: Operator,
 ) -> Result<Response, Refusal> {
-    let models: Vec<serde_json::Value> = st
+    let mut models: Vec<serde_json::Value> = st
         .upstreams
         .pools
         .iter()
@@ -156,5 +200,14 @@ pub(crate) async fn scheduler_json(
             })
         })
         .collect();
+    // With `[cluster]`, each model also carries every live replica's part of it.
+    if let Some(c) = &st.cluster {
+        for (m, pool) in models.iter_mut().zip(&st.upstreams.pools) {
+            let fleet = fairgate_gateway::fleet::fleet_state(&pool.name, c)
+                .await
+                .unwrap_or_default();
+            m["fleet"] = serde_json::to_value(fleet).unwrap_or_default();
+        }
+    }
     Ok(Json(serde_json::json!({ "models": models })).into_response())
 }
