@@ -733,10 +733,14 @@ impl Inner {
             && self.cfg.max_tokens_in_flight.is_none_or(|m| {
                 self.in_flight == 0 || self.tokens_in_flight.saturating_add(tokens) <= m
             })
-            && self
-                .shares(tenant)
-                .iter()
-                .any(|&(t, share)| t == tenant && (self.queue.in_flight(t) as f64) < share)
+            && self.below_share(tenant)
+    }
+
+    /// Whether `tenant` holds fewer slots than its fair share (see [`Inner::shares`]).
+    fn below_share(&self, tenant: TenantId) -> bool {
+        self.shares(tenant)
+            .iter()
+            .any(|&(t, share)| t == tenant && (self.queue.in_flight(t) as f64) < share)
     }
 
     /// The fair-share position of a request of `tenant`, which holds `held` slots besides it:
@@ -808,11 +812,7 @@ impl Inner {
     /// Whether `tenant` may take a headroom slot now, ahead of queued work: there is headroom
     /// and the tenant holds less than its fair share.
     fn headroom_for(&self, tenant: TenantId) -> bool {
-        self.headroom() > 0
-            && self
-                .shares(tenant)
-                .iter()
-                .any(|&(t, share)| t == tenant && (self.queue.in_flight(t) as f64) < share)
+        self.headroom() > 0 && self.below_share(tenant)
     }
 
     /// Each present tenant's weighted share of the pool's slots. Present: active now, admitted

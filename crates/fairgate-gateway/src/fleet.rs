@@ -7,8 +7,9 @@
 //! One task per model keeps the lease right: it asks for what is in flight and queued plus one
 //! spare slot (so the next arrival starts without waiting), at once when a request queues and
 //! otherwise every `lease_interval`. An idle replica keeps only its spare, so busy replicas can
-//! use the rest (no static 1/N split); replicas that all want more than there is get a max-min
-//! fair split, each shrinking as its own requests end.
+//! use the rest (no static 1/N split); replicas that all want more than there is split it in
+//! proportion to the weights of the tenants with work on each (weighted max-min), each
+//! shrinking as its own requests end.
 //!
 //! The same task keeps the fair-share counters global: it adds what this replica served per
 //! tenant to the fleet's totals and charges each tenant's local counter with what the other

@@ -84,9 +84,10 @@ pub fn with_model_set(body: &[u8], model: &str) -> Result<Bytes, RequestError> {
     splice(body, &mut [(open + 1, open + 1, &insert)])
 }
 
-/// The body's top-level `priority` as the client sent it (the last occurrence), when it is an
-/// integer; `None` when absent. Anything else is `Err` (vLLM's field is an integer).
-pub fn client_priority(body: &[u8]) -> Result<Option<i64>, RequestError> {
+/// The body's top-level `priority` member as the client sent it (the last occurrence):
+/// `None` when there is none, `Some(None)` for `null`, `Some(Some(n))` for an integer. Anything
+/// else is `Err` (vLLM's field is an integer).
+pub fn client_priority(body: &[u8]) -> Result<Option<Option<i64>>, RequestError> {
     if !mentions_priority(body) {
         return Ok(None);
     }
@@ -94,8 +95,9 @@ pub fn client_priority(body: &[u8]) -> Result<Option<i64>, RequestError> {
     let top = parse_object(text, [PRIORITY])?.map_err(RequestError::not_an_object)?;
     let [value] = top.targets;
     match value.map(RawValue::get) {
-        None | Some("null") => Ok(None),
-        Some(raw) => raw.parse::<i64>().map(Some).map_err(|_| {
+        None => Ok(None),
+        Some("null") => Ok(Some(None)),
+        Some(raw) => raw.parse::<i64>().map(|n| Some(Some(n))).map_err(|_| {
             RequestError::invalid_type(PRIORITY.into(), "an integer", shape_of_raw(raw))
         }),
     }
@@ -106,10 +108,36 @@ pub fn client_priority(body: &[u8]) -> Result<Option<i64>, RequestError> {
 /// `value` is `None` (for an engine that does not take one); everything else byte-identical.
 /// A body that does not mention `priority` and gets none comes back as is, without a parse.
 pub fn with_priority(body: &Bytes, value: Option<i64>) -> Result<Bytes, RequestError> {
-    if value.is_none() && !mentions_priority(body) {
-        return Ok(body.clone());
+    if !mentions_priority(body) {
+        return match value {
+            None => Ok(body.clone()),
+            // Nothing to find: insert after the opening brace without parsing the body.
+            Some(v) => insert_first(body, &format!(r#""{PRIORITY}":{v}"#))
+                .map_or_else(|| with_priority_parsed(body.clone(), value), Ok),
+        };
     }
-    let mut out = body.clone();
+    with_priority_parsed(body.clone(), value)
+}
+
+/// `body` with `member` inserted as its first member, when it plainly starts an object
+/// (`None` otherwise: the caller parses, and reports what is wrong).
+fn insert_first(body: &[u8], member: &str) -> Option<Bytes> {
+    let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let open = body.iter().position(|b| !is_ws(b))?;
+    if body[open] != b'{' {
+        return None;
+    }
+    let empty = body[open + 1..].iter().find(|b| !is_ws(b)) == Some(&b'}');
+    let mut insert = member.as_bytes().to_vec();
+    if !empty {
+        insert.push(b',');
+    }
+    splice(body, &mut [(open + 1, open + 1, &insert)]).ok()
+}
+
+/// [`with_priority`] on a body that may hold `priority` members (parsed to find them).
+fn with_priority_parsed(body: Bytes, value: Option<i64>) -> Result<Bytes, RequestError> {
+    let mut out = body;
     // Duplicate keys: the last one wins upstream, so each pass edits the last occurrence;
     // removal repeats until none is left (one pass for any body a client library sends).
     loop {
@@ -410,6 +438,11 @@ mod tests {
             r#"{"priority":3,"model":"m"}"#
         );
         assert_eq!(prio(r#"{}"#, Some(0)), r#"{"priority":0}"#);
+        assert_eq!(prio(" { } ", Some(4)), r#" {"priority":4 } "#);
+        assert_eq!(
+            prio("\n{\"model\":\"m\"}", Some(1)),
+            "\n{\"priority\":1,\"model\":\"m\"}"
+        );
         assert_eq!(
             prio(r#"{"model":"m", "priority" : -5 }"#, Some(2)),
             r#"{"model":"m", "priority" : 2 }"#
@@ -442,9 +475,15 @@ mod tests {
 
     #[test]
     fn client_priority_reads_integers_only() {
-        assert_eq!(client_priority(br#"{"priority":-2}"#).unwrap(), Some(-2));
+        assert_eq!(
+            client_priority(br#"{"priority":-2}"#).unwrap(),
+            Some(Some(-2))
+        );
         assert_eq!(client_priority(br#"{"model":"m"}"#).unwrap(), None);
-        assert_eq!(client_priority(br#"{"priority":null}"#).unwrap(), None);
+        assert_eq!(
+            client_priority(br#"{"priority":null}"#).unwrap(),
+            Some(None)
+        );
         let e = client_priority(br#"{"priority":"high"}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("priority"));
         assert!(client_priority(br#"{"priority":1.5}"#).is_err());

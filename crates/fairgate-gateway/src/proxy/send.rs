@@ -64,11 +64,12 @@ impl EnginePriority {
             };
         let (client, strip) = match &plan.parsed {
             Some(p) => (p.priority, p.priority_member),
-            // A relayed body was not parsed: look only if it may mention the field.
-            None => (
-                fairgate_relay::client_priority(&plan.body).ok().flatten(),
-                true,
-            ),
+            // A relayed body was not parsed: one cheap look (a parse only if it may mention
+            // the field). Not JSON, or not an integer: leave it to the per-backend rewrite.
+            None => match fairgate_relay::client_priority(&plan.body) {
+                Ok(member) => (member.flatten(), member.is_some()),
+                Err(_) => (None, true),
+            },
         };
         let value = match client {
             Some(v) if key_may_set => v,
