@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use fairgate_admission::budget::{next_period_start, period_start, BudgetScope};
+use fairgate_admission::budget::{next_period_start, period_start, BudgetScope, Spend};
 use fairgate_admission::fair::Mode;
 use fairgate_types::{
     now_millis, Budget, Group, KeyId, KeyPolicy, KeyRecord, Tenant, TenantPolicy, UnixMillis,
@@ -619,27 +619,36 @@ struct BudgetLine {
     resets_at: i64,
 }
 
-fn budget_lines(st: &AppState, scope: BudgetScope, budgets: &[Budget]) -> Vec<BudgetLine> {
+/// With `[cluster]` the usage is the fleet's, read from Redis (this replica's view while Redis
+/// does not answer).
+async fn budget_lines(st: &AppState, scope: BudgetScope, budgets: &[Budget]) -> Vec<BudgetLine> {
     let now = now_millis();
     let status = st.admission.budgets.status_at(&scope, now);
-    budgets
-        .iter()
-        .map(|b| {
-            let s = status.iter().find(|s| s.period == b.period);
-            let start = s.map_or_else(|| period_start(b.period, now), |s| s.period_start);
-            BudgetLine {
-                period: b.period,
-                tokens_cap: b.tokens,
-                cost_cap: b.cost,
-                spent_tokens: s.map_or(0, |s| s.spent.tokens),
-                spent_cost: s.map_or(0, |s| s.spent.cost.0),
-                reserved_tokens: s.map_or(0, |s| s.reserved.tokens),
-                reserved_cost: s.map_or(0, |s| s.reserved.cost.0),
-                period_start: start,
-                resets_at: s.map_or_else(|| next_period_start(b.period, start), |s| s.resets_at),
-            }
-        })
-        .collect()
+    let mut lines = Vec::with_capacity(budgets.len());
+    for b in budgets {
+        let s = status.iter().find(|s| s.period == b.period);
+        let start = s.map_or_else(|| period_start(b.period, now), |s| s.period_start);
+        let local = (
+            s.map_or(Spend::ZERO, |s| s.spent),
+            s.map_or(Spend::ZERO, |s| s.reserved),
+        );
+        let (spent, reserved) = match &st.admission.fleet {
+            Some(q) => q.status(&scope, b.period).await.unwrap_or(local),
+            None => local,
+        };
+        lines.push(BudgetLine {
+            period: b.period,
+            tokens_cap: b.tokens,
+            cost_cap: b.cost,
+            spent_tokens: spent.tokens,
+            spent_cost: spent.cost.0,
+            reserved_tokens: reserved.tokens,
+            reserved_cost: reserved.cost.0,
+            period_start: start,
+            resets_at: s.map_or_else(|| next_period_start(b.period, start), |s| s.resets_at),
+        });
+    }
+    lines
 }
 
 #[derive(Serialize)]
@@ -659,16 +668,14 @@ async fn tenant_budgets(
         .await?
         .ok_or_else(|| ApiError::AdminNotFound(format!("tenant `{name}`")))?;
     let keys = st.store.list_keys(Some(&name)).await?;
+    let mut by_key = BTreeMap::new();
+    for k in keys.into_iter().filter(|k| !k.policy.budgets.is_empty()) {
+        let lines = budget_lines(&st, BudgetScope::Key(k.id.0.clone()), &k.policy.budgets).await;
+        by_key.insert(k.id.0, lines);
+    }
     Ok(Json(TenantBudgets {
-        tenant: budget_lines(&st, BudgetScope::Tenant(t.name.clone()), &t.policy.budgets),
-        keys: keys
-            .into_iter()
-            .filter(|k| !k.policy.budgets.is_empty())
-            .map(|k| {
-                let lines = budget_lines(&st, BudgetScope::Key(k.id.0.clone()), &k.policy.budgets);
-                (k.id.0, lines)
-            })
-            .collect(),
+        tenant: budget_lines(&st, BudgetScope::Tenant(t.name.clone()), &t.policy.budgets).await,
+        keys: by_key,
     }))
 }
 

@@ -420,30 +420,7 @@ impl BudgetStore for InProcessBudgets {
         est: Spend,
         now_ms: i64,
     ) -> Result<Reservation, BudgetExceeded> {
-        // One held line per (scope, period): two budgets on the same account merge into the
-        // tighter caps, rather than reserving twice against one account.
-        let mut held: Vec<HeldLine> = Vec::new();
-        for (scope, budget) in lines {
-            if budget.tokens.is_none() && budget.cost.is_none() {
-                continue;
-            }
-            match held
-                .iter_mut()
-                .find(|h| h.scope == *scope && h.period == budget.period)
-            {
-                Some(h) => {
-                    h.tokens_cap = tighter(h.tokens_cap, budget.tokens);
-                    h.cost_cap = tighter(h.cost_cap, budget.cost);
-                }
-                None => held.push(HeldLine {
-                    scope: scope.clone(),
-                    period: budget.period,
-                    tokens_cap: budget.tokens,
-                    cost_cap: budget.cost,
-                    reserved: Spend::ZERO,
-                }),
-            }
-        }
+        let mut held = merge_lines(lines);
         if held.is_empty() {
             return Ok(Reservation::default());
         }
@@ -568,6 +545,35 @@ impl BudgetStore for InProcessBudgets {
             slots.iter().any(Option::is_some)
         });
     }
+}
+
+/// The lines a request holds: one per (scope, period) account with a cap, nothing reserved
+/// yet. Two budgets on the same account merge into the tighter caps, rather than reserving
+/// twice against one account.
+pub fn merge_lines(lines: &[(BudgetScope, Budget)]) -> Vec<HeldLine> {
+    let mut held: Vec<HeldLine> = Vec::new();
+    for (scope, budget) in lines {
+        if budget.tokens.is_none() && budget.cost.is_none() {
+            continue;
+        }
+        match held
+            .iter_mut()
+            .find(|h| h.scope == *scope && h.period == budget.period)
+        {
+            Some(h) => {
+                h.tokens_cap = tighter(h.tokens_cap, budget.tokens);
+                h.cost_cap = tighter(h.cost_cap, budget.cost);
+            }
+            None => held.push(HeldLine {
+                scope: scope.clone(),
+                period: budget.period,
+                tokens_cap: budget.tokens,
+                cost_cap: budget.cost,
+                reserved: Spend::ZERO,
+            }),
+        }
+    }
+    held
 }
 
 /// The lower of two optional caps, `None` meaning uncapped.

@@ -625,7 +625,8 @@ fn phrase(kind: LimitKind) -> &'static str {
 }
 
 impl LimitError {
-    fn new(d: Denied, waited: bool) -> LimitError {
+    /// The error for a denial, after waiting or not.
+    pub fn new(d: Denied, waited: bool) -> LimitError {
         LimitError {
             limit: d.limit,
             scope: d.scope,

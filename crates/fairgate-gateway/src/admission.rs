@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fairgate_admission::budget::{period_start, BudgetHold, BudgetScope, Budgets, Spend};
-use fairgate_admission::limits::{LimitGuard, LimitRequest, LimitScope, Limits};
+use fairgate_admission::limits::{LimitError, LimitGuard, LimitRequest, LimitScope, Limits};
 use fairgate_admission::pool::{AdmitError, AdmitRequest};
 use fairgate_store::{SpendScope, Store};
 use fairgate_types::{
@@ -24,6 +24,7 @@ use crate::cache::{CacheSettings, ResponseCache};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::identity::{Directory, Principal};
+use crate::quota::{local_part, FleetHold, FleetQuota, QuotaError};
 use crate::upstream::{AcquireError, Lease, ModelPool, Route};
 
 /// Shared admission state: limits, budgets and the response cache.
@@ -31,6 +32,9 @@ pub struct Admission {
     pub limits: Limits,
     pub budgets: Budgets,
     pub cache: ResponseCache,
+    /// With `[cluster]`: limits and budgets held across the fleet in Redis; the local
+    /// `limits` and `budgets` then serve only while Redis is down (see [`crate::quota`]).
+    pub fleet: Option<Arc<FleetQuota>>,
     /// Budget accounts already seeded from the ledger, by scope, period and period start.
     seeded: Mutex<HashSet<(BudgetScope, BudgetPeriod, i64)>>,
 }
@@ -55,6 +59,7 @@ pub struct Admitted {
     pub lease: Lease,
     limit: Option<LimitGuard>,
     budget: Option<BudgetHold>,
+    fleet: Option<FleetHold>,
     price: Price,
     hard_cap: bool,
     prompt_estimate: u64,
@@ -70,8 +75,15 @@ impl Admission {
                 max_entries: config.cache.max_entries,
                 max_bytes: config.cache.max_bytes,
             }),
+            fleet: None,
             seeded: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Holds limits and budgets across the fleet through `cluster` (see [`crate::quota`]).
+    pub fn with_fleet(mut self, cluster: Option<&Arc<fairgate_cluster::Cluster>>) -> Admission {
+        self.fleet = cluster.map(|c| FleetQuota::new(c.clone()));
+        self
     }
 
     /// Loads what the ledger says each budgeted tenant and key spent in the current period,
@@ -116,6 +128,14 @@ impl Admission {
         }
     }
 
+    /// Loads every budget account's spend from the ledger again, whatever was seeded before:
+    /// with `[cluster]`, once Redis is back after an outage, so the fleet's accounts (which
+    /// never drop below what a replica knows) include what was spent while it was down.
+    pub async fn reseed_budgets(&self, store: &Store, dir: &Directory) {
+        self.seeded_lock().clear();
+        self.seed_budgets(store, dir).await;
+    }
+
     fn seeded_lock(&self) -> std::sync::MutexGuard<'_, HashSet<(BudgetScope, BudgetPeriod, i64)>> {
         self.seeded.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -142,25 +162,15 @@ impl Admission {
                     .map(|b| (BudgetScope::Key(ask.principal.key_id().0.clone()), *b)),
             )
             .collect();
-        let budget = if lines.is_empty() {
-            None
-        } else {
-            let max_out = ask.reservation.saturating_sub(ask.prompt_estimate);
-            let min = Spend::new(
-                ask.prompt_estimate.saturating_add(1),
-                ask.price.cost(ask.prompt_estimate, 1),
-            );
-            let est = Spend::new(
-                ask.reservation,
-                ask.price.cost(ask.prompt_estimate, max_out),
-            );
-            Some(
-                self.budgets
-                    .reserve(&lines, min, est, now_millis())
-                    .map_err(|e| ApiError::BudgetExceeded(e.to_string()))?,
-            )
-        };
-
+        let max_out = ask.reservation.saturating_sub(ask.prompt_estimate);
+        let min = Spend::new(
+            ask.prompt_estimate.saturating_add(1),
+            ask.price.cost(ask.prompt_estimate, 1),
+        );
+        let est = Spend::new(
+            ask.reservation,
+            ask.price.cost(ask.prompt_estimate, max_out),
+        );
         let mut scopes = Vec::new();
         if !policy.limits.is_empty() {
             scopes.push((LimitScope::Tenant(ask.tenant.name.clone()), policy.limits));
@@ -171,7 +181,69 @@ impl Admission {
                 key_policy.limits,
             ));
         }
-        let limit = if scopes.is_empty() {
+
+        // Fleet-wide first: one round trip for budgets and limits together.
+        let mut fleet = None;
+        if let Some(q) = self.fleet.as_ref() {
+            if !lines.is_empty() || !scopes.is_empty() {
+                let known = |scope: &BudgetScope, period: BudgetPeriod| {
+                    self.budgets
+                        .status(scope)
+                        .into_iter()
+                        .find(|s| s.period == period)
+                        .map_or(Spend::ZERO, |s| s.spent)
+                };
+                match q
+                    .acquire(
+                        &lines,
+                        &known,
+                        min,
+                        est,
+                        &scopes,
+                        ask.reservation,
+                        ask.deadline,
+                        ask.on_limit,
+                    )
+                    .await
+                {
+                    Ok(hold) => {
+                        // The local accounts follow the fleet's, for the admin view and for
+                        // checks while Redis is down.
+                        let now = now_millis();
+                        for (scope, period, spent) in hold.seen() {
+                            self.budgets
+                                .seed(scope, period, period_start(period, now), spent);
+                        }
+                        fleet = Some(hold);
+                    }
+                    Err(QuotaError::Budget(e)) => {
+                        return Err(ApiError::BudgetExceeded(e.to_string()))
+                    }
+                    Err(QuotaError::Limit(e)) => return Err(rate_limited(e)),
+                    Err(QuotaError::Unavailable) => {
+                        // Budgets are checked locally against the spend last seen; the ledger
+                        // brings the outage's usage to the fleet's floors once Redis is back.
+                        // Each replica keeps its part of every rate limit until Redis is back.
+                        let n = q.members();
+                        for (_, l) in scopes.iter_mut() {
+                            *l = local_part(*l, n);
+                        }
+                    }
+                }
+            }
+        }
+
+        let budget = if lines.is_empty() || fleet.is_some() {
+            None
+        } else {
+            Some(
+                self.budgets
+                    .reserve(&lines, min, est, now_millis())
+                    .map_err(|e| ApiError::BudgetExceeded(e.to_string()))?,
+            )
+        };
+
+        let limit = if scopes.is_empty() || fleet.is_some() {
             None
         } else {
             let req = LimitRequest {
@@ -182,18 +254,7 @@ impl Admission {
                 self.limits
                     .acquire(req, ask.deadline, ask.on_limit)
                     .await
-                    .map_err(|e| ApiError::RateLimited {
-                        message: format!(
-                            "{e}; {}",
-                            if e.waited {
-                                "the request waited for the limit to refill until its wait budget ran out"
-                            } else {
-                                "retry after the time in Retry-After"
-                            }
-                        ),
-                        limit: e.limit.as_str(),
-                        retry_after_s: e.retry_after.as_secs_f64().ceil() as u64,
-                    })?,
+                    .map_err(rate_limited)?,
             )
         };
 
@@ -221,10 +282,26 @@ impl Admission {
             lease,
             limit,
             budget,
+            fleet,
             price: ask.price,
             hard_cap: policy.hard_cap,
             prompt_estimate: ask.prompt_estimate,
         })
+    }
+}
+
+fn rate_limited(e: LimitError) -> ApiError {
+    ApiError::RateLimited {
+        message: format!(
+            "{e}; {}",
+            if e.waited {
+                "the request waited for the limit to refill until its wait budget ran out"
+            } else {
+                "retry after the time in Retry-After"
+            }
+        ),
+        limit: e.limit.as_str(),
+        retry_after_s: e.retry_after.as_secs_f64().ceil() as u64,
     }
 }
 
@@ -276,18 +353,21 @@ impl Admitted {
                 .permit
                 .add_completion_tokens(completion_so_far - charged);
         }
-        if !self.hard_cap {
+        if !self.hard_cap || (self.budget.is_none() && self.fleet.is_none()) {
             return Ok(());
         }
-        let Some(hold) = self.budget.as_mut() else {
-            return Ok(());
-        };
         let prompt = prompt_tokens.unwrap_or(self.prompt_estimate);
         let so_far = Spend::new(
             prompt.saturating_add(completion_so_far),
             self.price.cost(prompt, completion_so_far),
         );
-        hold.extend(so_far).map_err(|e| e.to_string())
+        if let Some(hold) = self.budget.as_mut() {
+            hold.extend(so_far).map_err(|e| e.to_string())?;
+        }
+        match self.fleet.as_mut() {
+            Some(hold) => hold.extend(so_far).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 
     /// The request ended with `usage`: correct every charge to it and return its price.
@@ -304,6 +384,9 @@ impl Admitted {
         }
         if let Some(b) = self.budget.take() {
             b.settle(Spend::new(tokens, cost));
+        }
+        if let Some(f) = self.fleet.take() {
+            f.settle(Spend::new(tokens, cost));
         }
         cost
     }

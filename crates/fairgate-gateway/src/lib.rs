@@ -25,6 +25,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_limits;
+pub mod quota;
 pub mod router;
 pub mod routes;
 pub mod serving;

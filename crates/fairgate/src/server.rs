@@ -104,11 +104,12 @@ impl Gateway {
             }
             None => None,
         };
+        let admission = Admission::new(&config).with_fleet(cluster.as_ref());
         let state = Arc::new(AppState {
             cluster,
             live: Arc::new(ArcSwap::from_pointee(config.clone())),
             config_path: path,
-            admission: Admission::new(&config),
+            admission,
             context: ContextLengths::default(),
             upstreams: Upstreams::from_config(&config),
             client: http_client(&config.upstream),
@@ -181,6 +182,10 @@ impl Gateway {
                     &state.shutdown,
                 );
             }
+            if let Some(q) = &state.admission.fleet {
+                tokio::spawn(q.clone().run_retries(state.shutdown.clone()));
+                tokio::spawn(reseed_after_outages(state.clone()));
+            }
             tokio::spawn(apply_cluster_changes(state.clone(), changes))
         });
         // Rolls ledger rows past `[ledger] retention_days` into daily aggregates (hourly).
@@ -198,6 +203,10 @@ impl Gateway {
         hangup.abort();
         if let Some(task) = cluster {
             task.abort();
+        }
+        if let Some(q) = &state.admission.fleet {
+            // Requests have ended: their settlements land before this member leaves.
+            q.flush(Duration::from_secs(2)).await;
         }
         if let Some(c) = &state.cluster {
             // Leave at once rather than after the member TTL (bounded by the Redis timeout).
@@ -223,6 +232,31 @@ impl Gateway {
             Err(e) => return Err(e).context("flushing the ledger at shutdown"),
         }
         result
+    }
+}
+
+/// With `[cluster]`: once Redis answers again after an outage, budget floors are reloaded from
+/// the ledger (after two ledger flushes, so the outage's last rows are in), so the fleet's
+/// accounts include what every replica spent while they were checked locally.
+async fn reseed_after_outages(state: Arc<AppState>) {
+    let Some(c) = state.cluster.clone() else {
+        return;
+    };
+    let every = c.config().heartbeat;
+    let mut was_up = c.redis_up();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let up = c.redis_up();
+        if up && !was_up {
+            let flush = Duration::from_millis(2 * state.config.ledger.flush_interval_ms);
+            tokio::time::sleep(flush).await;
+            let dir = state.identity.snapshot_arc();
+            state.admission.reseed_budgets(&state.store, &dir).await;
+        }
+        was_up = up;
     }
 }
 
