@@ -156,6 +156,20 @@ impl Backend {
         self.max_in_flight.load(Ordering::Relaxed)
     }
 
+    /// This replica's part of `max_tokens_in_flight`: all of it for a single process, under
+    /// `[cluster]` the same fraction as its part of the slots, so the replicas' parts of one
+    /// backend's token bound never add up to more than the bound.
+    pub(crate) fn token_bound(&self) -> Option<u64> {
+        let fleet = self.fleet_limit.load(Ordering::Relaxed);
+        self.max_tokens_in_flight.map(|t| {
+            if fleet == usize::MAX {
+                return t;
+            }
+            let m = self.configured_max_in_flight().max(1);
+            (t as u128 * fleet.min(m) as u128 / m as u128) as u64
+        })
+    }
+
     /// Whether the engine schedules by vLLM's `priority` field.
     pub fn priority_policy(&self) -> bool {
         self.priority_policy.load(Ordering::Relaxed)

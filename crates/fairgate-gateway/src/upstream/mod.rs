@@ -505,7 +505,7 @@ pub(crate) fn capacity(list: &[Arc<Backend>], now: Instant) -> (usize, Option<u6
     let tokens = list
         .iter()
         .filter(|b| b.routable(now) == Routable::Full)
-        .map(|b| b.max_tokens_in_flight)
+        .map(|b| b.token_bound())
         .sum::<Option<u64>>();
     (slots, tokens)
 }
@@ -619,6 +619,29 @@ mod tests {
             &[],
             None,
         )
+    }
+
+    #[test]
+    fn a_fleet_share_splits_the_token_bound_with_the_slots() {
+        let cfg = ModelConfig::new(
+            "m",
+            vec![BackendConfig {
+                max_tokens_in_flight: Some(1600),
+                ..BackendConfig::new("http://127.0.0.1:9000", 16)
+            }],
+        );
+        let p = Arc::new(ModelPool::new(
+            &cfg,
+            &AdmissionConfig::default(),
+            &RoutingConfig::default(),
+        ));
+        assert_eq!(p.fair.state().max_tokens_in_flight, Some(1600));
+        // A lease of 4 of the fleet's 16 slots: a quarter of the tokens too.
+        p.set_fleet_share(4, 16);
+        assert_eq!(p.fair.state().max_in_flight, 4);
+        assert_eq!(p.fair.state().max_tokens_in_flight, Some(400));
+        p.set_fleet_share(0, 16);
+        assert_eq!(p.fair.state().max_tokens_in_flight, Some(0));
     }
 
     #[tokio::test(start_paused = true)]
