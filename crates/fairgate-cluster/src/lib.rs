@@ -58,6 +58,8 @@ pub enum ClusterError {
 pub enum Change {
     /// Tenants, groups, keys, users or their policies changed in the shared store.
     Directory,
+    /// A backend was added, drained, resumed or removed at run time (stored in the database).
+    Backends,
 }
 
 /// What travels on the channel: the change and who sent it (a replica ignores its own).

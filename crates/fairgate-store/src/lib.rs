@@ -38,9 +38,11 @@ pub mod retention;
 pub mod spill;
 
 mod admin;
+mod backends;
 mod portal;
 mod rows;
 
+pub use backends::RuntimeBackend;
 pub use db::Store;
 pub use ledger::{
     import_spill, spawn_ledger, spill_file_rows, LedgerConfig, LedgerError, LedgerHandle,

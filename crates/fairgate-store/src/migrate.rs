@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledger_daily",
         sql: include_str!("../migrations/0005_ledger_daily.sql"),
     },
+    Migration {
+        version: 6,
+        name: "runtime_backends",
+        sql: include_str!("../migrations/0006_runtime_backends.sql"),
+    },
 ];
 
 /// Advisory lock key: "fairgate" in ASCII, so it is recognisable in `pg_locks`.

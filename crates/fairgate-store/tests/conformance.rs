@@ -55,6 +55,7 @@ conformance!(
     sessions_lifecycle,
     audit_order_limit_and_paging,
     upgrade_from_v2_keeps_rows,
+    runtime_backends_roundtrip,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -943,6 +944,50 @@ async fn upsert_tenant_creates_then_updates(db: Db) {
     }
     assert_eq!(created, 1);
     assert!(s.get_tenant("race").await.unwrap().is_some());
+}
+
+async fn runtime_backends_roundtrip(db: Db) {
+    let s = &db.store;
+    assert!(s.list_runtime_backends().await.unwrap().is_empty());
+    let cfg = r#"{"url":"http://gpu-b:8000","max_in_flight":4}"#;
+    s.put_runtime_backend("m", "http://gpu-b:8000", Some(cfg), "active")
+        .await
+        .unwrap();
+    // A state change keeps the stored config; a config-file backend stores its state only.
+    s.put_runtime_backend("m", "http://gpu-b:8000", None, "draining")
+        .await
+        .unwrap();
+    s.put_runtime_backend("m", "http://gpu-a:8000", None, "removed")
+        .await
+        .unwrap();
+    let rows = s.list_runtime_backends().await.unwrap();
+    let view: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.model.as_str(),
+                r.url.as_str(),
+                r.config.as_str(),
+                r.state.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            ("m", "http://gpu-a:8000", "", "removed"),
+            ("m", "http://gpu-b:8000", cfg, "draining"),
+        ]
+    );
+    // Re-adding replaces the config and the state.
+    let cfg2 = r#"{"url":"http://gpu-a:8000","max_in_flight":2}"#;
+    s.put_runtime_backend("m", "http://gpu-a:8000", Some(cfg2), "active")
+        .await
+        .unwrap();
+    let rows = s.list_runtime_backends().await.unwrap();
+    assert_eq!(rows[0].config, cfg2);
+    assert_eq!(rows[0].state, "active");
+    assert!(rows.iter().all(|r| r.updated_at > 0));
 }
 
 async fn groups_crud(db: Db) {

@@ -162,6 +162,9 @@ impl Gateway {
                     if let Err(e) = refresh_directory(&state).await {
                         tracing::warn!(error = %e, "refreshing the key directory failed; keeping the last one");
                     }
+                    if let Err(e) = fairgate_control::backends::sync_backends(&state).await {
+                        tracing::warn!(error = %e, "reading the fleet's run-time backend changes failed; retrying at the next refresh");
+                    }
                 }
             })
         };
@@ -172,6 +175,10 @@ impl Gateway {
             tokio::spawn(async move { reload_on_hangup(state, signals).await })
         };
         state.watch_backends();
+        // Under [cluster]: the backends other replicas added or changed at run time.
+        if let Err(e) = fairgate_control::backends::sync_backends(&state).await {
+            tracing::warn!(error = %e, "reading the fleet's run-time backend changes failed; retrying at the next refresh");
+        }
         let cluster = state.cluster.as_ref().map(|c| {
             let changes = c.start(state.shutdown.clone());
             if let Some(cc) = &state.config.cluster {
@@ -272,6 +279,11 @@ async fn apply_cluster_changes(
             fairgate_cluster::Change::Directory => {
                 if let Err(e) = refresh_directory(&state).await {
                     tracing::warn!(error = %e, "re-reading the directory another replica changed failed; the periodic refresh retries");
+                }
+            }
+            fairgate_cluster::Change::Backends => {
+                if let Err(e) = fairgate_control::backends::sync_backends(&state).await {
+                    tracing::warn!(error = %e, "reading the backends another replica changed failed; the periodic refresh retries");
                 }
             }
         }

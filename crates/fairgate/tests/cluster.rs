@@ -447,3 +447,109 @@ async fn a_killed_replicas_slots_come_back_to_the_others() {
     drop(dead);
     db.cleanup().await;
 }
+
+/// The backends of `model` as replica `gw` has them: (url, draining).
+async fn backends_of(gw: &TestGateway) -> Vec<(String, bool)> {
+    let (_, v) = gw
+        .admin(Method::GET, &format!("/models/{MODEL}/backends"), None)
+        .await;
+    v["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                b["url"].as_str().unwrap_or_default().to_owned(),
+                b["draining"] == true,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_backend_changed_at_run_time_on_one_replica_changes_on_all() {
+    let Some(db) = fresh_db(Db::Postgres).await else {
+        return;
+    };
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let sim = Sim::start(SimConfig::instant(MODEL)).await;
+    let extra = Sim::start(SimConfig::instant(MODEL)).await;
+    let prefix = format!("fgtest:backends:{}", std::process::id());
+    let a = TestGateway::start(setup(&sim.url, &redis, &prefix, "a"), &db.url).await;
+    let b = TestGateway::start(setup(&sim.url, &redis, &prefix, "b"), &db.url).await;
+    let url = extra.url.trim_end_matches('/').to_owned();
+
+    // An inline key is refused under [cluster]: it would be stored and sent to the others.
+    let (s, v) = a
+        .admin(
+            Method::POST,
+            &format!("/models/{MODEL}/backends"),
+            Some(json!({"url": url, "max_in_flight": 4, "api_key": "sk-inline"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("api_key_env"),
+        "{v}"
+    );
+
+    let (s, v) = a
+        .admin(
+            Method::POST,
+            &format!("/models/{MODEL}/backends"),
+            Some(json!({"url": url, "max_in_flight": 4})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    eventually("b has the added backend", || async {
+        backends_of(&b).await.iter().any(|(u, _)| *u == url)
+    })
+    .await;
+
+    // Drained on a: drained on b.
+    let (s, v) = a
+        .admin(
+            Method::POST,
+            &format!("/models/{MODEL}/backends/drain"),
+            Some(json!({"url": url})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("b drains it", || async {
+        backends_of(&b).await.iter().any(|(u, d)| *u == url && *d)
+    })
+    .await;
+
+    // A replica that starts later gets it too, in its stored state.
+    let c = TestGateway::start(setup(&sim.url, &redis, &prefix, "c"), &db.url).await;
+    assert!(
+        backends_of(&c).await.iter().any(|(u, d)| *u == url && *d),
+        "{:?}",
+        backends_of(&c).await
+    );
+
+    // Removed on b: gone from a and c.
+    let (s, v) = b
+        .admin(
+            Method::POST,
+            &format!("/models/{MODEL}/backends/remove"),
+            Some(json!({"url": url})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for gw in [&a, &c] {
+        eventually("the backend is removed everywhere", || async {
+            !backends_of(gw).await.iter().any(|(u, _)| *u == url)
+        })
+        .await;
+    }
+    for gw in [a, b, c] {
+        gw.shutdown().await;
+    }
+    db.cleanup().await;
+}

@@ -163,6 +163,7 @@ async fn an_rpm_limit_and_a_token_budget_hold_across_three_replicas() {
     for gw in gws {
         gw.shutdown().await;
     }
+    db.cleanup().await;
 }
 
 /// A simulator slow enough that a long answer holds its slot for seconds.
@@ -266,6 +267,7 @@ async fn a_concurrency_cap_holds_across_replicas_and_a_killed_replicas_slot_come
     drop(open);
     a.shutdown().await;
     b.shutdown().await;
+    db.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -361,4 +363,5 @@ async fn with_redis_down_each_replica_keeps_its_part_and_usage_reaches_the_fleet
     .await;
     a.shutdown().await;
     b.shutdown().await;
+    db.cleanup().await;
 }

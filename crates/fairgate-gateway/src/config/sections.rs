@@ -238,7 +238,7 @@ pub struct ModelConfig {
     pub adapters: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Server root; fairgate calls `{url}/v1/...` and `{url}/metrics`.
@@ -259,8 +259,8 @@ pub struct BackendConfig {
     #[serde(default)]
     pub name: Option<String>,
     /// Sent as `Authorization: Bearer <key>` (vLLM's `--api-key`) on every request to this
-    /// backend. Prefer `api_key_env`.
-    #[serde(default)]
+    /// backend. Prefer `api_key_env`. Never serialized (a backend's stored form leaves it out).
+    #[serde(default, skip_serializing)]
     pub api_key: Option<Secret>,
     /// Name of an environment variable holding the API key, read at start and on reload.
     #[serde(default)]
