@@ -18,6 +18,10 @@
 //! evenly to the replica whose waiting work is furthest behind: over time every tenant gets its
 //! weighted share of the fleet, also when each tenant's traffic reaches only one replica.
 //!
+//! Engine slots (a priority engine's `engine_max_seqs` above its `max_in_flight`, taken only by
+//! tenants below their share) are a second capacity per model, leased the same way, so the
+//! engines never see more than `engine_max_seqs` from the whole fleet either.
+//!
 //! When Redis does not answer, the lease stays what it was: the replica keeps serving within
 //! its last share and never grows, so the fleet cannot over-admit. A replica that starts while
 //! Redis is down has no share yet and queues until Redis answers.
@@ -45,6 +49,7 @@ pub fn start(
 ) {
     for pool in pools {
         pool.set_fleet_share(0, pool.configured_capacity());
+        pool.set_fleet_engine_share(0, pool.engine_slots().0);
         tokio::spawn(keep_lease(
             pool.clone(),
             cluster.clone(),
@@ -61,6 +66,7 @@ async fn keep_lease(
     shutdown: CancellationToken,
 ) {
     let mut granted = 0usize;
+    let mut engine_granted = 0usize;
     // Slots are owed to this replica (others hold them until some of their requests end):
     // look again soon rather than after a whole interval, so the slot does not sit idle.
     let mut owed = false;
@@ -100,6 +106,35 @@ async fn keep_lease(
             // Redis down: keep the last share (never grow), see the module docs.
             Err(e) => tracing::debug!(model = %pool.name, error = %e, "lease not renewed"),
         }
+        // Engine slots (`engine_max_seqs` above `max_in_flight` on priority engines) are a
+        // second capacity, leased the same way under their own name.
+        let (engine_capacity, engine_in_flight) = pool.engine_slots();
+        if engine_capacity > 0 || engine_granted > 0 {
+            let want = (engine_in_flight + SPARE).min(engine_capacity);
+            let holding = engine_in_flight.max(engine_granted);
+            match cluster
+                .lease(
+                    &engine_lease_name(&pool.name),
+                    engine_capacity as u64,
+                    want as u64,
+                    holding as u64,
+                    weight,
+                    pool.fair.head_counter(),
+                )
+                .await
+            {
+                Ok(lease) => {
+                    engine_granted = usize::try_from(lease.grant)
+                        .unwrap_or(usize::MAX)
+                        .min(engine_capacity);
+                    pool.set_fleet_engine_share(engine_granted, engine_capacity);
+                    owed |= lease.owed;
+                }
+                Err(e) => {
+                    tracing::debug!(model = %pool.name, error = %e, "engine lease not renewed")
+                }
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = pool.fair.demand().notified() => {
@@ -109,6 +144,12 @@ async fn keep_lease(
             _ = tokio::time::sleep(if owed { interval / 10 } else { interval }) => {}
         }
     }
+}
+
+/// The lease name of a model's engine slots, apart from its ordinary slots (leased under the
+/// model's name).
+fn engine_lease_name(model: &str) -> String {
+    format!("{model}#engine-slots")
 }
 
 /// This replica's side of the fleet's service totals for one pool.

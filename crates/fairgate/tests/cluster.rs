@@ -553,3 +553,64 @@ async fn a_backend_changed_at_run_time_on_one_replica_changes_on_all() {
     }
     db.cleanup().await;
 }
+
+/// Engine slots under `[cluster]`: a priority engine with `max_in_flight = 4` and
+/// `engine_max_seqs = 6` behind two replicas never sees more than 6 from the fleet, and the
+/// two slots beyond 4 are used (by the tenant below its share) rather than left idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn engine_slots_are_leased_across_replicas() {
+    let Some(db) = fresh_db(Db::Postgres).await else {
+        return;
+    };
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let sim = Sim::start(SimConfig {
+        scheduling_policy: fairgate_sim::SchedulingPolicy::Priority,
+        ..timed_sim_config()
+    })
+    .await;
+    let prefix = format!("fgtest:engine-slots:{}", std::process::id());
+    let mut gws = Vec::new();
+    for r in ["a", "b"] {
+        let s = setup_n(&sim.url, &redis, &prefix, r, 4).with(|c| {
+            let b = &mut c.models[0].backends[0];
+            b.scheduling_policy = fairgate::config::SchedulingPolicy::Priority;
+            b.engine_max_seqs = Some(6);
+        });
+        gws.push(TestGateway::start(s, &db.url).await);
+    }
+    gws[0].tenant("heavy", 1).await;
+    gws[0].tenant("light", 1).await;
+    let (_, heavy) = gws[0].key("heavy", None).await;
+    let (_, light) = gws[0].key("light", None).await;
+    for gw in &gws {
+        for key in [&heavy, &light] {
+            eventually("the keys everywhere", || async {
+                status(gw, key).await == 200
+            })
+            .await;
+        }
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let watch = watch_backend(&sim, until);
+    let mut runs = Vec::new();
+    for gw in &gws {
+        runs.extend(load(gw, &heavy, 8, until));
+        runs.extend(load(gw, &light, 2, until));
+    }
+    assert!(successes(runs).await > 0);
+    let max = watch.await.unwrap();
+    assert!(
+        max <= 6,
+        "the engine held {max} > engine_max_seqs 6 from the fleet"
+    );
+    assert!(
+        max > 4,
+        "the engine slots beyond max_in_flight were never used ({max})"
+    );
+    for gw in gws {
+        gw.shutdown().await;
+    }
+    db.cleanup().await;
+}

@@ -70,6 +70,9 @@ pub struct Backend {
     pub(crate) engine_max_seqs: AtomicUsize,
     /// Of `in_flight`, requests in engine slots beyond `max_in_flight`.
     pub(crate) engine_in_flight: AtomicUsize,
+    /// This replica's part of the engine slots under `[cluster]` (its engine lease);
+    /// `usize::MAX` for a single process.
+    pub(crate) fleet_engine: AtomicUsize,
     /// Adapters this backend serves; `None`: all of its model's.
     pub(crate) adapters: Option<Vec<String>>,
     /// Requests currently holding a lease on this backend.
@@ -109,6 +112,7 @@ impl Backend {
             priority_policy: AtomicBool::new(cfg.scheduling_policy == SchedulingPolicy::Priority),
             engine_max_seqs: AtomicUsize::new(cfg.engine_max_seqs.unwrap_or(0)),
             engine_in_flight: AtomicUsize::new(0),
+            fleet_engine: AtomicUsize::new(usize::MAX),
             adapters: cfg.adapters.clone(),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -175,16 +179,26 @@ impl Backend {
         self.priority_policy.load(Ordering::Relaxed)
     }
 
-    /// Engine slots beyond `max_in_flight` (for tenants below their share).
+    /// Engine slots beyond `max_in_flight` (for tenants below their share); under
+    /// `[cluster]` this replica's leased part of them.
     pub(crate) fn engine_extra(&self) -> usize {
-        // Under `[cluster]` only leased slots are used: engine slots are not shared across
-        // replicas yet, so none would be safe.
-        if !self.priority_policy() || self.fleet_limit.load(Ordering::Relaxed) != usize::MAX {
+        self.configured_engine_extra()
+            .min(self.fleet_engine.load(Ordering::Relaxed))
+    }
+
+    /// Engine slots beyond `max_in_flight` as configured: what the whole fleet may use.
+    pub(crate) fn configured_engine_extra(&self) -> usize {
+        if !self.priority_policy() {
             return 0;
         }
         self.engine_max_seqs
             .load(Ordering::Relaxed)
             .saturating_sub(self.configured_max_in_flight())
+    }
+
+    /// Requests of this replica in engine slots here.
+    pub fn engine_in_flight(&self) -> usize {
+        self.engine_in_flight.load(Ordering::Relaxed)
     }
 
     /// How many requests may be in flight here when claiming a slot of this kind: an ordinary

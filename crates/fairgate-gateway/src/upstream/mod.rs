@@ -242,6 +242,34 @@ impl ModelPool {
             .sum()
     }
 
+    /// The fleet's engine slots for this model as configured (beyond `max_in_flight`, on the
+    /// usable backends running the priority policy), and how many of them this replica uses.
+    pub fn engine_slots(&self) -> (usize, usize) {
+        let now = Instant::now();
+        let list = self.backends.load();
+        let configured = list
+            .iter()
+            .filter(|b| b.routable(now) == Routable::Full)
+            .map(|b| b.configured_engine_extra())
+            .sum();
+        (configured, list.iter().map(|b| b.engine_in_flight()).sum())
+    }
+
+    /// Applies this replica's lease of `granted` engine slots out of `capacity`, split over
+    /// the backends as [`ModelPool::set_fleet_share`] splits ordinary slots.
+    pub fn set_fleet_engine_share(&self, granted: usize, capacity: usize) {
+        for b in self.backends.load().iter() {
+            let m = b.configured_engine_extra();
+            let share = if capacity == 0 {
+                0
+            } else {
+                (m as u128 * granted.min(capacity) as u128 / capacity as u128) as usize
+            };
+            b.fleet_engine.store(share, Ordering::Relaxed);
+        }
+        self.refresh();
+    }
+
     /// Applies this replica's lease of `granted` slots out of `capacity` (see
     /// [`crate::fleet`]): each backend gets `floor(max_in_flight × granted / capacity)`, so the
     /// replicas' shares of one backend never add up to more than its `max_in_flight`.

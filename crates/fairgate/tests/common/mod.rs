@@ -176,8 +176,15 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// Adds a config change, after any made before.
     pub fn with(mut self, f: impl Fn(&mut Config) + Send + Sync + 'static) -> Setup {
-        self.tweak = Some(Box::new(f));
+        let before = self.tweak.take();
+        self.tweak = Some(Box::new(move |c: &mut Config| {
+            if let Some(b) = &before {
+                b(c);
+            }
+            f(c);
+        }));
         self
     }
 
