@@ -287,6 +287,9 @@ struct ClusterMetrics {
     errors: prometheus::IntCounter,
     published: prometheus::IntCounter,
     received: prometheus::IntCounter,
+    quota_fleet: prometheus::IntCounter,
+    quota_local: prometheus::IntCounter,
+    quota_pending: prometheus::IntGauge,
 }
 
 impl ClusterMetrics {
@@ -330,6 +333,18 @@ impl ClusterMetrics {
             received: counter(
                 "fairgate_cluster_changes_received_total",
                 "Changes other replicas announced that this one applied",
+            )?,
+            quota_fleet: counter(
+                "fairgate_cluster_quota_fleet_total",
+                "Requests with limits or budgets checked against the fleet's state in Redis",
+            )?,
+            quota_local: counter(
+                "fairgate_cluster_quota_local_total",
+                "Requests with limits or budgets checked locally because Redis did not answer",
+            )?,
+            quota_pending: gauge(
+                "fairgate_cluster_quota_settlements_pending",
+                "Settlements of limits and budgets waiting for Redis",
             )?,
         })
     }
@@ -595,6 +610,15 @@ impl Metrics {
         follow(&m.errors, s.errors);
         follow(&m.published, s.changes_published);
         follow(&m.received, s.changes_received);
+    }
+
+    /// Copies the fleet quota's counters into their series (at scrape time).
+    pub fn observe_quota(&self, q: &crate::quota::FleetQuota) {
+        let m = &self.cluster;
+        let (fleet, local) = q.checks();
+        follow(&m.quota_fleet, fleet);
+        follow(&m.quota_local, local);
+        m.quota_pending.set(q.pending() as i64);
     }
 
     /// The known label values and the series cap.

@@ -28,7 +28,7 @@
 //!   trip; concurrent streams that all outgrow their reservations can together overshoot by
 //!   what each of them outgrew, and what was used is charged in full at settlement.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -304,6 +304,9 @@ pub struct FleetQuota {
     pending: Mutex<Vec<Settle>>,
     /// Settlements sent and not yet answered.
     inflight: AtomicUsize,
+    /// Admission checks answered by Redis, and those made locally because it did not answer.
+    fleet_checks: AtomicU64,
+    local_checks: AtomicU64,
 }
 
 impl FleetQuota {
@@ -318,6 +321,8 @@ impl FleetQuota {
             settle: fill(SETTLE),
             pending: Mutex::new(Vec::new()),
             inflight: AtomicUsize::new(0),
+            fleet_checks: AtomicU64::new(0),
+            local_checks: AtomicU64::new(0),
         })
     }
 
@@ -341,6 +346,14 @@ impl FleetQuota {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Admission checks so far: (answered by Redis, made locally).
+    pub fn checks(&self) -> (u64, u64) {
+        (
+            self.fleet_checks.load(Ordering::Relaxed),
+            self.local_checks.load(Ordering::Relaxed),
+        )
+    }
+
     /// Settlements not yet in Redis.
     pub fn pending(&self) -> usize {
         self.pending_lock().len()
@@ -357,6 +370,29 @@ impl FleetQuota {
     /// when Redis is known to be down, or when this call fails.
     #[allow(clippy::too_many_arguments)]
     pub async fn acquire(
+        self: &Arc<Self>,
+        budgets: &[(BudgetScope, Budget)],
+        known: &(dyn Fn(&BudgetScope, BudgetPeriod) -> Spend + Sync),
+        min: Spend,
+        est: Spend,
+        limits: &[(LimitScope, RateLimits)],
+        tokens: u64,
+        deadline: Instant,
+        on_limit: OnLimit,
+    ) -> Result<FleetHold, QuotaError> {
+        let r = self
+            .acquire_inner(budgets, known, min, est, limits, tokens, deadline, on_limit)
+            .await;
+        let counter = match &r {
+            Err(QuotaError::Unavailable) => &self.local_checks,
+            _ => &self.fleet_checks,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn acquire_inner(
         self: &Arc<Self>,
         budgets: &[(BudgetScope, Budget)],
         known: &(dyn Fn(&BudgetScope, BudgetPeriod) -> Spend + Sync),

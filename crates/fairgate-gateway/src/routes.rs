@@ -63,6 +63,9 @@ async fn metrics(
     if let Some(c) = &st.cluster {
         st.metrics.observe_cluster(c);
     }
+    if let Some(q) = &st.admission.fleet {
+        st.metrics.observe_quota(q);
+    }
     (
         [(
             http::header::CONTENT_TYPE,

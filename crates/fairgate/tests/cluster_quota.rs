@@ -334,6 +334,8 @@ async fn with_redis_down_each_replica_keeps_its_part_and_usage_reaches_the_fleet
          (refill allowance {refill})"
     );
 
+    assert!(metric(&b, "fairgate_cluster_quota_local_total").await >= ok as f64);
+    assert!(metric(&a, "fairgate_cluster_quota_fleet_total").await >= 4.0);
     // The ledger (PostgreSQL stayed up) has every request b served meanwhile.
     let rows = b.wait_rows(Some("o"), 4 + 2 + ok).await;
     let ledger: u64 = rows
