@@ -34,6 +34,11 @@ pub async fn add_backend(
     req: NewBackend,
 ) -> Result<BackendStatus, ControlError> {
     let p = pool(st, model)?.clone();
+    if req.discover.is_some() {
+        return Err(ControlError::Invalid(
+            "discover: backends found by DNS are declared in the config file".into(),
+        ));
+    }
     fairgate_gateway::config::validate_backend_url(&req.url)
         .map_err(|m| ControlError::Invalid(format!("url: {m}")))?;
     if req.max_in_flight == 0 {

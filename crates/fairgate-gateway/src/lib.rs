@@ -17,6 +17,7 @@ pub mod cache;
 pub mod client_addr;
 pub mod config;
 pub mod context;
+pub mod discovery;
 pub mod error;
 pub mod extract;
 pub mod fleet;

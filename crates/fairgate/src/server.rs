@@ -41,6 +41,8 @@ pub struct Gateway {
     state: Arc<AppState>,
     portal: Arc<PortalState>,
     ledger_writer: LedgerWriter,
+    /// How `discover` entries are resolved (the system's resolver unless a test sets one).
+    resolver: Arc<dyn fairgate_gateway::discovery::Resolve>,
 }
 
 /// How often the key/tenant directory is re-read, so changes made on other replicas arrive.
@@ -129,7 +131,15 @@ impl Gateway {
             state,
             portal,
             ledger_writer,
+            resolver: Arc::new(fairgate_gateway::discovery::SystemResolver),
         })
+    }
+
+    /// Resolves `discover` entries with `resolver` instead of the system's (tests move a
+    /// name's records with it).
+    pub fn with_resolver(mut self, resolver: Arc<dyn fairgate_gateway::discovery::Resolve>) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     pub fn state(&self) -> &Arc<AppState> {
@@ -175,6 +185,7 @@ impl Gateway {
             tokio::spawn(async move { reload_on_hangup(state, signals).await })
         };
         state.watch_backends();
+        fairgate_gateway::discovery::start(&state, self.resolver.clone());
         // Under [cluster]: the backends other replicas added or changed at run time.
         if let Err(e) = fairgate_control::backends::sync_backends(&state).await {
             tracing::warn!(error = %e, "reading the fleet's run-time backend changes failed; retrying at the next refresh");

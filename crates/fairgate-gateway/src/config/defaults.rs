@@ -135,6 +135,10 @@ pub fn probe_timeout_ms() -> u64 {
     1_000
 }
 
+pub fn discover_interval_ms() -> u64 {
+    5_000
+}
+
 pub fn scrape_interval_ms() -> u64 {
     100
 }

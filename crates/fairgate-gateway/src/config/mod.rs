@@ -374,7 +374,26 @@ impl Config {
             let mut backend_names = std::collections::HashSet::new();
             for (j, b) in m.backends.iter().enumerate() {
                 let at = format!("models[{i}].backends[{j}]");
-                validate_backend_url(&b.url).map_err(|msg| field_err(format!("{at}.url"), msg))?;
+                match &b.discover {
+                    Some(d) => {
+                        if !b.url.is_empty() {
+                            return Err(field_err(
+                                format!("{at}.url"),
+                                "give either `url` or `discover`, not both",
+                            ));
+                        }
+                        if b.name.is_some() {
+                            return Err(field_err(
+                                format!("{at}.name"),
+                                "a `discover` entry makes one backend per address, each named by it",
+                            ));
+                        }
+                        sections::parse_discover(d)
+                            .map_err(|msg| field_err(format!("{at}.discover"), msg))?;
+                    }
+                    None => validate_backend_url(&b.url)
+                        .map_err(|msg| field_err(format!("{at}.url"), msg))?,
+                }
                 b.validate_access()
                     .map_err(|(f, msg)| field_err(format!("{at}.{f}"), msg))?;
                 if !backend_names.insert(b.display_name()) {
@@ -655,6 +674,42 @@ max_in_flight = 32
             .unwrap_err()
             .to_string();
         assert!(e.contains("models[0].backends"), "{e}");
+    }
+
+    #[test]
+    fn discover_entries_are_checked() {
+        let m = |b: &str| format!("[[models]]\nname = \"a\"\n[[models.backends]]\n{b}\n");
+        let c = load(
+            &m("discover = \"dns://vllm.ns.svc:8000\"\nmax_in_flight = 8"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.models[0].backends[0].discover.as_deref(),
+            Some("dns://vllm.ns.svc:8000")
+        );
+        assert_eq!(c.routing.discover_interval_ms, 5000);
+        for (bad, field) in [
+            ("discover = \"vllm:8000\"", "discover"),
+            ("discover = \"dns://vllm\"", "discover"),
+            ("discover = \"dns://vllm:http\"", "discover"),
+            (
+                "discover = \"dns://vllm:8000\"\nurl = \"http://x:1\"",
+                "url",
+            ),
+            ("discover = \"dns://vllm:8000\"\nname = \"gpu\"", "name"),
+            ("max_in_flight = 8", "url"),
+        ] {
+            let e = load(&m(bad), &[]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("models[0].backends[0].{field}")),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            sections::parse_discover("dns://[::1]:9000").unwrap(),
+            ("::1".to_owned(), 9000)
+        );
     }
 
     /// The policy example in README.md, verbatim in shape.

@@ -113,6 +113,9 @@ pub struct RoutingConfig {
     /// ... or whose scraped KV-cache use reaches this (0-1).
     #[serde(default = "defaults::saturation_kv_usage")]
     pub saturation_kv_usage: f64,
+    /// How often `discover` entries are resolved again.
+    #[serde(default = "defaults::discover_interval_ms")]
+    pub discover_interval_ms: u64,
 }
 
 impl Default for RoutingConfig {
@@ -128,6 +131,7 @@ impl Default for RoutingConfig {
             eject_ms: defaults::eject_ms(),
             saturation_waiting: defaults::saturation_waiting(),
             saturation_kv_usage: defaults::saturation_kv_usage(),
+            discover_interval_ms: defaults::discover_interval_ms(),
         }
     }
 }
@@ -241,8 +245,15 @@ pub struct ModelConfig {
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// Server root; fairgate calls `{url}/v1/...` and `{url}/metrics`.
+    /// Server root; fairgate calls `{url}/v1/...` and `{url}/metrics`. Left out with
+    /// `discover`.
+    #[serde(default)]
     pub url: String,
+    /// `dns://host:port` instead of `url`: every A/AAAA record of `host` is a backend at
+    /// `http://address:port` with this entry's other settings, re-resolved every
+    /// `routing.discover_interval_ms` (pods behind a headless Service join and leave).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discover: Option<String>,
     /// Requests this backend may have in flight through this gateway.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
@@ -404,6 +415,7 @@ impl BackendConfig {
     pub fn new(url: impl Into<String>, max_in_flight: usize) -> BackendConfig {
         BackendConfig {
             url: url.into(),
+            discover: None,
             max_in_flight,
             max_tokens_in_flight: None,
             adapters: None,
@@ -724,6 +736,24 @@ impl Default for LedgerSettings {
             retention_days: defaults::ledger_retention_days(),
         }
     }
+}
+
+/// `dns://host:port` of a `discover` entry, as (host, port).
+pub fn parse_discover(spec: &str) -> Result<(String, u16), String> {
+    let rest = spec
+        .strip_prefix("dns://")
+        .ok_or_else(|| format!("`{spec}` must start with dns://"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{spec}` needs a port (dns://host:port)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{spec}`: `{port}` is not a port"))?;
+    if host.is_empty() || host.contains('/') || host.contains('@') || port == 0 {
+        return Err(format!("`{spec}` must be dns://host:port"));
+    }
+    Ok((host.trim_matches(|c| c == '[' || c == ']').to_owned(), port))
 }
 
 pub fn validate_backend_url(url: &str) -> Result<(), String> {

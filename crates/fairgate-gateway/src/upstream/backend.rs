@@ -21,6 +21,8 @@ use super::client::*;
 pub enum Origin {
     Config,
     Api,
+    /// Found by resolving a `discover` entry of the config.
+    Discovered,
 }
 
 /// Counters per backend, published as metrics at scrape time.

@@ -62,6 +62,9 @@ pub struct ModelPool {
     pub(crate) edit: Mutex<()>,
     /// Capacity is leased from the fleet (`[cluster]`), see [`ModelPool::set_fleet_share`].
     pub(crate) fleet: std::sync::atomic::AtomicBool,
+    /// The config's `discover` entries: templates of the backends DNS finds
+    /// ([`crate::discovery`]).
+    pub(crate) discover: ArcSwap<Vec<BackendConfig>>,
 }
 
 impl std::fmt::Debug for ModelPool {
@@ -166,7 +169,14 @@ impl ModelPool {
         let backends: Vec<Arc<Backend>> = cfg
             .backends
             .iter()
+            .filter(|b| b.discover.is_none())
             .map(|b| Arc::new(Backend::new(b, Origin::Config, routing)))
+            .collect();
+        let discover = cfg
+            .backends
+            .iter()
+            .filter(|b| b.discover.is_some())
+            .cloned()
             .collect();
         let (cap, tokens) = capacity(&backends, Instant::now());
         let (extra, priority) = engine_capacity(&backends, Instant::now());
@@ -185,7 +195,14 @@ impl ModelPool {
             rotation: AtomicUsize::new(0),
             edit: Mutex::new(()),
             fleet: std::sync::atomic::AtomicBool::new(false),
+            discover: ArcSwap::from_pointee(discover),
         }
+    }
+
+    /// Whether some of this model's backends come from DNS: then having none at the moment
+    /// (scaled to zero) queues requests instead of refusing them.
+    pub fn discovers(&self) -> bool {
+        !self.discover.load().is_empty()
     }
 
     /// The current backend list.
@@ -313,7 +330,9 @@ impl ModelPool {
         req: AdmitRequest<'_>,
         route: &Route<'_>,
     ) -> Result<Lease, AcquireError> {
-        if !self.has_usable(route.adapter) {
+        // A model whose backends come from DNS may have none for a while (scaled to zero):
+        // its requests queue, fairly, until one appears or their wait runs out.
+        if !self.has_usable(route.adapter) && !self.discovers() {
             return Err(AcquireError::NoBackend {
                 retry_after: self.next_recovery(),
             });
@@ -494,7 +513,15 @@ impl ModelPool {
     /// capacities updated); backends added through the admin API are left alone.
     pub fn reconcile(&self, cfg: &ModelConfig, routing: &RoutingConfig) -> Vec<Arc<Backend>> {
         let mut added = Vec::new();
-        for bc in &cfg.backends {
+        // `discover` entries are templates: the discovery task applies them at its next round.
+        self.discover.store(Arc::new(
+            cfg.backends
+                .iter()
+                .filter(|b| b.discover.is_some())
+                .cloned()
+                .collect(),
+        ));
+        for bc in cfg.backends.iter().filter(|b| b.discover.is_none()) {
             match self.backend(&bc.url) {
                 Some(b) => {
                     b.max_in_flight.store(bc.max_in_flight, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fairgate::config::{BackendConfig, Config, ModelConfig};
@@ -201,6 +202,15 @@ impl Setup {
 
 impl TestGateway {
     pub async fn start(setup: Setup, db_url: &str) -> TestGateway {
+        Self::start_resolving(setup, db_url, None).await
+    }
+
+    /// Like [`TestGateway::start`], resolving `discover` entries with `resolver`.
+    pub async fn start_resolving(
+        setup: Setup,
+        db_url: &str,
+        resolver: Option<Arc<dyn fairgate_gateway::discovery::Resolve>>,
+    ) -> TestGateway {
         let mut config = Config::load(None, Vec::<(String, String)>::new()).unwrap();
         config.listen = "127.0.0.1:0".into();
         config.database = db_url.to_owned();
@@ -227,7 +237,10 @@ impl TestGateway {
             f(&mut config);
         }
         config.validate().unwrap();
-        let gw = Gateway::build(config).await.unwrap();
+        let mut gw = Gateway::build(config).await.unwrap();
+        if let Some(r) = resolver {
+            gw = gw.with_resolver(r);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
