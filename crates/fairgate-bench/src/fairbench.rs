@@ -51,9 +51,9 @@
 //! first 16 streams of `weighted` and `interactive` therefore start one service time / 16
 //! apart, and the rest after them.
 
-mod driver;
-mod report;
-mod scenarios;
+pub(crate) mod driver;
+pub(crate) mod report;
+pub(crate) mod scenarios;
 
 use std::path::PathBuf;
 

@@ -3,6 +3,8 @@
 //! - [`bench`]: what the gateway adds over calling the model server directly;
 //! - [`fairbench`]: fair-share scenarios (weights, floods, interactive tenants);
 //! - [`routebench`]: routing scenarios (prefix affinity, LoRA placement, failover);
+//! - [`replicabench`]: three replicas sharing one backend (shares, over-admission, reclaim,
+//!   propagation, added latency);
 //! - [`soakbench`]: a long run that watches memory and the ledger.
 //!
 //! What they share (processes, readiness, tenants, streamed requests, statistics, output) is
@@ -12,5 +14,6 @@
 pub mod bench;
 pub mod fairbench;
 mod harness;
+pub mod replicabench;
 pub mod routebench;
 pub mod soakbench;

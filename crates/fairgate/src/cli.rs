@@ -47,8 +47,8 @@ enum Command {
     /// Administer tenants, groups, keys and policies of a running gateway.
     Admin(AdminArgs),
     /// Measure gateway overhead (the same load direct to a backend and through fairgate), or
-    /// with `--scenario`, fair-share admission against a timed simulator or routing across
-    /// simulator replicas with a prefix cache.
+    /// with `--scenario`, fair-share admission against a timed simulator, routing across
+    /// simulator replicas with a prefix cache, or three `[cluster]` gateway replicas.
     Bench(BenchCmd),
 }
 
@@ -69,6 +69,10 @@ enum BenchScenario {
     /// Long mixed load (streams, cancels, bad inputs): the gateway's RSS and open fds at the
     /// start and the end (`--seconds`, default 600).
     Soak,
+    /// Three `[cluster]` replicas (PostgreSQL + a private Redis) in front of one simulator:
+    /// shares of pinned and spread tenants, over-admission, reclaim after `kill -9`,
+    /// propagation of admin changes, added latency (`--seconds` per phase, default 20).
+    Replicas,
 }
 
 #[derive(Args)]
@@ -90,6 +94,15 @@ struct BenchCmd {
     /// Write scenario results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// PostgreSQL database the `replicas` scenario makes its throwaway schemas in (trust or
+    /// password in the URL; the schemas are dropped at the end).
+    #[arg(
+        long,
+        env = "FAIRGATE_BENCH_POSTGRES_URL",
+        hide_env_values = true,
+        default_value = "postgres://127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
     /// Fair-share scenarios: the simulator's scheduling policy (vLLM's `--scheduling-policy`);
     /// with `priority` the gateway's backend declares it and sends fair-share positions.
     #[arg(long, value_parser = ["fcfs", "priority"], default_value = "fcfs")]
@@ -102,7 +115,8 @@ struct BenchCmd {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Seconds per closed-loop phase (overhead, default 5), of load per run (fair-share
-    /// scenarios, default 25) or measured per run after a warm-up (routing, default 25).
+    /// scenarios, default 25), measured per run after a warm-up (routing, default 25) or of
+    /// load per phase (replicas, default 20).
     #[arg(long)]
     seconds: Option<u64>,
     /// Concurrent connections in the closed-loop phase (overhead).
@@ -510,6 +524,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(BenchScenario::NoSharing) => routing(vec![Workload::NoSharing]).await,
                 Some(BenchScenario::Routing) => {
                     routing(vec![Workload::PrefixShared, Workload::NoSharing]).await
+                }
+                Some(BenchScenario::Replicas) => {
+                    fairgate_bench::replicabench::run(
+                        fairgate_bench::replicabench::ReplicaBenchArgs {
+                            seconds: b.seconds.unwrap_or(20),
+                            seed: b.seed,
+                            json: b.json.clone(),
+                            postgres_url: b.postgres_url.clone(),
+                        },
+                    )
+                    .await
                 }
                 Some(BenchScenario::Soak) => {
                     crate::soakbench::run(crate::soakbench::SoakArgs {

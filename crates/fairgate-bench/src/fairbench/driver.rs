@@ -27,40 +27,44 @@ pub struct Engine {
 }
 
 /// Everything one run in one mode recorded.
-pub(super) struct RunOut {
-    pub(super) mode: &'static str,
-    pub(super) probe: Vec<Rec>,
-    pub(super) recs: Vec<Rec>,
+pub(crate) struct RunOut {
+    pub(crate) mode: &'static str,
+    pub(crate) probe: Vec<Rec>,
+    pub(crate) recs: Vec<Rec>,
     /// Mean (running, waiting) of the simulator over the steady window.
-    pub(super) sim_load: (f64, f64),
+    pub(crate) sim_load: (f64, f64),
+}
+
+/// The flags of the timed simulator every fair-share run uses (also the replicas benchmark's).
+pub(crate) fn sim_flags(seed: u64, engine: Engine) -> Vec<String> {
+    let policy = if engine.priority { "priority" } else { "fcfs" };
+    flags(&[
+        (
+            "--max-num-seqs",
+            engine.max_seqs.unwrap_or(SLOTS).to_string(),
+        ),
+        ("--scheduling-policy", policy.to_owned()),
+        ("--decode-step-ms", DECODE_STEP_MS.to_string()),
+        ("--decode-step-per-seq-us", DECODE_PER_SEQ_US.to_string()),
+        ("--prefill-overhead-ms", PREFILL_OVERHEAD_MS.to_string()),
+        ("--prefill-per-token-us", PREFILL_PER_TOKEN_US.to_string()),
+        ("--seed", seed.to_string()),
+    ])
 }
 
 /// The simulator and a gateway in `mode` with one backend of [`SLOTS`] slots, so the queue
 /// forms in the gateway and the admission mode decides who runs next.
 fn stack(mode: &str, seed: u64, engine: Engine) -> StackSpec<'static> {
-    let (policy, extra) = if engine.priority {
-        let mut extra = "scheduling_policy = \"priority\"\n".to_owned();
+    let mut extra = String::new();
+    if engine.priority {
+        extra.push_str("scheduling_policy = \"priority\"\n");
         if let Some(n) = engine.max_seqs {
             extra.push_str(&format!("engine_max_seqs = {n}\n"));
         }
-        ("priority", extra)
-    } else {
-        ("fcfs", String::new())
-    };
+    }
     StackSpec {
         model: MODEL,
-        sims: vec![flags(&[
-            (
-                "--max-num-seqs",
-                engine.max_seqs.unwrap_or(SLOTS).to_string(),
-            ),
-            ("--scheduling-policy", policy.to_owned()),
-            ("--decode-step-ms", DECODE_STEP_MS.to_string()),
-            ("--decode-step-per-seq-us", DECODE_PER_SEQ_US.to_string()),
-            ("--prefill-overhead-ms", PREFILL_OVERHEAD_MS.to_string()),
-            ("--prefill-per-token-us", PREFILL_PER_TOKEN_US.to_string()),
-            ("--seed", seed.to_string()),
-        ])],
+        sims: vec![sim_flags(seed, engine)],
         config: format!("[admission]\nmode = \"{mode}\"\nqueue_timeout_ms = 600000\n"),
         max_in_flight: SLOTS,
         backend_extra: extra,
@@ -119,6 +123,19 @@ async fn drive(
     seed: u64,
 ) -> Vec<Rec> {
     let ctx = Arc::new(Ctx::new(client, gw, seconds));
+    drive_routed(&[ctx], |_, _| 0, load, keys, tenants, seed).await
+}
+
+/// [`drive`] against several gateways that share one start and deadline: stream `s` of
+/// tenant `i` sends every request to `ctxs[route(i, s)]`.
+pub(crate) async fn drive_routed(
+    ctxs: &[Arc<Ctx>],
+    route: impl Fn(usize, usize) -> usize,
+    load: &Load,
+    keys: &[String],
+    tenants: &[usize],
+    seed: u64,
+) -> Vec<Rec> {
     // Streams in round-robin order over tenants, so the ramp mixes them.
     let mut order = Vec::new();
     let most = tenants
@@ -144,19 +161,21 @@ async fn drive(
             0.0
         };
         let wseed = seed ^ ((i as u64) << 32) ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        handles.push(tokio::spawn(worker(
-            ctx.clone(),
+        let gateway = route(i, s) % ctxs.len();
+        let run = tokio::spawn(worker(
+            ctxs[gateway].clone(),
             i,
             spec,
             keys[i].clone(),
             start_at,
             wseed,
-        )));
+        ));
+        handles.push((gateway, run));
     }
     let mut recs = Vec::new();
-    for h in handles {
+    for (gateway, h) in handles {
         if let Ok(v) = h.await {
-            recs.extend(v);
+            recs.extend(v.into_iter().map(|r| Rec { gateway, ..r }));
         }
     }
     recs

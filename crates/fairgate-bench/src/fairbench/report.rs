@@ -10,40 +10,40 @@ use crate::harness::stats::{lsq_slope, max_min_diff, percentile, served_between,
 use crate::harness::stream::{errors_warning, usage_warning, Rec};
 
 #[derive(Debug, Clone)]
-pub(super) struct TenantReport {
-    pub(super) name: &'static str,
-    pub(super) weight: u32,
-    pub(super) completed: usize,
-    pub(super) cut: usize,
+pub(crate) struct TenantReport {
+    pub(crate) name: &'static str,
+    pub(crate) weight: u32,
+    pub(crate) completed: usize,
+    pub(crate) cut: usize,
     /// Cut before the first token.
-    pub(super) queued_at_end: usize,
-    pub(super) errors: usize,
-    pub(super) tokens_in: f64,
-    pub(super) tokens_out: f64,
-    pub(super) cost: f64,
-    pub(super) share: f64,
-    pub(super) weight_share: f64,
-    pub(super) share_err: f64,
-    pub(super) ttft_p50: f64,
-    pub(super) ttft_p99: f64,
-    pub(super) ttft_n: usize,
+    pub(crate) queued_at_end: usize,
+    pub(crate) errors: usize,
+    pub(crate) tokens_in: f64,
+    pub(crate) tokens_out: f64,
+    pub(crate) cost: f64,
+    pub(crate) share: f64,
+    pub(crate) weight_share: f64,
+    pub(crate) share_err: f64,
+    pub(crate) ttft_p50: f64,
+    pub(crate) ttft_p99: f64,
+    pub(crate) ttft_n: usize,
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct RunReport {
-    pub(super) mode: &'static str,
-    pub(super) window: (f64, f64),
-    pub(super) tenants: Vec<TenantReport>,
-    pub(super) throughput: f64,
-    pub(super) out_throughput: f64,
-    pub(super) ticks: Vec<(f64, f64)>,
+pub(crate) struct RunReport {
+    pub(crate) mode: &'static str,
+    pub(crate) window: (f64, f64),
+    pub(crate) tenants: Vec<TenantReport>,
+    pub(crate) throughput: f64,
+    pub(crate) out_throughput: f64,
+    pub(crate) ticks: Vec<(f64, f64)>,
     /// (t, normalised service of each tenant) every 0.5 s, for plots.
-    pub(super) series: Vec<(f64, Vec<f64>)>,
-    pub(super) diff_max: f64,
-    pub(super) slope: f64,
-    pub(super) probe_ttft: Option<(f64, f64, usize)>,
-    pub(super) sim_load: (f64, f64),
-    pub(super) warnings: Vec<String>,
+    pub(crate) series: Vec<(f64, Vec<f64>)>,
+    pub(crate) diff_max: f64,
+    pub(crate) slope: f64,
+    pub(crate) probe_ttft: Option<(f64, f64, usize)>,
+    pub(crate) sim_load: (f64, f64),
+    pub(crate) warnings: Vec<String>,
 }
 
 fn ttft_ms(recs: &[&Rec]) -> (f64, f64, usize) {
@@ -55,7 +55,7 @@ fn ttft_ms(recs: &[&Rec]) -> (f64, f64, usize) {
     (percentile(&v, 0.50), percentile(&v, 0.99), v.len())
 }
 
-pub(super) fn analyse(load: &Load, run: &RunOut) -> RunReport {
+pub(crate) fn analyse(load: &Load, run: &RunOut) -> RunReport {
     let (w0, w1) = load.window();
     let ramp_end = load.ramp_end();
     let n = load.tenants.len();
@@ -170,7 +170,7 @@ pub(super) fn analyse(load: &Load, run: &RunOut) -> RunReport {
     }
 }
 
-pub(super) fn print_runs(title: &str, load: &Load, runs: &[RunReport]) {
+pub(crate) fn print_runs(title: &str, load: &Load, runs: &[RunReport]) {
     println!("\n## {title}\n");
     let (w0, w1) = runs.first().map(|r| r.window).unwrap_or_default();
     println!(
@@ -265,7 +265,7 @@ pub(super) fn print_runs(title: &str, load: &Load, runs: &[RunReport]) {
     }
 }
 
-pub(super) fn run_json(r: &RunReport) -> Value {
+pub(crate) fn run_json(r: &RunReport) -> Value {
     json!({
         "mode": r.mode,
         "window_s": [r.window.0, r.window.1],
@@ -291,6 +291,6 @@ pub(super) fn run_json(r: &RunReport) -> Value {
     })
 }
 
-pub(super) fn find<'a>(runs: &'a [RunReport], mode: &str) -> Option<&'a RunReport> {
+pub(crate) fn find<'a>(runs: &'a [RunReport], mode: &str) -> Option<&'a RunReport> {
     runs.iter().find(|r| r.mode == mode)
 }

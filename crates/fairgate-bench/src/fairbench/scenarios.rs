@@ -3,11 +3,11 @@
 //! unloaded probe), plus the VTC bound U_gw that the asymmetry criteria are stated in.
 
 /// Simulator timing shared by every scenario.
-pub(super) const SLOTS: usize = 16;
-pub(super) const DECODE_STEP_MS: f64 = 5.0;
-pub(super) const DECODE_PER_SEQ_US: f64 = 50.0;
-pub(super) const PREFILL_OVERHEAD_MS: f64 = 2.0;
-pub(super) const PREFILL_PER_TOKEN_US: f64 = 20.0;
+pub(crate) const SLOTS: usize = 16;
+pub(crate) const DECODE_STEP_MS: f64 = 5.0;
+pub(crate) const DECODE_PER_SEQ_US: f64 = 50.0;
+pub(crate) const PREFILL_OVERHEAD_MS: f64 = 2.0;
+pub(crate) const PREFILL_PER_TOKEN_US: f64 = 20.0;
 
 /// Seconds a full batch needs to produce `out` tokens.
 fn service_time(out: u64) -> f64 {
@@ -15,36 +15,36 @@ fn service_time(out: u64) -> f64 {
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct TenantSpec {
-    pub(super) name: &'static str,
-    pub(super) weight: u32,
-    pub(super) streams: usize,
-    pub(super) prompt: u64,
+pub(crate) struct TenantSpec {
+    pub(crate) name: &'static str,
+    pub(crate) weight: u32,
+    pub(crate) streams: usize,
+    pub(crate) prompt: u64,
     /// Output tokens per request; with `out_min`, drawn uniformly from `out_min..=out`.
-    pub(super) out: u64,
-    pub(super) out_min: Option<u64>,
+    pub(crate) out: u64,
+    pub(crate) out_min: Option<u64>,
     /// Counted in the accumulated-difference metric.
-    pub(super) backlogged: bool,
+    pub(crate) backlogged: bool,
     /// Part of the start ramp.
-    pub(super) ramped: bool,
+    pub(crate) ramped: bool,
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Load {
-    pub(super) tenants: Vec<TenantSpec>,
-    pub(super) seconds: f64,
+pub(crate) struct Load {
+    pub(crate) tenants: Vec<TenantSpec>,
+    pub(crate) seconds: f64,
     /// Interval between the first `SLOTS` ramped streams (0: all start at once).
-    pub(super) ramp_step: f64,
+    pub(crate) ramp_step: f64,
     /// Measure this tenant alone for this long before the loaded run.
-    pub(super) probe: Option<(usize, f64)>,
+    pub(crate) probe: Option<(usize, f64)>,
 }
 
 impl Load {
-    pub(super) fn ramp_end(&self) -> f64 {
+    pub(crate) fn ramp_end(&self) -> f64 {
         self.ramp_step * SLOTS as f64
     }
 
-    pub(super) fn window(&self) -> (f64, f64) {
+    pub(crate) fn window(&self) -> (f64, f64) {
         let start = (0.2 * self.seconds)
             .max(self.ramp_end())
             .min(0.5 * self.seconds);
@@ -52,7 +52,7 @@ impl Load {
     }
 
     /// VTC's U for this gateway: max(L_in, w_q · M_gw), M_gw = slots × largest request.
-    pub(super) fn u_gw(&self) -> f64 {
+    pub(crate) fn u_gw(&self) -> f64 {
         let l_in = self.tenants.iter().map(|t| t.prompt).max().unwrap_or(0) as f64;
         let m = SLOTS as f64
             * self
@@ -65,7 +65,7 @@ impl Load {
     }
 }
 
-pub(super) fn weighted_load(seconds: f64) -> Load {
+pub(crate) fn weighted_load(seconds: f64) -> Load {
     let t = |name, weight| TenantSpec {
         name,
         weight,
@@ -84,7 +84,7 @@ pub(super) fn weighted_load(seconds: f64) -> Load {
     }
 }
 
-pub(super) fn interactive_load(seconds: f64) -> Load {
+pub(crate) fn interactive_load(seconds: f64) -> Load {
     Load {
         tenants: vec![
             TenantSpec {
@@ -114,7 +114,7 @@ pub(super) fn interactive_load(seconds: f64) -> Load {
     }
 }
 
-pub(super) fn asymmetry_load(seconds: f64) -> Load {
+pub(crate) fn asymmetry_load(seconds: f64) -> Load {
     Load {
         tenants: vec![
             TenantSpec {
@@ -146,7 +146,7 @@ pub(super) fn asymmetry_load(seconds: f64) -> Load {
 
 /// [`interactive_load`] with heavy streams of 50–500 output tokens, so heavy streams do not
 /// end in waves.
-pub(super) fn interactive_varied_load(seconds: f64) -> Load {
+pub(crate) fn interactive_varied_load(seconds: f64) -> Load {
     let mut load = interactive_load(seconds);
     load.tenants[1].out_min = Some(50);
     load.tenants[1].out = 500;

@@ -81,7 +81,7 @@ pub(crate) fn flags(pairs: &[(&str, String)]) -> Vec<String> {
 }
 
 /// A fresh scratch directory for one run (SQLite file, config).
-fn scratch_dir(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn scratch_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("fairgate-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -94,7 +94,7 @@ pub(crate) fn ledger_path(dir: &Path) -> PathBuf {
 }
 
 /// Starts `fairgate sim` serving `model` on `port` with extra flags `args`.
-fn spawn_sim(model: &str, port: u16, args: &[String]) -> anyhow::Result<Child> {
+pub(crate) fn spawn_sim(model: &str, port: u16, args: &[String]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("locating the fairgate binary")?;
     Command::new(&exe)
         .args(["sim", "--model", model, "--listen"])
@@ -108,8 +108,8 @@ fn spawn_sim(model: &str, port: u16, args: &[String]) -> anyhow::Result<Child> {
 }
 
 /// Writes `config` into `dir` and starts `fairgate serve` on it; with `log`, its log lines
-/// (warnings and up) are copied to stderr.
-fn spawn_gateway(dir: &Path, config: &str, log: bool) -> anyhow::Result<Child> {
+/// (warnings and up) are copied to stderr, each after `[log]`.
+pub(crate) fn spawn_gateway(dir: &Path, config: &str, log: Option<&str>) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("locating the fairgate binary")?;
     let cfg_path = dir.join("gateway.toml");
     std::fs::write(&cfg_path, config)?;
@@ -119,15 +119,20 @@ fn spawn_gateway(dir: &Path, config: &str, log: bool) -> anyhow::Result<Child> {
         .arg(&cfg_path)
         .env("FAIRGATE_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(if log { Stdio::piped() } else { Stdio::null() })
+        .stderr(if log.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .kill_on_drop(true)
         .spawn()
         .context("starting the gateway")?;
-    if let Some(err) = gateway.stderr.take() {
+    if let (Some(err), Some(label)) = (gateway.stderr.take(), log) {
+        let label = label.to_owned();
         tokio::spawn(async move {
             let mut lines = BufReader::new(err).lines();
             while let Ok(Some(l)) = lines.next_line().await {
-                eprintln!("[gateway] {l}");
+                eprintln!("[{label}] {l}");
             }
         });
     }
@@ -200,9 +205,10 @@ pub(crate) async fn start(
             extra = spec.config,
             model = spec.model,
         );
-        procs
-            .children
-            .insert(0, spawn_gateway(dir, &config, spec.gateway_log)?);
+        procs.children.insert(
+            0,
+            spawn_gateway(dir, &config, spec.gateway_log.then_some("gateway"))?,
+        );
         let gw = format!("http://127.0.0.1:{gw_port}");
         for s in &sims {
             wait_http(client, &format!("{s}/health")).await?;

@@ -36,6 +36,8 @@ impl Ctx {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Rec {
     pub(crate) tenant: usize,
+    /// Which of the run's gateways it went to (0 with one gateway).
+    pub(crate) gateway: usize,
     pub(crate) sent: f64,
     /// First content chunk.
     pub(crate) first: Option<f64>,
