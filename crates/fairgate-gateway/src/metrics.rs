@@ -244,6 +244,8 @@ pub struct Metrics {
     pub requests: Family<CounterB>,
     pub prompt_tokens: Family<CounterB>,
     pub completion_tokens: Family<CounterB>,
+    /// What requests cost at the models' prices, in micros (spend per tenant).
+    pub cost_micros: Family<CounterB>,
     pub ttft: Family<HistB>,
     /// TTFT per tenant: what fair share and the headroom do for each tenant's latency.
     pub tenant_ttft: Family<HistB>,
@@ -509,6 +511,11 @@ impl Metrics {
             completion_tokens: counter(
                 "fairgate_completion_tokens_total",
                 "Completion tokens served, by tenant and model",
+                &["tenant", "model"],
+            )?,
+            cost_micros: counter(
+                "fairgate_cost_micros_total",
+                "What the served tokens cost at the models' prices, in micros (1e-6 of the currency), by tenant and model",
                 &["tenant", "model"],
             )?,
             ttft: hist(

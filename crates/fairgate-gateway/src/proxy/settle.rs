@@ -169,6 +169,11 @@ impl Tracker {
                 .with_label_values(&[tenant, model])
                 .inc_by(self.row.completion_tokens);
         }
+        if self.row.cost.0 > 0 {
+            m.cost_micros
+                .with_label_values(&[tenant, model])
+                .inc_by(self.row.cost.0);
+        }
         if self.row.model.is_some() {
             m.e2e
                 .with_label_values(&[model])
