@@ -84,7 +84,7 @@ fn metric_names(q: &str) -> BTreeSet<String> {
 fn label_names(q: &str) -> BTreeSet<String> {
     let mut labels = BTreeSet::new();
     let mut rest = q;
-    while let Some(at) = rest.find(|c| c == '{' || c == '(') {
+    while let Some(at) = rest.find(['{', '(']) {
         let open = rest.as_bytes()[at];
         let before = rest[..at].trim_end();
         let close = if open == b'{' { '}' } else { ')' };
