@@ -149,6 +149,13 @@ if [ -z "${FAIRGATE_TEST_POSTGRES_URL:-}" ]; then
     start_private_postgres
 fi
 
+# Deployment artifacts (issue 14): hadolint, helm lint/template, schema validation of every
+# rendered object, the rendered cluster config run as two gateways. Tools are cached under
+# .tools/deploy (the Rust dashboard test renders the chart with that helm too); under CI a
+# missing tool fails the run.
+step "deployment checks (scripts/test_deploy.sh)"
+FAIRGATE_BIN="$FAIRGATE_BIN" ./scripts/test_deploy.sh
+
 step "cargo test --workspace (FAIRGATE_TEST_POSTGRES_URL=${FAIRGATE_TEST_POSTGRES_URL:-<none>})"
 cargo test --workspace
 

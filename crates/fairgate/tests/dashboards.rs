@@ -57,6 +57,48 @@ fn chart_queries() -> Vec<(String, String)> {
     out
 }
 
+/// Labels Prometheus adds to every scraped series (from the target), which a query may use
+/// though the gateway does not export them.
+const TARGET_LABELS: [&str; 6] = ["namespace", "service", "pod", "job", "instance", "endpoint"];
+
+/// PromQL of the chart as rendered by `helm template` for its CI and example values (the KEDA
+/// triggers are templated per model). `None` when helm is not installed
+/// (`scripts/test_deploy.sh` installs it under `.tools/deploy`; `FAIRGATE_HELM` names another).
+fn rendered_chart_queries() -> Option<Vec<(String, String)>> {
+    let helm = std::env::var_os("FAIRGATE_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".tools/deploy/helm/helm"));
+    if !helm.exists() {
+        return None;
+    }
+    let chart = repo().join("deploy/helm/fairgate");
+    let mut out = Vec::new();
+    for values in ["ci/cluster-values.yaml", "examples/vllm-values.yaml"] {
+        let o = std::process::Command::new(&helm)
+            .arg("template")
+            .arg("fg")
+            .arg(&chart)
+            .arg("-f")
+            .arg(chart.join(values))
+            .output()
+            .expect("running helm");
+        assert!(
+            o.status.success(),
+            "helm template -f {values}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Some(q) = line.trim().strip_prefix("query:") {
+                let q = q.trim().trim_matches('"').replace("\\\"", "\"");
+                if q.contains("fairgate_") {
+                    out.push((format!("chart with {values}"), q));
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Identifiers of `fairgate_*` metrics in a query.
 fn metric_names(q: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -147,6 +189,16 @@ async fn every_dashboard_and_chart_query_names_exported_metrics_and_labels() {
             .map(|q| ("deploy/grafana/fairgate.json".to_owned(), q)),
     );
     queries.extend(chart_queries());
+    match rendered_chart_queries() {
+        Some(q) => {
+            assert!(q.len() >= 2, "no KEDA queries rendered: {q:?}");
+            queries.extend(q);
+        }
+        None => fairgate_testkit::require(
+            "helm",
+            "not installed; run scripts/test_deploy.sh (installs it under .tools/deploy)",
+        ),
+    }
     assert!(queries.len() > 20, "{queries:?}");
     // The chart ships the same dashboard, when it ships one.
     let shipped = repo().join("deploy/helm/fairgate/dashboards/fairgate.json");
@@ -225,6 +277,9 @@ async fn every_dashboard_and_chart_query_names_exported_metrics_and_labels() {
                 }
             }
             for l in label_names(q) {
+                if TARGET_LABELS.contains(&l.as_str()) {
+                    continue;
+                }
                 if names.iter().any(|n| series.contains_key(n)) && !seen.contains(&l) {
                     missing.push(format!("{file}: label {l} (in `{q}`)"));
                 }
