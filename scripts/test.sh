@@ -156,6 +156,19 @@ fi
 step "deployment checks (scripts/test_deploy.sh)"
 FAIRGATE_BIN="$FAIRGATE_BIN" ./scripts/test_deploy.sh
 
+# The binary as the image runs it: uid 65532, no capabilities, read-only root, data on a tmpfs.
+step "the binary as the image runs it (scripts/deploy/run_like_image.py)"
+set +e
+python3 scripts/deploy/run_like_image.py "$FAIRGATE_BIN"
+rc=$?
+set -e
+case "$rc" in
+    0) ;;
+    2) if in_ci; then die "run_like_image could not run (needs root, unshare, mount, setpriv)"; fi
+       warn "run_like_image skipped: this machine cannot run it (under CI it fails)" ;;
+    *) die "run_like_image failed" ;;
+esac
+
 step "cargo test --workspace (FAIRGATE_TEST_POSTGRES_URL=${FAIRGATE_TEST_POSTGRES_URL:-<none>})"
 cargo test --workspace
 
