@@ -489,6 +489,11 @@ impl<T> FairQueue<T> {
     }
 
     /// Counter increments of a charge for the tenant and its group.
+    /// How far charging `cost` raw units to `tenant` moves its group's counter.
+    pub fn group_delta(&self, tenant: TenantId, cost: u64) -> u64 {
+        self.deltas(tenant.0, cost).1
+    }
+
     fn deltas(&self, t: u32, cost: u64) -> (u64, u64, u32) {
         let ts = &self.tenants[t as usize];
         let g = ts.group;

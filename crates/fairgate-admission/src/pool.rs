@@ -241,6 +241,9 @@ struct Inner {
     unpublished: HashMap<TenantId, i64>,
     /// Moving average of how long a permit is held, for Retry-After.
     hold_ewma_ms: f64,
+    /// How far one finished request moved its group's counter here, averaged (EWMA): the
+    /// fleet's lease split uses it as the unit of "ahead" (see [`Pool::counter_step`]).
+    step_ewma: u64,
     /// Start of the pool's clock, for the one-second service buckets.
     epoch: Instant,
     /// When each tenant was last admitted, and when last admitted below its share: the
@@ -303,6 +306,7 @@ impl Pool {
                 windows: HashMap::new(),
                 unpublished: HashMap::new(),
                 hold_ewma_ms: 1_000.0,
+                step_ewma: 0,
                 epoch: Instant::now(),
                 last_admitted: HashMap::new(),
                 auto_headroom: 0,
@@ -404,6 +408,13 @@ impl Pool {
     /// [`crate::fair::FairQueue::head_counter`]).
     pub fn head_counter(&self) -> Option<u64> {
         self.lock().queue.head_counter()
+    }
+
+    /// How far one request moves its group's counter here, on average (0 before the first
+    /// finished request): the unit in which the fleet judges a replica's waiting work ahead of
+    /// another's.
+    pub fn counter_step(&self) -> u64 {
+        self.lock().step_ewma
     }
 
     /// Requests admitted since start.
@@ -1009,6 +1020,12 @@ impl Drop for Permit {
                 .prompt_cost
                 .saturating_add(self.completion_charged.saturating_mul(g.cfg.cost.output));
             g.learn_length(self.tenant, self.completion_charged, cost);
+            let step = g.queue.group_delta(self.tenant, cost);
+            g.step_ewma = if g.step_ewma == 0 {
+                step
+            } else {
+                (g.step_ewma.saturating_mul(7).saturating_add(step)) / 8
+            };
             g.release(self.tenant, self.tokens, self.engine_slot);
             // Still over a capacity that was lowered: whoever sizes the pool (the fleet's
             // lease) should hand the freed slot on now rather than at its next round.

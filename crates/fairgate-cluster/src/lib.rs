@@ -122,7 +122,8 @@ return live
 /// Sets one member's lease of a pool's slots; see [`Cluster::lease`]. KEYS: the lease hash
 /// (member -> slots it may have in flight), the wants hash (member -> slots it would like),
 /// the members zset, the pool's birth key, the presence hash. ARGV: member, capacity, want,
-/// holding, ttl ms, weight, head counter (or empty). Returns `{grant, field, entitled}`.
+/// holding, ttl ms, weight, head counter (or empty), counter step (or empty). Returns
+/// `{grant, field, entitled}`.
 ///
 /// Reclaiming a silent member's slots needs the caller to have been present, without a gap,
 /// for a whole TTL: after an outage of Redis every member looks silent, and the first one back
@@ -149,20 +150,27 @@ for i = 1, #held, 2 do
     else
       others = others + tonumber(held[i + 1])
       local w = redis.call('HGET', KEYS[2], m)
-      local want_m, weight_m, head_m = tonumber(held[i + 1]), 1, ''
+      local want_m, weight_m, head_m, step_m = tonumber(held[i + 1]), 1, '', ''
       if w then
         local a = string.find(w, ':')
         local b = string.find(w, ':', a + 1)
+        local c = string.find(w, ':', b + 1)
         want_m = tonumber(string.sub(w, 1, a - 1))
         weight_m = tonumber(string.sub(w, a + 1, b - 1))
-        head_m = string.sub(w, b + 1)
+        if c then
+          head_m = string.sub(w, b + 1, c - 1)
+          step_m = string.sub(w, c + 1)
+        else
+          head_m = string.sub(w, b + 1)
+        end
       end
-      wants[#wants + 1] = {want_m, weight_m, m, head_m}
+      wants[#wants + 1] = {want_m, weight_m, m, head_m, step_m}
     end
   end
 end
-redis.call('HSET', KEYS[2], me, want .. ':' .. weight .. ':' .. head)
-wants[#wants + 1] = {want, weight, me, head}
+local step = ARGV[8] or ''
+redis.call('HSET', KEYS[2], me, want .. ':' .. weight .. ':' .. head .. ':' .. step)
+wants[#wants + 1] = {want, weight, me, head, step}
 -- Entitlement: the capacity split weighted max-min fair over what the members want
 -- (water-filling by want/weight). Slots the rounding leaves go one each to the capped members
 -- whose waiting work is furthest behind (smallest head counter), so over time each gets its
@@ -185,12 +193,39 @@ for j = 1, n do
 end
 local entitled = want
 if i <= n and mine >= i then
-  local given, behind = 0, {}
+  local given, behind, floors = 0, {}, {}
   for j = i, n do
     local e = math.floor(left * wants[j][2] / wsum)
+    floors[j] = e
     given = given + e
     behind[#behind + 1] = {wants[j][4], wants[j][3]}
     if j == mine then entitled = e end
+  end
+  -- Catch-up: a member whose waiting work is ahead of the furthest-behind member's by k of
+  -- its own requests (k = lead / its step) gives up k of its slots (at most all) to that
+  -- member. A lead (a burst that filled the fleet before the others arrived) is then repaid
+  -- in whole slots, as one fair queue would repay it, not only through the rounding slot;
+  -- within one request of each other nothing moves, so slots do not shuttle.
+  local minh, minm = nil, nil
+  for j = i, n do
+    local h = tonumber(wants[j][4])
+    if h and (minh == nil or h < minh or (h == minh and wants[j][3] < minm)) then
+      minh, minm = h, wants[j][3]
+    end
+  end
+  if minh then
+    local moved = 0
+    for j = i, n do
+      local h, st = tonumber(wants[j][4]), tonumber(wants[j][5])
+      if h and st and st > 0 and wants[j][3] ~= minm then
+        local k = math.min(floors[j], math.floor((h - minh) / st))
+        if k > 0 then
+          moved = moved + k
+          if j == mine then entitled = entitled - k end
+        end
+      end
+    end
+    if me == minm then entitled = entitled + moved end
   end
   -- Counters are compared as numbers; none waiting sorts last.
   table.sort(behind, function(x, y)
@@ -238,6 +273,16 @@ for _, t in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf'))
 end
 return out
 "#;
+
+/// Where a member's waiting work stands in the fleet's fair order, for [`Cluster::lease`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The fair-share counter of the work it would serve next (smaller: further behind).
+    pub counter: u64,
+    /// How far one of its requests moves such a counter (0: not known yet): the unit in which
+    /// a lead over another member counts.
+    pub step: u64,
+}
 
 /// One replica's handle on the fleet. Cheap to share: `Arc<Cluster>`.
 pub struct Cluster {
@@ -408,7 +453,10 @@ impl Cluster {
     /// than there is, capacity is split max-min fair in proportion to `weight` (the summed
     /// weights of the tenants with work on that replica, at least 1), so tenants pinned to
     /// different replicas get slots by their weights; a member past its share gets a smaller
-    /// grant, and its field follows as its requests end. The leases of a member not seen for
+    /// grant, and its field follows as its requests end. `head` places the member's waiting
+    /// work in the fleet's fair order: the slot the weighted split leaves over goes to the
+    /// member furthest behind, and a member ahead of it by k of its own requests gives it k
+    /// slots, so a lead is repaid in whole slots. The leases of a member not seen for
     /// `member_ttl` are reclaimed here.
     pub async fn lease(
         &self,
@@ -417,7 +465,7 @@ impl Cluster {
         want: u64,
         holding: u64,
         weight: u64,
-        head: Option<u64>,
+        head: Option<Head>,
     ) -> Result<Lease, ClusterError> {
         let keys = [
             self.key(&format!("lease:{pool}")),
@@ -441,7 +489,8 @@ impl Cluster {
                     .arg(holding)
                     .arg(ttl)
                     .arg(weight)
-                    .arg(head.map(|h| h.to_string()).unwrap_or_default())
+                    .arg(head.map(|h| h.counter.to_string()).unwrap_or_default())
+                    .arg(head.map(|h| h.step.to_string()).unwrap_or_default())
                     .invoke_async(&mut c)
                     .await
             })

@@ -203,3 +203,64 @@ async fn contended_capacity_follows_the_weights_of_the_tenants_behind_it() {
     }
     assert_eq!(grants, [8, 4, 2], "c (4), b (2), a (1)");
 }
+
+/// Lease rounds until the split settles (each one's requests drain to its last grant between
+/// rounds), with a's and b's heads as (counter, step); the grants after.
+async fn settle(
+    a: &Arc<Cluster>,
+    b: &Arc<Cluster>,
+    grants: &mut [u64; 2],
+    ha: (u64, u64),
+    hb: (u64, u64),
+) -> [u64; 2] {
+    for _ in 0..4 {
+        for (i, (m, (counter, step))) in [(a, ha), (b, hb)].into_iter().enumerate() {
+            let head = Some(fairgate_cluster::Head { counter, step });
+            grants[i] = m
+                .lease("m", 16, 40, grants[i], 1, head)
+                .await
+                .unwrap()
+                .grant;
+        }
+    }
+    *grants
+}
+
+/// A member whose waiting work is ahead of another's by k of its own requests gives k of its
+/// slots to the one furthest behind (a lead is repaid in whole slots); within one request of
+/// each other the split is the weighted one.
+#[tokio::test]
+async fn a_member_ahead_gives_slots_to_the_one_furthest_behind() {
+    let Some(redis) = fairgate_testkit::redis_url() else {
+        return;
+    };
+    let a = member(&redis, "catchup", "a");
+    let b = member(&redis, "catchup", "b");
+    join(&[&a, &b], "m").await;
+    let mut grants = [0u64; 2];
+    // Half a request apart: the weighted split.
+    assert_eq!(
+        settle(&a, &b, &mut grants, (1_500, 1_000), (1_000, 1_000)).await,
+        [8, 8]
+    );
+    // a three of its requests ahead: three of its slots go to b.
+    assert_eq!(
+        settle(&a, &b, &mut grants, (4_000, 1_000), (1_000, 1_000)).await,
+        [5, 11]
+    );
+    // Far ahead: all of a's slots, never more.
+    assert_eq!(
+        settle(&a, &b, &mut grants, (90_000, 1_000), (1_000, 1_000)).await,
+        [0, 16]
+    );
+    // b ahead now: the slots come back.
+    assert_eq!(
+        settle(&a, &b, &mut grants, (1_000, 1_000), (3_500, 500)).await,
+        [13, 3]
+    );
+    // A member whose step is not known yet (no finished request) gives nothing.
+    assert_eq!(
+        settle(&a, &b, &mut grants, (90_000, 0), (1_000, 1_000)).await,
+        [8, 8]
+    );
+}

@@ -85,6 +85,13 @@ async fn keep_lease(
         // What this replica may have in flight until the answer is applied.
         let holding = in_flight.max(granted);
         let weight = pool.fair.active_weight();
+        let head = pool
+            .fair
+            .head_counter()
+            .map(|counter| fairgate_cluster::Head {
+                counter,
+                step: pool.fair.counter_step(),
+            });
         match cluster
             .lease(
                 &pool.name,
@@ -92,7 +99,7 @@ async fn keep_lease(
                 want as u64,
                 holding as u64,
                 weight,
-                pool.fair.head_counter(),
+                head,
             )
             .await
         {
@@ -119,7 +126,7 @@ async fn keep_lease(
                     want as u64,
                     holding as u64,
                     weight,
-                    pool.fair.head_counter(),
+                    head,
                 )
                 .await
             {

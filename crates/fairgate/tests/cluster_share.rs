@@ -8,11 +8,10 @@ use std::time::Duration;
 use common::cluster::*;
 use common::*;
 
-/// Relative error allowed per tenant. The issue asks for 5% (and 3% in the benchmark); on this
-/// 2-core machine the lightest tenant measures 0.3–4.6% short over 10 s (it needs the slot the
-/// 16/7 split leaves over most often, and that slot idles while it moves between replicas), so
-/// the test allows 7% until the hand-over is tighter; the measured shares are printed.
-const TOLERANCE: f64 = 0.07;
+/// Relative error allowed per tenant: the issue's 5%. (Before the lease split repaid a lead in
+/// whole slots, the lightest tenant measured 0.3–4.6% short here; `fairgate bench --scenario
+/// replicas` measures 0.3–0.5% now, see BENCHMARKS.md.)
+const TOLERANCE: f64 = 0.05;
 
 /// Tenants weighing 1, 2 and 4, each sending only to its own replica, in front of one backend
 /// of 16 slots: each gets its weighted share of the tokens, and the backend never holds more
