@@ -24,7 +24,7 @@ use crate::cache::{CacheSettings, ResponseCache};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::identity::{Directory, Principal};
-use crate::quota::{local_part, FleetHold, FleetQuota, QuotaError};
+use crate::quota::{local_part, FleetHold, FleetQuota, QuotaAsk, QuotaError};
 use crate::upstream::{AcquireError, Lease, ModelPool, Route};
 
 /// Shared admission state: limits, budgets and the response cache.
@@ -193,19 +193,17 @@ impl Admission {
                         .find(|s| s.period == period)
                         .map_or(Spend::ZERO, |s| s.spent)
                 };
-                match q
-                    .acquire(
-                        &lines,
-                        &known,
-                        min,
-                        est,
-                        &scopes,
-                        ask.reservation,
-                        ask.deadline,
-                        ask.on_limit,
-                    )
-                    .await
-                {
+                let demand = QuotaAsk {
+                    budgets: &lines,
+                    known: &known,
+                    min,
+                    est,
+                    limits: &scopes,
+                    tokens: ask.reservation,
+                    deadline: ask.deadline,
+                    on_limit: ask.on_limit,
+                };
+                match q.acquire(demand).await {
                     Ok(hold) => {
                         // The local accounts follow the fleet's, for the admin view and for
                         // checks while Redis is down.

@@ -81,9 +81,6 @@ async fn keep_lease(
         }
         let capacity = pool.configured_capacity();
         let in_flight = pool.fair.in_flight();
-        let want = (in_flight + pool.fair.queued() + SPARE).min(capacity);
-        // What this replica may have in flight until the answer is applied.
-        let holding = in_flight.max(granted);
         let weight = pool.fair.active_weight();
         let head = pool
             .fair
@@ -92,54 +89,39 @@ async fn keep_lease(
                 counter,
                 step: pool.fair.counter_step(),
             });
-        match cluster
-            .lease(
-                &pool.name,
-                capacity as u64,
-                want as u64,
-                holding as u64,
-                weight,
-                head,
-            )
+        let ask = Ask {
+            weight,
+            head,
+            cluster: &cluster,
+        };
+        let want = in_flight + pool.fair.queued() + SPARE;
+        if let Some((g, o)) = ask
+            .renew(&pool.name, capacity, want, in_flight, granted)
             .await
         {
-            Ok(lease) => {
-                granted = usize::try_from(lease.grant)
-                    .unwrap_or(usize::MAX)
-                    .min(capacity);
-                pool.set_fleet_share(granted, capacity);
-                owed = lease.owed;
-            }
-            // Redis down: keep the last share (never grow), see the module docs.
-            Err(e) => tracing::debug!(model = %pool.name, error = %e, "lease not renewed"),
+            granted = g;
+            pool.set_fleet_share(granted, capacity);
+            owed = o;
         }
         // Engine slots (`engine_max_seqs` above `max_in_flight` on priority engines) are a
         // second capacity, leased the same way under their own name.
         let (engine_capacity, engine_in_flight) = pool.engine_slots();
         if engine_capacity > 0 || engine_granted > 0 {
-            let want = (engine_in_flight + SPARE).min(engine_capacity);
-            let holding = engine_in_flight.max(engine_granted);
-            match cluster
-                .lease(
-                    &engine_lease_name(&pool.name),
-                    engine_capacity as u64,
-                    want as u64,
-                    holding as u64,
-                    weight,
-                    head,
+            let name = engine_lease_name(&pool.name);
+            let want = engine_in_flight + SPARE;
+            let renewed = ask
+                .renew(
+                    &name,
+                    engine_capacity,
+                    want,
+                    engine_in_flight,
+                    engine_granted,
                 )
-                .await
-            {
-                Ok(lease) => {
-                    engine_granted = usize::try_from(lease.grant)
-                        .unwrap_or(usize::MAX)
-                        .min(engine_capacity);
-                    pool.set_fleet_engine_share(engine_granted, engine_capacity);
-                    owed |= lease.owed;
-                }
-                Err(e) => {
-                    tracing::debug!(model = %pool.name, error = %e, "engine lease not renewed")
-                }
+                .await;
+            if let Some((g, o)) = renewed {
+                engine_granted = g;
+                pool.set_fleet_engine_share(engine_granted, engine_capacity);
+                owed |= o;
             }
         }
         tokio::select! {
@@ -149,6 +131,54 @@ async fn keep_lease(
                 tokio::time::sleep(interval / 10).await;
             }
             _ = tokio::time::sleep(if owed { interval / 10 } else { interval }) => {}
+        }
+    }
+}
+
+/// What one lease round asks with, for each of a model's capacities.
+struct Ask<'a> {
+    weight: u64,
+    head: Option<fairgate_cluster::Head>,
+    cluster: &'a Cluster,
+}
+
+impl Ask<'_> {
+    /// Renews the lease `name` of `capacity` slots, wanting `want` (at most all) with
+    /// `in_flight` running and `granted` last: the new grant and whether slots are owed, or
+    /// `None` when Redis did not answer (the last share stays: never grow, see the module docs).
+    async fn renew(
+        &self,
+        name: &str,
+        capacity: usize,
+        want: usize,
+        in_flight: usize,
+        granted: usize,
+    ) -> Option<(usize, bool)> {
+        // What this replica may have in flight until the answer is applied.
+        let holding = in_flight.max(granted);
+        let want = want.min(capacity);
+        match self
+            .cluster
+            .lease(
+                name,
+                capacity as u64,
+                want as u64,
+                holding as u64,
+                self.weight,
+                self.head,
+            )
+            .await
+        {
+            Ok(lease) => {
+                let g = usize::try_from(lease.grant)
+                    .unwrap_or(usize::MAX)
+                    .min(capacity);
+                Some((g, lease.owed))
+            }
+            Err(e) => {
+                tracing::debug!(lease = %name, error = %e, "lease not renewed");
+                None
+            }
         }
     }
 }

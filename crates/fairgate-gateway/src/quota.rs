@@ -258,6 +258,22 @@ pub enum QuotaError {
     Unavailable,
 }
 
+/// One request's demand on the fleet's limits and budgets, for [`FleetQuota::acquire`].
+pub struct QuotaAsk<'a> {
+    pub budgets: &'a [(BudgetScope, Budget)],
+    /// Per budget line, the spend this replica last knew (the account's floor).
+    pub known: &'a (dyn Fn(&BudgetScope, BudgetPeriod) -> Spend + Sync),
+    /// The least the request needs and its full estimate (see `BudgetStore::reserve`).
+    pub min: Spend,
+    pub est: Spend,
+    pub limits: &'a [(LimitScope, RateLimits)],
+    /// Tokens taken from each TPM bucket.
+    pub tokens: u64,
+    /// How long a limit may be waited for, when `on_limit` says wait.
+    pub deadline: Instant,
+    pub on_limit: OnLimit,
+}
+
 /// One budget line held in Redis.
 #[derive(Clone, Debug)]
 struct Line {
@@ -368,21 +384,8 @@ impl FleetQuota {
     /// `deadline` when `on_limit` says so. `known` gives, per budget line, the spend this
     /// replica last knew (the account's floor). Fails with [`QuotaError::Unavailable`] at once
     /// when Redis is known to be down, or when this call fails.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn acquire(
-        self: &Arc<Self>,
-        budgets: &[(BudgetScope, Budget)],
-        known: &(dyn Fn(&BudgetScope, BudgetPeriod) -> Spend + Sync),
-        min: Spend,
-        est: Spend,
-        limits: &[(LimitScope, RateLimits)],
-        tokens: u64,
-        deadline: Instant,
-        on_limit: OnLimit,
-    ) -> Result<FleetHold, QuotaError> {
-        let r = self
-            .acquire_inner(budgets, known, min, est, limits, tokens, deadline, on_limit)
-            .await;
+    pub async fn acquire(self: &Arc<Self>, ask: QuotaAsk<'_>) -> Result<FleetHold, QuotaError> {
+        let r = self.acquire_inner(ask).await;
         let counter = match &r {
             Err(QuotaError::Unavailable) => &self.local_checks,
             _ => &self.fleet_checks,
@@ -391,18 +394,17 @@ impl FleetQuota {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn acquire_inner(
-        self: &Arc<Self>,
-        budgets: &[(BudgetScope, Budget)],
-        known: &(dyn Fn(&BudgetScope, BudgetPeriod) -> Spend + Sync),
-        min: Spend,
-        est: Spend,
-        limits: &[(LimitScope, RateLimits)],
-        tokens: u64,
-        deadline: Instant,
-        on_limit: OnLimit,
-    ) -> Result<FleetHold, QuotaError> {
+    async fn acquire_inner(self: &Arc<Self>, ask: QuotaAsk<'_>) -> Result<FleetHold, QuotaError> {
+        let QuotaAsk {
+            budgets,
+            known,
+            min,
+            est,
+            limits,
+            tokens,
+            deadline,
+            on_limit,
+        } = ask;
         if !self.cluster.redis_up() {
             return Err(QuotaError::Unavailable);
         }

@@ -137,7 +137,10 @@ impl Gateway {
 
     /// Resolves `discover` entries with `resolver` instead of the system's (tests move a
     /// name's records with it).
-    pub fn with_resolver(mut self, resolver: Arc<dyn fairgate_gateway::discovery::Resolve>) -> Self {
+    pub fn with_resolver(
+        mut self,
+        resolver: Arc<dyn fairgate_gateway::discovery::Resolve>,
+    ) -> Self {
         self.resolver = resolver;
         self
     }

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::cluster::eventually;
 use common::*;
 use fairgate::config::BackendConfig;
 use fairgate_gateway::discovery::Resolve;
@@ -49,20 +50,6 @@ async fn backend_urls(gw: &TestGateway) -> Vec<String> {
         .flatten()
         .map(|b| b["url"].as_str().unwrap_or_default().to_owned())
         .collect()
-}
-
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not seen within 15 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -124,7 +111,7 @@ async fn backends_follow_the_names_records_from_zero_and_leave_without_cutting_a
         .await;
     assert_eq!(long.status(), 200);
     records.set(&["127.0.0.1", "127.0.0.2"]);
-    until("two backends", || async {
+    eventually("two backends", || async {
         backend_urls(&gw).await.len() == 2
     })
     .await;
@@ -153,7 +140,7 @@ async fn backends_follow_the_names_records_from_zero_and_leave_without_cutting_a
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     records.set(&["127.0.0.2"]);
-    until("the first pod is drained away", || async {
+    eventually("the first pod is drained away", || async {
         backend_urls(&gw).await
             == vec![format!(
                 "http://127.0.0.2:{}",

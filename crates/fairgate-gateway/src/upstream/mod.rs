@@ -276,12 +276,7 @@ impl ModelPool {
     /// the backends as [`ModelPool::set_fleet_share`] splits ordinary slots.
     pub fn set_fleet_engine_share(&self, granted: usize, capacity: usize) {
         for b in self.backends.load().iter() {
-            let m = b.configured_engine_extra();
-            let share = if capacity == 0 {
-                0
-            } else {
-                (m as u128 * granted.min(capacity) as u128 / capacity as u128) as usize
-            };
+            let share = part_of(b.configured_engine_extra(), granted, capacity);
             b.fleet_engine.store(share, Ordering::Relaxed);
         }
         self.refresh();
@@ -293,12 +288,7 @@ impl ModelPool {
     pub fn set_fleet_share(&self, granted: usize, capacity: usize) {
         self.fleet.store(true, Ordering::Relaxed);
         for b in self.backends.load().iter() {
-            let m = b.configured_max_in_flight();
-            let share = if capacity == 0 {
-                0
-            } else {
-                (m as u128 * granted.min(capacity) as u128 / capacity as u128) as usize
-            };
+            let share = part_of(b.configured_max_in_flight(), granted, capacity);
             b.fleet_limit.store(share, Ordering::Relaxed);
         }
         self.refresh();
@@ -552,6 +542,15 @@ impl ModelPool {
         self.refresh();
         added
     }
+}
+
+/// A backend's part of a lease: `floor(m × granted / capacity)`, so the parts of all
+/// replicas never add up to more than `m`.
+fn part_of(m: usize, granted: usize, capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    (m as u128 * granted.min(capacity) as u128 / capacity as u128) as usize
 }
 
 /// Slots (and, when every usable backend declares one, the token bound) of a backend list.
