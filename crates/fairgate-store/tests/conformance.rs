@@ -56,6 +56,7 @@ conformance!(
     audit_order_limit_and_paging,
     upgrade_from_v2_keeps_rows,
     runtime_backends_roundtrip,
+    runs_beside_a_newer_expanded_schema,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -944,6 +945,59 @@ async fn upsert_tenant_creates_then_updates(db: Db) {
     }
     assert_eq!(created, 1);
     assert!(s.get_tenant("race").await.unwrap().is_some());
+}
+
+/// Rolling upgrades go expand, then contract: a release only adds tables and nullable columns,
+/// and drops one only releases later. Until the old pods are gone they run against the schema
+/// the new ones migrated, so this binary must keep working on a database a newer fairgate has
+/// expanded (a migration it does not know, new columns on its tables, a new table).
+async fn runs_beside_a_newer_expanded_schema(db: Db) {
+    let s = &db.store;
+    s.create_tenant(&tenant("before", 1, None)).await.unwrap();
+    s.insert_ledger_rows(&[row("r0", 1000, Some("before"), Some("m"), 10, 1)])
+        .await
+        .unwrap();
+    let raw = raw_pool(&db.url).await;
+    for ddl in [
+        "ALTER TABLE tenants ADD COLUMN future_flag BIGINT NULL",
+        "ALTER TABLE keys ADD COLUMN future_scope TEXT NULL",
+        "ALTER TABLE ledger ADD COLUMN future_note TEXT NULL",
+        "ALTER TABLE users ADD COLUMN future_locale TEXT NULL",
+        "CREATE TABLE future_things (id TEXT PRIMARY KEY, body TEXT NULL)",
+        "INSERT INTO fairgate_migrations (version, applied_at) VALUES (9999, 0)",
+    ] {
+        sqlx::query(ddl).execute(&raw).await.unwrap();
+    }
+    raw.close().await;
+
+    // This binary starts on it (it warns that the schema is newer) and works as before.
+    let old = Store::connect(&db.url).await.unwrap();
+    assert_eq!(
+        old.get_tenant("before").await.unwrap(),
+        Some(tenant("before", 1, None))
+    );
+    old.create_tenant(&tenant("after", 2, None)).await.unwrap();
+    old.insert_key(&key("k1", "after", 1_700_000_000_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        old.get_key(&KeyId("k1".into())).await.unwrap(),
+        Some(key("k1", "after", 1_700_000_000_000))
+    );
+    old.insert_ledger_rows(&[row("r1", 2000, Some("after"), Some("m"), 5, 2)])
+        .await
+        .unwrap();
+    assert_eq!(old.ledger_count().await.unwrap(), 2);
+    assert_eq!(old.requests(Some("after"), 10).await.unwrap().len(), 1);
+    old.create_user(&user("u1", "u1@example.org", Some("after")))
+        .await
+        .unwrap();
+    assert!(old.get_user("u1").await.unwrap().is_some());
+    old.put_runtime_backend("m", "http://gpu:8000", None, "draining")
+        .await
+        .unwrap();
+    assert_eq!(old.list_runtime_backends().await.unwrap().len(), 1);
+    old.close().await;
 }
 
 async fn runtime_backends_roundtrip(db: Db) {
