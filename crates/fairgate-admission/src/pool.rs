@@ -456,7 +456,7 @@ impl Pool {
                 g.queue.start(tenant);
                 drop(g);
                 self.admitted.fetch_add(1, Ordering::Relaxed);
-                return Ok(self.permit(grant));
+                return Ok(self.permit(grant, false));
             }
             if g.queue.queued(tenant) >= req.max_queued {
                 return Err(AdmitError::TenantQueueFull {
@@ -503,7 +503,7 @@ impl Pool {
         match res {
             Ok(Ok(grant)) => {
                 leave.armed = false;
-                Ok(self.permit(grant))
+                Ok(self.permit(grant, true))
             }
             // The pool never drops a waiter's sender without sending; treat it like a timeout.
             Ok(Err(_)) | Err(_) => {
@@ -515,7 +515,7 @@ impl Pool {
                     // Dispatched in the same instant the deadline fired: take the slot.
                     drop(g);
                     if let Some(grant) = leave.rx.as_mut().and_then(close_and_take) {
-                        return Ok(self.permit(grant));
+                        return Ok(self.permit(grant, true));
                     }
                     g = self.lock();
                 }
@@ -528,8 +528,9 @@ impl Pool {
         }
     }
 
-    fn permit(self: &Arc<Self>, grant: Grant) -> Permit {
+    fn permit(self: &Arc<Self>, grant: Grant, queued: bool) -> Permit {
         Permit {
+            queued,
             pool: self.clone(),
             tenant: grant.tenant,
             tokens: grant.tokens,
@@ -660,7 +661,7 @@ impl Drop for LeaveQueue<'_> {
         if removed.is_none() {
             if let Some(rx) = self.rx.as_mut() {
                 if let Some(grant) = close_and_take(rx) {
-                    drop(self.pool.permit(grant));
+                    drop(self.pool.permit(grant, true));
                 }
             }
         }
@@ -949,6 +950,8 @@ pub struct Permit {
     since: Instant,
     rank: u8,
     engine_slot: bool,
+    /// Waited in the queue (false: a slot was free, or a headroom or engine slot was, at once).
+    queued: bool,
 }
 
 impl std::fmt::Debug for Permit {
@@ -961,6 +964,11 @@ impl std::fmt::Debug for Permit {
 }
 
 impl Permit {
+    /// Whether the request waited in the queue for its slot (false: admitted at once).
+    pub fn queued(&self) -> bool {
+        self.queued
+    }
+
     /// The request's fair-share position when admitted: how many whole fair shares of slots
     /// its tenant already held (0: below its share), at most 9; always 0 unless the pool's
     /// `engine_priority` is on.

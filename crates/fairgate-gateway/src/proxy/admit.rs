@@ -91,7 +91,18 @@ pub(super) async fn admit(
     };
     st.metrics
         .admissions
-        .with_label_values(&[&pool.name, &tenant.name, "admitted", ""])
+        .with_label_values(&[
+            &pool.name,
+            &tenant.name,
+            "admitted",
+            // Whether a slot was free at once (or a headroom or engine slot was), or the
+            // request queued for one: what the headroom does for light tenants.
+            if admitted.lease.permit.queued() {
+                "queued"
+            } else {
+                "at_once"
+            },
+        ])
         .inc();
     st.metrics
         .queue_wait
