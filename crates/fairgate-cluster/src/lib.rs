@@ -295,6 +295,8 @@ pub struct Cluster {
     conn: Mutex<Option<MultiplexedConnection>>,
     up: AtomicBool,
     members: Mutex<Vec<Member>>,
+    /// Scripts of [`Cluster::run_script`], by the address of their (static) text.
+    scripts: Mutex<std::collections::HashMap<usize, Arc<redis::Script>>>,
     round_trips: AtomicU64,
     round_trip_micros: AtomicU64,
     errors: AtomicU64,
@@ -328,6 +330,7 @@ impl Cluster {
             conn: Mutex::new(None),
             up: AtomicBool::new(false),
             members: Mutex::new(Vec::new()),
+            scripts: Mutex::new(std::collections::HashMap::new()),
             round_trips: AtomicU64::new(0),
             round_trip_micros: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -547,13 +550,19 @@ impl Cluster {
     /// Runs a Lua script on keys named within this fleet's prefix; the script answers with an
     /// array of strings or integers (read as strings). For shared state whose rules live with
     /// their owner (the portal's sign-in throttle), so this crate need not know them.
+    ///
+    /// The script's hash is computed once per text (scripts are `'static`), not per call: the
+    /// fleet's limits run one on the request path.
     pub async fn run_script(
         &self,
-        lua: &str,
+        lua: &'static str,
         keys: &[String],
         args: &[String],
     ) -> Result<Vec<String>, ClusterError> {
-        let script = redis::Script::new(lua);
+        let script = lock(&self.scripts)
+            .entry(lua.as_ptr() as usize)
+            .or_insert_with(|| Arc::new(redis::Script::new(lua)))
+            .clone();
         let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
         self.call(|mut c| async move {
             let mut inv = script.prepare_invoke();

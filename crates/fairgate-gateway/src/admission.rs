@@ -362,7 +362,7 @@ impl Admitted {
         if let Some(hold) = self.budget.as_mut() {
             hold.extend(so_far).map_err(|e| e.to_string())?;
         }
-        match self.fleet.as_mut() {
+        match self.fleet.as_ref() {
             Some(hold) => hold.extend(so_far).map_err(|e| e.to_string()),
             None => Ok(()),
         }

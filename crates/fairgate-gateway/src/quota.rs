@@ -42,13 +42,6 @@ use fairgate_cluster::{Cluster, ClusterError};
 use fairgate_types::{now_millis, Budget, BudgetPeriod, Micros, OnLimit, RateLimits};
 use tokio::time::Instant;
 
-/// RPM/TPM buckets refill their capacity over this many ms (as the in-process limiter).
-const PERIOD_MS: u64 = 60_000;
-/// A bucket key expires when untouched this long: by then it is full, which is what a
-/// missing key means.
-const BUCKET_TTL_MS: u64 = 2 * PERIOD_MS;
-/// Concurrency hashes expire when untouched this long (any acquire or release refreshes it).
-const SLOTS_TTL_MS: u64 = 3_600_000;
 /// How often settlements that failed (Redis down) are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// Settlements kept for Redis at most (about 100 bytes each).
@@ -63,6 +56,10 @@ const MAX_PENDING: usize = 100_000;
 /// Returns `{'ok', per line: held tokens, held cost, spent tokens, spent cost, left tokens,
 /// left cost (-1: unbounded)}`, `{'budget', line, 'tokens'|'cost', cap, spent, reserved}` or
 /// `{'limit', scope, 'rpm'|'tpm'|'max_concurrent', value, retry ms, never}`.
+///
+/// Buckets refill their capacity over 60 s, as the in-process limiter's; a bucket key expires
+/// when untouched for 120 s (it is full by then, which is what a missing key means), a slots
+/// hash after an hour (any acquire or release refreshes it).
 const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -173,11 +170,11 @@ for i = 1, nl do
   if b[3] or b[4] then
     if b[3] then redis.call('HSET', b[1], 'rl', tostring(b[3]), 'rt', now) end
     if b[4] then redis.call('HSET', b[1], 'tl', tostring(b[4]), 'tt', now) end
-    redis.call('PEXPIRE', b[1], BUCKET_TTL)
+    redis.call('PEXPIRE', b[1], 120000)
   end
   if b[6] >= 0 then
     redis.call('HINCRBY', b[2], me, 1)
-    redis.call('PEXPIRE', b[2], SLOTS_TTL)
+    redis.call('PEXPIRE', b[2], 3600000)
   end
   out[#out + 1] = b[5]
 end
@@ -216,7 +213,7 @@ for i = 1, nl do
     l = math.min(tpm, l + math.max(0, now - ts) * tpm / 60000)
     l = math.max(0, math.min(tpm, l + charged - act_t))
     redis.call('HSET', bkey, 'tl', tostring(l), 'tt', now)
-    redis.call('PEXPIRE', bkey, BUCKET_TTL)
+    redis.call('PEXPIRE', bkey, 120000)
   end
   if slot == '1' and redis.call('HINCRBY', skey, me, -1) <= 0 then redis.call('HDEL', skey, me) end
 end
@@ -283,7 +280,6 @@ struct Line {
     key: String,
     tokens_cap: Option<u64>,
     cost_cap: Option<Micros>,
-    held: Spend,
     /// Held at admission; growth past it mid-stream is checked against `left`.
     reserved: Spend,
     /// Spent before this request, as Redis said at admission.
@@ -313,8 +309,6 @@ struct Settle {
 /// The fleet-wide limits and budgets of one replica.
 pub struct FleetQuota {
     cluster: Arc<Cluster>,
-    acquire: String,
-    settle: String,
     /// Settlements whose Redis call failed; retried until they land, since this member's
     /// reservations are never reclaimed while it lives.
     pending: Mutex<Vec<Settle>>,
@@ -327,14 +321,8 @@ pub struct FleetQuota {
 
 impl FleetQuota {
     pub fn new(cluster: Arc<Cluster>) -> Arc<FleetQuota> {
-        let fill = |s: &str| {
-            s.replace("BUCKET_TTL", &BUCKET_TTL_MS.to_string())
-                .replace("SLOTS_TTL", &SLOTS_TTL_MS.to_string())
-        };
         Arc::new(FleetQuota {
             cluster,
-            acquire: fill(ACQUIRE),
-            settle: fill(SETTLE),
             pending: Mutex::new(Vec::new()),
             inflight: AtomicUsize::new(0),
             fleet_checks: AtomicU64::new(0),
@@ -439,7 +427,6 @@ impl FleetQuota {
                 key,
                 tokens_cap: h.tokens_cap,
                 cost_cap: h.cost_cap,
-                held: Spend::ZERO,
                 reserved: Spend::ZERO,
                 spent: Spend::ZERO,
                 left: Spend::ZERO,
@@ -466,7 +453,7 @@ impl FleetQuota {
         loop {
             let reply = self
                 .cluster
-                .run_script(&self.acquire, &keys, &args)
+                .run_script(ACQUIRE, &keys, &args)
                 .await
                 .map_err(|e: ClusterError| {
                     tracing::debug!(error = %e, "fleet quota: redis call failed, checking locally");
@@ -482,8 +469,7 @@ impl FleetQuota {
                             Some(v) if v >= 0 => v as u64,
                             _ => u64::MAX,
                         };
-                        line.held = Spend::new(get(0), Micros(get(1)));
-                        line.reserved = line.held;
+                        line.reserved = Spend::new(get(0), Micros(get(1)));
                         line.spent = Spend::new(get(2), Micros(get(3)));
                         line.left = Spend::new(left(4), Micros(left(5)));
                     }
@@ -601,7 +587,7 @@ impl FleetQuota {
             args.push(if sc.slot { "1" } else { "0" }.to_owned());
         }
         self.cluster
-            .run_script(&self.settle, &keys, &args)
+            .run_script(SETTLE, &keys, &args)
             .await
             .map(|_| ())
     }
@@ -689,7 +675,7 @@ impl FleetHold {
 
     /// Mid-stream, for hard caps: grow the hold to cover `so_far`, within what each line had
     /// left at admission. `Err` means the answer must stop here.
-    pub fn extend(&mut self, so_far: Spend) -> Result<(), BudgetExceeded> {
+    pub fn extend(&self, so_far: Spend) -> Result<(), BudgetExceeded> {
         for l in &self.lines {
             let more = so_far.saturating_sub(l.reserved);
             let over_t = l.tokens_cap.is_some() && more.tokens > l.left.tokens;
@@ -712,9 +698,6 @@ impl FleetHold {
                     resets_at: next_period_start(l.period, period_start(l.period, now_millis())),
                 });
             }
-        }
-        for l in &mut self.lines {
-            l.held = l.held.max(so_far);
         }
         Ok(())
     }

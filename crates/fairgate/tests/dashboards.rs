@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::cluster::metrics_text;
 use common::*;
 use fairgate_sim::SimConfig;
 use serde_json::Value;
@@ -44,7 +45,7 @@ fn chart_queries() -> Vec<(String, String)> {
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
         for line in text.lines() {
             if let Some(q) = line.trim().strip_prefix("query:") {
-                // Templated queries are checked in their rendered form (see `rendered_queries`).
+                // Templated queries are checked in their rendered form (see `rendered_chart_queries`).
                 if q.contains("fairgate_") && !q.contains("{{") {
                     out.push((
                         e.file_name().to_string_lossy().into_owned(),
@@ -255,16 +256,7 @@ async fn every_dashboard_and_chart_query_names_exported_metrics_and_labels() {
 
     let mut missing = Vec::new();
     for _ in 0..100 {
-        let text = gw
-            .http
-            .get(format!("{}/metrics", gw.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let series = exposition(&text);
+        let series = exposition(&metrics_text(&gw).await);
         missing.clear();
         for (file, q) in &queries {
             let names = metric_names(q);

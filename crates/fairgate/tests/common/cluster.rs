@@ -55,17 +55,22 @@ pub async fn status(gw: &TestGateway, key: &str) -> u16 {
         .as_u16()
 }
 
-pub async fn metric(gw: &TestGateway, name: &str) -> f64 {
-    let text = gw
-        .http
+/// `gw`'s `/metrics` text.
+pub async fn metrics_text(gw: &TestGateway) -> String {
+    gw.http
         .get(format!("{}/metrics", gw.base))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+pub async fn metric(gw: &TestGateway, name: &str) -> f64 {
+    metrics_text(gw)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
