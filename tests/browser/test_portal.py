@@ -1,5 +1,5 @@
 """The portal in real headless Chromium: sign-in, keys, history, usage, the operator's live
-fair-share view, tenant and group management, the backends page (add, drain, live refresh,
+fair-share view and telemetry (live charts, a user's own last hour), tenant and group management, the backends page (add, drain, live refresh,
 remove), the audit log and role checks. Explicit waits only."""
 
 from __future__ import annotations
@@ -174,6 +174,63 @@ def test_operator_changes_weight_live_and_it_is_audited(driver, gateway):
     assert hits, [r.text for r in rows]
     assert gateway["portal_email"] in hits[0], hits[0]
     shot(driver, "07-audit")
+
+
+def requests_in(el) -> int:
+    """The request count a telemetry summary line starts with (`12 requests · ...`)."""
+    return int(el.text.split()[0])
+
+
+def test_operator_watches_telemetry_live_and_a_user_sees_their_own(driver, gateway, make_user):
+    email, password = make_user("user")
+    status, text = http_json("POST", gateway["admin_url"] + "/keys", token=gateway["admin_token"],
+                             body={"tenant": "demo", "name": f"tele-{uuid.uuid4().hex[:8]}", "user": email})
+    assert status == 201, f"creating a key for {email}: HTTP {status}: {text[:500]}"
+    key = json.loads(text)["key"]
+    for _ in range(3):
+        status, text = chat(gateway, key)
+        assert status == 200, f"chat: HTTP {status}: {text[:300]}"
+
+    # The operator's page: per-model charts drawn, the top lists name the tenant.
+    portal = gateway["portal_url"]
+    sign_in(driver, gateway, gateway["portal_email"], gateway["portal_password"])
+    driver.find_element(By.LINK_TEXT, "Telemetry").click()
+    wait(driver).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "main h1"), "Operator: telemetry"))
+    summary = (By.CSS_SELECTOR, "section[data-model='sim-llama'] p.summary")
+    before = requests_in(driver.find_element(*summary))
+    assert before >= 3, driver.find_element(*summary).text
+    assert driver.find_elements(By.CSS_SELECTOR, "section[data-model='sim-llama'] svg polyline"), \
+        "no line drawn for sim-llama"
+    tops = driver.find_element(By.CSS_SELECTOR, "section.top[aria-label='Tenants by tokens']").text
+    assert "demo" in tops, tops
+
+    # Live: more traffic shows up without a reload (the page's script swaps the fragment in).
+    driver.execute_script("window.__same_page = true")
+    for _ in range(4):
+        status, text = chat(gateway, gateway["key"])
+        assert status == 200, f"chat with the demo key: HTTP {status}: {text[:300]}"
+    WebDriverWait(driver, WAIT_S, poll_frequency=0.5, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: requests_in(d.find_element(*summary)) >= before + 4,
+        "the telemetry page never showed the new requests")
+    assert driver.execute_script("return window.__same_page === true"), "the page was reloaded"
+    shot(driver, "08-telemetry")
+
+    # The user's own last hour, on the usage page: exactly their requests, updated live.
+    driver.delete_all_cookies()
+    sign_in(driver, gateway, email, password)
+    open_page(driver, portal + "/usage", "Your usage")
+    mine = (By.CSS_SELECTOR, "#my-telemetry p.summary")
+    assert requests_in(driver.find_element(*mine)) == 3, driver.find_element(*mine).text
+    driver.execute_script("window.__same_page = true")
+    for _ in range(2):
+        status, text = chat(gateway, key)
+        assert status == 200, f"chat: HTTP {status}: {text[:300]}"
+    WebDriverWait(driver, WAIT_S, poll_frequency=0.5, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: requests_in(d.find_element(*mine)) == 5,
+        "the usage page never showed the user's new requests")
+    assert driver.execute_script("return window.__same_page === true"), "the page was reloaded"
+    assert driver.find_elements(By.CSS_SELECTOR, "#my-telemetry svg polyline, #my-telemetry svg circle")
+    shot(driver, "09-my-telemetry")
 
 
 def submit(driver, form, button: str) -> None:

@@ -5,7 +5,8 @@
 //! answer from [`cache`], queue for a slot in [`admission`], send and fail over, relay the
 //! answer, settle the ledger row) → [`error`] maps every refusal to one OpenAI-shaped body.
 //! [`state`] holds what all handlers share; [`config`] is the file and its environment
-//! overrides; [`metrics`] serves Prometheus numbers; [`router`] picks a backend (pure);
+//! overrides; [`metrics`] serves Prometheus numbers; [`telemetry`] keeps the last hour in
+//! rolling windows for the portal; [`router`] picks a backend (pure);
 //! [`limits`] and [`proxy_limits`] bound what hostile input may cost; [`serving`] is the HTTP
 //! server with graceful shutdown.
 //!
@@ -31,5 +32,6 @@ pub mod router;
 pub mod routes;
 pub mod serving;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;

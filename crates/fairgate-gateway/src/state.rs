@@ -49,6 +49,8 @@ pub struct AppState {
     pub stopping: CancellationToken,
     /// The other replicas, with `[cluster]`; `None` for a single process.
     pub cluster: Option<Arc<fairgate_cluster::Cluster>>,
+    /// The last hour of this replica's traffic, for the portal's telemetry pages.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl AppState {
@@ -156,6 +158,29 @@ pub fn start_anonymous_summaries(st: &Arc<AppState>) {
             }
             let Some(st) = weak.upgrade() else { return };
             write_anonymous_summary(&st);
+        }
+    });
+}
+
+/// Starts the task that samples every model's fair-queue depth into the telemetry windows once
+/// a second (queue depth is a level, not an event, so it is sampled rather than recorded).
+pub fn start_telemetry_sampler(st: &Arc<AppState>) {
+    let weak: Weak<AppState> = Arc::downgrade(st);
+    let stop = st.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let Some(st) = weak.upgrade() else { return };
+            let now = fairgate_types::now_millis();
+            for pool in &st.upstreams.pools {
+                st.telemetry
+                    .sample_queue(now, &pool.name, pool.fair.queued() as u64);
+            }
         }
     });
 }

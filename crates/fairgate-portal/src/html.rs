@@ -68,7 +68,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: &str) -> String {
             out.push_str("<a href=\"/portal/tenant\">Tenant</a>");
         }
         if v.role == Role::Operator {
-            out.push_str("<a href=\"/portal/operator\">Fair share</a><a href=\"/portal/operator/tenants\">Manage tenants</a><a href=\"/portal/operator/backends\">Backends</a><a href=\"/portal/audit\">Audit log</a>");
+            out.push_str("<a href=\"/portal/operator\">Fair share</a><a href=\"/portal/operator/telemetry\">Telemetry</a><a href=\"/portal/operator/tenants\">Manage tenants</a><a href=\"/portal/operator/backends\">Backends</a><a href=\"/portal/audit\">Audit log</a>");
         }
         let _ = write!(
             out,
@@ -198,6 +198,153 @@ pub fn bar_chart(title: &str, bars: &[(String, u64)]) -> String {
     out
 }
 
+/// One line of a [`line_chart`]: its name (the legend) and a value per step; `None` is a gap.
+pub struct Line<'a> {
+    pub name: &'a str,
+    pub values: Vec<Option<f64>>,
+}
+
+/// A line chart over time (inline SVG, drawn on the server so it needs no script), with the
+/// latest values as text in its caption so it reads without colour or sight. `span_label`
+/// names the left edge of the x axis (e.g. `60 min ago`); the right edge is now. Lines are
+/// told apart by class (`s0`, `s1`, ..., coloured by the stylesheet) and the legend.
+pub fn line_chart(title: &str, unit: &str, span_label: &str, lines: &[Line<'_>]) -> String {
+    const W: f64 = 600.0;
+    const H: f64 = 150.0;
+    const LEFT: f64 = 48.0;
+    const TOP: f64 = 8.0;
+    const BOTTOM: f64 = 128.0;
+    let n = lines.iter().map(|l| l.values.len()).max().unwrap_or(0);
+    let max = lines
+        .iter()
+        .flat_map(|l| l.values.iter().flatten())
+        .fold(0.0f64, |a, &v| if v.is_finite() { a.max(v) } else { a });
+    let top = nice_ceiling(max);
+    let x = |i: usize| {
+        if n <= 1 {
+            W - 4.0
+        } else {
+            LEFT + (W - 4.0 - LEFT) * i as f64 / (n - 1) as f64
+        }
+    };
+    let y = |v: f64| BOTTOM - (BOTTOM - TOP) * (v / top).clamp(0.0, 1.0);
+    let latest: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let v = l.values.iter().rev().flatten().next();
+            format!(
+                "{} {}",
+                l.name,
+                v.map_or("—".to_owned(), |v| format!("{} {unit}", short_num(*v)))
+            )
+        })
+        .collect();
+    let label = format!("{title}; latest: {}", latest.join(", "));
+    let mut out = format!(
+        "<figure class=\"chart\"><figcaption>{} <span class=\"muted\">{}</span></figcaption>\
+         <svg role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {W} {H}\" width=\"100%\" preserveAspectRatio=\"xMinYMin meet\">",
+        esc(title),
+        esc(&latest.join(" · ")),
+        esc(&label)
+    );
+    // Axes: the top value and zero on the left, the span below.
+    let _ = write!(
+        out,
+        "<line class=\"axis\" x1=\"{LEFT}\" y1=\"{BOTTOM}\" x2=\"{}\" y2=\"{BOTTOM}\"></line>\
+         <line class=\"grid\" x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{}\" y2=\"{TOP}\"></line>\
+         <text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\" fill=\"currentColor\">{}</text>\
+         <text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\" fill=\"currentColor\">0</text>\
+         <text x=\"{LEFT}\" y=\"{}\" font-size=\"11\" fill=\"currentColor\">{}</text>\
+         <text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\" fill=\"currentColor\">now</text>",
+        W - 4.0,
+        W - 4.0,
+        LEFT - 4.0,
+        TOP + 8.0,
+        esc(&short_num(top)),
+        LEFT - 4.0,
+        BOTTOM,
+        BOTTOM + 16.0,
+        esc(span_label),
+        W - 4.0,
+        BOTTOM + 16.0,
+    );
+    for (k, l) in lines.iter().enumerate() {
+        // Runs of known values, each one polyline (a lone point is drawn as a dot).
+        let mut run: Vec<(f64, f64)> = Vec::new();
+        let flush = |run: &mut Vec<(f64, f64)>, out: &mut String| {
+            match run.len() {
+                0 => {}
+                1 => {
+                    let _ = write!(
+                        out,
+                        "<circle class=\"s{k}\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\"></circle>",
+                        run[0].0, run[0].1
+                    );
+                }
+                _ => {
+                    let pts: Vec<String> =
+                        run.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
+                    let _ = write!(
+                        out,
+                        "<polyline class=\"s{k}\" points=\"{}\"></polyline>",
+                        pts.join(" ")
+                    );
+                }
+            }
+            run.clear();
+        };
+        for (i, v) in l.values.iter().enumerate() {
+            match v {
+                Some(v) if v.is_finite() => run.push((x(i), y(*v))),
+                _ => flush(&mut run, &mut out),
+            }
+        }
+        flush(&mut run, &mut out);
+    }
+    out.push_str("</svg><p class=\"legend\">");
+    for (k, l) in lines.iter().enumerate() {
+        let _ = write!(out, "<span class=\"key s{k}\">{}</span>", esc(l.name));
+    }
+    out.push_str("</p></figure>");
+    out
+}
+
+/// The smallest of 1, 2, 5 × 10^k at or above `v` (at least 1): a chart's top.
+fn nice_ceiling(v: f64) -> f64 {
+    if v.is_nan() || v <= 1.0 {
+        return 1.0;
+    }
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * p)
+        .find(|&c| c >= v)
+        .unwrap_or(10.0 * p)
+}
+
+/// A number as a chart label: at most three significant digits, `k` and `M` for large ones.
+pub fn short_num(v: f64) -> String {
+    fn trim(s: String) -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        } else {
+            s
+        }
+    }
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{}M", trim(format!("{:.2}", v / 1e6)))
+    } else if a >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        trim(format!("{v:.1}"))
+    } else {
+        trim(format!("{v:.2}"))
+    }
+}
+
 /// Micros in the currency unit, with at least two decimals: `12.50`, `0.000001`.
 pub fn fmt_money(micros: u64) -> String {
     let mut frac = format!("{:06}", micros % 1_000_000);
@@ -217,6 +364,43 @@ mod tests {
             esc(r#"<script>"a" & 'b'</script>"#),
             "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;"
         );
+    }
+
+    #[test]
+    fn line_charts_draw_runs_and_gaps() {
+        let c = line_chart(
+            "TTFT <ms>",
+            "ms",
+            "60 min ago",
+            &[
+                Line {
+                    name: "p50",
+                    values: vec![Some(10.0), Some(20.0), None, Some(40.0)],
+                },
+                Line {
+                    name: "p95",
+                    values: vec![None, None, None, None],
+                },
+            ],
+        );
+        assert!(c.contains("TTFT &lt;ms&gt;"));
+        // Two known values, a gap, then a lone point.
+        assert_eq!(c.matches("<polyline class=\"s0\"").count(), 1);
+        assert_eq!(c.matches("<circle class=\"s0\"").count(), 1);
+        assert!(!c.contains("class=\"s1\" points"));
+        // The top of the axis is a round number over the largest value; the caption says the
+        // latest values.
+        assert!(c.contains(">50</text>"), "{c}");
+        assert!(c.contains("p50 40 ms"), "{c}");
+        assert_eq!(short_num(0.0), "0");
+        assert_eq!(short_num(12.5), "12.5");
+        assert!(c.contains("p95 —"), "{c}");
+        assert_eq!(nice_ceiling(0.3), 1.0);
+        assert_eq!(nice_ceiling(7.0), 10.0);
+        assert_eq!(nice_ceiling(120.0), 200.0);
+        assert_eq!(short_num(12_345.0), "12k");
+        assert_eq!(short_num(2_500_000.0), "2.5M");
+        assert_eq!(short_num(0.25), "0.25");
     }
 
     #[test]

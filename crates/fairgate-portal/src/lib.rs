@@ -1,5 +1,6 @@
 //! The browser portal at `/portal`: people sign in and manage their own keys, usage and
-//! history and see the models they may use; operators watch fair share live, manage tenants,
+//! history and see the models they may use; operators watch fair share and telemetry live
+//! ([`telemetry`]), manage tenants,
 //! groups, limits and budgets, and watch and change models' backends ([`operator`]).
 //! Server-rendered HTML from the same binary; the little script there is (copy button,
 //! playground, live views) is one static file, `/portal/static/app.js`.
@@ -31,6 +32,7 @@ pub mod operator;
 pub mod reports;
 mod session;
 mod signin;
+pub mod telemetry;
 pub mod throttle;
 mod usage;
 mod users;
@@ -211,6 +213,11 @@ portal_routes! {
     GET "/export.csv" => reports::export_csv,
     GET "/operator" => operator::fair_share::operator_page,
     GET "/api/scheduler" => operator::fair_share::scheduler_json,
+    GET "/operator/telemetry" => telemetry::operator_page,
+    GET "/operator/telemetry/live" => telemetry::operator_live,
+    GET "/api/telemetry" => telemetry::operator_json,
+    GET "/usage/live" => telemetry::my_live,
+    GET "/api/telemetry/me" => telemetry::my_json,
     GET "/operator/tenants" => operator::tenants::tenants_page,
     POST "/operator/tenants" => operator::tenants::create_tenant,
     GET "/operator/tenants/{name}" => operator::tenants::tenant_page,

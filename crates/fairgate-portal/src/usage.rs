@@ -71,6 +71,7 @@ pub(crate) async fn usage_page(
         &["Model", "Requests", "Prompt tokens", "Completion tokens"],
         &table_rows,
     ));
+    body.push_str(&crate::telemetry::my_section(&st, &s));
     if s.user().role >= Role::TenantAdmin {
         body.push_str(&reports::export_form(None));
     }

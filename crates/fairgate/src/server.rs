@@ -26,7 +26,8 @@ use fairgate_gateway::metrics::Metrics;
 use fairgate_gateway::proxy_limits::ProxyLimits;
 use fairgate_gateway::routes::largest_body;
 use fairgate_gateway::state::{
-    refresh_directory, start_anonymous_summaries, sync_directory, write_anonymous_summary,
+    refresh_directory, start_anonymous_summaries, start_telemetry_sampler, sync_directory,
+    write_anonymous_summary,
 };
 use fairgate_gateway::upstream::{http_client, Upstreams};
 use fairgate_portal::PortalState;
@@ -124,6 +125,7 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             proxy_limits,
             stopping: CancellationToken::new(),
+            telemetry: Default::default(),
         });
         sync_directory(&state).await;
         let portal = Arc::new(PortalState::new(state.clone()));
@@ -215,6 +217,7 @@ impl Gateway {
             state.config.ledger.retention_days,
         );
         start_anonymous_summaries(&state);
+        start_telemetry_sampler(&state);
         let app = self.router();
         let result = fairgate_gateway::serving::serve(listener, app, state.clone(), shutdown)
             .await

@@ -60,6 +60,23 @@ const ROUTES: &[Row] = &[
     ("GET", "/api/scheduler", Operator, "/api/scheduler", &[]),
     (
         "GET",
+        "/operator/telemetry",
+        Operator,
+        "/operator/telemetry",
+        &[],
+    ),
+    (
+        "GET",
+        "/operator/telemetry/live",
+        Operator,
+        "/operator/telemetry/live",
+        &[],
+    ),
+    ("GET", "/api/telemetry", Operator, "/api/telemetry", &[]),
+    ("GET", "/usage/live", User, "/usage/live", &[]),
+    ("GET", "/api/telemetry/me", User, "/api/telemetry/me", &[]),
+    (
+        "GET",
         "/operator/tenants",
         Operator,
         "/operator/tenants",

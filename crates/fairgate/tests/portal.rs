@@ -1550,3 +1550,136 @@ async fn the_live_view_shows_each_tenants_time_to_first_token() {
     );
     gw.shutdown().await;
 }
+
+/// The telemetry pages: the operator's per-model series and top lists add up to the ledger,
+/// the queue depth is sampled, and a person sees exactly their own requests.
+#[tokio::test]
+async fn telemetry_adds_up_to_the_ledger_and_each_person_sees_their_own() {
+    let sim = Sim::start(SimConfig::instant("m")).await;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let gw = TestGateway::start(Setup::one("m", &sim.url, 8), &db.url).await;
+    gw.tenant("lab", 1).await;
+    gw.tenant("other", 1).await;
+    user(&gw, "ada@example.org", "user", Some("lab")).await;
+    user(&gw, "ops@example.org", "operator", None).await;
+    let ada_key = user_key(&gw, "lab", "ada@example.org").await;
+    let (_, other_key) = gw.key("other", None).await;
+    for n in [3, 5, 7] {
+        call(&gw, &ada_key, n).await;
+    }
+    for _ in 0..2 {
+        let r = gw
+            .post(&other_key, "/v1/chat/completions", chat("m", 20, true))
+            .await;
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+    }
+    let rows = gw.wait_rows(None, 5).await;
+    let of = |tenant: &str, f: &str| -> u64 {
+        rows.iter()
+            .filter(|r| r["tenant"] == tenant)
+            .map(|r| r[f].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let ops = session_cookie(&sign_in(&gw, "ops@example.org", PASSWORD).await);
+    let ada = session_cookie(&sign_in(&gw, "ada@example.org", PASSWORD).await);
+
+    // The queue depth is sampled once a second, so it appears shortly after start.
+    let mut o = Value::Null;
+    for _ in 0..50 {
+        let (s, body) = get_page(&gw, &ops, "/portal/api/telemetry?minutes=15").await;
+        assert_eq!(s, 200, "{body}");
+        o = serde_json::from_str(&body).unwrap();
+        if o["models"][0]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["queue_depth"].is_number())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let m = &o["models"][0];
+    assert_eq!(m["model"], "m", "{o}");
+    assert_eq!(m["requests"], 5, "{m}");
+    assert_eq!(m["errors"], 0, "{m}");
+    assert_eq!(
+        m["tokens_in"].as_u64().unwrap(),
+        of("lab", "prompt_tokens") + of("other", "prompt_tokens")
+    );
+    assert_eq!(
+        m["tokens_out"].as_u64().unwrap(),
+        of("lab", "completion_tokens") + of("other", "completion_tokens")
+    );
+    assert!(m["ttft_p50_ms"].is_number(), "{m}");
+    let points = m["points"].as_array().unwrap();
+    assert_eq!(points.len(), 90, "15 minutes in 10-second steps");
+    assert!(
+        points.iter().any(|p| p["queue_depth"] == 0.0),
+        "the queue was sampled: {m}"
+    );
+    let per_s: f64 = points
+        .iter()
+        .map(|p| p["requests_per_s"].as_f64().unwrap() * 10.0)
+        .sum();
+    assert!((per_s - 5.0).abs() < 1e-6, "{per_s}");
+    let tenants = o["top_tenants_by_tokens"].as_array().unwrap();
+    let tokens_of = |t: &str| of(t, "prompt_tokens") + of(t, "completion_tokens");
+    let (first, second) = if tokens_of("other") >= tokens_of("lab") {
+        ("other", "lab")
+    } else {
+        ("lab", "other")
+    };
+    assert_eq!(tenants[0]["name"], first, "{o}");
+    assert_eq!(tenants[1]["name"], second, "{o}");
+    assert_eq!(tenants[0]["tokens"].as_u64().unwrap(), tokens_of(first));
+    let users = o["top_users_by_tokens"].as_array().unwrap();
+    let ada_row = users
+        .iter()
+        .find(|u| u["name"] == "ada@example.org")
+        .unwrap_or_else(|| panic!("ada among the top users: {o}"));
+    assert_eq!(ada_row["requests"], 3);
+    assert_eq!(ada_row["tokens"].as_u64().unwrap(), tokens_of("lab"));
+
+    // The page draws the charts; its live fragment is the same without the layout.
+    let (s, page) = get_page(&gw, &ops, "/portal/operator/telemetry").await;
+    assert_eq!(s, 200);
+    for want in [
+        "data-model=\"m\"",
+        "<polyline",
+        "Time to first token",
+        "Queue depth",
+        "Prefix-cache hit rate",
+        "Users by spend",
+        "data-live-src=\"/portal/operator/telemetry/live?minutes=60\"",
+    ] {
+        assert!(page.contains(want), "{want} missing from the page");
+    }
+    let (s, live) = get_page(&gw, &ops, "/portal/operator/telemetry/live").await;
+    assert_eq!(s, 200);
+    assert!(live.contains("data-model=\"m\"") && !live.contains("<html"));
+
+    // Ada sees her three requests, and not the other tenant's two.
+    let (s, body) = get_page(&gw, &ada, "/portal/api/telemetry/me").await;
+    assert_eq!(s, 200);
+    let me: Value = serde_json::from_str(&body).unwrap();
+    let minutes = me["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    let total = |f: &str| -> u64 { minutes.iter().map(|p| p[f].as_u64().unwrap()).sum() };
+    assert_eq!(total("requests"), 3);
+    assert_eq!(total("tokens_out"), of("lab", "completion_tokens"));
+    assert!(minutes.iter().any(|p| p["ttft_p50_ms"].is_number()));
+    let (_, usage) = get_page(&gw, &ada, "/portal/usage").await;
+    assert!(usage.contains("id=\"my-telemetry\"") && usage.contains("Your time to first token"));
+    let (s, live) = get_page(&gw, &ada, "/portal/usage/live").await;
+    assert_eq!(s, 200);
+    assert!(
+        live.contains(&format!("3 requests · {} tokens", tokens_of("lab"))),
+        "{live}"
+    );
+    // The operator's numbers are not a user's to see.
+    let (s, _) = get_page(&gw, &ada, "/portal/api/telemetry").await;
+    assert_eq!(s, 403);
+    gw.shutdown().await;
+}

@@ -184,6 +184,20 @@ impl Tracker {
                 .with_label_values(&[model])
                 .observe(self.overhead_before.as_secs_f64());
         }
+        self.st.telemetry.record(&crate::telemetry::Finished {
+            now_ms: now_millis(),
+            // Bounded like the metric labels: a model name the client made up counts as
+            // `_unknown`.
+            model: m.labels().clean(crate::metrics::Kind::Model, model),
+            tenant,
+            user: self.row.user.as_deref(),
+            status: self.row.status,
+            prompt_tokens: self.row.prompt_tokens,
+            completion_tokens: self.row.completion_tokens,
+            cached_tokens: self.row.cached_tokens,
+            cost_micros: self.row.cost.0,
+            ttft_ms: self.row.ttft_ms,
+        });
         if self.suppressed {
             return;
         }

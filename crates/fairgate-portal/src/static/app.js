@@ -94,3 +94,13 @@ async function refresh(){try{const r=await fetch('/portal/api/backends',{credent
  catch(e){say('Live updates stopped (has the session ended?): reload the page.');}}
 setInterval(refresh,2000);
 })();
+
+// Telemetry (operators' and each person's own): an element with data-live-src is replaced every
+// 5 s by the server-drawn fragment at that address, so the charts are drawn in one place.
+(function(){
+const els=[...document.querySelectorAll('[data-live-src]')];if(!els.length)return;
+async function refresh(el){try{const r=await fetch(el.dataset.liveSrc,{credentials:'same-origin',headers:{'Accept':'text/html'}});
+ if(!r.ok||!(r.headers.get('content-type')||'').includes('text/html'))return;
+ const h=await r.text();if(el.dataset.h!==h){el.innerHTML=h;el.dataset.h=h;el.dataset.updated=String(Date.now());}}catch(e){}}
+setInterval(()=>els.forEach(refresh),5000);
+})();
