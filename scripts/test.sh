@@ -156,6 +156,22 @@ fi
 step "deployment checks (scripts/test_deploy.sh)"
 FAIRGATE_BIN="$FAIRGATE_BIN" ./scripts/test_deploy.sh
 
+# Slurm job templates (deploy/slurm): dry-run renders, sbatch --test-only, both templates run as
+# real jobs through slurmrestd on the local single-node Slurm. scripts/slurm/local-slurm.sh starts
+# it when .ci/run has not (needs root; installs the packages with apt-get); its exports also point
+# the Rust tests at it. Without it the Slurm checks skip locally and fail under CI.
+step "Slurm job templates (scripts/test_slurm_templates.sh)"
+if [ -z "${FAIRGATE_SLURM_REST:-}" ]; then
+    if slurm_env="$(./scripts/slurm/local-slurm.sh)"; then
+        eval "$slurm_env"
+    elif in_ci; then
+        die "the local Slurm did not start (scripts/slurm/local-slurm.sh, see above)"
+    else
+        warn "the local Slurm did not start (see above): the Slurm checks will SKIP"
+    fi
+fi
+FAIRGATE_BIN="$FAIRGATE_BIN" ./scripts/test_slurm_templates.sh
+
 # The binary as the image runs it: uid 65532, no capabilities, read-only root, data on a tmpfs.
 step "the binary as the image runs it (scripts/deploy/run_like_image.py)"
 set +e

@@ -1,5 +1,6 @@
 //! The admin API under `/admin/v1`: tenants, groups, keys and their policies, usage and ledger
-//! rows, live scheduler and budget state, and config reload, as JSON.
+//! rows, live scheduler and budget state, Slurm jobs and their SU report, and config reload,
+//! as JSON.
 //!
 //! Every route requires `Authorization: Bearer <admin token>` (compared in constant time); with
 //! no token configured the whole API answers 401, so a forgotten token never means an open
@@ -30,6 +31,7 @@ use fairgate_gateway::error::ApiError;
 use fairgate_gateway::state::AppState;
 
 pub mod backends;
+mod slurm;
 
 /// The admin API's routes with their state, to be nested under `/admin/v1`.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -67,6 +69,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/models/{model}/backends/drain", post(backends::drain))
         .route("/models/{model}/backends/resume", post(backends::resume))
         .route("/models/{model}/backends/remove", post(backends::remove))
+        .route("/slurm/su", get(slurm::su_report))
+        .route("/slurm/jobs", get(slurm::jobs))
+        .route("/slurm", get(slurm::status))
         .fallback(|req: Request| async move {
             ApiError::RouteNotFound(format!("{} {}", req.method(), req.uri().path()))
         })
@@ -380,7 +385,7 @@ fn parse_time(field: &str, s: &str) -> Result<UnixMillis, ApiError> {
         })
 }
 
-async fn flush_ledger(st: &AppState) -> Result<(), ApiError> {
+pub(crate) async fn flush_ledger(st: &AppState) -> Result<(), ApiError> {
     // Finished requests enqueue their rows before their responses complete, so a flush
     // issued now is ordered after them (unless the queue was full; see `Tracker::record`).
     st.ledger

@@ -51,6 +51,9 @@ pub struct AppState {
     pub cluster: Option<Arc<fairgate_cluster::Cluster>>,
     /// The last hour of this replica's traffic, for the portal's telemetry pages.
     pub telemetry: crate::telemetry::Telemetry,
+    /// What the Slurm provisioner last reported (its models and jobs), when this replica runs
+    /// it; read by the admin API and the operator pages.
+    pub provisioner: arc_swap::ArcSwapOption<serde_json::Value>,
 }
 
 impl AppState {

@@ -211,6 +211,7 @@ portal_routes! {
     GET "/models" => reports::models_page,
     GET "/tenant" => reports::tenant_page,
     GET "/export.csv" => reports::export_csv,
+    GET "/export-su.csv" => reports::export_su_csv,
     GET "/operator" => operator::fair_share::operator_page,
     GET "/api/scheduler" => operator::fair_share::scheduler_json,
     GET "/operator/telemetry" => telemetry::operator_page,

@@ -1,6 +1,7 @@
 //! Read-only portal pages over models, a tenant and its usage: `/portal/models` (anyone
 //! signed in; counts, never backend addresses), `/portal/tenant` and `/portal/export.csv` (tenant admins for their own tenant,
-//! operators for any). Each handler's extractor checks the role on the server.
+//! operators for any), `/portal/export-su.csv` (operators: the Slurm jobs' SU report). Each
+//! handler's extractor checks the role on the server.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use serde::Deserialize;
 
 use super::html::{esc, form, page, stacked_table, table};
 use super::{fmt_time, Refusal};
-use crate::session::{Signed, SignedIn, TenantAdmin};
+use crate::session::{Operator, Signed, SignedIn, TenantAdmin};
 use crate::PortalState;
 use fairgate_gateway::upstream::ModelPool;
 
@@ -570,20 +571,94 @@ pub(super) async fn export_csv(
         .usage_by_user(tenant.as_deref(), day_millis(since), day_millis(until))
         .await?;
     let totals = aggregate(&rows);
-    let mut resp = to_csv(&totals).into_response();
+    Ok(csv_download(
+        to_csv(&totals),
+        &format!("fairgate-usage-{since}-{until}.csv"),
+    ))
+}
+
+/// A CSV body as a download named `filename` (which must need no quoting: dates print as
+/// digits and dashes only).
+fn csv_download(body: String, filename: &str) -> Response {
+    let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/csv; charset=utf-8"),
     );
-    // Dates print as digits and dashes only, so the header value is always valid.
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "attachment; filename=\"fairgate-usage-{since}-{until}.csv\""
-    )) {
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    resp
+}
+
+// ---- SU report ----------------------------------------------------------------------
+
+/// The operator's "download the SU report as CSV" form (a GET, like [`export_form`]).
+pub(super) fn su_export_form() -> String {
+    let (since, until) = this_month();
+    format!(
+        "<h2>Export Slurm SUs</h2><p class=\"muted\">Each Slurm job's SUs per UTC day, split \
+         among tenants by the tokens the job served them; <code>(idle)</code> when it served \
+         none that day.</p><form method=\"get\" action=\"/portal/export-su.csv\">\
+         <div class=\"grid\"><label>From (UTC, inclusive) <input type=\"date\" name=\"since\" value=\"{since}\"></label>\
+         <label>Until (UTC, exclusive) <input type=\"date\" name=\"until\" value=\"{until}\"></label></div>\
+         <button type=\"submit\">Download SU CSV</button> \
+         <a href=\"/portal/export-su.csv\">this month's SUs as CSV</a></form>"
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct SuExportQuery {
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+}
+
+/// The SU report's lines as CSV. Numbers are printed as Rust prints them (the shortest text
+/// that reads back as the same value), so they match the admin API's JSON exactly.
+fn su_csv(lines: &[fairgate_types::SuLine]) -> String {
+    let mut out = String::from("day,tenant,model,job_id,gpu_hours,sus,tokens,share\r\n");
+    for l in lines {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\r\n",
+            csv_field(&l.day),
+            csv_field(&l.tenant),
+            csv_field(&l.model),
+            csv_field(&l.job_id),
+            l.gpu_hours,
+            l.sus,
+            l.tokens,
+            l.share
+        ));
+    }
+    out
+}
+
+/// `GET /portal/export-su.csv?since=&until=` (operators): the SU report of `[since, until)`,
+/// UTC days, this month by default.
+pub(super) async fn export_su_csv(
+    State(st): State<Arc<PortalState>>,
+    _operator: Operator,
+    Query(q): Query<SuExportQuery>,
+) -> Result<Response, Refusal> {
+    let (first, next) = this_month();
+    let since = parse_day(q.since.as_deref(), first, "since")?;
+    let until = parse_day(q.until.as_deref(), next, "until")?;
+    if until <= since {
+        return Err(Refusal::BadRequest("`until` must be after `since`".into()));
+    }
+    let _ = st.ledger.flush().await;
+    let lines = st
+        .store
+        .su_report(day_millis(since), day_millis(until), now_millis())
+        .await?;
+    Ok(csv_download(
+        su_csv(&lines),
+        &format!("fairgate-su-{since}-{until}.csv"),
+    ))
 }
 
 /// What [`urlencode`] escapes: everything but RFC 3986 unreserved characters.
@@ -618,6 +693,25 @@ mod tests {
             "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
         );
         assert_eq!(csv_field("a=b"), "a=b");
+    }
+
+    #[test]
+    fn su_csv_escapes_text_and_prints_numbers_exactly() {
+        let line = fairgate_types::SuLine {
+            day: "2025-03-10".into(),
+            tenant: fairgate_types::IDLE_TENANT.into(),
+            model: "org/model,v2".into(),
+            job_id: "=1".into(),
+            gpu_hours: 0.1 + 0.2,
+            sus: 5212.8,
+            tokens: 0,
+            share: 1.0,
+        };
+        assert_eq!(
+            su_csv(&[line]),
+            "day,tenant,model,job_id,gpu_hours,sus,tokens,share\r\n\
+             2025-03-10,(idle),\"org/model,v2\",'=1,0.30000000000000004,5212.8,0,1\r\n"
+        );
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub(crate) async fn usage_page(
     if s.user().role >= Role::TenantAdmin {
         body.push_str(&reports::export_form(None));
     }
+    if s.user().role == Role::Operator {
+        body.push_str(&reports::su_export_form());
+    }
     Ok(Html(page("Your usage", Some(&s.viewer()), &body)))
 }
 

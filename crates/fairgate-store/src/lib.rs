@@ -30,6 +30,8 @@
 //!   rows to disk while the database is down and replays them when it returns.
 //! - [`spill`]: the append-only spill files.
 //! - `retention`: rolls old ledger rows into daily aggregates (`ledger_daily`).
+//! - `slurm`: Slurm jobs that serve models, and the SU report that splits their cost among
+//!   tenants by the tokens each job served them.
 
 pub mod db;
 pub mod ledger;
@@ -41,6 +43,7 @@ mod admin;
 mod backends;
 mod portal;
 mod rows;
+mod slurm;
 
 pub use backends::RuntimeBackend;
 pub use db::Store;
@@ -129,6 +132,12 @@ mod tests {
         is_send(s.usage(None, None, None));
         is_send(s.requests(None, 1));
         is_send(s.ledger_count());
+        is_send(s.slurm_jobs(0, 1));
+        is_send(s.su_report(0, 1, 1));
+        let j: Option<fairgate_types::SlurmJobRow> = None;
+        if let Some(j) = &j {
+            is_send(s.upsert_slurm_job(j));
+        }
         is_send(import_spill(&s, "x"));
         let registry = prometheus::Registry::new();
         let (h, w) = spawn_ledger(s.clone(), LedgerConfig::default(), &registry).unwrap();

@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "runtime_backends",
         sql: include_str!("../migrations/0006_runtime_backends.sql"),
     },
+    Migration {
+        version: 7,
+        name: "slurm_jobs",
+        sql: include_str!("../migrations/0007_slurm_jobs.sql"),
+    },
 ];
 
 /// Advisory lock key: "fairgate" in ASCII, so it is recognisable in `pg_locks`.

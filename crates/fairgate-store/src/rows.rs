@@ -62,13 +62,13 @@ impl Backend {
 
 /// Token counts are `u64` but stored as BIGINT. Nothing real reaches 2^63; clamping instead of
 /// failing keeps one absurd row from failing its whole batch forever.
-fn big(v: u64) -> i64 {
+pub(crate) fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Ledger text comes from clients; PostgreSQL rejects NUL in text, so replace it on both
 /// backends (keeping results identical) rather than let one row fail its batch forever.
-fn text(s: &str) -> String {
+pub(crate) fn text(s: &str) -> String {
     if s.contains('\0') {
         s.replace('\0', "\u{FFFD}")
     } else {
@@ -76,7 +76,7 @@ fn text(s: &str) -> String {
     }
 }
 
-fn opt_text(s: Option<&str>) -> Option<String> {
+pub(crate) fn opt_text(s: Option<&str>) -> Option<String> {
     s.map(text)
 }
 
@@ -194,7 +194,7 @@ pub struct UserUsage {
 /// for up to 2^31 rows, and values are never negative (everything is written through `big`).
 const SPLIT: i64 = 1 << 32;
 
-fn split_sum(col: &str) -> String {
+pub(crate) fn split_sum(col: &str) -> String {
     // SUM over BIGINT is NUMERIC on PostgreSQL, which Any cannot read; cast it back. COALESCE
     // turns the NULL of an empty sum into 0.
     format!(
@@ -204,7 +204,7 @@ fn split_sum(col: &str) -> String {
 }
 
 /// Joins the halves of [`split_sum`], saturating at `u64::MAX`.
-fn joined_sum(row: &AnyRow, col: &str) -> Result<u64, StoreError> {
+pub(crate) fn joined_sum(row: &AnyRow, col: &str) -> Result<u64, StoreError> {
     let hi = unsigned(row, &format!("{col}_hi"))?;
     let lo = unsigned(row, &format!("{col}_lo"))?;
     let total = u128::from(hi) * (SPLIT as u128) + u128::from(lo);

@@ -12,8 +12,8 @@ use fairgate_store::{
 };
 use fairgate_types::{
     AuditEntry, Budget, BudgetPeriod, Group, KeyId, KeyPolicy, KeyRecord, LedgerRow, Micros,
-    OnLimit, Outcome, Priority, RateLimits, RequestId, Role, Session, Tenant, TenantPolicy,
-    UsageRow, UsageSource, User,
+    OnLimit, Outcome, Priority, RateLimits, RequestId, Role, Session, SlurmJobRow, SuLine, Tenant,
+    TenantPolicy, UsageRow, UsageSource, User, IDLE_TENANT,
 };
 use prometheus::Registry;
 use rand::rngs::StdRng;
@@ -57,6 +57,8 @@ conformance!(
     upgrade_from_v2_keeps_rows,
     runtime_backends_roundtrip,
     runs_beside_a_newer_expanded_schema,
+    slurm_jobs_upsert_and_list,
+    su_report_splits_job_days_by_tokens,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2294,4 +2296,349 @@ async fn upgrade_from_v2_keeps_rows(db: Db) {
     let all: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
     assert_eq!(versions, all);
     raw.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slurm jobs and the SU report
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+/// 2025-03-10T00:00:00Z.
+const D0: i64 = 1_741_564_800_000;
+
+#[allow(clippy::too_many_arguments)]
+fn slurm_job(
+    id: &str,
+    model: &str,
+    gpus: u64,
+    su: f64,
+    submitted: i64,
+    started: Option<i64>,
+    ended: Option<i64>,
+    state: &str,
+) -> SlurmJobRow {
+    SlurmJobRow {
+        job_id: id.into(),
+        model: model.into(),
+        backend: format!("slurm-{id}"),
+        nodes: "gpu-01,gpu-02".into(),
+        gpus,
+        gpu_type: None,
+        su_per_gpu_hour_micros: fairgate_types::micro_sus(su),
+        submitted_at: submitted,
+        started_at: started,
+        ended_at: ended,
+        state: state.into(),
+        reason: None,
+    }
+}
+
+/// A ledger row of `tenant` served by the backend named `backend`.
+fn served(id: &str, ts: i64, tenant: &str, backend: &str, p: u64, c: u64) -> LedgerRow {
+    let mut r = row(id, ts, Some(tenant), Some("llama"), p, c);
+    r.backend = Some(backend.into());
+    r
+}
+
+async fn slurm_jobs_upsert_and_list(db: Db) {
+    let s = &db.store;
+    let (since, until) = (D0, D0 + 2 * DAY);
+    assert!(s.slurm_jobs(since, until).await.unwrap().is_empty());
+
+    let pending = slurm_job("1001", "llama", 8, 108.6, D0 + HOUR, None, None, "PENDING");
+    s.upsert_slurm_job(&pending).await.unwrap();
+    assert_eq!(
+        s.slurm_jobs(since, until).await.unwrap(),
+        vec![pending.clone()]
+    );
+
+    // Every field is replaced by the next upsert of the same job.
+    let done = SlurmJobRow {
+        nodes: "gpu-07".into(),
+        gpus: 4,
+        gpu_type: Some("a100".into()),
+        su_per_gpu_hour_micros: 108_600_000,
+        started_at: Some(D0 + 2 * HOUR),
+        ended_at: Some(D0 + 30 * HOUR),
+        state: "TIMEOUT".into(),
+        reason: Some("time limit, \"24h\"".into()),
+        model: "llama-70b".into(),
+        backend: "slurm-1001-b".into(),
+        submitted_at: D0 + HOUR / 2,
+        ..pending.clone()
+    };
+    s.upsert_slurm_job(&done).await.unwrap();
+    assert_eq!(
+        s.slurm_jobs(since, until).await.unwrap(),
+        vec![done.clone()]
+    );
+
+    let running_before = slurm_job(
+        "0999",
+        "m",
+        1,
+        1.0,
+        D0 - DAY,
+        Some(D0 - HOUR),
+        None,
+        "RUNNING",
+    );
+    let ended_before = slurm_job(
+        "0998",
+        "m",
+        1,
+        1.0,
+        D0 - 3 * DAY,
+        Some(D0 - 2 * DAY),
+        Some(D0),
+        "COMPLETED",
+    );
+    let pending_before = slurm_job("0997", "m", 1, 1.0, D0 - 1, None, None, "PENDING");
+    let starts_at_until = slurm_job("1005", "m", 1, 1.0, D0, Some(until), None, "RUNNING");
+    let never_ran = slurm_job(
+        "1003",
+        "m",
+        1,
+        1.0,
+        D0 + DAY,
+        None,
+        Some(D0 + DAY + 1),
+        "CANCELLED",
+    );
+    let pending_after = slurm_job("1006", "m", 1, 1.0, until, None, None, "PENDING");
+    for j in [
+        &running_before,
+        &ended_before,
+        &pending_before,
+        &starts_at_until,
+        &never_ran,
+        &pending_after,
+    ] {
+        s.upsert_slurm_job(j).await.unwrap();
+    }
+    // Runs that overlap [since, until) (a running one up to now) and jobs submitted in it that
+    // never ran, by submission time; ranges are half-open at both ends.
+    let ids: Vec<String> = s
+        .slurm_jobs(since, until)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(ids, ["0999", "1001", "1003"]);
+    let ids = |since: i64, until: i64| async move {
+        s.slurm_jobs(since, until)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.job_id)
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(ids(D0 - 2 * DAY, D0 - DAY).await, ["0998"]);
+    // A job that ran is listed by its run, not by when it was submitted.
+    assert!(ids(D0 - 3 * DAY, D0 - 2 * DAY).await.is_empty());
+    // By submission time.
+    assert_eq!(ids(D0 - DAY, D0).await, ["0998", "0999", "0997"]);
+}
+
+/// Compares report lines: text and tokens exactly, numbers to float rounding.
+fn assert_lines(got: &[SuLine], want: &[SuLine]) {
+    let key = |l: &SuLine| {
+        (
+            l.day.clone(),
+            l.tenant.clone(),
+            l.model.clone(),
+            l.job_id.clone(),
+            l.tokens,
+        )
+    };
+    assert_eq!(
+        got.iter().map(key).collect::<Vec<_>>(),
+        want.iter().map(key).collect::<Vec<_>>(),
+        "{got:#?}"
+    );
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            close(g.gpu_hours, w.gpu_hours) && close(g.sus, w.sus) && close(g.share, w.share),
+            "got {g:?}, want {w:?}"
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn su_line(
+    day: &str,
+    tenant: &str,
+    model: &str,
+    job: &str,
+    hours: f64,
+    su: f64,
+    tokens: u64,
+    share: f64,
+) -> SuLine {
+    SuLine {
+        day: day.into(),
+        tenant: tenant.into(),
+        model: model.into(),
+        job_id: job.into(),
+        gpu_hours: hours * share,
+        sus: hours * su * share,
+        tokens,
+        share,
+    }
+}
+
+async fn su_report_splits_job_days_by_tokens(db: Db) {
+    let s = &db.store;
+    let now = D0 + 2 * DAY + 12 * HOUR;
+    // A: 8 GPUs at 108.6 SU per GPU-hour, 18:00 on day 0 to 06:00 on day 1.
+    let a = slurm_job(
+        "1001",
+        "llama",
+        8,
+        108.6,
+        D0,
+        Some(D0 + 18 * HOUR),
+        Some(D0 + DAY + 6 * HOUR),
+        "COMPLETED",
+    );
+    // B: 2 GPUs at 50 SU, from day 1 on, still running at `now`.
+    let b = slurm_job(
+        "1002",
+        "mistral",
+        2,
+        50.0,
+        D0 + DAY - HOUR,
+        Some(D0 + DAY),
+        None,
+        "RUNNING",
+    );
+    // Never ran; and one that ran before the range.
+    let c = slurm_job("1003", "llama", 8, 108.6, D0 + DAY, None, None, "PENDING");
+    let e = slurm_job(
+        "1004",
+        "llama",
+        4,
+        10.0,
+        D0 - 3 * DAY,
+        Some(D0 - 2 * DAY),
+        Some(D0 - DAY),
+        "COMPLETED",
+    );
+    for j in [&a, &b, &c, &e] {
+        s.upsert_slurm_job(j).await.unwrap();
+    }
+    // Before any request, every job-day that ran is idle; the pending job has none.
+    let idle: Vec<(String, String)> = s
+        .su_report(D0, D0 + 2 * DAY, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.job_id, l.tenant))
+        .collect();
+    let idle_of = |j: &str| (j.to_owned(), IDLE_TENANT.to_owned());
+    assert_eq!(idle, [idle_of("1001"), idle_of("1001"), idle_of("1002")]);
+    s.insert_ledger_rows(&[
+        // A, day 0: alpha 100 tokens, beta 300 (two rows), delta a failure with none.
+        served("a0", D0 + 19 * HOUR, "alpha", "slurm-1001", 60, 40),
+        served("b0", D0 + 20 * HOUR, "beta", "slurm-1001", 100, 50),
+        served("b1", D0 + 23 * HOUR, "beta", "slurm-1001", 100, 50),
+        served("d0", D0 + 21 * HOUR, "delta", "slurm-1001", 0, 0),
+        // A, day 1: alpha 50, beta 50, gamma 100.
+        served("a1", D0 + DAY + HOUR, "alpha", "slurm-1001", 30, 20),
+        served("b2", D0 + DAY + 2 * HOUR, "beta", "slurm-1001", 50, 0),
+        served("g1", D0 + DAY + 6 * HOUR - 1, "gamma", "slurm-1001", 90, 10),
+        // A's backend outside A's run: not A's.
+        served("g0", D0 + 17 * HOUR, "gamma", "slurm-1001", 1000, 0),
+        served("g2", D0 + DAY + 6 * HOUR, "gamma", "slurm-1001", 1000, 0),
+        // Other backends, in A's and B's runs: not theirs.
+        served(
+            "x0",
+            D0 + 20 * HOUR,
+            "gamma",
+            "http://127.0.0.1:8000",
+            5000,
+            0,
+        ),
+        served("x1", D0 + DAY + 3 * HOUR, "gamma", "slurm-9999", 5000, 0),
+        served("x2", D0 + DAY + 3 * HOUR, "gamma", "slurm-10021", 5000, 0),
+        // B serves nobody on day 1; alpha on day 2 (outside the first range), through a LoRA
+        // adapter of B's model, which the ledger records under the adapter's name.
+        LedgerRow {
+            model: Some("mistral-sql-lora".into()),
+            ..served("a2", D0 + 2 * DAY + HOUR, "alpha", "slurm-1002", 7, 3)
+        },
+        // E's run, before the range.
+        served("e0", D0 - 2 * DAY + HOUR, "alpha", "slurm-1004", 7, 3),
+    ])
+    .await
+    .unwrap();
+
+    let (d0, d1, d2) = ("2025-03-10", "2025-03-11", "2025-03-12");
+    // A: 6 h × 8 GPUs = 48 GPU-hours on each day; B: 24 h × 2 GPUs on day 1.
+    let want = vec![
+        su_line(d0, "alpha", "llama", "1001", 48.0, 108.6, 100, 0.25),
+        su_line(d0, "beta", "llama", "1001", 48.0, 108.6, 300, 0.75),
+        su_line(d1, "alpha", "llama", "1001", 48.0, 108.6, 50, 0.25),
+        su_line(d1, "beta", "llama", "1001", 48.0, 108.6, 50, 0.25),
+        su_line(d1, "gamma", "llama", "1001", 48.0, 108.6, 100, 0.5),
+        su_line(d1, IDLE_TENANT, "mistral", "1002", 48.0, 50.0, 0, 1.0),
+    ];
+    let got = s.su_report(D0, D0 + 2 * DAY, now).await.unwrap();
+    assert_lines(&got, &want);
+    // Per job-day: the tenants' SUs add up to overlap hours × GPUs × factor, shares to 1.
+    for (day, job, total) in [
+        (d0, "1001", 48.0 * 108.6),
+        (d1, "1001", 48.0 * 108.6),
+        (d1, "1002", 48.0 * 50.0),
+    ] {
+        let part: Vec<&SuLine> = got
+            .iter()
+            .filter(|l| l.day == day && l.job_id == job)
+            .collect();
+        let sus: f64 = part.iter().map(|l| l.sus).sum();
+        let share: f64 = part.iter().map(|l| l.share).sum();
+        assert!(
+            (sus - total).abs() < 1e-9 * total,
+            "{day} {job}: {sus} != {total}"
+        );
+        assert!((share - 1.0).abs() < 1e-12, "{day} {job}: shares {share}");
+    }
+
+    // A running job is charged up to `now`: B's day 2 is 12 h × 2 GPUs, all alpha's.
+    let got = s.su_report(D0, D0 + 3 * DAY, now).await.unwrap();
+    let mut want3 = want.clone();
+    want3.push(su_line(d2, "alpha", "mistral", "1002", 24.0, 50.0, 10, 1.0));
+    assert_lines(&got, &want3);
+
+    // Days outside the range are left out; a range inside a day clips the run and the tokens.
+    let got = s.su_report(D0 + DAY, D0 + 2 * DAY, now).await.unwrap();
+    assert_lines(&got, &want[2..]);
+    let got = s.su_report(D0 + 20 * HOUR, D0 + DAY, now).await.unwrap();
+    assert_lines(
+        &got,
+        &[su_line(d0, "beta", "llama", "1001", 32.0, 108.6, 300, 1.0)],
+    );
+    assert!(s
+        .su_report(D0 + 3 * DAY, D0 + 4 * DAY, now)
+        .await
+        .unwrap()
+        .is_empty());
+    // E ran all of day -2 and ended as day -1 began.
+    assert!(s.su_report(D0 - DAY, D0, now).await.unwrap().is_empty());
+    let got = s.su_report(D0 - 3 * DAY, D0, now).await.unwrap();
+    assert_lines(
+        &got,
+        &[su_line(
+            "2025-03-08",
+            "alpha",
+            "llama",
+            "1004",
+            96.0,
+            10.0,
+            10,
+            1.0,
+        )],
+    );
 }

@@ -427,6 +427,104 @@ pub struct UsageRow {
     pub total_tokens: u64,
 }
 
+/// A Slurm job that serves a model (one backend, named `slurm-<jobid>`), as the SU (service
+/// unit) report accounts for it. Stored in `slurm_jobs`, one row per job, written again at every
+/// change of state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmJobRow {
+    pub job_id: String,
+    pub model: String,
+    /// The job's backend name, as ledger rows it served carry it: `slurm-<jobid>`.
+    pub backend: String,
+    /// The job's hostnames, comma-separated.
+    pub nodes: String,
+    /// All the job's GPUs: nodes × GPUs per node.
+    pub gpus: u64,
+    /// For example `a100`.
+    pub gpu_type: Option<String>,
+    /// The charge in micro-SUs per GPU-hour (108.6 SU is 108 600 000; see [`micro_sus`]):
+    /// integers, like money, so sums stay exact.
+    pub su_per_gpu_hour_micros: u64,
+    pub submitted_at: UnixMillis,
+    /// When it began to run; `None` while pending (and for a job that never ran).
+    pub started_at: Option<UnixMillis>,
+    /// When it stopped; `None` while pending or running.
+    pub ended_at: Option<UnixMillis>,
+    /// Slurm's state: `PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, `CANCELLED`, `TIMEOUT`, ...
+    pub state: String,
+    /// Why it ended or failed.
+    pub reason: Option<String>,
+}
+
+/// SUs as micro-SUs, rounded to the nearest (`108.6` → `108_600_000`); negative or not a
+/// number → 0.
+pub fn micro_sus(sus: f64) -> u64 {
+    let v = (sus * 1e6).round();
+    if v.is_nan() || v <= 0.0 {
+        0
+    } else if v >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        v as u64
+    }
+}
+
+/// The tenant an SU report charges a job-day to when nobody sent the job a token that day:
+/// the allocation was paid for but unused. Parentheses are not allowed in tenant names, so it
+/// cannot be one.
+pub const IDLE_TENANT: &str = "(idle)";
+
+/// One line of the SU report: a tenant's part of one Slurm job on one UTC day.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SuLine {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    /// The tenant, or [`IDLE_TENANT`].
+    pub tenant: String,
+    pub model: String,
+    pub job_id: String,
+    /// The tenant's share of the job's GPU-hours that day.
+    pub gpu_hours: f64,
+    /// The tenant's share of the job's SUs that day.
+    pub sus: f64,
+    /// Prompt plus completion tokens the job served the tenant that day.
+    pub tokens: u64,
+    /// `tokens` over all the job's tokens that day (1 for the idle line).
+    pub share: f64,
+}
+
+/// An SU report's sums per tenant ([`IDLE_TENANT`] included).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SuTotal {
+    pub tenant: String,
+    pub gpu_hours: f64,
+    pub sus: f64,
+}
+
+/// Sums of `lines` per tenant, ordered by tenant (byte order).
+pub fn su_totals(lines: &[SuLine]) -> Vec<SuTotal> {
+    let mut by: std::collections::BTreeMap<&str, (f64, f64)> = std::collections::BTreeMap::new();
+    for l in lines {
+        let e = by.entry(l.tenant.as_str()).or_default();
+        e.0 += l.gpu_hours;
+        e.1 += l.sus;
+    }
+    by.into_iter()
+        .map(|(tenant, (gpu_hours, sus))| SuTotal {
+            tenant: tenant.to_owned(),
+            gpu_hours,
+            sus,
+        })
+        .collect()
+}
+
+/// The UTC date of `ms` as `YYYY-MM-DD` (empty beyond chrono's range, ±262 000 years).
+pub fn utc_day(ms: UnixMillis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
 /// Money as integer micro-units of the operator's currency (1 USD = 1 000 000 micros).
 /// Integers only: sums over millions of requests must add up exactly.
 #[derive(
@@ -726,6 +824,47 @@ mod tests {
         let w: Result<Weight, _> = serde_json::from_str("0");
         assert!(w.is_err());
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+
+    #[test]
+    fn su_helpers() {
+        assert_eq!(micro_sus(108.6), 108_600_000);
+        assert_eq!(micro_sus(0.000_000_4), 0);
+        assert_eq!(micro_sus(-1.0), 0);
+        assert_eq!(micro_sus(f64::NAN), 0);
+        assert_eq!(utc_day(0), "1970-01-01");
+        assert_eq!(utc_day(86_400_000 * 365 - 1), "1970-12-31");
+        let line = |tenant: &str, gpu_hours: f64, sus: f64| SuLine {
+            day: "2025-01-01".into(),
+            tenant: tenant.into(),
+            model: "m".into(),
+            job_id: "1".into(),
+            gpu_hours,
+            sus,
+            tokens: 0,
+            share: 1.0,
+        };
+        let totals = su_totals(&[
+            line("b", 1.0, 2.0),
+            line(IDLE_TENANT, 4.0, 8.0),
+            line("b", 0.5, 1.0),
+        ]);
+        assert_eq!(
+            totals,
+            vec![
+                SuTotal {
+                    tenant: IDLE_TENANT.into(),
+                    gpu_hours: 4.0,
+                    sus: 8.0
+                },
+                SuTotal {
+                    tenant: "b".into(),
+                    gpu_hours: 1.5,
+                    sus: 3.0
+                },
+            ]
+        );
+        assert!(!is_valid_name(IDLE_TENANT));
     }
 
     #[test]

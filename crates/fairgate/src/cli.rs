@@ -244,6 +244,19 @@ enum AdminCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// SUs of Slurm jobs per UTC day, job and tenant: each job-day's SUs split by the tokens
+    /// the job served each tenant; `(idle)` when it served none that day.
+    SuReport {
+        /// First UTC day, YYYY-MM-DD (default: the first of this month).
+        #[arg(long)]
+        since: Option<String>,
+        /// The day after the last, YYYY-MM-DD (default: the first of next month).
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -638,6 +651,7 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    let su_table = matches!(a.command, AdminCommand::SuReport { json: false, .. });
     let (method, path, body): (reqwest::Method, String, Option<serde_json::Value>) = match a.command
     {
         AdminCommand::Tenants(c) => match c {
@@ -829,6 +843,19 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
             },
             None,
         ),
+        AdminCommand::SuReport { since, until, .. } => {
+            let mut q = Vec::new();
+            for (k, v) in [("since", since), ("until", until)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", query_escape(&v)));
+                }
+            }
+            (
+                reqwest::Method::GET,
+                format!("/slurm/su?{}", q.join("&")),
+                None,
+            )
+        }
     };
     let mut req = http
         .request(method, format!("{base}{path}"))
@@ -849,7 +876,11 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
             .unwrap_or(text);
         bail!("HTTP {status}: {msg}");
     }
-    if text.is_empty() {
+    if su_table {
+        let report: SuReportView =
+            serde_json::from_str(&text).context("the gateway's SU report is not readable")?;
+        print!("{}", su_report_table(&report));
+    } else if text.is_empty() {
         println!("{{\"ok\":true}}");
     } else {
         match serde_json::from_str::<serde_json::Value>(&text) {
@@ -858,4 +889,138 @@ async fn run_admin(a: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `GET /admin/v1/slurm/su` as the CLI reads it.
+#[derive(serde::Deserialize)]
+struct SuReportView {
+    since: String,
+    until: String,
+    lines: Vec<fairgate_types::SuLine>,
+    totals: Vec<fairgate_types::SuTotal>,
+}
+
+/// Columns padded to their widest cell, numbers right-aligned.
+fn columns(rows: &[Vec<String>], right: &[bool]) -> String {
+    let mut width = vec![0; rows.first().map_or(0, Vec::len)];
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&width)
+            .zip(right)
+            .map(|((c, w), r)| {
+                if *r {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `fairgate admin su-report` without `--json`: the lines, then the totals per tenant.
+fn su_report_table(r: &SuReportView) -> String {
+    let mut out = format!(
+        "SU report for {} to {} (UTC, until exclusive)\n\n",
+        r.since, r.until
+    );
+    if r.lines.is_empty() {
+        out.push_str("No Slurm job ran in this range.\n");
+        return out;
+    }
+    let mut rows = vec![[
+        "DAY",
+        "TENANT",
+        "MODEL",
+        "JOB",
+        "GPU-HOURS",
+        "SUS",
+        "TOKENS",
+        "SHARE",
+    ]
+    .map(String::from)
+    .to_vec()];
+    rows.extend(r.lines.iter().map(|l| {
+        vec![
+            l.day.clone(),
+            l.tenant.clone(),
+            l.model.clone(),
+            l.job_id.clone(),
+            format!("{:.3}", l.gpu_hours),
+            format!("{:.2}", l.sus),
+            l.tokens.to_string(),
+            format!("{:.4}", l.share),
+        ]
+    }));
+    out.push_str(&columns(
+        &rows,
+        &[false, false, false, false, true, true, true, true],
+    ));
+    out.push_str("\nTotals per tenant\n");
+    let mut rows = vec![["TENANT", "GPU-HOURS", "SUS"].map(String::from).to_vec()];
+    rows.extend(r.totals.iter().map(|t| {
+        vec![
+            t.tenant.clone(),
+            format!("{:.3}", t.gpu_hours),
+            format!("{:.2}", t.sus),
+        ]
+    }));
+    out.push_str(&columns(&rows, &[false, true, true]));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn su_report_table_lines_up() {
+        let line = |tenant: &str, sus: f64, tokens: u64, share: f64| fairgate_types::SuLine {
+            day: "2025-03-10".into(),
+            tenant: tenant.into(),
+            model: "llama".into(),
+            job_id: "1001".into(),
+            gpu_hours: 48.0 * share,
+            sus,
+            tokens,
+            share,
+        };
+        let lines = vec![
+            line("alpha", 1303.2, 100, 0.25),
+            line("beta", 3909.6, 300, 0.75),
+        ];
+        let report = SuReportView {
+            since: "2025-03-01".into(),
+            until: "2025-04-01".into(),
+            totals: fairgate_types::su_totals(&lines),
+            lines,
+        };
+        let text = su_report_table(&report);
+        assert!(text.contains("2025-03-01 to 2025-04-01"), "{text}");
+        assert!(
+            text.contains("DAY         TENANT  MODEL  JOB   GPU-HOURS      SUS  TOKENS   SHARE"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2025-03-10  alpha   llama  1001     12.000  1303.20     100  0.2500"),
+            "{text}"
+        );
+        assert!(text.contains("beta       36.000  3909.60"), "{text}");
+        let empty = SuReportView {
+            lines: Vec::new(),
+            totals: Vec::new(),
+            ..report
+        };
+        assert!(su_report_table(&empty).contains("No Slurm job ran"));
+    }
 }

@@ -44,6 +44,8 @@ pub struct Gateway {
     ledger_writer: LedgerWriter,
     /// How `discover` entries are resolved (the system's resolver unless a test sets one).
     resolver: Arc<dyn fairgate_gateway::discovery::Resolve>,
+    /// Slurm, when a model's backends are Slurm jobs (`[models.slurm]`).
+    slurm: Option<Arc<dyn fairgate_slurm::api::Slurm>>,
 }
 
 /// How often the key/tenant directory is re-read, so changes made on other replicas arrive.
@@ -126,15 +128,35 @@ impl Gateway {
             proxy_limits,
             stopping: CancellationToken::new(),
             telemetry: Default::default(),
+            provisioner: Default::default(),
         });
         sync_directory(&state).await;
         let portal = Arc::new(PortalState::new(state.clone()));
+        let slurm = if fairgate_slurm::wanted(&state.config) {
+            // Before any backend of a job is added (here or from the database): their keys
+            // are derived from this secret.
+            fairgate_slurm::init_key_secret(&state.config)
+                .map_err(|e| anyhow::anyhow!("[slurm]: {e}"))?;
+            Some(
+                fairgate_slurm::client(&state.config.slurm)
+                    .map_err(|e| anyhow::anyhow!("[slurm]: {e}"))?,
+            )
+        } else {
+            None
+        };
         Ok(Gateway {
             state,
             portal,
             ledger_writer,
             resolver: Arc::new(fairgate_gateway::discovery::SystemResolver),
+            slurm,
         })
+    }
+
+    /// Reaches Slurm through `slurm` instead of the configured way (tests use a fake).
+    pub fn with_slurm(mut self, slurm: Arc<dyn fairgate_slurm::api::Slurm>) -> Self {
+        self.slurm = Some(slurm);
+        self
     }
 
     /// Resolves `discover` entries with `resolver` instead of the system's (tests move a
@@ -191,6 +213,10 @@ impl Gateway {
         };
         state.watch_backends();
         fairgate_gateway::discovery::start(&state, self.resolver.clone());
+        let provisioner = self
+            .slurm
+            .clone()
+            .and_then(|s| fairgate_slurm::start(&state, s));
         // Under [cluster]: the backends other replicas added or changed at run time.
         if let Err(e) = fairgate_control::backends::sync_backends(&state).await {
             tracing::warn!(error = %e, "reading the fleet's run-time backend changes failed; retrying at the next refresh");
@@ -225,6 +251,10 @@ impl Gateway {
         state.shutdown.cancel();
         refresh.abort();
         hangup.abort();
+        if let Some(p) = provisioner {
+            // It stops at `shutdown`; its lease is given back on the way out.
+            let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+        }
         if let Some(task) = cluster {
             task.abort();
         }

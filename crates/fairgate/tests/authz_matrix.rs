@@ -56,6 +56,7 @@ const ROUTES: &[Row] = &[
     ("GET", "/models", User, "/models", &[]),
     ("GET", "/tenant", TenantAdmin, "/tenant", &[]),
     ("GET", "/export.csv", TenantAdmin, "/export.csv", &[]),
+    ("GET", "/export-su.csv", Operator, "/export-su.csv", &[]),
     ("GET", "/operator", Operator, "/operator", &[]),
     ("GET", "/api/scheduler", Operator, "/api/scheduler", &[]),
     (

@@ -20,6 +20,8 @@ pub use sections::*;
 
 mod oidc;
 pub use oidc::OidcConfig;
+pub mod slurm;
+pub use slurm::{SlurmConfig, SlurmModelConfig};
 
 /// The whole configuration, as written in `fairgate.toml`. Unknown keys are errors.
 #[derive(Clone, Debug, Deserialize)]
@@ -66,6 +68,9 @@ pub struct Config {
     // --- end relayed paths ---
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Where Slurm is, for models whose backends are Slurm jobs (`[models.slurm]`).
+    #[serde(default)]
+    pub slurm: SlurmConfig,
     /// Other names for models: `[[aliases]] name = "chat", models = ["big", "small"]` sends
     /// `chat` to the first listed model that has a healthy backend.
     #[serde(default)]
@@ -365,10 +370,16 @@ impl Config {
                     format!("model `{}` is declared twice", m.name),
                 ));
             }
-            if m.backends.is_empty() {
+            if let Some(sl) = &m.slurm {
+                sl.validate()
+                    .map_err(|(f, msg)| field_err(format!("models[{i}].slurm.{f}"), msg))?;
+            } else if m.backends.is_empty() {
                 return Err(field_err(
                     format!("models[{i}].backends"),
-                    format!("model `{}` needs at least one backend", m.name),
+                    format!(
+                        "model `{}` needs at least one backend (or `[models.slurm]`)",
+                        m.name
+                    ),
                 ));
             }
             let mut backend_names = std::collections::HashSet::new();

@@ -240,6 +240,9 @@ pub struct ModelConfig {
     /// one goes to this model's backends, preferring those where it is already loaded.
     #[serde(default)]
     pub adapters: Vec<String>,
+    /// Backends from Slurm jobs the gateway submits and scales (`backends` may then be empty).
+    #[serde(default)]
+    pub slurm: Option<super::slurm::SlurmModelConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
@@ -291,6 +294,11 @@ pub struct BackendConfig {
     /// below their fair share, whose requests the engine then schedules first.
     #[serde(default)]
     pub engine_max_seqs: Option<usize>,
+    /// The key is derived from the Slurm provisioner's secret and this label (a job's
+    /// generated vLLM `--api-key`, see `config::slurm::job_key`): set by the provisioner on
+    /// the backends it registers, so every replica can send the key without storing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_label: Option<String>,
 }
 
 /// `[cluster]`: how this replica finds the others (issue 13).
@@ -399,6 +407,7 @@ impl ModelConfig {
             cache: false,
             fallbacks: Vec::new(),
             adapters: Vec::new(),
+            slurm: None,
         }
     }
 }
@@ -425,6 +434,7 @@ impl BackendConfig {
             ca_file: None,
             scheduling_policy: SchedulingPolicy::Fcfs,
             engine_max_seqs: None,
+            api_key_label: None,
         }
     }
 
@@ -478,6 +488,12 @@ impl BackendConfig {
 
     /// The API key to send: `api_key`, or the variable `api_key_env` names (read now).
     pub fn resolve_api_key(&self) -> Result<Option<Secret>, String> {
+        if let Some(label) = &self.api_key_label {
+            if self.api_key.is_some() || self.api_key_env.is_some() {
+                return Err("a backend with a derived key takes no api_key or api_key_env".into());
+            }
+            return super::slurm::job_key(label).map(|k| Some(Secret::new(k)));
+        }
         match (&self.api_key, &self.api_key_env) {
             (Some(_), Some(_)) => Err("set either api_key or api_key_env, not both".into()),
             (Some(k), None) => Ok(Some(k.clone())),

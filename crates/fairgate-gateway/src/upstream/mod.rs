@@ -65,6 +65,9 @@ pub struct ModelPool {
     /// The config's `discover` entries: templates of the backends DNS finds
     /// ([`crate::discovery`]).
     pub(crate) discover: ArcSwap<Vec<BackendConfig>>,
+    /// The backends are Slurm jobs the gateway starts (`[models.slurm]`): none at the moment
+    /// (scaled to zero, or a job starting) queues requests too.
+    pub provisioned: bool,
 }
 
 impl std::fmt::Debug for ModelPool {
@@ -196,13 +199,14 @@ impl ModelPool {
             edit: Mutex::new(()),
             fleet: std::sync::atomic::AtomicBool::new(false),
             discover: ArcSwap::from_pointee(discover),
+            provisioned: cfg.slurm.is_some(),
         }
     }
 
-    /// Whether some of this model's backends come from DNS: then having none at the moment
-    /// (scaled to zero) queues requests instead of refusing them.
+    /// Whether backends may come later (from DNS, or as Slurm jobs): then having none at the
+    /// moment (scaled to zero) queues requests instead of refusing them.
     pub fn discovers(&self) -> bool {
-        !self.discover.load().is_empty()
+        self.provisioned || !self.discover.load().is_empty()
     }
 
     /// The current backend list.

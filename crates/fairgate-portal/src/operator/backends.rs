@@ -324,7 +324,84 @@ async fn backends_html(st: &PortalState, s: &Signed, rej: Option<&Rejected>) -> 
             shown(typed, "add", "name", ""),
         ));
     }
+    body.push_str(&slurm_section(st).await);
     page("Operator: models and backends", Some(&s.viewer()), &body)
+}
+
+/// The Slurm provisioner's models and jobs (job ids, nodes, phase, time limit), when models
+/// are served from Slurm. As of the page's load.
+async fn slurm_section(st: &PortalState) -> String {
+    let Some(v) = fairgate_slurm::status(st).await else {
+        return String::new();
+    };
+    let models = v["models"].as_array().cloned().unwrap_or_default();
+    if models.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "<section id=\"slurm\"><h2>Slurm jobs</h2><p class=\"muted\">Through {}. As of this page's load.</p>",
+        esc(v["api"].as_str().unwrap_or("Slurm"))
+    );
+    for m in models {
+        let text = |k: &str| esc(&m[k].to_string());
+        out.push_str(&format!(
+            "<h3><code>{}</code> <span class=\"muted\">{} wanted ({}–{}), {} queued, {} in flight</span></h3>",
+            esc(m["model"].as_str().unwrap_or("")),
+            text("desired"),
+            text("min_replicas"),
+            text("max_replicas"),
+            text("queued"),
+            text("in_flight"),
+        ));
+        if let Some(e) = m["last_error"].as_str() {
+            out.push_str(&format!(
+                "<p class=\"error\" role=\"status\">{} ({} failures in a row)</p>",
+                esc(e),
+                text("failures_in_row")
+            ));
+        }
+        let rows: Vec<(String, Vec<String>)> = m["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|j| {
+                let s = |k: &str| esc(j[k].as_str().unwrap_or("—"));
+                let ends = j["end_time"]
+                    .as_i64()
+                    .filter(|t| *t > 0)
+                    .map(|t| crate::fmt_time(t * 1000))
+                    .unwrap_or_else(|| "—".into());
+                (
+                    String::new(),
+                    vec![
+                        s("id"),
+                        s("phase"),
+                        s("slurm_state"),
+                        s("nodes"),
+                        s("backend"),
+                        ends,
+                        s("retired"),
+                    ],
+                )
+            })
+            .collect();
+        out.push_str(&stacked_table(
+            "",
+            &[
+                "Job",
+                "Phase",
+                "Slurm state",
+                "Nodes",
+                "Backend",
+                "Time limit",
+                "Retired for",
+            ],
+            &rows,
+            "No job: the first queued request starts one.",
+        ));
+    }
+    out.push_str("</section>");
+    out
 }
 
 // The live refresh (polling `/portal/api/backends` every 2 s) is in `/portal/static/app.js`.

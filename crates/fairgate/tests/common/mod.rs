@@ -174,6 +174,8 @@ pub struct Setup {
     pub max_body_bytes: usize,
     /// Last-minute config changes (admission mode, prices, declared tenants, ...).
     pub tweak: Option<Tweak>,
+    /// Slurm as the provisioner sees it, instead of the configured one (a test's fake).
+    pub slurm: Option<Arc<dyn fairgate_slurm::api::Slurm>>,
 }
 
 impl Setup {
@@ -196,6 +198,7 @@ impl Setup {
             first_byte_timeout_ms: 10_000,
             max_body_bytes: 1024 * 1024,
             tweak: None,
+            slurm: None,
         }
     }
 }
@@ -240,6 +243,9 @@ impl TestGateway {
         let mut gw = Gateway::build(config).await.unwrap();
         if let Some(r) = resolver {
             gw = gw.with_resolver(r);
+        }
+        if let Some(s) = &setup.slurm {
+            gw = gw.with_slurm(s.clone());
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
