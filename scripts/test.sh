@@ -209,6 +209,12 @@ fi
 step "pytest tests/python (FAIRGATE_BIN=$FAIRGATE_BIN)"
 FAIRGATE_BIN="$FAIRGATE_BIN" "$VENV/bin/python" -m pytest tests/python -q
 
+# The same conformance idea with the official npm `openai` package (tests/js, node --test);
+# `npm ci` when tests/js/node_modules is missing or the lock changed. Without node/npm it skips
+# locally and fails under CI.
+step "JS SDK suite: node --test tests/js (FAIRGATE_BIN=$FAIRGATE_BIN)"
+FAIRGATE_BIN="$FAIRGATE_BIN" ./scripts/test_js_sdk.sh
+
 # Browser suite: the portal in headless Chromium via Selenium. Needs the system packages
 # chromium + chromium-driver (.ci/run installs them); without them the tests skip locally and
 # fail under CI=true. Screenshots land in tests/browser/screenshots/.

@@ -213,7 +213,7 @@ def test_operator_watches_telemetry_live_and_a_user_sees_their_own(driver, gatew
         lambda d: requests_in(d.find_element(*summary)) >= before + 4,
         "the telemetry page never showed the new requests")
     assert driver.execute_script("return window.__same_page === true"), "the page was reloaded"
-    shot(driver, "08-telemetry")
+    shot(driver, "13-telemetry")
 
     # The user's own last hour, on the usage page: exactly their requests, updated live.
     driver.delete_all_cookies()
@@ -230,7 +230,7 @@ def test_operator_watches_telemetry_live_and_a_user_sees_their_own(driver, gatew
         "the usage page never showed the user's new requests")
     assert driver.execute_script("return window.__same_page === true"), "the page was reloaded"
     assert driver.find_elements(By.CSS_SELECTOR, "#my-telemetry svg polyline, #my-telemetry svg circle")
-    shot(driver, "09-my-telemetry")
+    shot(driver, "14-my-telemetry")
 
 
 def submit(driver, form, button: str) -> None:

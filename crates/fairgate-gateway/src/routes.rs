@@ -19,6 +19,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(proxy::completions))
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(proxy::list_models))
+        .route("/v1/models/{*model}", get(proxy::retrieve_model))
         .route("/v1/{*rest}", any(proxy::generic))
         // vLLM serves these at the root as well.
         .route("/tokenize", post(proxy::generic))

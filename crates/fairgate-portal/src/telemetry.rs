@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
-use fairgate_gateway::telemetry::{ModelSeries, Overview, PersonPoint, Top};
+use fairgate_gateway::telemetry::{ModelPoint, ModelSeries, Overview, PersonPoint, Top};
 use fairgate_types::now_millis;
 use serde::Deserialize;
 
@@ -145,10 +145,48 @@ fn operator_fragment(o: &Overview, minutes: i64) -> String {
     out
 }
 
+/// A series of a model's chart: its legend and how to read it from a point.
+type Series = (&'static str, fn(&ModelPoint) -> Option<f64>);
+
+/// The charts of each model's section: title, unit, lines.
+const MODEL_CHARTS: &[(&str, &str, &[Series])] = &[
+    (
+        "Requests per second",
+        "/s",
+        &[
+            ("requests", |p| Some(p.requests_per_s)),
+            ("errors", |p| Some(p.errors_per_s)),
+        ],
+    ),
+    (
+        "Time to first token",
+        "ms",
+        &[("p50", |p| p.ttft_p50_ms), ("p95", |p| p.ttft_p95_ms)],
+    ),
+    (
+        "Tokens per second",
+        "/s",
+        &[
+            ("in", |p| Some(p.tokens_in_per_s)),
+            ("out", |p| Some(p.tokens_out_per_s)),
+        ],
+    ),
+    (
+        "Queue depth",
+        "",
+        &[
+            ("mean", |p| p.queue_depth),
+            ("max", |p| p.queue_depth.map(|_| p.queue_max as f64)),
+        ],
+    ),
+    (
+        "Prefix-cache hit rate",
+        "%",
+        &[("hits", |p| p.cache_hit_rate.map(|r| r * 100.0))],
+    ),
+];
+
 fn model_section(m: &ModelSeries, span: &str, step_ms: i64) -> String {
-    let col = |f: &dyn Fn(&fairgate_gateway::telemetry::ModelPoint) -> Option<f64>| {
-        m.points.iter().map(f).collect::<Vec<_>>()
-    };
     let mut out = format!(
         "<section class=\"telemetry\" data-model=\"{name}\"><h2>{name}</h2>\
          <p class=\"summary\">{} requests · {} errors · {} tokens in · {} tokens out · spend {} · \
@@ -165,75 +203,16 @@ fn model_section(m: &ModelSeries, span: &str, step_ms: i64) -> String {
         step_ms / 1000,
         name = esc(&m.model),
     );
-    out.push_str(&line_chart(
-        "Requests per second",
-        "/s",
-        span,
-        &[
-            Line {
-                name: "requests",
-                values: col(&|p| Some(p.requests_per_s)),
-            },
-            Line {
-                name: "errors",
-                values: col(&|p| Some(p.errors_per_s)),
-            },
-        ],
-    ));
-    out.push_str(&line_chart(
-        "Time to first token",
-        "ms",
-        span,
-        &[
-            Line {
-                name: "p50",
-                values: col(&|p| p.ttft_p50_ms),
-            },
-            Line {
-                name: "p95",
-                values: col(&|p| p.ttft_p95_ms),
-            },
-        ],
-    ));
-    out.push_str(&line_chart(
-        "Tokens per second",
-        "/s",
-        span,
-        &[
-            Line {
-                name: "in",
-                values: col(&|p| Some(p.tokens_in_per_s)),
-            },
-            Line {
-                name: "out",
-                values: col(&|p| Some(p.tokens_out_per_s)),
-            },
-        ],
-    ));
-    out.push_str(&line_chart(
-        "Queue depth",
-        "",
-        span,
-        &[
-            Line {
-                name: "mean",
-                values: col(&|p| p.queue_depth),
-            },
-            Line {
-                name: "max",
-                values: col(&|p| p.queue_depth.map(|_| p.queue_max as f64)),
-            },
-        ],
-    ));
-    out.push_str(&line_chart(
-        "Prefix-cache hit rate",
-        "%",
-        span,
-        &[Line {
-            name: "hits",
-            values: col(&|p| p.cache_hit_rate.map(|r| r * 100.0)),
-        }],
-    ));
+    for (title, unit, lines) in MODEL_CHARTS {
+        let lines: Vec<Line<'_>> = lines
+            .iter()
+            .map(|(name, f)| Line {
+                name,
+                values: m.points.iter().map(f).collect(),
+            })
+            .collect();
+        out.push_str(&line_chart(title, unit, span, &lines));
+    }
     out.push_str("</div></section>");
     out
 }

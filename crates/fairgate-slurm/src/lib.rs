@@ -238,21 +238,7 @@ async fn publish(st: &AppState, api: &str, models: Vec<ModelStatus>, every: Dura
     st.provisioner.store(Some(Arc::new(v)));
 }
 
-async fn store_record(st: &AppState, r: provisioner::JobRecord) {
-    let row = fairgate_types::SlurmJobRow {
-        job_id: r.job_id,
-        model: r.model,
-        backend: r.backend,
-        nodes: r.nodes,
-        gpus: r.gpus,
-        gpu_type: r.gpu_type,
-        su_per_gpu_hour_micros: fairgate_types::micro_sus(r.su_per_gpu_hour),
-        submitted_at: r.submitted_at,
-        started_at: r.started_at,
-        ended_at: r.ended_at,
-        state: r.state,
-        reason: r.reason,
-    };
+async fn store_record(st: &AppState, row: fairgate_types::SlurmJobRow) {
     if let Err(e) = st.store.upsert_slurm_job(&row).await {
         tracing::warn!(job = %row.job_id, error = %e, "cannot store a Slurm job record (SU reports will miss it)");
     }

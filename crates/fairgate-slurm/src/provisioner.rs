@@ -112,6 +112,31 @@ pub struct Job {
     started_ms: Option<i64>,
 }
 
+impl Job {
+    fn new(id: String, name: String, label: String, slurm_state: &str) -> Job {
+        Job {
+            id,
+            name,
+            label,
+            phase: Phase::Starting,
+            slurm_state: slurm_state.to_owned(),
+            nodes: String::new(),
+            start_time: 0,
+            end_time: 0,
+            url: None,
+            backend: None,
+            probe_nodes: Vec::new(),
+            endpoint: None,
+            seen_running: None,
+            probe_failures: 0,
+            draining_since: None,
+            retired: None,
+            submitted_ms: fairgate_types::now_millis(),
+            started_ms: None,
+        }
+    }
+}
+
 /// What the admin API and the operator pages show of a model.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ModelStatus {
@@ -127,23 +152,6 @@ pub struct ModelStatus {
     pub jobs: Vec<Job>,
 }
 
-/// One finished, started or submitted job, for the SU accounting (stored by the caller).
-#[derive(Clone, Debug)]
-pub struct JobRecord {
-    pub job_id: String,
-    pub model: String,
-    pub backend: String,
-    pub nodes: String,
-    pub gpus: u64,
-    pub gpu_type: Option<String>,
-    pub su_per_gpu_hour: f64,
-    pub submitted_at: i64,
-    pub started_at: Option<i64>,
-    pub ended_at: Option<i64>,
-    pub state: String,
-    pub reason: Option<String>,
-}
-
 pub struct ModelRun {
     pub model: String,
     pub cfg: SlurmModelConfig,
@@ -157,7 +165,7 @@ pub struct ModelRun {
     next_submit: Option<Instant>,
     last_error: Option<String>,
     /// Job records to store (drained by the caller after each round).
-    pub records: Vec<JobRecord>,
+    pub records: Vec<fairgate_types::SlurmJobRow>,
 }
 
 /// What a round needs from outside: Slurm, the gateway, and the time.
@@ -240,7 +248,7 @@ impl ModelRun {
 
     fn record(&mut self, j: &Job, ended: Option<(i64, String)>) {
         let gpus = u64::from(self.cfg.nodes) * u64::from(self.cfg.gpus_per_node);
-        self.records.push(JobRecord {
+        self.records.push(fairgate_types::SlurmJobRow {
             job_id: j.id.clone(),
             model: self.model.clone(),
             backend: j
@@ -250,7 +258,7 @@ impl ModelRun {
             nodes: j.nodes.clone(),
             gpus,
             gpu_type: self.cfg.gpu_type.clone(),
-            su_per_gpu_hour: self.cfg.su_per_gpu_hour,
+            su_per_gpu_hour_micros: fairgate_types::micro_sus(self.cfg.su_per_gpu_hour),
             submitted_at: j.submitted_ms,
             started_at: j.started_ms,
             ended_at: ended.as_ref().map(|e| e.0),
@@ -291,26 +299,7 @@ impl ModelRun {
                 // A job this gateway did not submit in this run: one from before a restart or
                 // from the previous leader. Adopted as it is.
                 tracing::info!(model = %self.model, job = %info.id, "adopting a running Slurm job");
-                Job {
-                    id: info.id.clone(),
-                    name: info.name.clone(),
-                    label,
-                    phase: Phase::Starting,
-                    slurm_state: info.slurm_state.clone(),
-                    nodes: String::new(),
-                    start_time: 0,
-                    end_time: 0,
-                    url: None,
-                    backend: None,
-                    probe_nodes: Vec::new(),
-                    endpoint: None,
-                    seen_running: None,
-                    probe_failures: 0,
-                    draining_since: None,
-                    retired: None,
-                    submitted_ms: fairgate_types::now_millis(),
-                    started_ms: None,
-                }
+                Job::new(info.id.clone(), info.name.clone(), label, &info.slurm_state)
             });
             j.slurm_state = info.slurm_state.clone();
             j.nodes = info.nodes.clone();
@@ -744,26 +733,7 @@ impl ModelRun {
         match cx.slurm.submit(&sub).await {
             Ok(id) => {
                 tracing::info!(model = %self.model, job = %id, name = %name, "submitted a Slurm job");
-                let j = Job {
-                    id: id.clone(),
-                    name,
-                    label,
-                    phase: Phase::Starting,
-                    slurm_state: "PENDING".into(),
-                    nodes: String::new(),
-                    start_time: 0,
-                    end_time: 0,
-                    url: None,
-                    backend: None,
-                    probe_nodes: Vec::new(),
-                    endpoint: None,
-                    seen_running: None,
-                    probe_failures: 0,
-                    draining_since: None,
-                    retired: None,
-                    submitted_ms: fairgate_types::now_millis(),
-                    started_ms: None,
-                };
+                let j = Job::new(id.clone(), name, label, "PENDING");
                 self.record(&j, None);
                 self.jobs.insert(id, j);
             }

@@ -83,10 +83,37 @@ pub(super) async fn read_body_checked(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        drain(body, n).await;
         return Err(ApiError::BodyTooLarge(limit));
     }
     read_body(body, limit).await
+}
+
+/// The most of a refused body read and dropped before answering 413, and for how long.
+const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops a refused body (bounded in bytes and time) before the 413 goes out: a
+/// client still sending when the server closes gets a broken pipe or a reset instead of the
+/// answer (Node's fetch and Python's urllib both do), and its SDK then retries the whole
+/// upload. Past the bound the connection closes anyway.
+async fn drain(mut body: Body, declared: u64) {
+    let want = declared.min(DRAIN_BYTES);
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while seen < want {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        seen += d.len() as u64;
+                    }
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// The connection cannot be reused after an unread body, so say so: otherwise a client

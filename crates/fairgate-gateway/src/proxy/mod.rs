@@ -53,7 +53,7 @@ use operator::operator;
 use plan::Plan;
 use settle::Tracker;
 
-pub use models::list_models;
+pub use models::{list_models, retrieve_model};
 pub use plan::{
     CACHE_HEADER, CLIENT_CLOSED, PRIORITY_HEADER, QUEUE_WAIT_HEADER, REQUEST_ID_HEADER,
 };

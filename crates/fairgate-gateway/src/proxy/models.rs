@@ -1,8 +1,9 @@
-//! `GET /v1/models`: the models (and adapters, and aliases) a key may use.
+//! `GET /v1/models`: the models (and adapters, and aliases) a key may use; `GET
+//! /v1/models/{model}`: one of them (the SDKs' `models.retrieve`).
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use fairgate_types::Outcome;
 use http::header;
@@ -56,6 +57,44 @@ pub async fn list_models(
     t.row.status = 200;
     t.row.outcome = Outcome::Ok;
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    t.decorate(resp.headers_mut());
+    t.record();
+    resp
+}
+
+/// `GET /v1/models/{model}`: the model as `/v1/models` lists it, or a 404 `model_not_found`
+/// when it does not exist or the key may not use it (the same answer, so a key cannot probe
+/// for models it is not allowed).
+pub async fn retrieve_model(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    addr: ClientAddr,
+    req: Request,
+) -> Response {
+    let mut t = Tracker::start(&st, req.uri().path());
+    let principal = match authenticate(&st, &mut t, req.headers(), addr) {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let live = st.live.load();
+    let exists = st.upstreams.names().any(|n| n == id) || live.aliases.iter().any(|a| a.name == id);
+    if !exists || !principal.may_use(&id) {
+        return t.fail(crate::error::ApiError::ModelNotFound(id));
+    }
+    let body = serde_json::json!({
+        "id": id,
+        "object": "model",
+        "created": st.started_at,
+        "owned_by": "fairgate",
+    });
+    t.row.model = Some(id);
+    t.row.status = 200;
+    t.row.outcome = Outcome::Ok;
+    let mut resp = (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
     t.decorate(resp.headers_mut());
     t.record();
     resp

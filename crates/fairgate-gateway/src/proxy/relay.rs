@@ -91,12 +91,14 @@ pub(super) async fn relay_whole(
         );
     }
     t.row.status = parts.status.as_u16();
-    if parts.status.is_success() {
+    let bytes = if parts.status.is_success() {
         t.row.outcome = Outcome::Ok;
+        bytes
     } else {
         t.row.outcome = Outcome::UpstreamRejected;
         t.row.error_class = Some(format!("upstream_{}", parts.status.as_u16()));
-    }
+        openai_error_body(parts.status, &bytes).unwrap_or(bytes)
+    };
     // The answer's share of the memory budget is held until its bytes are handed on.
     let mut out = Response::new(HeldBytes { bytes, permit }.into_body());
     *out.status_mut() = parts.status;
@@ -109,6 +111,59 @@ pub(super) async fn relay_whole(
     t.overhead_before += after.elapsed();
     t.record();
     out
+}
+
+/// A backend's error body in OpenAI's shape, when it is not already: vLLM answers
+/// `{"error": {"type": "BadRequestError", "code": 400, ...}}`, and the SDKs read `type` as one
+/// of OpenAI's words and `code` as a string or null. The message is kept; `None` when the body
+/// is not a JSON error object or needs no change.
+pub(super) fn openai_error_body(status: StatusCode, bytes: &[u8]) -> Option<Bytes> {
+    const TYPES: &[&str] = &[
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "rate_limit_error",
+        "server_error",
+        "api_error",
+        "insufficient_quota",
+    ];
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let e = v.get_mut("error")?.as_object_mut()?;
+    let mut changed = false;
+    if !e
+        .get("type")
+        .and_then(|t| t.as_str())
+        .is_some_and(|t| TYPES.contains(&t))
+    {
+        let t = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        e.insert("type".into(), t.into());
+        changed = true;
+    }
+    if !matches!(
+        e.get("code"),
+        Some(serde_json::Value::String(_) | serde_json::Value::Null)
+    ) {
+        e.insert("code".into(), serde_json::Value::Null);
+        changed = true;
+    }
+    if !e.contains_key("param") {
+        e.insert("param".into(), serde_json::Value::Null);
+        changed = true;
+    }
+    if !e.get("message").is_some_and(|m| m.is_string()) {
+        return None;
+    }
+    changed
+        .then(|| serde_json::to_vec(&v).ok().map(Bytes::from))
+        .flatten()
 }
 
 /// State of a relayed stream; its `Drop` settles the ledger if the client went away.
@@ -326,4 +381,31 @@ pub(super) async fn relay(
         return relay_stream(st, t, resp, relay);
     }
     relay_whole(st, t, resp, cache_key).await
+}
+
+#[cfg(test)]
+mod error_body_tests {
+    use super::*;
+
+    #[test]
+    fn backend_errors_take_openais_shape() {
+        let vllm = br#"{"error":{"message":"max_tokens must be at least 1, got 0.","type":"BadRequestError","param":null,"code":400}}"#;
+        let out = openai_error_body(StatusCode::BAD_REQUEST, vllm).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], serde_json::Value::Null);
+        assert_eq!(
+            v["error"]["message"],
+            "max_tokens must be at least 1, got 0."
+        );
+        // Already OpenAI-shaped, or not an error object: left alone.
+        let ok =
+            br#"{"error":{"message":"m","type":"invalid_request_error","param":null,"code":"x"}}"#;
+        assert!(openai_error_body(StatusCode::BAD_REQUEST, ok).is_none());
+        assert!(openai_error_body(StatusCode::BAD_REQUEST, b"not json").is_none());
+        assert!(openai_error_body(StatusCode::BAD_REQUEST, br#"{"detail":"x"}"#).is_none());
+        let nf = openai_error_body(StatusCode::NOT_FOUND, br#"{"error":{"message":"m"}}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&nf).unwrap();
+        assert_eq!(v["error"]["type"], "not_found_error");
+    }
 }
