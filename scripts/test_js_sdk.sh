@@ -81,7 +81,7 @@ node --test --test-reporter=spec "${files[@]}"
 rc=$?
 set -e
 if [ "$rc" -eq 0 ]; then
-    echo "JS SDK suite passed (tests marked # TODO above are known fairgate deviations, not failures)"
+    echo "JS SDK suite passed"
 else
     echo "JS SDK suite FAILED (exit code $rc)" >&2
 fi

@@ -91,12 +91,18 @@ pub fn check_tenant_policy(p: &TenantPolicy) -> Result<(), ControlError> {
             ));
         }
     }
-    Ok(())
+    check_guardrails(&p.guardrails)
 }
 
 pub fn check_key_policy(p: &KeyPolicy) -> Result<(), ControlError> {
     check_limits("policy.limits", &p.limits)?;
-    check_budgets("policy.budgets", &p.budgets)
+    check_budgets("policy.budgets", &p.budgets)?;
+    check_guardrails(&p.guardrails)
+}
+
+fn check_guardrails(g: &fairgate_types::GuardrailPolicy) -> Result<(), ControlError> {
+    fairgate_gateway::config::validate_guardrails(g)
+        .map_err(|(f, m)| bad(&format!("policy.guardrails.{f}"), m))
 }
 
 pub fn check_models(st: &AppState, models: &Option<Vec<String>>) -> Result<(), ControlError> {

@@ -246,6 +246,9 @@ pub struct Metrics {
     pub completion_tokens: Family<CounterB>,
     /// What requests cost at the models' prices, in micros (spend per tenant).
     pub cost_micros: Family<CounterB>,
+    /// Guardrail findings by guardrail (`pii`, `injection`), tenant and action (`logged`,
+    /// `redacted`, `blocked`): one per request that had any.
+    pub guardrail_findings: Family<CounterB>,
     pub ttft: Family<HistB>,
     /// TTFT per tenant: what fair share and the headroom do for each tenant's latency.
     pub tenant_ttft: Family<HistB>,
@@ -517,6 +520,11 @@ impl Metrics {
                 "fairgate_cost_micros_total",
                 "What the served tokens cost at the models' prices, in micros (1e-6 of the currency), by tenant and model",
                 &["tenant", "model"],
+            )?,
+            guardrail_findings: counter(
+                "fairgate_guardrail_findings_total",
+                "Requests whose prompt a guardrail flagged, by guardrail (pii, injection), tenant and action (logged, redacted, blocked)",
+                &["guardrail", "tenant", "action"],
             )?,
             ttft: hist(
                 "fairgate_time_to_first_token_seconds",

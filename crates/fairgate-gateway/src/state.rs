@@ -54,6 +54,8 @@ pub struct AppState {
     /// What the Slurm provisioner last reported (its models and jobs), when this replica runs
     /// it; read by the admin API and the operator pages.
     pub provisioner: arc_swap::ArcSwapOption<serde_json::Value>,
+    /// The guardrail detectors (`[guardrails] detect`), compiled once at start.
+    pub guard: fairgate_guard::Guard,
 }
 
 impl AppState {

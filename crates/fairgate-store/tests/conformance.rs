@@ -144,6 +144,10 @@ fn tenant_policy() -> TenantPolicy {
         on_limit: Some(OnLimit::Reject),
         hard_cap: true,
         fallbacks: [("big".to_owned(), vec!["small".to_owned()])].into(),
+        guardrails: fairgate_types::GuardrailPolicy {
+            pii: Some(fairgate_types::GuardMode::Redact),
+            injection: Some(fairgate_types::GuardMode::Block),
+        },
     }
 }
 
@@ -161,6 +165,10 @@ fn key_policy() -> KeyPolicy {
         }],
         priority: Some(Priority::Batch),
         engine_priority: true,
+        guardrails: fairgate_types::GuardrailPolicy {
+            pii: Some(fairgate_types::GuardMode::Off),
+            injection: None,
+        },
     }
 }
 

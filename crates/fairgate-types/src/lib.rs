@@ -675,6 +675,41 @@ pub struct TenantPolicy {
     /// model's own `fallbacks` (an empty list: never fall back for this tenant).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fallbacks: std::collections::BTreeMap<String, Vec<String>>,
+    /// What to do with PII and prompt-injection findings in this tenant's prompts (over the
+    /// model's and the gateway's defaults; a key's own policy goes over this).
+    #[serde(default, skip_serializing_if = "GuardrailPolicy::is_empty")]
+    pub guardrails: GuardrailPolicy,
+}
+
+/// What a guardrail does with its findings: `off`, `log`, `redact`, `block`.
+pub use fairgate_guard::PolicyMode as GuardMode;
+
+/// Guardrail modes for one scope (gateway, model, tenant or key): `None` leaves the decision to
+/// the scope below (key → tenant → model → gateway).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailPolicy {
+    /// E-mail, phone, card, IBAN, SSN, IP and configured patterns: `off`, `log`, `redact`
+    /// (replaced before the backend sees them) or `block`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pii: Option<GuardMode>,
+    /// Prompt-injection heuristics on user messages: `off`, `log` or `block`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<GuardMode>,
+}
+
+impl GuardrailPolicy {
+    pub fn is_empty(&self) -> bool {
+        self.pii.is_none() && self.injection.is_none()
+    }
+
+    /// This scope's choices, falling back to `below`'s where this one has none.
+    pub fn over(self, below: GuardrailPolicy) -> GuardrailPolicy {
+        GuardrailPolicy {
+            pii: self.pii.or(below.pii),
+            injection: self.injection.or(below.injection),
+        }
+    }
 }
 
 /// A key's own settings, applied on top of its tenant's.
@@ -694,6 +729,9 @@ pub struct KeyPolicy {
     /// queue.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub engine_priority: bool,
+    /// Guardrail modes for this key's requests, over its tenant's.
+    #[serde(default, skip_serializing_if = "GuardrailPolicy::is_empty")]
+    pub guardrails: GuardrailPolicy,
 }
 
 impl KeyPolicy {

@@ -110,7 +110,10 @@ impl Gateway {
             None => None,
         };
         let admission = Admission::new(&config).with_fleet(cluster.as_ref());
+        let guard = fairgate_guard::Guard::new(&config.guardrails.detect)
+            .map_err(|e| anyhow::anyhow!("[guardrails] detect: {e}"))?;
         let state = Arc::new(AppState {
+            guard,
             cluster,
             live: Arc::new(ArcSwap::from_pointee(config.clone())),
             config_path: path,

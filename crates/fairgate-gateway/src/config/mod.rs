@@ -22,6 +22,8 @@ mod oidc;
 pub use oidc::OidcConfig;
 pub mod slurm;
 pub use slurm::{SlurmConfig, SlurmModelConfig};
+mod guardrails;
+pub use guardrails::{validate_policy as validate_guardrails, GuardrailsConfig};
 
 /// The whole configuration, as written in `fairgate.toml`. Unknown keys are errors.
 #[derive(Clone, Debug, Deserialize)]
@@ -71,6 +73,9 @@ pub struct Config {
     /// Where Slurm is, for models whose backends are Slurm jobs (`[models.slurm]`).
     #[serde(default)]
     pub slurm: SlurmConfig,
+    /// PII and prompt-injection guardrails: default modes and the detectors.
+    #[serde(default)]
+    pub guardrails: GuardrailsConfig,
     /// Other names for models: `[[aliases]] name = "chat", models = ["big", "small"]` sends
     /// `chat` to the first listed model that has a healthy backend.
     #[serde(default)]
@@ -215,6 +220,10 @@ impl Config {
     /// Checks the invariants the rest of the gateway relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        guardrails::validate_policy(&self.guardrails.defaults())
+            .map_err(|(f, msg)| field_err(format!("guardrails.{f}"), msg))?;
+        fairgate_guard::Guard::new(&self.guardrails.detect)
+            .map_err(|e| field_err("guardrails.detect", e.to_string()))?;
         if !(self.database.starts_with("sqlite:")
             || self.database.starts_with("postgres://")
             || self.database.starts_with("postgresql://"))
@@ -370,6 +379,8 @@ impl Config {
                     format!("model `{}` is declared twice", m.name),
                 ));
             }
+            guardrails::validate_policy(&m.guardrails)
+                .map_err(|(f, msg)| field_err(format!("models[{i}].guardrails.{f}"), msg))?;
             if let Some(sl) = &m.slurm {
                 sl.validate()
                     .map_err(|(f, msg)| field_err(format!("models[{i}].slurm.{f}"), msg))?;

@@ -243,6 +243,13 @@ pub struct ModelConfig {
     /// Backends from Slurm jobs the gateway submits and scales (`backends` may then be empty).
     #[serde(default)]
     pub slurm: Option<super::slurm::SlurmModelConfig>,
+    /// Guardrail modes for this model's requests, over `[guardrails]` (tenants' and keys'
+    /// policies go over these).
+    #[serde(
+        default,
+        skip_serializing_if = "fairgate_types::GuardrailPolicy::is_empty"
+    )]
+    pub guardrails: fairgate_types::GuardrailPolicy,
 }
 
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
@@ -408,6 +415,7 @@ impl ModelConfig {
             fallbacks: Vec::new(),
             adapters: Vec::new(),
             slurm: None,
+            guardrails: Default::default(),
         }
     }
 }

@@ -9,7 +9,9 @@
 //!    ([`fairgate_relay::parse_request`]) into a `Plan`.
 //! 3. [`resolve`]: model, adapter, alias or fallback; the key's scope; the body rewritten for
 //!    the serving model.
-//! 4. [`cache`]: an exact-match hit is answered before admission.
+//! 4. [`guard`]: PII and prompt-injection guardrails block, redact or count, per the key's,
+//!    tenant's, model's or gateway's modes. [`cache`]: an exact-match hit is answered before
+//!    admission.
 //! 5. [`admit`]: budgets, rate limits, then a fair-share slot ([`crate::admission`]); the
 //!    backend is chosen only when the slot is granted.
 //! 6. [`send`]: the upstream call with failover; each failure carries whether another backend
@@ -39,6 +41,7 @@ use crate::upstream::Route;
 mod admit;
 mod cache;
 mod edge;
+mod guard;
 mod headers;
 mod models;
 mod operator;
@@ -262,6 +265,10 @@ async fn forward(
         Ok(r) => r,
         Err(e) => return t.fail(e),
     };
+    let modes = guard::modes(&live, tenant, &principal, &plan.model);
+    if let Err(e) = guard::check(&st, &mut t, modes, &mut plan) {
+        return t.fail(e);
+    }
     let cache_key = match cache::lookup(&st, &live, &parts, &plan, &resolved) {
         Ok(cache::Lookup::Hit(hit)) => return cache::answer(&st, t, hit),
         Ok(cache::Lookup::Miss(key)) => key,
