@@ -19,7 +19,7 @@ pub struct Guard {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) pii: PiiEngine,
+    pub(crate) pii: Arc<PiiEngine>,
     injection: Option<InjectionEngine>,
 }
 
@@ -57,7 +57,10 @@ impl Guard {
         let pii = PiiEngine::new(config)?;
         let injection = config.injection.then(|| InjectionEngine::new(t));
         Ok(Guard {
-            inner: Arc::new(Inner { pii, injection }),
+            inner: Arc::new(Inner {
+                pii: Arc::new(pii),
+                injection,
+            }),
         })
     }
 
@@ -110,7 +113,7 @@ impl Guard {
 
     /// A scanner for one streamed completion (PII only; see [`StreamScan`]).
     pub fn stream(&self) -> StreamScan {
-        StreamScan::new(self.inner.clone())
+        StreamScan::new(self.inner.pii.clone())
     }
 }
 

@@ -16,8 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::guard::Inner;
-use crate::pii::Finding;
+use crate::pii::{Finding, PiiEngine};
 
 /// Bytes after a candidate that must have arrived before it is reported: enough to see that a
 /// number or address did not go on (`"555-123-4567"` then `"-89"`).
@@ -30,7 +29,7 @@ const CONTEXT: usize = 16;
 ///
 /// Its `Debug` output shows offsets and counts, never the retained text.
 pub struct StreamScan {
-    guard: Arc<Inner>,
+    pii: Arc<PiiEngine>,
     /// The retained tail of the text; `buf[0]` is byte `base` of the whole stream.
     buf: String,
     base: usize,
@@ -59,10 +58,10 @@ impl std::fmt::Debug for StreamScan {
 }
 
 impl StreamScan {
-    pub(crate) fn new(guard: Arc<Inner>) -> StreamScan {
-        let window = guard.pii.max_span();
+    pub(crate) fn new(pii: Arc<PiiEngine>) -> StreamScan {
+        let window = pii.max_span();
         StreamScan {
-            guard,
+            pii,
             buf: String::new(),
             base: 0,
             scan_from: 0,
@@ -82,7 +81,7 @@ impl StreamScan {
         let start = self.base + self.buf.len();
         self.buf.push_str(chunk);
         let end = start + chunk.len();
-        if self.guard.pii.has_custom()
+        if self.pii.has_custom()
             || chunk
                 .bytes()
                 .any(|b| b.is_ascii_digit() || matches!(b, b'@' | b':' | b'[' | b'('))
@@ -129,7 +128,7 @@ impl StreamScan {
     fn scan(&mut self, last: bool) {
         let end = self.base + self.buf.len();
         let from = self.scan_from.max(self.base) - self.base;
-        self.guard.pii.scan(&self.buf, from, &mut self.scratch);
+        self.pii.scan(&self.buf, from, &mut self.scratch);
         for f in self.scratch.drain(..) {
             let (s, e) = (self.base + f.start, self.base + f.end);
             if s < self.reported_end {
