@@ -176,6 +176,8 @@ pub(super) struct Relay {
     completion_seen: u64,
     last_token: Option<Instant>,
     finished: bool,
+    /// The row was settled as `ok` at the answer's `[DONE]`.
+    settled_at_done: bool,
 }
 
 impl Relay {
@@ -250,7 +252,7 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if !self.finished {
+        if !self.finished && !self.settled_at_done {
             // The client disconnected mid-stream. Dropping `upstream` closes the backend
             // connection, which aborts the generation there; charge what was produced.
             self.settle(Outcome::Cancelled, Some("client_closed"));
@@ -285,6 +287,7 @@ pub(super) fn relay_stream(
         completion_seen: 0,
         last_token: None,
         finished: false,
+        settled_at_done: false,
     };
     let s = stream::unfold(state, |mut s| async move {
         if s.finished {
@@ -311,6 +314,13 @@ pub(super) fn relay_stream(
                         s.settle(Outcome::CutOff, Some("budget_exceeded"));
                         return Some((Ok(out.freeze()), s));
                     }
+                    if !s.settled_at_done && s.relay.saw_done() && !s.relay.error_event() {
+                        // The answer is complete at `[DONE]`. SDKs close the connection as soon
+                        // as they read it, maybe before the backend's end of stream reaches us,
+                        // so the row is settled now rather than on a poll that may not come.
+                        s.settled_at_done = true;
+                        s.settle(Outcome::Ok, None);
+                    }
                     if !p.forward.is_empty() {
                         return Some((Ok::<Bytes, std::convert::Infallible>(p.forward), s));
                     }
@@ -318,7 +328,9 @@ pub(super) fn relay_stream(
                 Ok(None) => {
                     s.finished = true;
                     let rest = s.relay.finish();
-                    if s.relay.saw_done() && !s.relay.error_event() {
+                    if s.settled_at_done {
+                        // Recorded at `[DONE]` already.
+                    } else if s.relay.saw_done() && !s.relay.error_event() {
                         s.settle(Outcome::Ok, None);
                     } else if s.relay.error_event() {
                         s.settle(Outcome::UpstreamError, Some("upstream_stream_error"));
