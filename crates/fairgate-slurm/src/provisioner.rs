@@ -345,20 +345,7 @@ impl ModelRun {
             format!("ended by Slurm ({})", j.slurm_state)
         };
         if let Some(url) = &j.url {
-            if fairgate_control::backends::pool(cx.st, &self.model)
-                .ok()
-                .and_then(|p| p.backend(url))
-                .is_some()
-            {
-                let _ = fairgate_control::backends::change_backend(
-                    cx.st,
-                    ACTOR,
-                    &self.model,
-                    url,
-                    fairgate_control::backends::Change::Remove,
-                )
-                .await;
-            }
+            remove_backend(cx, &self.model, url).await;
         }
         let _ = std::fs::remove_file(self.endpoint_file(cx.global, &j.name));
         if !by_us {
@@ -520,14 +507,7 @@ impl ModelRun {
             return;
         };
         if let Some(url) = &j.url {
-            let _ = fairgate_control::backends::change_backend(
-                cx.st,
-                ACTOR,
-                &self.model,
-                url,
-                fairgate_control::backends::Change::Remove,
-            )
-            .await;
+            remove_backend(cx, &self.model, url).await;
         }
         j.phase = Phase::Cancelled;
         if let Err(e) = cx.slurm.cancel(id).await {
@@ -778,17 +758,19 @@ impl ModelRun {
         j.phase = Phase::Draining;
         j.draining_since = Some(Instant::now());
         if let Some(url) = j.url.clone() {
-            if let Err(e) = fairgate_control::backends::change_backend(
-                cx.st,
-                ACTOR,
-                &self.model,
-                &url,
-                fairgate_control::backends::Change::Remove,
-            )
-            .await
-            {
-                tracing::warn!(model = %self.model, job = %id, error = %e, "could not drain the job's backend");
-            }
+            remove_backend(cx, &self.model, &url).await;
+        }
+    }
+}
+
+/// Takes a job's backend out of the pool (draining: requests in flight finish), through the
+/// control plane so every replica follows; one already gone is fine.
+async fn remove_backend(cx: &Ctx<'_>, model: &str, url: &str) {
+    use fairgate_control::{backends, ControlError};
+    match backends::change_backend(cx.st, ACTOR, model, url, backends::Change::Remove).await {
+        Ok(_) | Err(ControlError::NotFound(_)) => {}
+        Err(e) => {
+            tracing::warn!(model = %model, backend = %url, error = %e, "could not remove a Slurm job's backend")
         }
     }
 }
