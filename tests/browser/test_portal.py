@@ -1,6 +1,6 @@
 """The portal in real headless Chromium: sign-in, keys, history, usage, the operator's live
-fair-share view and telemetry (live charts, a user's own last hour), tenant and group management, the backends page (add, drain, live refresh,
-remove), the audit log and role checks. Explicit waits only."""
+fair-share view and telemetry (live charts, a user's own last hour), tenant and group management, a tenant's guardrail
+modes, the backends page (add, drain, live refresh, remove), the audit log and role checks. Explicit waits only."""
 
 from __future__ import annotations
 
@@ -328,6 +328,49 @@ def test_operator_creates_a_tenant_with_weight_and_limit_live(driver, gateway):
     first, _ = chat(gateway, key)
     second, body = chat(gateway, key)
     assert (first, second) == (200, 429), f"rpm=1, on_limit=reject: got {first}, {second}: {body[:300]}"
+
+
+def test_operator_blocks_pii_for_a_tenant_live_and_audited(driver, gateway):
+    portal, admin, token = gateway["portal_url"], gateway["admin_url"], gateway["admin_token"]
+    tenant = f"pii-{uuid.uuid4().hex[:8]}"
+    status, text = http_json("POST", admin + "/tenants", token=token, body={"name": tenant, "weight": 1})
+    assert status == 201, text
+    status, text = http_json("POST", admin + "/keys", token=token, body={"tenant": tenant, "name": "browser-pii"})
+    assert status == 201, text
+    key = json.loads(text)["key"]
+    sign_in(driver, gateway, gateway["portal_email"], gateway["portal_password"])
+    open_page(driver, f"{portal}/operator/tenants/{tenant}", f"Tenant {tenant}")
+
+    # One select per guardrail; prompt injection cannot be redacted, so it is not offered.
+    form = driver.find_element(By.ID, "guardrails")
+    offered = [o.get_attribute("value") for o in Select(form.find_element(By.NAME, "injection")).options]
+    assert "redact" not in offered and "block" in offered, offered
+    Select(form.find_element(By.NAME, "pii")).select_by_value("block")
+    submit(driver, form, "Save guardrails")
+    assert setting(driver, "guardrails").startswith("pii block"), setting(driver, "guardrails")
+    effective = driver.find_element(By.CSS_SELECTOR, "span[data-effective='sim-llama:pii']")
+    assert effective.text == "block", effective.text
+    driver.execute_script("arguments[0].scrollIntoView()", driver.find_element(By.ID, "guardrails"))
+    shot(driver, "15-operator-guardrails")
+    # The key's page, linked from the tenant's, shows what applies to the key and where from.
+    driver.find_element(By.CSS_SELECTOR, "a[data-key-link]").click()
+    wait(driver).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "main h1"), "Key browser-pii"))
+    effective = driver.find_element(By.CSS_SELECTOR, "span[data-effective='sim-llama:pii']")
+    assert effective.text == "block", effective.text
+    shot(driver, "16-operator-key-guardrails")
+
+    # Live for the next request: an e-mail address in the prompt is refused.
+    status, body = http_json(
+        "POST", gateway["base_url"] + "/chat/completions", token=key,
+        body={"model": "sim-llama", "messages": [{"role": "user", "content": "Write to jane.doe@example.com"}],
+              "max_tokens": 8})
+    assert status == 400 and "guardrail_pii" in body, (status, body[:300])
+
+    # Audited once, with the modes before and after.
+    open_page(driver, portal + "/audit", "Audit log")
+    hits = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "main table tbody tr")
+            if "tenant.guardrails" in r.text and f"tenant:{tenant}" in r.text]
+    assert len(hits) == 1 and '"pii":"block"' in hits[0], hits
 
 
 def backend_row(driver, model: str, url: str):

@@ -96,7 +96,7 @@ pub async fn update_key(
     change: KeyChange,
 ) -> Result<KeyRecord, ControlError> {
     let mut k = load_key(st, id).await?;
-    let before = json_of(&k);
+    let old = k.clone();
     if let Some(n) = change.name {
         k.name = n;
     }
@@ -121,15 +121,18 @@ pub async fn update_key(
     }
     st.store.update_key(&k).await?;
     directory_changed(st).await?;
-    record_audit(
-        st,
-        actor,
-        "key.update",
-        format!("key:{}", k.id),
-        before,
-        json_of(&k),
-    )
-    .await;
+    // A change of the guardrail modes alone is audited as the portal's key form does it.
+    if !crate::guardrails::audit_key_if_only_modes(st, actor, &old, &k).await {
+        record_audit(
+            st,
+            actor,
+            "key.update",
+            format!("key:{}", k.id),
+            json_of(&old),
+            json_of(&k),
+        )
+        .await;
+    }
     Ok(k)
 }
 

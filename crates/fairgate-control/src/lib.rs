@@ -11,6 +11,7 @@ pub mod audit;
 pub mod backends;
 mod error;
 pub mod groups;
+pub mod guardrails;
 pub mod keys;
 pub mod passwords;
 pub mod reload;

@@ -72,7 +72,7 @@ pub async fn update_tenant(
         .get_tenant(name)
         .await?
         .ok_or_else(|| not_found(name))?;
-    let before_json = json_of(&t);
+    let old = t.clone();
     let before = (t.weight, t.group.clone());
     if let Some(w) = change.weight {
         t.weight = valid_weight(w)?;
@@ -92,15 +92,19 @@ pub async fn update_tenant(
         return Err(not_found(name));
     }
     directory_changed(st).await?;
-    record_audit(
-        st,
-        actor,
-        "tenant.update",
-        format!("tenant:{name}"),
-        before_json,
-        json_of(&t),
-    )
-    .await;
+    // A change of the guardrail modes alone is the portal's guardrails form's operation too:
+    // one entry of the same shape, whichever surface made it.
+    if !crate::guardrails::audit_tenant_if_only_modes(st, actor, &old, &t).await {
+        record_audit(
+            st,
+            actor,
+            "tenant.update",
+            format!("tenant:{name}"),
+            json_of(&old),
+            json_of(&t),
+        )
+        .await;
+    }
     tracing::info!(tenant = %name, ?before, after = ?(t.weight, &t.group), policy_changed, actor, "tenant updated");
     Ok(t)
 }

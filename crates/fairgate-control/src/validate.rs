@@ -91,18 +91,69 @@ pub fn check_tenant_policy(p: &TenantPolicy) -> Result<(), ControlError> {
             ));
         }
     }
-    check_guardrails(&p.guardrails)
+    check_guardrails(&p.guardrails)?;
+    check_mcp(&p.mcp)
+}
+
+/// Longest tool name an MCP allowlist may hold.
+pub const MAX_TOOL_NAME: usize = 128;
+
+/// A tenant's MCP allowlist: server names follow the name rule, each lists at least one tool
+/// (or `*`), tool names are short, printable and listed once.
+pub fn check_mcp(
+    mcp: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Result<(), ControlError> {
+    for (server, tools) in mcp {
+        let at = format!("policy.mcp.{server}");
+        if !is_valid_name(server) {
+            return Err(bad(
+                "policy.mcp",
+                format!("server `{server}` is invalid: {NAME_RULE}"),
+            ));
+        }
+        if tools.is_empty() {
+            return Err(bad(
+                &at,
+                "list the tools this tenant may call, or [\"*\"] for all of them (leave the server out to refuse it)",
+            ));
+        }
+        for (i, tool) in tools.iter().enumerate() {
+            if tool.is_empty()
+                || tool.len() > MAX_TOOL_NAME
+                || tool.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(bad(
+                    &format!("{at}[{i}]"),
+                    format!(
+                        "`{tool}` is not a tool name (1-{MAX_TOOL_NAME} characters, no spaces)"
+                    ),
+                ));
+            }
+            if tools[..i].contains(tool) {
+                return Err(bad(
+                    &format!("{at}[{i}]"),
+                    format!("`{tool}` is listed twice"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn check_key_policy(p: &KeyPolicy) -> Result<(), ControlError> {
     check_limits("policy.limits", &p.limits)?;
     check_budgets("policy.budgets", &p.budgets)?;
-    check_guardrails(&p.guardrails)
+    check_guardrails(&p.guardrails)?;
+    match &p.mcp {
+        Some(m) => check_mcp(m),
+        None => Ok(()),
+    }
 }
 
-fn check_guardrails(g: &fairgate_types::GuardrailPolicy) -> Result<(), ControlError> {
-    fairgate_gateway::config::validate_guardrails(g)
-        .map_err(|(f, m)| bad(&format!("policy.guardrails.{f}"), m))
+/// A scope's guardrail modes: the gateway's rules and each field's allowed modes
+/// ([`crate::guardrails::check`]).
+pub fn check_guardrails(g: &fairgate_types::GuardrailPolicy) -> Result<(), ControlError> {
+    crate::guardrails::check(g)
 }
 
 pub fn check_models(st: &AppState, models: &Option<Vec<String>>) -> Result<(), ControlError> {
@@ -130,5 +181,38 @@ pub fn valid_email(email: &str) -> Result<String, ControlError> {
         Err(ControlError::Invalid(format!(
             "email: `{email}` is not an email address"
         )))
+    }
+}
+
+#[cfg(test)]
+mod mcp_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn policy(entries: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        entries
+            .iter()
+            .map(|(s, t)| (s.to_string(), t.iter().map(|x| x.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn mcp_allowlists_are_checked() {
+        assert!(check_mcp(&policy(&[("files", &["add", "echo"]), ("web", &["*"])])).is_ok());
+        for (bad_policy, field) in [
+            (policy(&[("bad name", &["add"])]), "policy.mcp"),
+            (policy(&[("files", &[])]), "policy.mcp.files"),
+            (policy(&[("files", &["a b"])]), "policy.mcp.files[0]"),
+            (policy(&[("files", &[""])]), "policy.mcp.files[0]"),
+            (policy(&[("files", &["add", "add"])]), "policy.mcp.files[1]"),
+        ] {
+            let e = check_mcp(&bad_policy).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let p = TenantPolicy {
+            mcp: policy(&[("files", &[])]),
+            ..TenantPolicy::default()
+        };
+        assert!(check_tenant_policy(&p).is_err());
     }
 }

@@ -16,7 +16,8 @@ use fairgate_admission::limits::{LimitError, LimitGuard, LimitRequest, LimitScop
 use fairgate_admission::pool::{AdmitError, AdmitRequest};
 use fairgate_store::{SpendScope, Store};
 use fairgate_types::{
-    now_millis, Budget, BudgetPeriod, KeyId, Micros, OnLimit, Price, Priority, Tenant, Usage,
+    now_millis, Budget, BudgetPeriod, KeyId, Micros, OnLimit, Price, Priority, Tenant, Unit,
+    UnitTokens, Usage,
 };
 use tokio::time::Instant;
 
@@ -49,6 +50,11 @@ pub struct Ask<'a> {
     /// Prompt estimate + max output tokens.
     pub reservation: u64,
     pub prompt_estimate: u64,
+    /// A non-token surface's unit and the amount the request asks for (0 when unknown);
+    /// weighed in tokens by `unit_tokens` and priced by `price` on top of the tokens.
+    pub unit: Unit,
+    pub units: u64,
+    pub unit_tokens: UnitTokens,
     pub deadline: Instant,
     pub on_limit: OnLimit,
     pub max_queue: usize,
@@ -61,6 +67,7 @@ pub struct Admitted {
     budget: Option<BudgetHold>,
     fleet: Option<FleetHold>,
     price: Price,
+    unit_tokens: UnitTokens,
     hard_cap: bool,
     prompt_estimate: u64,
 }
@@ -163,13 +170,28 @@ impl Admission {
             )
             .collect();
         let max_out = ask.reservation.saturating_sub(ask.prompt_estimate);
+        // An image, audio or speech request also holds what its units weigh and cost.
+        let unit_cost = ask.price.unit_cost(ask.unit, ask.units);
+        let reservation = ask
+            .reservation
+            .saturating_add(ask.unit_tokens.tokens(ask.unit, ask.units));
         let min = Spend::new(
             ask.prompt_estimate.saturating_add(1),
-            ask.price.cost(ask.prompt_estimate, 1),
+            Micros(
+                ask.price
+                    .cost(ask.prompt_estimate, 1)
+                    .0
+                    .saturating_add(unit_cost.0),
+            ),
         );
         let est = Spend::new(
-            ask.reservation,
-            ask.price.cost(ask.prompt_estimate, max_out),
+            reservation,
+            Micros(
+                ask.price
+                    .cost(ask.prompt_estimate, max_out)
+                    .0
+                    .saturating_add(unit_cost.0),
+            ),
         );
         let mut scopes = Vec::new();
         if !policy.limits.is_empty() {
@@ -199,7 +221,7 @@ impl Admission {
                     min,
                     est,
                     limits: &scopes,
-                    tokens: ask.reservation,
+                    tokens: reservation,
                     deadline: ask.deadline,
                     on_limit: ask.on_limit,
                 };
@@ -246,7 +268,7 @@ impl Admission {
         } else {
             let req = LimitRequest {
                 scopes,
-                tokens: ask.reservation,
+                tokens: reservation,
             };
             Some(
                 self.limits
@@ -264,7 +286,7 @@ impl Admission {
                     group: ask.tenant.group.as_deref(),
                     group_weight: ask.group_weight,
                     priority: ask.priority,
-                    tokens: ask.reservation,
+                    tokens: reservation,
                     prompt_estimate: ask.prompt_estimate,
                     max_queued: ask.max_queue,
                     deadline: ask.deadline,
@@ -282,13 +304,14 @@ impl Admission {
             budget,
             fleet,
             price: ask.price,
+            unit_tokens: ask.unit_tokens,
             hard_cap: policy.hard_cap,
             prompt_estimate: ask.prompt_estimate,
         })
     }
 }
 
-fn rate_limited(e: LimitError) -> ApiError {
+pub(crate) fn rate_limited(e: LimitError) -> ApiError {
     ApiError::RateLimited {
         message: format!(
             "{e}; {}",
@@ -368,15 +391,29 @@ impl Admitted {
         }
     }
 
-    /// The request ended with `usage`: correct every charge to it and return its price.
-    pub fn settle(mut self, usage: &Usage) -> Micros {
-        let cost = self
-            .price
-            .cost(usage.prompt_tokens, usage.completion_tokens);
-        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
-        self.lease
-            .permit
-            .settle(usage.prompt_tokens, usage.completion_tokens);
+    /// The request ended with `usage` (and `units` of a non-token surface's `unit`): correct
+    /// every charge to it and return its price.
+    pub fn settle(mut self, usage: &Usage, unit: Unit, units: u64) -> Micros {
+        let cost = Micros(
+            self.price
+                .cost(usage.prompt_tokens, usage.completion_tokens)
+                .0
+                .saturating_add(self.price.unit_cost(unit, units).0),
+        );
+        // Audio is read (input work); images and speech are made (output work).
+        let weight = self.unit_tokens.tokens(unit, units);
+        let (prompt, completion) = match unit {
+            Unit::AudioSeconds => (
+                usage.prompt_tokens.saturating_add(weight),
+                usage.completion_tokens,
+            ),
+            _ => (
+                usage.prompt_tokens,
+                usage.completion_tokens.saturating_add(weight),
+            ),
+        };
+        let tokens = prompt.saturating_add(completion);
+        self.lease.permit.settle(prompt, completion);
         if let Some(l) = self.limit.as_mut() {
             l.reconcile(tokens);
         }

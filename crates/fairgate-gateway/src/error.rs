@@ -116,7 +116,22 @@ pub enum ApiError {
     UpstreamResponseTooLarge { model: String, limit: usize },
     #[error("the gateway is holding too many backend answers in memory right now; retry shortly")]
     UpstreamMemoryExhausted { model: String },
+    /// The external guardrail hook failed and is configured to fail closed (issue 16).
+    #[error("the guardrail service could not check this request ({0}); retry later")]
+    GuardrailUnavailable(String),
     // --- end request path hardening ---
+    // --- MCP through the gateway (issue 16, `crate::mcp`) ---
+    #[error("no MCP server `{0}` is registered with this gateway")]
+    McpServerNotFound(String),
+    #[error("this API key may not use MCP server `{0}`")]
+    McpServerNotAllowed(String),
+    /// Answered as a JSON-RPC error (the HTTP status stays 200); the status is the ledger's.
+    #[error("tool `{tool}` of MCP server `{server}` is not allowed for this API key")]
+    McpToolNotAllowed { server: String, tool: String },
+    #[error("MCP server `{server}` failed: {detail}")]
+    McpUpstream { server: String, detail: String },
+    #[error("MCP server `{server}` did not answer within {timeout_ms} ms")]
+    McpUpstreamTimeout { server: String, timeout_ms: u64 },
 }
 
 /// The JSON body every error is sent with.
@@ -143,8 +158,13 @@ impl ApiError {
             }
             AdminUnauthorized(_) => StatusCode::UNAUTHORIZED,
             ModelNotAllowed(_) | AdminOnly(_) => StatusCode::FORBIDDEN,
+            McpServerNotAllowed(_) | McpToolNotAllowed { .. } => StatusCode::FORBIDDEN,
+            McpServerNotFound(_) => StatusCode::NOT_FOUND,
+            McpUpstream { .. } => StatusCode::BAD_GATEWAY,
+            McpUpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             UpstreamMemoryExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GuardrailUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ModelNotFound(_) | RouteNotFound(_) | AdminNotFound(_) => StatusCode::NOT_FOUND,
             BadRequest(_) | MissingModel(_) | BodyRead(_) | AdminBadRequest(_) => {
                 StatusCode::BAD_REQUEST
@@ -176,7 +196,10 @@ impl ApiError {
             MissingKey | InvalidKey | KeyRevoked | KeyExpired | KeyDisabled
             | AdminUnauthorized(_) => "authentication_error",
             ModelNotAllowed(_) | AdminOnly(_) => "permission_error",
+            McpServerNotAllowed(_) | McpToolNotAllowed { .. } => "permission_error",
+            McpUpstream { .. } | McpUpstreamTimeout { .. } => "server_error",
             UpstreamResponseTooLarge { .. } | UpstreamMemoryExhausted { .. } => "server_error",
+            GuardrailUnavailable(_) => "server_error",
             QueueTimeout {
                 overloaded: true, ..
             }
@@ -238,6 +261,12 @@ impl ApiError {
             AdminOnly(_) => "admin_only",
             UpstreamResponseTooLarge { .. } => "upstream_response_too_large",
             UpstreamMemoryExhausted { .. } => "upstream_memory_exhausted",
+            GuardrailUnavailable(_) => "guardrail_unavailable",
+            McpServerNotFound(_) => "mcp_server_not_found",
+            McpServerNotAllowed(_) => "mcp_server_not_allowed",
+            McpToolNotAllowed { .. } => "mcp_tool_not_allowed",
+            McpUpstream { .. } => "mcp_upstream_error",
+            McpUpstreamTimeout { .. } => "mcp_upstream_timeout",
         }
     }
 
@@ -264,6 +293,8 @@ impl ApiError {
             | NoHealthyBackend { .. }
             | UpstreamResponseTooLarge { .. }
             | UpstreamMemoryExhausted { .. }
+            | McpUpstream { .. }
+            | McpUpstreamTimeout { .. }
             | Internal(_) => Outcome::UpstreamError,
             _ => Outcome::Rejected,
         }

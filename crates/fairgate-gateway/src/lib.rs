@@ -7,6 +7,7 @@
 //! [`state`] holds what all handlers share; [`config`] is the file and its environment
 //! overrides; [`metrics`] serves Prometheus numbers; [`telemetry`] keeps the last hour in
 //! rolling windows for the portal; [`router`] picks a backend (pure);
+//! [`mcp`] relays MCP tool servers' sessions under tenants' allowlists and limits;
 //! [`limits`] and [`proxy_limits`] bound what hostile input may cost; [`serving`] is the HTTP
 //! server with graceful shutdown.
 //!
@@ -24,6 +25,7 @@ pub mod extract;
 pub mod fleet;
 pub mod identity;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_limits;

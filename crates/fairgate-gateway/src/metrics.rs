@@ -246,8 +246,9 @@ pub struct Metrics {
     pub completion_tokens: Family<CounterB>,
     /// What requests cost at the models' prices, in micros (spend per tenant).
     pub cost_micros: Family<CounterB>,
-    /// Guardrail findings by guardrail (`pii`, `injection`), tenant and action (`logged`,
-    /// `redacted`, `blocked`): one per request that had any.
+    /// Guardrail findings by guardrail (`pii`, `injection`, `pii_output`, `external`), tenant
+    /// and action (`logged`, `redacted`, `blocked`; the hook's `failed_open`,
+    /// `failed_closed`): one per request and guardrail that had any.
     pub guardrail_findings: Family<CounterB>,
     pub ttft: Family<HistB>,
     /// TTFT per tenant: what fair share and the headroom do for each tenant's latency.
@@ -261,6 +262,9 @@ pub struct Metrics {
     /// Admission decisions by model, tenant, result (`admitted`, `rejected`, `cache_hit`) and
     /// rejection reason.
     pub admissions: Family<CounterB>,
+    /// MCP tool calls by server, tenant and outcome (`ok`, `denied`, `rate_limited`,
+    /// `upstream_error`).
+    pub mcp_calls: Family<CounterB>,
     in_flight: Family<IGaugeB>,
     queued: Family<IGaugeB>,
     tenant_queued: Family<IGaugeB>,
@@ -501,6 +505,11 @@ impl Metrics {
                 "Routing decisions by backend and reason (round_robin, least_loaded, prefix_hit, spill, cold)",
                 &["model", "backend", "reason"],
             )?,
+            mcp_calls: counter(
+                "fairgate_mcp_calls_total",
+                "MCP tool calls (tools/call) by server, tenant and outcome",
+                &["server", "tenant", "outcome"],
+            )?,
             requests: counter(
                 "fairgate_requests_total",
                 "Requests by tenant, model and HTTP status returned",
@@ -523,7 +532,7 @@ impl Metrics {
             )?,
             guardrail_findings: counter(
                 "fairgate_guardrail_findings_total",
-                "Requests whose prompt a guardrail flagged, by guardrail (pii, injection), tenant and action (logged, redacted, blocked)",
+                "Requests a guardrail flagged, by guardrail (pii, injection, pii_output, external), tenant and action (logged, redacted, blocked, failed_open, failed_closed)",
                 &["guardrail", "tenant", "action"],
             )?,
             ttft: hist(
@@ -650,6 +659,13 @@ impl Metrics {
         tenants: impl IntoIterator<Item = &'a str>,
     ) {
         let l = self.labels();
+        // MCP servers' rows carry `mcp:{server}` as their model.
+        let mcp_models: Vec<String> = config
+            .mcp
+            .servers
+            .iter()
+            .map(|s| format!("mcp:{}", s.name))
+            .collect();
         l.set_models(
             upstreams
                 .names()
@@ -660,7 +676,8 @@ impl Metrics {
                         .iter()
                         .flat_map(|m| m.adapters.iter().map(String::as_str)),
                 )
-                .chain(config.aliases.iter().map(|a| a.name.as_str())),
+                .chain(config.aliases.iter().map(|a| a.name.as_str()))
+                .chain(mcp_models.iter().map(String::as_str)),
         );
         l.set_tenants(tenants);
         l.set_max_series(config.metrics.max_series);

@@ -28,6 +28,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/score", post(proxy::generic))
         .route("/pooling", post(proxy::generic))
         .route("/classify", post(proxy::generic))
+        // POST, GET and DELETE; any other method gets its 404 there, with its ledger row.
+        .route("/mcp/{server}", any(crate::mcp::handle))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -3,7 +3,12 @@
 //! - `scan_4k`: [`Guard::scan`] on a 4 KiB prompt of ordinary prose with a few PII values
 //!   (target: at most 50 µs), plus the PII and injection halves on their own and `redact`.
 //! - `stream_512_tokens`: a 512-token answer (about 2 KiB, a few PII values) fed to a
-//!   [`fairgate_guard::StreamScan`] in 4-byte chunks; criterion reports time per chunk.
+//!   [`fairgate_guard::StreamScan`] in 4-byte chunks; criterion reports time per answer and,
+//!   as throughput, per chunk. `push_4_byte_chunks` is `log` mode's work; `block_holdback`
+//!   adds `clean_until` after every chunk (what `block` mode asks to release held text);
+//!   `sse_parse_and_scan` is the gateway's completion guardrail per event: the chunk's JSON
+//!   (`delta.content`) read with a borrowed parse, then pushed, then `clean_until`, against
+//!   `sse_parse_only`, the parse alone.
 
 use std::hint::black_box;
 
@@ -115,10 +120,82 @@ fn bench_stream(c: &mut Criterion) {
     };
     assert_eq!(run(), guard.scan(&answer).pii.len());
 
+    let holdback = || {
+        let mut s = guard.stream();
+        let mut clean = 0;
+        for chunk in &chunks {
+            if s.push(black_box(chunk)).is_some() {
+                while s.next_finding().is_some() {}
+            }
+            clean = s.clean_until();
+        }
+        while s.finish().is_some() || s.next_finding().is_some() {}
+        clean + s.clean_until()
+    };
+    // The same answer as the SSE events a vLLM stream carries, one token each.
+    let events: Vec<String> = chunks
+        .iter()
+        .map(|c| {
+            serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": c}, "finish_reason": null}]})
+            .to_string()
+        })
+        .collect();
+    let parse = |e: &str| -> usize {
+        let c: SseChunk = serde_json::from_str(e).unwrap();
+        c.choices
+            .iter()
+            .filter_map(|c| c.delta.as_ref()?.content.as_ref())
+            .map(|t| t.len())
+            .sum()
+    };
+    let sse = || {
+        let mut s = guard.stream();
+        let mut clean = 0;
+        for e in &events {
+            let c: SseChunk = serde_json::from_str(black_box(e)).unwrap();
+            for ch in &c.choices {
+                if let Some(t) = ch.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                    if s.push(t).is_some() {
+                        while s.next_finding().is_some() {}
+                    }
+                }
+            }
+            clean = s.clean_until();
+        }
+        while s.finish().is_some() || s.next_finding().is_some() {}
+        clean
+    };
+    assert_eq!(events.iter().map(|e| parse(e)).sum::<usize>(), answer.len());
+
     let mut g = c.benchmark_group("stream_512_tokens");
     g.throughput(Throughput::Elements(chunks.len() as u64));
     g.bench_function("push_4_byte_chunks", |b| b.iter(run));
+    g.bench_function("block_holdback", |b| b.iter(holdback));
+    g.bench_function("sse_parse_only", |b| {
+        b.iter(|| events.iter().map(|e| parse(black_box(e))).sum::<usize>())
+    });
+    g.bench_function("sse_parse_and_scan", |b| b.iter(sse));
     g.finish();
+}
+
+#[derive(serde::Deserialize)]
+struct SseChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<SseChoice<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct SseChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<SseDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct SseDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
 }
 
 criterion_group!(benches, bench_scan, bench_stream);

@@ -77,6 +77,13 @@ impl Guard {
         Findings { pii, injection }
     }
 
+    /// PII only (no injection heuristics): for completions, where only PII is looked for.
+    pub fn scan_pii(&self, text: &str) -> Vec<Finding> {
+        let mut pii = Vec::new();
+        self.inner.pii.scan(text, 0, &mut pii);
+        pii
+    }
+
     /// `text` with every PII span in `findings` replaced by `[REDACTED:<kind>]`.
     ///
     /// `findings` should come from scanning this same text. Spans that are out of range or not

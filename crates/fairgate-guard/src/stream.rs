@@ -44,6 +44,8 @@ pub struct StreamScan {
     scratch: Vec<Finding>,
     /// The longest span to retain (the engine's longest value).
     window: usize,
+    /// [`StreamScan::finish`] was called.
+    finished: bool,
 }
 
 impl std::fmt::Debug for StreamScan {
@@ -70,6 +72,7 @@ impl StreamScan {
             queue: VecDeque::new(),
             scratch: Vec::new(),
             window,
+            finished: false,
         }
     }
 
@@ -107,12 +110,32 @@ impl StreamScan {
     /// finding not handed out yet. Call it once, after the last chunk.
     pub fn finish(&mut self) -> Option<Finding> {
         self.scan(true);
+        self.finished = true;
         self.queue.pop_front()
     }
 
     /// The next detected finding not handed out yet.
     pub fn next_finding(&mut self) -> Option<Finding> {
         self.queue.pop_front()
+    }
+
+    /// Absolute offset before which no value can start that was not handed out yet: text
+    /// before it is settled clean (or was reported), so a caller that holds completion text
+    /// back until it is safe may release everything before this offset. It trails the text
+    /// pushed by at most the longest value plus a small look-ahead; after [`finish`] it is
+    /// the end of the text unless a finding is still queued.
+    ///
+    /// [`finish`]: StreamScan::finish
+    pub fn clean_until(&self) -> usize {
+        let settled = if self.finished {
+            self.bytes_seen()
+        } else {
+            self.scan_from.max(self.base)
+        };
+        match self.queue.front() {
+            Some(f) => settled.min(f.start),
+            None => settled,
+        }
     }
 
     /// Total bytes pushed so far.
@@ -226,6 +249,44 @@ mod tests {
         text.push_str("Contact: bob@example.com");
         let found = streamed(&text, 4);
         assert_eq!(found, vec![("email".into(), "bob@example.com".into())]);
+    }
+
+    /// `clean_until` never passes the start of a value not handed out yet, trails the text by
+    /// a bounded amount, and reaches the end after `finish`.
+    #[test]
+    fn clean_until_never_passes_an_unreported_value() {
+        let text = "Sure! Reach Ana at ana.lopez@example.org or +44 20 7946 0958. \
+                    The quick brown fox jumps over the lazy dog again and again and again. \
+                    Card 4111 1111 1111 1111 expires soon, SSN 123-45-6789. Bye now.";
+        let expected = whole(text);
+        let guard = Guard::new(&GuardConfig::default()).unwrap();
+        for n in [1, 3, 8, 64] {
+            let mut s = guard.stream();
+            let mut got = Vec::new();
+            let mut i = 0;
+            while i < text.len() {
+                let j = (i + n).min(text.len());
+                let mut next = s.push(&text[i..j]);
+                while let Some(f) = next {
+                    got.push(f);
+                    next = s.next_finding();
+                }
+                let clean = s.clean_until();
+                assert!(clean <= j);
+                assert!(j - clean <= 2 * 128 + 64, "trails by {}", j - clean);
+                // Every value not yet reported starts at or after `clean`.
+                for (_, value) in expected.iter().skip(got.len()) {
+                    let start = text.find(value.as_str()).unwrap();
+                    assert!(start >= clean, "chunks of {n}: {start} < {clean}");
+                }
+                i = j;
+            }
+            while let Some(f) = s.finish().or_else(|| s.next_finding()) {
+                got.push(f);
+            }
+            assert_eq!(got.len(), expected.len());
+            assert_eq!(s.clean_until(), text.len());
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The browser portal at `/portal`: people sign in and manage their own keys, usage and
 //! history and see the models they may use; operators watch fair share and telemetry live
 //! ([`telemetry`]), manage tenants,
-//! groups, limits and budgets, and watch and change models' backends ([`operator`]).
+//! groups, limits, budgets and guardrail modes, and watch and change models' backends
+//! ([`operator`]).
 //! Server-rendered HTML from the same binary; the little script there is (copy button,
 //! playground, live views) is one static file, `/portal/static/app.js`.
 //!
@@ -227,6 +228,9 @@ portal_routes! {
     POST "/operator/tenants/{name}/policy" => operator::tenants::set_tenant_policy,
     POST "/operator/tenants/{name}/budgets" => operator::tenants::set_tenant_budget,
     POST "/operator/tenants/{name}/budgets/{period}/remove" => operator::tenants::remove_tenant_budget,
+    POST "/operator/tenants/{name}/guardrails" => operator::guardrails::set_tenant_guardrails,
+    GET "/operator/keys/{id}" => operator::guardrails::key_page,
+    POST "/operator/keys/{id}/guardrails" => operator::guardrails::set_key_guardrails,
     POST "/operator/groups" => operator::groups::create_group,
     POST "/operator/groups/{name}/weight" => operator::groups::set_group_weight,
     GET "/operator/backends" => operator::backends::backends_page,

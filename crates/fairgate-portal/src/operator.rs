@@ -1,6 +1,7 @@
 //! Operator pages: the live fair-share view ([`fair_share`]), tenants ([`tenants`]) and groups
-//! ([`groups`]): create, weight, group membership, rate limits, queueing, budgets; models'
-//! backends ([`backends`]); the audit log ([`audit`]). Every handler takes an
+//! ([`groups`]): create, weight, group membership, rate limits, queueing, budgets; tenants' and
+//! keys' guardrail modes ([`guardrails`]); models' backends ([`backends`]); the audit log
+//! ([`audit`]). Every handler takes an
 //! [`Operator`](crate::session::Operator), and every change a checked [`CsrfForm`](crate::session::CsrfForm).
 //!
 //! Every change goes the admin API's way: the same validation functions (`crate::admin`),
@@ -25,6 +26,7 @@ pub(crate) mod audit;
 pub(crate) mod backends;
 pub(crate) mod fair_share;
 pub(crate) mod groups;
+pub(crate) mod guardrails;
 pub(crate) mod tenants;
 
 // ---- forms --------------------------------------------------------------------------

@@ -394,6 +394,15 @@ pub(super) async fn tenant_page(
         ],
         vec!["Limits".to_owned(), esc(&limits_text(&tenant))],
         vec!["Budgets".to_owned(), esc(&budgets_text(&tenant))],
+        vec![
+            "Guardrails".to_owned(),
+            format!(
+                "<span data-setting=\"guardrails\">{}</span>",
+                esc(&crate::operator::guardrails::modes_text(
+                    &tenant.policy.guardrails
+                ))
+            ),
+        ],
     ];
     let mut body = String::new();
     body.push_str("<h2>Settings</h2>");

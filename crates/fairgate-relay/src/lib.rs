@@ -16,6 +16,7 @@
 //! - [`model`]: [`read_model`], the one reading of a relayed request's model (content type,
 //!   query and body), refusing what could be read two ways.
 //! - [`response`]: [`usage_from_body`] for non-stream responses (both usage shapes).
+//! - [`units`]: each non-token surface's unit (images, audio seconds, characters).
 //! - [`stream`]: [`StreamRelay`], the SSE relay with usage stripping and accounting, built on
 //!   `sse.rs` (event framing that tolerates any split and every SSE line ending).
 //! - `json.rs`: the serde visitor plumbing all of the above share; it is where the
@@ -31,6 +32,7 @@ pub mod response;
 mod rewrite;
 mod sse;
 pub mod stream;
+pub mod units;
 
 pub use model::{query_model, read_model, BodyKind, ModelRead, ModelSource};
 pub use request::{
@@ -40,3 +42,4 @@ pub use request::{
 };
 pub use response::usage_from_body;
 pub use stream::{Pushed, StreamRelay, MAX_EVENT_BYTES};
+pub use units::{answer_units, request_units, unit_of_path};

@@ -328,8 +328,19 @@ fn header_param(value: &str, param: &str) -> Option<String> {
     }
 }
 
-/// The `model` part of a `multipart/form-data` body; refused when repeated.
-fn form_model(content_type: &str, body: &[u8]) -> Result<Option<String>, RequestError> {
+/// One part of a `multipart/form-data` body: its `name` and raw value.
+pub(crate) struct FormPart<'a> {
+    pub name: Option<String>,
+    pub value: &'a [u8],
+}
+
+/// Calls `each` for every part of a `multipart/form-data` body, in order; stops at the first
+/// `Err` it returns. Malformed framing is refused.
+pub(crate) fn for_each_part<'a>(
+    content_type: &str,
+    body: &'a [u8],
+    mut each: impl FnMut(FormPart<'a>) -> Result<(), RequestError>,
+) -> Result<(), RequestError> {
     let boundary = header_param(content_type, "boundary")
         .filter(|b| !b.is_empty() && b.len() <= 200)
         .ok_or_else(|| bad_form("the content type has no boundary"))?;
@@ -342,10 +353,9 @@ fn form_model(content_type: &str, body: &[u8]) -> Result<Option<String>, Request
     let mut rest = body.get(start + delim.len()..).unwrap_or_default();
     let mut sep = b"\r\n".to_vec();
     sep.extend_from_slice(delim);
-    let mut found: Option<String> = None;
     loop {
         if rest.starts_with(b"--") {
-            return Ok(found.filter(|m| !m.is_empty()));
+            return Ok(());
         }
         let Some(r) = rest.strip_prefix(b"\r\n") else {
             return Err(bad_form("a boundary is not followed by a line break"));
@@ -375,15 +385,25 @@ fn form_model(content_type: &str, body: &[u8]) -> Result<Option<String>, Request
             ));
         }
         let name = disposition.and_then(|v| header_param(v, "name"));
-        if name.as_deref() != Some("model") {
-            continue;
+        each(FormPart { name, value })?;
+    }
+}
+
+/// The `model` part of a `multipart/form-data` body; refused when repeated.
+fn form_model(content_type: &str, body: &[u8]) -> Result<Option<String>, RequestError> {
+    let mut found: Option<String> = None;
+    for_each_part(content_type, body, |part| {
+        if part.name.as_deref() != Some("model") {
+            return Ok(());
         }
         if found.is_some() {
             return Err(ambiguous("the form has more than one `model` field"));
         }
-        let v = std::str::from_utf8(value).map_err(|_| bad_form("`model` is not UTF-8"))?;
+        let v = std::str::from_utf8(part.value).map_err(|_| bad_form("`model` is not UTF-8"))?;
         found = Some(v.to_owned());
-    }
+        Ok(())
+    })?;
+    Ok(found.filter(|m| !m.is_empty()))
 }
 
 #[cfg(test)]

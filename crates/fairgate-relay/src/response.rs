@@ -53,6 +53,7 @@ pub(crate) struct UsageH;
 enum UsageKey {
     Prompt,
     Completion,
+    Total,
     Details,
     Other,
 }
@@ -73,11 +74,14 @@ impl<'de> Handler<'de> for UsageH {
 
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Usage>, A::Error> {
         let mut usage = Usage::default();
+        let mut total = 0;
         while let Some(key) = map.next_key_seed(KeySeed(|k: &str| match k {
             // Chat/completions/embeddings, and the Responses API's names for the same counts.
             "prompt_tokens" | "input_tokens" => UsageKey::Prompt,
             "completion_tokens" | "output_tokens" => UsageKey::Completion,
             "prompt_tokens_details" | "input_tokens_details" => UsageKey::Details,
+            // vLLM's rerank reports only `total_tokens`: all of it is input.
+            "total_tokens" => UsageKey::Total,
             _ => UsageKey::Other,
         }))? {
             match key {
@@ -88,10 +92,14 @@ impl<'de> Handler<'de> for UsageH {
                     usage.completion_tokens = count(map.next_value_seed(Seed(ShapeOf))?)
                 }
                 UsageKey::Details => usage.cached_tokens = map.next_value_seed(Seed(DetailsH))?,
+                UsageKey::Total => total = count(map.next_value_seed(Seed(ShapeOf))?),
                 UsageKey::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
+        }
+        if usage.prompt_tokens == 0 && usage.completion_tokens == 0 {
+            usage.prompt_tokens = total;
         }
         Ok(Some(usage))
     }

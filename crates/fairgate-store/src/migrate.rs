@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "slurm_jobs",
         sql: include_str!("../migrations/0007_slurm_jobs.sql"),
     },
+    Migration {
+        version: 8,
+        name: "ledger_units",
+        sql: include_str!("../migrations/0008_ledger_units.sql"),
+    },
 ];
 
 /// Advisory lock key: "fairgate" in ASCII, so it is recognisable in `pg_locks`.

@@ -13,7 +13,7 @@ use fairgate_store::{
 use fairgate_types::{
     AuditEntry, Budget, BudgetPeriod, Group, KeyId, KeyPolicy, KeyRecord, LedgerRow, Micros,
     OnLimit, Outcome, Priority, RateLimits, RequestId, Role, Session, SlurmJobRow, SuLine, Tenant,
-    TenantPolicy, UsageRow, UsageSource, User, IDLE_TENANT,
+    TenantPolicy, Unit, UsageRow, UsageSource, User, IDLE_TENANT,
 };
 use prometheus::Registry;
 use rand::rngs::StdRng;
@@ -116,6 +116,8 @@ fn row(id: &str, ts: i64, tenant: Option<&str>, model: Option<&str>, p: u64, c: 
         cache_hit: false,
         priority: Priority::Interactive,
         attempts: 1,
+        unit: Unit::Tokens,
+        units: p.saturating_add(c),
     }
 }
 
@@ -147,7 +149,9 @@ fn tenant_policy() -> TenantPolicy {
         guardrails: fairgate_types::GuardrailPolicy {
             pii: Some(fairgate_types::GuardMode::Redact),
             injection: Some(fairgate_types::GuardMode::Block),
+            ..Default::default()
         },
+        mcp: [("files".to_owned(), vec!["add".to_owned(), "*".to_owned()])].into(),
     }
 }
 
@@ -168,7 +172,9 @@ fn key_policy() -> KeyPolicy {
         guardrails: fairgate_types::GuardrailPolicy {
             pii: Some(fairgate_types::GuardMode::Off),
             injection: None,
+            ..Default::default()
         },
+        mcp: Some([("files".to_owned(), vec!["echo".to_owned()])].into()),
     }
 }
 
@@ -1266,6 +1272,8 @@ fn random_row(rng: &mut StdRng, i: usize) -> LedgerRow {
         cache_hit: rng.gen(),
         priority: Priority::ALL[rng.gen_range(0..Priority::ALL.len())],
         attempts: rng.gen(),
+        unit: Unit::ALL[rng.gen_range(0..Unit::ALL.len())],
+        units: tokens(rng),
     }
 }
 

@@ -330,6 +330,46 @@ impl UsageSource {
     }
 }
 
+/// What a request's `units` count: tokens for text surfaces, and each other surface's own
+/// measure (OpenAI prices images per image, transcription per second of audio, speech per
+/// character; an MCP tool call is one call).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    #[default]
+    Tokens,
+    Images,
+    AudioSeconds,
+    Characters,
+    Calls,
+}
+
+impl Unit {
+    pub const ALL: [Unit; 5] = [
+        Unit::Tokens,
+        Unit::Images,
+        Unit::AudioSeconds,
+        Unit::Characters,
+        Unit::Calls,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Tokens => "tokens",
+            Unit::Images => "images",
+            Unit::AudioSeconds => "audio_seconds",
+            Unit::Characters => "characters",
+            Unit::Calls => "calls",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Unit::ALL.into_iter().find(|u| u.as_str() == s)
+    }
+}
+
 /// Token usage of one request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -380,6 +420,13 @@ pub struct LedgerRow {
     /// Upstream attempts: 0 when no backend was called, more than 1 when it failed over.
     #[serde(default)]
     pub attempts: u32,
+    /// What `units` counts (tokens unless the surface has its own unit).
+    #[serde(default)]
+    pub unit: Unit,
+    /// The request's amount in its unit: images made, seconds of audio transcribed,
+    /// characters spoken, tool calls. For token surfaces, prompt plus completion tokens.
+    #[serde(default)]
+    pub units: u64,
 }
 
 impl LedgerRow {
@@ -411,6 +458,8 @@ impl LedgerRow {
             cache_hit: false,
             priority: Priority::Interactive,
             attempts: 0,
+            unit: Unit::Tokens,
+            units: 0,
         }
     }
 }
@@ -533,7 +582,8 @@ pub fn utc_day(ms: UnixMillis) -> String {
 #[serde(transparent)]
 pub struct Micros(pub u64);
 
-/// Per-model prices, in micros per million tokens.
+/// Per-model prices: tokens in micros per million, and the other surfaces' units (OpenAI
+/// prices images per image, transcription per minute of audio, speech per million characters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
@@ -541,14 +591,87 @@ pub struct Price {
     pub input_per_mtok: u64,
     #[serde(default)]
     pub output_per_mtok: u64,
+    /// Micros per image made (`/v1/images/*`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_image: u64,
+    /// Micros per minute of audio transcribed or translated, charged by the second.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_audio_minute: u64,
+    /// Micros per million characters spoken (`/v1/audio/speech`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_mchar: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Price {
+    /// Per-token prices only.
+    pub const fn tokens(input_per_mtok: u64, output_per_mtok: u64) -> Price {
+        Price {
+            input_per_mtok,
+            output_per_mtok,
+            per_image: 0,
+            per_audio_minute: 0,
+            per_mchar: 0,
+        }
+    }
+
     /// Cost of one request, rounded up to a whole micro (never undercharges).
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Micros {
         let n = prompt_tokens as u128 * self.input_per_mtok as u128
             + completion_tokens as u128 * self.output_per_mtok as u128;
         Micros(n.div_ceil(1_000_000).min(u64::MAX as u128) as u64)
+    }
+
+    /// Cost of a request's amount in a non-token unit, rounded up (tokens and calls: 0; they
+    /// are priced by [`Price::cost`] or not at all).
+    pub fn unit_cost(&self, unit: Unit, units: u64) -> Micros {
+        let units = units as u128;
+        let n = match unit {
+            Unit::Images => units * self.per_image as u128,
+            Unit::AudioSeconds => (units * self.per_audio_minute as u128).div_ceil(60),
+            Unit::Characters => (units * self.per_mchar as u128).div_ceil(1_000_000),
+            Unit::Tokens | Unit::Calls => 0,
+        };
+        Micros(n.min(u64::MAX as u128) as u64)
+    }
+}
+
+/// What one unit of a non-token surface weighs in tokens, for fair share, rate limits and the
+/// token side of budgets: so an image, a minute of audio or a spoken paragraph queues and is
+/// charged beside text on the same model's pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnitTokens {
+    /// Tokens per image made.
+    pub image: u64,
+    /// Tokens per second of audio (Whisper's encoder reads 1500 frames per 30 s).
+    pub audio_second: u64,
+    /// Characters spoken per token.
+    pub characters_per_token: u64,
+}
+
+impl Default for UnitTokens {
+    fn default() -> Self {
+        UnitTokens {
+            image: 1000,
+            audio_second: 50,
+            characters_per_token: 4,
+        }
+    }
+}
+
+impl UnitTokens {
+    /// The token weight of `units` of `unit` (0 for tokens themselves and for calls).
+    pub fn tokens(&self, unit: Unit, units: u64) -> u64 {
+        match unit {
+            Unit::Images => units.saturating_mul(self.image),
+            Unit::AudioSeconds => units.saturating_mul(self.audio_second),
+            Unit::Characters => units.div_ceil(self.characters_per_token.max(1)),
+            Unit::Tokens | Unit::Calls => 0,
+        }
     }
 }
 
@@ -679,6 +802,10 @@ pub struct TenantPolicy {
     /// model's and the gateway's defaults; a key's own policy goes over this).
     #[serde(default, skip_serializing_if = "GuardrailPolicy::is_empty")]
     pub guardrails: GuardrailPolicy,
+    /// MCP servers (`[[mcp.servers]]`) this tenant may use, each with the tools it may call
+    /// (`"*"`: every tool of the server). A server with no entry is refused.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub mcp: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// What a guardrail does with its findings: `off`, `log`, `redact`, `block`.
@@ -696,11 +823,22 @@ pub struct GuardrailPolicy {
     /// Prompt-injection heuristics on user messages: `off`, `log` or `block`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injection: Option<GuardMode>,
+    /// PII in completions (streamed or not): `off`, `log` or `block` (text already sent cannot
+    /// be redacted, so `redact` is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<GuardMode>,
+    /// The external guardrail hook (`[guardrails.external]`) on prompts: `off`, `log` (ask,
+    /// count a `block` verdict, pass) or `block`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<GuardMode>,
 }
 
 impl GuardrailPolicy {
     pub fn is_empty(&self) -> bool {
-        self.pii.is_none() && self.injection.is_none()
+        self.pii.is_none()
+            && self.injection.is_none()
+            && self.output.is_none()
+            && self.external.is_none()
     }
 
     /// This scope's choices, falling back to `below`'s where this one has none.
@@ -708,6 +846,8 @@ impl GuardrailPolicy {
         GuardrailPolicy {
             pii: self.pii.or(below.pii),
             injection: self.injection.or(below.injection),
+            output: self.output.or(below.output),
+            external: self.external.or(below.external),
         }
     }
 }
@@ -732,6 +872,10 @@ pub struct KeyPolicy {
     /// Guardrail modes for this key's requests, over its tenant's.
     #[serde(default, skip_serializing_if = "GuardrailPolicy::is_empty")]
     pub guardrails: GuardrailPolicy,
+    /// Narrows the tenant's `mcp` allowlist for this key: only these servers, and of each only
+    /// the tools listed here that the tenant may call too. `None`: the tenant's, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 impl KeyPolicy {
@@ -834,6 +978,37 @@ pub struct AuditEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_are_priced_and_weighed() {
+        let p = Price {
+            per_image: 40_000,
+            per_audio_minute: 6_000,
+            per_mchar: 15_000_000,
+            ..Price::tokens(1, 2)
+        };
+        assert_eq!(p.unit_cost(Unit::Images, 3), Micros(120_000));
+        // 61 s at 6000 per minute: 6100, by the second.
+        assert_eq!(p.unit_cost(Unit::AudioSeconds, 61), Micros(6_100));
+        // Rounded up, never down.
+        assert_eq!(p.unit_cost(Unit::AudioSeconds, 1), Micros(100));
+        assert_eq!(p.unit_cost(Unit::Characters, 1_000), Micros(15_000));
+        assert_eq!(p.unit_cost(Unit::Characters, 1), Micros(15));
+        assert_eq!(p.unit_cost(Unit::Tokens, 1_000), Micros(0));
+        let w = UnitTokens::default();
+        assert_eq!(w.tokens(Unit::Images, 2), 2_000);
+        assert_eq!(w.tokens(Unit::AudioSeconds, 30), 1_500);
+        assert_eq!(w.tokens(Unit::Characters, 9), 3);
+        assert_eq!(w.tokens(Unit::Calls, 9), 0);
+        for u in Unit::ALL {
+            assert_eq!(Unit::parse(u.as_str()), Some(u));
+        }
+        // Old price tables (tokens only) still read; unknown fields do not.
+        let old: Price =
+            serde_json::from_str(r#"{"input_per_mtok":1,"output_per_mtok":2}"#).unwrap();
+        assert_eq!(old, Price::tokens(1, 2));
+        assert!(serde_json::from_str::<Price>(r#"{"per_imag":1}"#).is_err());
+    }
 
     #[test]
     fn names_follow_one_rule() {

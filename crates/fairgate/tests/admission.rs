@@ -460,10 +460,7 @@ async fn soft_budget_lets_the_answer_finish_and_charges_it() {
     let sim = Sim::start(SimConfig::instant("m")).await;
     let db = fresh_db(Db::Sqlite).await.unwrap();
     let setup = Setup::one("m", &sim.url, 8).with(|c| {
-        c.models[0].price = fairgate_types::Price {
-            input_per_mtok: 1_000_000,
-            output_per_mtok: 2_000_000,
-        };
+        c.models[0].price = fairgate_types::Price::tokens(1_000_000, 2_000_000);
         c.tenants = vec![declared(
             "t",
             1,

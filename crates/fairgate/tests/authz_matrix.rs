@@ -147,6 +147,27 @@ const ROUTES: &[Row] = &[
         &[],
     ),
     (
+        "POST",
+        "/operator/tenants/{name}/guardrails",
+        Operator,
+        "/operator/tenants/lab/guardrails",
+        &[("pii", "log"), ("injection", "block")],
+    ),
+    (
+        "GET",
+        "/operator/keys/{id}",
+        Operator,
+        "/operator/keys/{key}",
+        &[],
+    ),
+    (
+        "POST",
+        "/operator/keys/{id}/guardrails",
+        Operator,
+        "/operator/keys/{key}/guardrails",
+        &[("pii", "redact")],
+    ),
+    (
         "GET",
         "/operator/backends",
         Operator,

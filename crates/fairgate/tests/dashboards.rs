@@ -221,10 +221,7 @@ async fn every_dashboard_and_chart_query_names_exported_metrics_and_labels() {
     let b = Sim::start(SimConfig::instant("m")).await;
     let db = fresh_db(Db::Sqlite).await.unwrap();
     let setup = Setup::many("m", &[&a.url, &b.url], 1).with(|c| {
-        c.models[0].price = fairgate_types::Price {
-            input_per_mtok: 1_000_000,
-            output_per_mtok: 2_000_000,
-        };
+        c.models[0].price = fairgate_types::Price::tokens(1_000_000, 2_000_000);
         c.routing.scrape_interval_ms = 100;
     });
     let gw = TestGateway::start(setup, &db.url).await;

@@ -23,15 +23,6 @@ async fn error_code(resp: reqwest::Response) -> (u16, String) {
     (status, v["error"]["code"].as_str().unwrap_or("").to_owned())
 }
 
-/// Paths the simulator received (scrapes and probes excluded).
-fn seen_paths(sim: &Sim) -> Vec<String> {
-    sim.sim
-        .recent_requests()
-        .into_iter()
-        .map(|r| r.path_and_query)
-        .collect()
-}
-
 /// Two models on two simulators; tenant `t` has a key scoped to model `a` only.
 async fn two_models() -> (TestGateway, DbHandle, Sim, Sim, String) {
     let sa = Sim::start(SimConfig::instant("a")).await;

@@ -637,3 +637,100 @@ async fn admin_cli_manages_backends() {
     assert!(err.contains("not found"), "{err}");
     gw.shutdown().await;
 }
+
+/// A front for `target` that closes the connection without an answer under the first
+/// `resets` chat requests it sees, and relays everything else: a backend refusing work during a ramp.
+async fn resetting_front(target: &str, resets: usize) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = target.trim_start_matches("http://").to_owned();
+    let left = Arc::new(AtomicUsize::new(resets));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (target, left) = (target.clone(), left.clone());
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (mut up_r, mut up_w) = up.into_split();
+                let (mut cl_r, mut cl_w) = client.into_split();
+                let back = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut up_r, &mut cl_w).await;
+                    cl_w
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cl_r.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let chat = buf[..n].starts_with(b"POST /v1/chat/completions");
+                    if chat
+                        && left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                            .is_ok()
+                    {
+                        // Closing without an answer: hyper sees the connection end before
+                        // any response head.
+                        back.abort();
+                        return;
+                    }
+                    if up_w.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_reset_connection_is_retried_on_the_only_backend() {
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let sim = Sim::start(SimConfig::instant(MODEL)).await;
+    let front = resetting_front(&sim.url, 2).await;
+    let setup = Setup::one(MODEL, &front, 8).with(|c| {
+        // Probes would use up the resets; this test is about the request path alone.
+        c.routing.probe_interval_ms = 60_000;
+        c.routing.eject_after_failures = 100;
+    });
+    let (gw, key) = gateway(&db, setup).await;
+    let r = gw
+        .post(&key, "/v1/chat/completions", chat(MODEL, 3, false))
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let rows = gw.wait_rows(Some("t"), 1).await;
+    assert_eq!(rows[0]["outcome"], "ok", "{}", rows[0]);
+    assert_eq!(
+        rows[0]["attempts"], 3,
+        "two resets, then the answer: {}",
+        rows[0]
+    );
+    let chats = |sim: &Sim| {
+        seen_paths(sim)
+            .iter()
+            .filter(|p| *p == "/v1/chat/completions")
+            .count()
+    };
+    assert_eq!(chats(&sim), 1, "the backend saw the request once");
+
+    // A backend that answers 500 is not asked again when it is the only one.
+    let r = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(&key)
+        .header("x-sim-fault", "error")
+        .json(&chat(MODEL, 3, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let rows = gw.wait_rows(Some("t"), 2).await;
+    let failed = rows.iter().find(|r| r["status"] == 502).unwrap();
+    assert_eq!(failed["attempts"], 1, "{failed}");
+    gw.shutdown().await;
+}

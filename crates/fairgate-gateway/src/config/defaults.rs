@@ -191,6 +191,9 @@ pub fn anonymous_summary_s() -> u64 {
 pub fn relay_allowed_paths() -> Vec<String> {
     [
         "/v1/responses",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/images/variations",
         "/v1/audio/transcriptions",
         "/v1/audio/translations",
         "/v1/audio/speech",

@@ -23,7 +23,11 @@ pub use oidc::OidcConfig;
 pub mod slurm;
 pub use slurm::{SlurmConfig, SlurmModelConfig};
 mod guardrails;
-pub use guardrails::{validate_policy as validate_guardrails, GuardrailsConfig};
+pub use guardrails::{
+    validate_policy as validate_guardrails, ExternalGuardConfig, GuardrailsConfig, OnHookError,
+};
+pub mod mcp;
+pub use mcp::{McpConfig, McpServerConfig};
 
 /// The whole configuration, as written in `fairgate.toml`. Unknown keys are errors.
 #[derive(Clone, Debug, Deserialize)]
@@ -76,6 +80,9 @@ pub struct Config {
     /// PII and prompt-injection guardrails: default modes and the detectors.
     #[serde(default)]
     pub guardrails: GuardrailsConfig,
+    /// `[mcp]`: MCP tool servers tenants reach at `/mcp/{name}` (live on reload).
+    #[serde(default)]
+    pub mcp: McpConfig,
     /// Other names for models: `[[aliases]] name = "chat", models = ["big", "small"]` sends
     /// `chat` to the first listed model that has a healthy backend.
     #[serde(default)]
@@ -224,6 +231,13 @@ impl Config {
             .map_err(|(f, msg)| field_err(format!("guardrails.{f}"), msg))?;
         fairgate_guard::Guard::new(&self.guardrails.detect)
             .map_err(|e| field_err("guardrails.detect", e.to_string()))?;
+        if let Some(ext) = &self.guardrails.external {
+            ext.validate()
+                .map_err(|(f, msg)| field_err(format!("guardrails.external.{f}"), msg))?;
+        }
+        self.mcp
+            .validate()
+            .map_err(|(f, msg)| field_err(format!("mcp.{f}"), msg))?;
         if !(self.database.starts_with("sqlite:")
             || self.database.starts_with("postgres://")
             || self.database.starts_with("postgresql://"))

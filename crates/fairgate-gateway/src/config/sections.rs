@@ -229,6 +229,10 @@ pub struct ModelConfig {
     /// Prices for cost accounting and money budgets (micros per million tokens).
     #[serde(default)]
     pub price: Price,
+    /// What one image, second of audio or spoken characters weigh in tokens for fair share,
+    /// rate limits and budgets' token side (`[models.unit_tokens]`).
+    #[serde(default)]
+    pub unit_tokens: fairgate_types::UnitTokens,
     /// Serve repeated deterministic requests (temperature 0) from the response cache.
     #[serde(default)]
     pub cache: bool,
@@ -411,6 +415,7 @@ impl ModelConfig {
             name: name.into(),
             backends,
             price: Price::default(),
+            unit_tokens: Default::default(),
             cache: false,
             fallbacks: Vec::new(),
             adapters: Vec::new(),

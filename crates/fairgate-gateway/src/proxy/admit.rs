@@ -54,6 +54,8 @@ pub(super) async fn admit(
     let pool = &r.target.pool;
     let model_cfg = live.model(&pool.name);
     let price = model_cfg.map(|m| m.price).unwrap_or_default();
+    let unit_tokens = model_cfg.map(|m| m.unit_tokens).unwrap_or_default();
+    let units = plan.units_estimate.unwrap_or(0);
     let policy = &tenant.policy;
     let wait = policy
         .max_wait_ms
@@ -70,6 +72,9 @@ pub(super) async fn admit(
         priority: r.priority,
         reservation: plan.reservation,
         prompt_estimate: plan.prompt_estimate,
+        unit: plan.unit,
+        units,
+        unit_tokens,
         deadline: tokio::time::Instant::now() + Duration::from_millis(wait),
         on_limit: policy.on_limit.unwrap_or(live.admission.on_limit),
         max_queue: policy

@@ -21,7 +21,7 @@ use crate::state::AppState;
     clippy::result_large_err,
     reason = "the error is the finished response, returned once per failed request"
 )]
-pub(super) fn authenticate(
+pub(crate) fn authenticate(
     st: &AppState,
     t: &mut Tracker,
     headers: &HeaderMap,
@@ -74,7 +74,7 @@ pub(super) fn is_admin(st: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// Reads the body under `limit`, refusing at once when `Content-Length` already says too much.
-pub(super) async fn read_body_checked(
+pub(crate) async fn read_body_checked(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -118,7 +118,7 @@ async fn drain(mut body: Body, declared: u64) {
 
 /// The connection cannot be reused after an unread body, so say so: otherwise a client
 /// sends its next request into a socket the server is closing.
-pub(super) fn close_after(mut resp: Response) -> Response {
+pub(crate) fn close_after(mut resp: Response) -> Response {
     if matches!(
         resp.status(),
         StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT

@@ -1,12 +1,16 @@
-//! Guardrails on prompts (issue 16): between resolving the model and the cache, so a blocked
+//! Guardrails (issue 16). On prompts: between resolving the model and the cache, so a blocked
 //! request never takes a slot and never reaches a backend, and a redacted one is cached and
-//! sent redacted.
+//! sent redacted; then the external hook ([`external`]), still before the cache and admission.
+//! On completions ([`output`]): while the answer is relayed.
 //!
 //! The modes come from the key's policy, else the tenant's, else the model's
 //! (`[models.guardrails]`), else `[guardrails]`. PII is looked for in every message (and a
 //! completion's `prompt`, an embedding's `input`); prompt injection in the user's messages
 //! only, since system prompts are the application's own. Detected values are never logged
 //! or stored: findings are kinds and spans.
+
+mod external;
+mod output;
 
 use std::collections::BTreeSet;
 
@@ -21,29 +25,99 @@ use crate::error::ApiError;
 use crate::identity::Principal;
 use crate::state::AppState;
 
+pub(super) use external::external;
+pub(super) use output::{
+    blocked_error as output_blocked, scan_whole, OutputScan, Verdict as OutputVerdict,
+    CODE as OUTPUT_CODE, GUARDRAIL as OUTPUT_GUARDRAIL,
+};
+
+/// The guardrail modes that apply to one request, resolved over the scopes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Modes {
+    pub(super) pii: GuardMode,
+    pub(super) injection: GuardMode,
+    /// PII in the completion: `off`, `log` or `block` (validation refuses `redact`).
+    pub(super) output: GuardMode,
+    /// The external hook: `off`, `log` or `block` (`off` whenever no hook is configured).
+    pub(super) external: GuardMode,
+}
+
 /// The modes that apply to this request.
-pub(super) fn modes(
-    live: &Config,
-    tenant: &Tenant,
-    principal: &Principal,
-    model: &str,
-) -> (GuardMode, GuardMode) {
+pub(super) fn modes(live: &Config, tenant: &Tenant, principal: &Principal, model: &str) -> Modes {
     let m = principal
         .policy()
         .guardrails
         .over(tenant.policy.guardrails)
         .over(live.model(model).map(|m| m.guardrails).unwrap_or_default())
         .over(live.guardrails.defaults());
-    (m.pii.unwrap_or_default(), m.injection.unwrap_or_default())
+    let output = match m.output.unwrap_or_default() {
+        // Never configured (validation refuses it); nothing sent can be redacted.
+        GuardMode::Redact => GuardMode::Block,
+        o => o,
+    };
+    let external = match (&live.guardrails.external, m.external.unwrap_or_default()) {
+        (None, _) => GuardMode::Off,
+        (Some(_), GuardMode::Redact) => GuardMode::Block,
+        (Some(_), e) => e,
+    };
+    Modes {
+        pii: m.pii.unwrap_or_default(),
+        injection: m.injection.unwrap_or_default(),
+        output,
+        external,
+    }
+}
+
+/// A cached answer about to be served: it may have been stored for a request whose policy
+/// did not scan completions, so it is scanned like a backend's whole answer. `Err` blocks it
+/// (nothing is charged: a hit bills no tokens).
+pub(super) fn check_cached(
+    st: &AppState,
+    t: &Tracker,
+    output: GuardMode,
+    plan: &Plan,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    if !output.scans_completions()
+        || !matches!(
+            plan.endpoint,
+            Some(Endpoint::ChatCompletions | Endpoint::Completions)
+        )
+    {
+        return Ok(());
+    }
+    let kinds = scan_whole(&st.guard, body);
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    let block = output == GuardMode::Block;
+    let action = if block { "blocked" } else { "logged" };
+    let tenant = t.row.tenant.as_deref().unwrap_or("");
+    count(st, OUTPUT_GUARDRAIL, tenant, action);
+    let list = kinds.iter().cloned().collect::<Vec<_>>().join(", ");
+    tracing::info!(request_id = %t.row.id, tenant = %tenant, kinds = %list, action, "guardrail: personal data in a cached completion");
+    if block {
+        return Err(output_blocked(&kinds));
+    }
+    Ok(())
+}
+
+/// Counts one flagged request in `fairgate_guardrail_findings_total`.
+fn count(st: &AppState, guardrail: &str, tenant: &str, action: &str) {
+    st.metrics
+        .guardrail_findings
+        .with_label_values(&[guardrail, tenant, action])
+        .inc();
 }
 
 /// Scans the prompt; blocks, redacts (rewriting `plan.body`) or only counts, as the modes say.
 pub(super) fn check(
     st: &AppState,
     t: &mut Tracker,
-    (pii, injection): (GuardMode, GuardMode),
+    modes: Modes,
     plan: &mut Plan,
 ) -> Result<(), ApiError> {
+    let (pii, injection) = (modes.pii, modes.injection);
     if pii == GuardMode::Off && injection == GuardMode::Off {
         return Ok(());
     }
@@ -71,12 +145,7 @@ pub(super) fn check(
         }
     });
     let tenant = t.row.tenant.clone().unwrap_or_default();
-    let count = |guardrail: &str, action: &str| {
-        st.metrics
-            .guardrail_findings
-            .with_label_values(&[guardrail, &tenant, action])
-            .inc();
-    };
+    let count = |guardrail: &str, action: &str| count(st, guardrail, &tenant, action);
     if flagged {
         let action = if injection == GuardMode::Block {
             "blocked"

@@ -40,7 +40,7 @@ use crate::upstream::Route;
 
 mod admit;
 mod cache;
-mod edge;
+pub(crate) mod edge;
 mod guard;
 mod headers;
 mod models;
@@ -49,7 +49,7 @@ mod plan;
 mod relay;
 mod resolve;
 mod send;
-mod settle;
+pub(crate) mod settle;
 
 use edge::{authenticate, close_after, read_body_checked, read_model_of, unknown_route};
 use operator::operator;
@@ -142,6 +142,13 @@ pub async fn generic(State(st): State<Arc<AppState>>, addr: ClientAddr, req: Req
         }
         _ => 0,
     };
+    let unit = fairgate_relay::unit_of_path(parts.uri.path());
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let units_estimate = fairgate_relay::request_units(unit, content_type, &body);
     let plan = Plan {
         model,
         strip_usage_chunk: false,
@@ -152,6 +159,8 @@ pub async fn generic(State(st): State<Arc<AppState>>, addr: ClientAddr, req: Req
         endpoint: None,
         parsed: None,
         model_not_in_body: !in_body,
+        unit,
+        units_estimate,
         body,
     };
     forward(st, t, principal, parts, plan).await
@@ -215,6 +224,8 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, addr: ClientAddr, req: Request) 
         endpoint: Some(ep),
         parsed: Some(parsed),
         model_not_in_body: false,
+        unit: fairgate_types::Unit::Tokens,
+        units_estimate: None,
         body,
     };
     forward(st, t, principal, parts, plan).await
@@ -251,6 +262,8 @@ async fn forward(
     t.row.model = Some(plan.model.clone());
     t.row.reserved_tokens = plan.reservation;
     t.prompt_estimate = plan.prompt_estimate;
+    t.row.unit = plan.unit;
+    t.units_estimate = plan.units_estimate;
 
     // Owned snapshots: they are held across the admission wait, which may be long, and
     // arc-swap's borrowed guards are meant for short reads.
@@ -269,8 +282,16 @@ async fn forward(
     if let Err(e) = guard::check(&st, &mut t, modes, &mut plan) {
         return t.fail(e);
     }
+    if let Err(e) = guard::external(&st, &mut t, &live, modes.external, &plan).await {
+        return t.fail(e);
+    }
     let cache_key = match cache::lookup(&st, &live, &parts, &plan, &resolved) {
-        Ok(cache::Lookup::Hit(hit)) => return cache::answer(&st, t, hit),
+        Ok(cache::Lookup::Hit(hit)) => {
+            if let Err(e) = guard::check_cached(&st, &t, modes.output, &plan, &hit.body) {
+                return t.fail(e);
+            }
+            return cache::answer(&st, t, hit);
+        }
         Ok(cache::Lookup::Miss(key)) => key,
         Err(e) => return t.fail(e),
     };
@@ -298,5 +319,5 @@ async fn forward(
         Ok(r) => r,
         Err(e) => return t.fail(e),
     };
-    relay::relay(st, t, resp, &plan, cache_key).await
+    relay::relay(st, t, resp, &plan, cache_key, modes.output).await
 }

@@ -36,6 +36,11 @@ pub(super) struct Plan {
     /// came from the query or from the only model): it then runs its base model, so the name
     /// must not be one of the pool's adapters.
     pub(super) model_not_in_body: bool,
+    /// What the request is measured in (tokens, or a relayed surface's own unit) and how
+    /// much of it the request asks for, when it says (`n` images, characters to speak, a WAV
+    /// upload's seconds).
+    pub(super) unit: fairgate_types::Unit,
+    pub(super) units_estimate: Option<u64>,
     /// Body to send upstream.
     pub(super) body: Bytes,
 }

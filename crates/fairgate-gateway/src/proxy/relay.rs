@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use fairgate_relay::StreamRelay;
-use fairgate_types::{Outcome, Usage, UsageSource};
+use fairgate_relay::{Endpoint, StreamRelay};
+use fairgate_types::{GuardMode, Outcome, Usage, UsageSource};
 use futures_util::stream;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::guard::{self, OutputScan};
 use super::headers::copy_response_headers;
 use super::plan::*;
 use super::settle::Tracker;
@@ -49,12 +50,14 @@ pub(super) fn upstream_error_message(body: &[u8]) -> Option<String> {
     })
 }
 
-/// Non-stream answer: read whole, take usage, pass the bytes through unchanged.
+/// Non-stream answer: read whole, take usage, pass the bytes through unchanged (unless the
+/// completion guardrail blocks it: then an error, with the tokens still charged).
 pub(super) async fn relay_whole(
     st: Arc<AppState>,
     mut t: Tracker,
     resp: http::Response<Incoming>,
     cache_key: Option<CacheKey>,
+    output: GuardMode,
 ) -> Response {
     let (parts, body) = resp.into_parts();
     let HeldBytes { bytes, permit } = match read_upstream_body(&st, body).await {
@@ -77,6 +80,28 @@ pub(super) async fn relay_whole(
     let usage = fairgate_relay::usage_from_body(&bytes);
     if let Some(u) = usage {
         t.set_usage(u, UsageSource::Upstream);
+    }
+    if parts.status.is_success() {
+        t.set_answer_units(&bytes);
+    }
+    if output.scans_completions() && parts.status.is_success() {
+        let kinds = guard::scan_whole(&st.guard, &bytes);
+        if !kinds.is_empty() {
+            let block = output == GuardMode::Block;
+            let action = if block { "blocked" } else { "logged" };
+            let tenant = t.row.tenant.clone().unwrap_or_default();
+            st.metrics
+                .guardrail_findings
+                .with_label_values(&[guard::OUTPUT_GUARDRAIL, &tenant, action])
+                .inc();
+            let list = kinds.iter().cloned().collect::<Vec<_>>().join(", ");
+            tracing::info!(request_id = %t.row.id, tenant = %tenant, kinds = %list, action, "guardrail: personal data in a completion");
+            if block {
+                // Neither sent nor cached; the usage set above is charged.
+                t.overhead_before += after.elapsed();
+                return t.fail(guard::output_blocked(&kinds));
+            }
+        }
     }
     if let (Some(key), true) = (cache_key, parts.status == StatusCode::OK) {
         st.admission.cache.insert(
@@ -178,6 +203,8 @@ pub(super) struct Relay {
     finished: bool,
     /// The row was settled as `ok` at the answer's `[DONE]`.
     settled_at_done: bool,
+    /// The completion guardrail, when this answer's output mode scans it.
+    output: Option<OutputScan>,
 }
 
 impl Relay {
@@ -232,6 +259,81 @@ impl Relay {
         }
     }
 
+    /// The relay's held-back tail at an early end. A blocking completion guardrail has not
+    /// checked it, so it is dropped then rather than sent unchecked.
+    fn tail(&mut self) -> Bytes {
+        let rest = self.relay.finish();
+        if self.output.as_ref().is_some_and(|g| g.blocks()) {
+            return Bytes::new();
+        }
+        rest
+    }
+
+    /// Counts and logs a completion finding (once per answer).
+    fn count_output(&self, blocked: bool) {
+        let Some(g) = &self.output else { return };
+        let action = if blocked { "blocked" } else { "logged" };
+        let tenant = self.tracker.row.tenant.as_deref().unwrap_or("");
+        self.tracker
+            .st
+            .metrics
+            .guardrail_findings
+            .with_label_values(&[guard::OUTPUT_GUARDRAIL, tenant, action])
+            .inc();
+        let list = g.kinds().iter().cloned().collect::<Vec<_>>().join(", ");
+        tracing::info!(request_id = %self.tracker.row.id, tenant = %tenant, kinds = %list, action, "guardrail: personal data in a completion");
+    }
+
+    /// Passes bytes bound for the client through the completion guardrail. `Err` carries
+    /// the last bytes to send when it blocked: the clean text before the value, the error
+    /// event and `[DONE]`; the row is settled then.
+    fn guard_output(&mut self, forward: Bytes, end: bool) -> Result<Bytes, Bytes> {
+        let Some(g) = self.output.as_mut() else {
+            return Ok(forward);
+        };
+        let was_flagged = g.flagged();
+        let mut verdict = g.feed(forward);
+        if end {
+            if let guard::OutputVerdict::Pass(before) = verdict {
+                verdict = match g.finish() {
+                    guard::OutputVerdict::Pass(rest) if before.is_empty() => {
+                        guard::OutputVerdict::Pass(rest)
+                    }
+                    guard::OutputVerdict::Pass(rest) => {
+                        let mut b = bytes::BytesMut::from(&before[..]);
+                        b.extend_from_slice(&rest);
+                        guard::OutputVerdict::Pass(b.freeze())
+                    }
+                    guard::OutputVerdict::Block(rest, kinds) => {
+                        let mut b = bytes::BytesMut::from(&before[..]);
+                        b.extend_from_slice(&rest);
+                        guard::OutputVerdict::Block(b.freeze(), kinds)
+                    }
+                };
+            }
+        }
+        let flagged = self.output.as_ref().is_some_and(|g| g.flagged());
+        match verdict {
+            guard::OutputVerdict::Pass(b) => {
+                if flagged && !was_flagged {
+                    self.count_output(false);
+                }
+                Ok(b)
+            }
+            guard::OutputVerdict::Block(b, kinds) => {
+                self.count_output(true);
+                self.finished = true;
+                let mut out = bytes::BytesMut::from(&b[..]);
+                out.extend_from_slice(&sse_error_event(&guard::output_blocked(&kinds)));
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                // Dropping the upstream body (when the stream is dropped) closes the backend
+                // connection, which stops generation; the tokens produced are charged.
+                self.settle(Outcome::CutOff, Some(guard::OUTPUT_CODE));
+                Err(out.freeze())
+            }
+        }
+    }
+
     fn on_push(&mut self, p: &fairgate_relay::Pushed) {
         if p.new_tokens > 0 {
             let now = Instant::now();
@@ -273,6 +375,7 @@ pub(super) fn relay_stream(
     mut t: Tracker,
     resp: http::Response<Incoming>,
     relay: StreamRelay,
+    output: GuardMode,
 ) -> Response {
     let (parts, body) = resp.into_parts();
     t.row.status = parts.status.as_u16();
@@ -288,6 +391,7 @@ pub(super) fn relay_stream(
         last_token: None,
         finished: false,
         settled_at_done: false,
+        output: OutputScan::new(&st.guard, output),
     };
     let s = stream::unfold(state, |mut s| async move {
         if s.finished {
@@ -299,14 +403,21 @@ pub(super) fn relay_stream(
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    let p = s.relay.push(&data);
+                    let mut p = s.relay.push(&data);
                     s.on_push(&p);
+                    if s.output.is_some() {
+                        // Before `[DONE]` settles the row: a block decides the outcome.
+                        match s.guard_output(std::mem::take(&mut p.forward), false) {
+                            Ok(b) => p.forward = b,
+                            Err(last) => return Some((Ok(last), s)),
+                        }
+                    }
                     if let Err(why) = s.charge() {
                         // A hard budget ran out: end the answer cleanly here. Dropping the
                         // upstream body closes the backend connection, which stops generation.
                         s.finished = true;
                         let mut out = bytes::BytesMut::from(&p.forward[..]);
-                        out.extend_from_slice(&s.relay.finish());
+                        out.extend_from_slice(&s.tail());
                         let err =
                             ApiError::BudgetExceeded(format!("the answer was cut off: {why}"));
                         out.extend_from_slice(&sse_error_event(&err));
@@ -326,8 +437,14 @@ pub(super) fn relay_stream(
                     }
                 }
                 Ok(None) => {
+                    let mut rest = s.relay.finish();
+                    if s.output.is_some() {
+                        match s.guard_output(rest, true) {
+                            Ok(b) => rest = b,
+                            Err(last) => return Some((Ok(last), s)),
+                        }
+                    }
                     s.finished = true;
-                    let rest = s.relay.finish();
                     if s.settled_at_done {
                         // Recorded at `[DONE]` already.
                     } else if s.relay.saw_done() && !s.relay.error_event() {
@@ -341,7 +458,7 @@ pub(super) fn relay_stream(
                 }
                 Ok(Some(Err(e))) => {
                     s.finished = true;
-                    let mut out = bytes::BytesMut::from(&s.relay.finish()[..]);
+                    let mut out = bytes::BytesMut::from(&s.tail()[..]);
                     let model = s.tracker.row.model.clone().unwrap_or_default();
                     let err = ApiError::UpstreamStatus {
                         model,
@@ -354,7 +471,7 @@ pub(super) fn relay_stream(
                 }
                 Err(_) => {
                     s.finished = true;
-                    let mut out = bytes::BytesMut::from(&s.relay.finish()[..]);
+                    let mut out = bytes::BytesMut::from(&s.tail()[..]);
                     let model = s.tracker.row.model.clone().unwrap_or_default();
                     let err = ApiError::UpstreamTimeout {
                         model,
@@ -380,19 +497,25 @@ pub(super) async fn relay(
     resp: http::Response<Incoming>,
     plan: &Plan,
     cache_key: Option<CacheKey>,
+    output: GuardMode,
 ) -> Response {
     let is_sse = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    // Completions of the typed endpoints only: relayed paths carry other shapes.
+    let output = match plan.endpoint {
+        Some(Endpoint::ChatCompletions | Endpoint::Completions) => output,
+        _ => GuardMode::Off,
+    };
     if resp.status().is_success() && is_sse {
         // Relayed paths learn only here that the answer streams.
         t.row.stream = true;
         let relay = StreamRelay::with_options(plan.strip_usage_chunk, plan.strip_chunk_usage);
-        return relay_stream(st, t, resp, relay);
+        return relay_stream(st, t, resp, relay, output);
     }
-    relay_whole(st, t, resp, cache_key).await
+    relay_whole(st, t, resp, cache_key, output).await
 }
 
 #[cfg(test)]

@@ -28,6 +28,10 @@ use super::settle::Tracker;
 pub(super) enum Retry {
     /// The backend failed before answering: another one may take the request.
     OtherBackend,
+    /// The connection was refused or reset before any answer (a backend's accept queue
+    /// overflowing during a ramp, a restart): the backend never took the request, so when no
+    /// other backend can, the same one may try again after a short pause.
+    AnyBackend,
     /// The request itself cannot be sent: no backend would do better.
     No,
 }
@@ -117,13 +121,16 @@ pub(super) async fn send(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let max_attempts = live.routing.max_attempts.max(1);
+    let mut attempts = 0u32;
+    let mut same_backend_retries = 0u32;
     loop {
         let Some(lease) = t.admitted.as_ref().map(|a| &a.lease) else {
             return Err(ApiError::Internal("admission lost its lease".into()));
         };
         let backend = lease.backend.clone();
+        attempts += 1;
         t.row.backend = Some(backend.name.clone());
-        t.row.attempts = lease.attempts();
+        t.row.attempts = attempts;
         let body = engine.body(plan, &backend);
         match attempt(
             st,
@@ -149,12 +156,53 @@ pub(super) async fn send(
                     return Err(e.error);
                 };
                 lease.failed(e.why);
-                if lease.attempts() >= max_attempts || !lease.move_on(route) {
+                if attempts >= max_attempts {
                     return Err(e.error);
                 }
+                if lease.move_on(route) {
+                    continue;
+                }
+                if e.retry != Retry::AnyBackend {
+                    return Err(e.error);
+                }
+                // The only backend left refused or reset the connection: it has not seen the
+                // request. A short pause (25 ms, then 50 ms, ...) lets its accept queue drain.
+                tokio::time::sleep(SAME_BACKEND_PAUSE * (1 << same_backend_retries.min(4))).await;
+                same_backend_retries += 1;
             }
         }
     }
+}
+
+/// The first pause before the same backend is tried again (doubling after each retry).
+const SAME_BACKEND_PAUSE: Duration = Duration::from_millis(25);
+
+/// Whether a failed request never reached the backend's application: the connection was
+/// refused, reset or closed before any answer. Anything else (a timeout, a broken answer) may
+/// mean the backend is working on it.
+fn never_answered(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// One attempt on one backend, up to its response head.
@@ -224,13 +272,19 @@ async fn attempt(
                 "request failed"
             }
             .to_owned();
-            (
-                ApiError::UpstreamConnect {
+            let retry = if e.is_connect() || never_answered(&e) {
+                Retry::AnyBackend
+            } else {
+                Retry::OtherBackend
+            };
+            return Err(SendError {
+                error: ApiError::UpstreamConnect {
                     model: served.to_owned(),
                     detail,
                 },
-                crate::upstream::error_chain(&e),
-            )
+                why: crate::upstream::error_chain(&e),
+                retry,
+            });
         }
         Err(_) => (
             ApiError::UpstreamTimeout {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::response::{IntoResponse, Response};
-use fairgate_types::{now_millis, LedgerRow, Outcome, RequestId, Usage, UsageSource};
+use fairgate_types::{now_millis, LedgerRow, Outcome, RequestId, Unit, Usage, UsageSource};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::plan::*;
@@ -17,27 +17,30 @@ use crate::proxy_limits::MAX_ENDPOINT_BYTES;
 use crate::state::AppState;
 
 /// One request's ledger row in the making; records itself exactly once.
-pub(super) struct Tracker {
-    pub(super) st: Arc<AppState>,
-    pub(super) row: LedgerRow,
-    pub(super) start: Instant,
+pub(crate) struct Tracker {
+    pub(crate) st: Arc<AppState>,
+    pub(crate) row: LedgerRow,
+    pub(crate) start: Instant,
     /// When the upstream call started, to split gateway overhead from upstream time.
-    pub(super) upstream_sent: Option<Instant>,
+    pub(crate) upstream_sent: Option<Instant>,
     /// Gateway time before the upstream call (excluding queue wait).
-    pub(super) overhead_before: Duration,
+    pub(crate) overhead_before: Duration,
     /// Prompt tokens as estimated from the request, used when the upstream reports no usage.
-    pub(super) prompt_estimate: u64,
+    pub(crate) prompt_estimate: u64,
+    /// The request's amount in its own unit as the request tells it (images asked for,
+    /// characters to speak, seconds uploaded), used when the answer does not say.
+    pub(crate) units_estimate: Option<u64>,
     /// The admission (backend slot, limits, budget) this request holds; settled with the
     /// real usage when the row is recorded, which also frees the slot.
-    pub(super) admitted: Option<Admitted>,
+    pub(crate) admitted: Option<Admitted>,
     /// An anonymous failure over its address's row budget: metrics only, no ledger row of its
     /// own (it is counted into the next `anonymous:suppressed` summary row instead).
-    pub(super) suppressed: bool,
-    pub(super) done: bool,
+    pub(crate) suppressed: bool,
+    pub(crate) done: bool,
 }
 
 impl Tracker {
-    pub(super) fn start(st: &Arc<AppState>, endpoint: &str) -> Tracker {
+    pub(crate) fn start(st: &Arc<AppState>, endpoint: &str) -> Tracker {
         Tracker {
             st: st.clone(),
             row: LedgerRow {
@@ -53,23 +56,24 @@ impl Tracker {
             upstream_sent: None,
             overhead_before: Duration::ZERO,
             prompt_estimate: 0,
+            units_estimate: None,
             admitted: None,
             suppressed: false,
             done: false,
         }
     }
 
-    pub(super) fn attribute(&mut self, p: &Principal) {
+    pub(crate) fn attribute(&mut self, p: &Principal) {
         self.row.tenant = Some(p.tenant().to_owned());
         self.row.user = p.user().map(str::to_owned);
         self.row.key_id = Some(p.key_id().clone());
     }
 
-    pub(super) fn elapsed_ms(&self) -> u64 {
+    pub(crate) fn elapsed_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
 
-    pub(super) fn mark_first_token(&mut self) {
+    pub(crate) fn mark_first_token(&mut self) {
         if self.row.ttft_ms.is_none() {
             let t = self.start.elapsed();
             self.row.ttft_ms = Some(t.as_millis() as u64);
@@ -93,7 +97,7 @@ impl Tracker {
     /// The backend was sent the request but reported no usage (the client left first): the
     /// prompt is charged as estimated, so GPU time spent is neither free nor refunded to fair
     /// share (settling with the estimate keeps the prompt charge admission made).
-    pub(super) fn charge_unreported_work(&mut self) {
+    pub(crate) fn charge_unreported_work(&mut self) {
         if self.upstream_sent.is_some()
             && self.row.usage_source == UsageSource::None
             && self.prompt_estimate > 0
@@ -101,9 +105,22 @@ impl Tracker {
             self.row.prompt_tokens = self.row.prompt_tokens.max(self.prompt_estimate);
             self.row.usage_source = UsageSource::Estimated;
         }
+        if self.upstream_sent.is_some() && self.row.unit != Unit::Tokens && self.row.units == 0 {
+            self.row.units = self.units_estimate.unwrap_or(0);
+        }
     }
 
-    pub(super) fn set_usage(&mut self, usage: Usage, source: UsageSource) {
+    /// A successful answer of a non-token surface: what it says it served (images in `data`,
+    /// seconds of audio), else what the request asked for.
+    pub(crate) fn set_answer_units(&mut self, body: &[u8]) {
+        if self.row.unit != Unit::Tokens {
+            self.row.units = fairgate_relay::answer_units(self.row.unit, body)
+                .or(self.units_estimate)
+                .unwrap_or(0);
+        }
+    }
+
+    pub(crate) fn set_usage(&mut self, usage: Usage, source: UsageSource) {
         self.row.prompt_tokens = usage.prompt_tokens;
         self.row.completion_tokens = usage.completion_tokens;
         self.row.cached_tokens = usage.cached_tokens;
@@ -111,7 +128,7 @@ impl Tracker {
     }
 
     /// Ends the request with an error response; records the row.
-    pub(super) fn fail(&mut self, err: ApiError) -> Response {
+    pub(crate) fn fail(&mut self, err: ApiError) -> Response {
         self.row.status = err.status().as_u16();
         self.row.outcome = err.outcome();
         self.row.error_class = Some(err.class().to_owned());
@@ -125,7 +142,7 @@ impl Tracker {
         resp
     }
 
-    pub(super) fn decorate(&self, h: &mut HeaderMap) {
+    pub(crate) fn decorate(&self, h: &mut HeaderMap) {
         if let Ok(v) = HeaderValue::from_str(self.row.id.as_str()) {
             h.insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
         }
@@ -136,18 +153,24 @@ impl Tracker {
     }
 
     /// Sends the row to the ledger (off-path) and updates metrics. Idempotent.
-    pub(super) fn record(&mut self) {
+    pub(crate) fn record(&mut self) {
         if self.done {
             return;
         }
         self.done = true;
+        if self.row.unit == Unit::Tokens {
+            self.row.units = self
+                .row
+                .prompt_tokens
+                .saturating_add(self.row.completion_tokens);
+        }
         if let Some(a) = self.admitted.take() {
             let usage = Usage {
                 prompt_tokens: self.row.prompt_tokens,
                 completion_tokens: self.row.completion_tokens,
                 cached_tokens: self.row.cached_tokens,
             };
-            self.row.cost = a.settle(&usage);
+            self.row.cost = a.settle(&usage, self.row.unit, self.row.units);
         }
         self.row.duration_ms = self.elapsed_ms();
         let m = &self.st.metrics;
@@ -209,7 +232,7 @@ impl Tracker {
     }
 }
 
-pub(super) fn placeholder_row() -> LedgerRow {
+pub(crate) fn placeholder_row() -> LedgerRow {
     LedgerRow::new(RequestId(String::new()), 0, String::new())
 }
 

@@ -1,6 +1,7 @@
 //! Tenants (operators): the list with a form for a new one, and one tenant's page with its
-//! weight, group, rate limits, queueing and budgets, each a form that is saved live and
-//! audited. A refused form comes back on its page, as typed ([`finish`]).
+//! weight, group, rate limits, queueing, budgets and guardrail modes (the last in
+//! [`super::guardrails`]), each a form that is saved live and audited. A refused form comes
+//! back on its page, as typed ([`finish`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,7 +79,7 @@ fn check_policy(p: &TenantPolicy) -> Result<(), Fail> {
     })
 }
 
-async fn load_tenant(st: &PortalState, name: &str) -> Result<Tenant, Refusal> {
+pub(super) async fn load_tenant(st: &PortalState, name: &str) -> Result<Tenant, Refusal> {
     st.store
         .get_tenant(name)
         .await?
@@ -108,6 +109,8 @@ pub(super) enum Place {
     FairShare,
     Tenants,
     Tenant(String),
+    /// A key's page (its guardrails form).
+    Key(String),
 }
 
 impl Place {
@@ -116,6 +119,7 @@ impl Place {
             Place::FairShare => "/portal/operator".to_owned(),
             Place::Tenants => "/portal/operator/tenants".to_owned(),
             Place::Tenant(n) => tenant_url(n),
+            Place::Key(id) => super::guardrails::key_url(id),
         }
     }
 }
@@ -146,6 +150,10 @@ pub(super) async fn finish(
                 Place::Tenant(name) => {
                     let t = load_tenant(st, name).await?;
                     tenant_html(st, s, &t, Some(&rej)).await?
+                }
+                Place::Key(id) => {
+                    let k = super::guardrails::load_key(st, id).await?;
+                    super::guardrails::key_html(st, s, &k, Some(&rej)).await?
                 }
             };
             Ok((StatusCode::BAD_REQUEST, Html(html)).into_response())
@@ -430,6 +438,13 @@ async fn tenant_html(
                 esc(&budgets_text(t))
             ),
         ],
+        vec![
+            "Guardrails".to_owned(),
+            format!(
+                "<span data-setting=\"guardrails\">{}</span>",
+                esc(&super::guardrails::modes_text(&p.guardrails))
+            ),
+        ],
     ];
     body.push_str("<h2>Current settings</h2>");
     body.push_str(&table(&["Setting", "Value"], &settings));
@@ -554,6 +569,7 @@ async fn tenant_html(
         r("cost", ""),
         base = esc(&base),
     ));
+    body.push_str(&super::guardrails::tenant_section(st, s, t, rej).await?);
     Ok(page(
         &format!("Tenant {}", t.name),
         Some(&s.viewer()),

@@ -17,6 +17,7 @@
 //! chat role chunk carries 0 completion tokens, the k-th token chunk k. Unlike vLLM, these
 //! per-chunk objects also carry `prompt_tokens_details`, like every usage object here.
 
+mod media;
 mod render;
 mod responses;
 mod wire;
@@ -65,6 +66,15 @@ pub(crate) fn router(sim: Simulator, stop: CancellationToken) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/images/generations", post(media::images))
+        .route("/v1/audio/transcriptions", post(media::transcribe))
+        .route("/v1/audio/translations", post(media::transcribe))
+        .route("/v1/audio/speech", post(media::speech))
+        .route("/v1/rerank", post(media::rerank))
+        .route("/v2/rerank", post(media::rerank))
+        .route("/rerank", post(media::rerank))
+        .route("/v1/score", post(media::score))
+        .route("/score", post(media::score))
         .route("/tokenize", post(tokenize))
         .route("/health", get(health))
         .route("/ping", get(health).post(health))

@@ -54,6 +54,15 @@ impl Sim {
     }
 }
 
+/// Paths the simulator received (scrapes and probes excluded).
+pub fn seen_paths(sim: &Sim) -> Vec<String> {
+    sim.sim
+        .recent_requests()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .collect()
+}
+
 /// Which database a test runs on.
 #[derive(Clone, Copy, Debug)]
 pub enum Db {
