@@ -265,6 +265,8 @@ pub struct Metrics {
     /// MCP tool calls by server, tenant and outcome (`ok`, `denied`, `rate_limited`,
     /// `upstream_error`).
     pub mcp_calls: Family<CounterB>,
+    /// Uploads spooled to a temporary file instead of memory, by the endpoint's unit.
+    pub uploads_spooled: Family<CounterB>,
     in_flight: Family<IGaugeB>,
     queued: Family<IGaugeB>,
     tenant_queued: Family<IGaugeB>,
@@ -509,6 +511,11 @@ impl Metrics {
                 "fairgate_mcp_calls_total",
                 "MCP tool calls (tools/call) by server, tenant and outcome",
                 &["server", "tenant", "outcome"],
+            )?,
+            uploads_spooled: counter(
+                "fairgate_uploads_spooled_total",
+                "Multipart uploads over 1 MiB read to a temporary file instead of memory, by the endpoint's unit (audio_seconds, images, ...)",
+                &["unit"],
             )?,
             requests: counter(
                 "fairgate_requests_total",

@@ -34,7 +34,7 @@ mod sse;
 pub mod stream;
 pub mod units;
 
-pub use model::{query_model, read_model, BodyKind, ModelRead, ModelSource};
+pub use model::{form_boundary, query_model, read_model, BodyKind, ModelRead, ModelSource};
 pub use request::{
     client_priority, estimate_text_tokens, parse_request, reservation_tokens,
     reservation_tokens_within, with_include_usage, with_model, with_model_set, with_priority,

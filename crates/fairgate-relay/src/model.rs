@@ -328,6 +328,14 @@ fn header_param(value: &str, param: &str) -> Option<String> {
     }
 }
 
+/// The boundary of a `multipart/form-data` content type; `None` for any other type.
+pub fn form_boundary(content_type: &str) -> Option<String> {
+    (media_type(content_type) == "multipart/form-data")
+        .then(|| header_param(content_type, "boundary"))
+        .flatten()
+        .filter(|b| !b.is_empty() && b.len() <= 200)
+}
+
 /// One part of a `multipart/form-data` body: its `name` and raw value.
 pub(crate) struct FormPart<'a> {
     pub name: Option<String>,

@@ -156,11 +156,13 @@ pub fn wav_seconds(b: &[u8]) -> Option<u64> {
         if id == b"fmt " {
             byte_rate = u32_at(body + 8).filter(|r| *r > 0);
         } else if id == b"data" {
-            // A stream writer may leave the size at its maximum: then the data runs to the end.
+            // The header's size, so a file cut short (a spooled upload's first bytes) still
+            // says its length; a stream writer may leave it at its maximum, and then the data
+            // runs to the end.
             let len = if size == u32::MAX {
                 (b.len() - body) as u64
             } else {
-                u64::from(size).min((b.len() - body) as u64)
+                u64::from(size)
             };
             let rate = u64::from(byte_rate?);
             return Some(len.div_ceil(rate));
@@ -234,6 +236,8 @@ mod tests {
         let n = (2000 + 10) as u32;
         w[40..44].copy_from_slice(&n.to_le_bytes());
         assert_eq!(wav_seconds(&w), Some(3));
+        // Cut short after its header: the header still says the length.
+        assert_eq!(wav_seconds(&wav_of_seconds(5, 8000)[..1000]), Some(5));
         // Not a WAV, or truncated before its data chunk.
         assert_eq!(wav_seconds(b"ID3\x03mp3 data"), None);
         assert_eq!(wav_seconds(&wav_of_seconds(1, 8000)[..30]), None);

@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::portal::*;
 use common::*;
 use fairgate_sim::SimConfig;
 use reqwest::{header, Method};
@@ -232,13 +233,6 @@ struct Caller {
     key: String,
 }
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 async fn user(gw: &TestGateway, email: &str, role: &str) -> String {
     let (s, v) = gw
         .admin(
@@ -251,14 +245,6 @@ async fn user(gw: &TestGateway, email: &str, role: &str) -> String {
     v["id"].as_str().unwrap().to_owned()
 }
 
-fn csrf_of(page: &str) -> String {
-    let at = page
-        .find("name=\"csrf\" value=\"")
-        .expect("page has a CSRF field");
-    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
-    rest[..rest.find('"').unwrap()].to_owned()
-}
-
 /// Signs in, makes a key in the portal, and reads the session's token and the id of the first
 /// key on the keys page (a tenant admin's and an operator's list the tenant's keys).
 async fn caller(gw: &TestGateway, email: &str, role: Access) -> Caller {
@@ -269,13 +255,7 @@ async fn caller(gw: &TestGateway, email: &str, role: Access) -> Caller {
         .await
         .unwrap();
     assert_eq!(r.status(), 303, "{email} signs in");
-    let cookie = r.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = cookie_of(&r);
     let page = |c: String| async move {
         browser()
             .get(format!("{}/portal", gw.base))

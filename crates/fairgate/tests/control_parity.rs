@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::portal::*;
 use common::*;
 use fairgate_sim::SimConfig;
 use reqwest::{header, Method};
@@ -13,13 +14,6 @@ use serde_json::{json, Value};
 
 const PASSWORD: &str = "correct horse battery staple";
 const OPS: &str = "ops@example.org";
-
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 struct Portal<'a> {
     gw: &'a TestGateway,
@@ -29,32 +23,7 @@ struct Portal<'a> {
 
 impl<'a> Portal<'a> {
     async fn sign_in(gw: &'a TestGateway) -> Portal<'a> {
-        let r = browser()
-            .post(format!("{}/portal/login", gw.base))
-            .form(&[("email", OPS), ("password", PASSWORD)])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 303);
-        let cookie = r.headers()[header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        let page = browser()
-            .get(format!("{}/portal/operator/tenants", gw.base))
-            .header(header::COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field");
-        let rest = &page[at + "name=\"csrf\" value=\"".len()..];
-        let csrf = rest[..rest.find('"').unwrap()].to_owned();
+        let Session { cookie, csrf } = signed_in(gw, OPS, PASSWORD).await;
         Portal { gw, cookie, csrf }
     }
 

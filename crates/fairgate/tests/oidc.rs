@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use common::portal::browser;
 use common::*;
 use fairgate::portal::oidc::OidcConfig;
 use fairgate_sim::SimConfig;
@@ -132,13 +133,6 @@ fn oidc_config(issuer: &str, extra: &str) -> OidcConfig {
          scopes = [\"openid\", \"email\", \"profile\", \"groups\"]\n{extra}"
     ))
     .unwrap()
-}
-
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 /// A cookie jar that ignores paths and domains (one provider, one gateway: one jar each).

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::portal::*;
 use common::*;
 use fairgate_sim::SimConfig;
 use reqwest::{header, Method};
@@ -15,13 +16,6 @@ use serde_json::{json, Value};
 const PASSWORD: &str = "correct horse battery staple";
 
 /// An HTTP client that neither follows redirects nor keeps cookies: the tests handle both.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 async fn user(gw: &TestGateway, email: &str, role: &str, tenant: Option<&str>) {
     let (s, v) = gw
         .admin(
@@ -55,39 +49,6 @@ fn session_cookie(resp: &reqwest::Response) -> String {
     assert!(set.contains("HttpOnly"), "{set}");
     assert!(set.contains("SameSite=Lax"), "{set}");
     set.split(';').next().unwrap().to_owned()
-}
-
-async fn get_page(gw: &TestGateway, cookie: &str, path: &str) -> (u16, String) {
-    let r = browser()
-        .get(format!("{}{path}", gw.base))
-        .header(header::COOKIE, cookie)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-async fn post_form(
-    gw: &TestGateway,
-    cookie: &str,
-    path: &str,
-    form: &[(&str, &str)],
-) -> reqwest::Response {
-    browser()
-        .post(format!("{}{path}", gw.base))
-        .header(header::COOKIE, cookie)
-        .form(form)
-        .send()
-        .await
-        .unwrap()
-}
-
-fn csrf_of(page: &str) -> String {
-    let at = page
-        .find("name=\"csrf\" value=\"")
-        .expect("page has a CSRF field");
-    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
-    rest[..rest.find('"').unwrap()].to_owned()
 }
 
 fn secret_of(page: &str) -> String {

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::portal::*;
 use common::*;
 use fairgate_sim::SimConfig;
 use reqwest::{header, Method};
@@ -14,13 +15,6 @@ use serde_json::{json, Value};
 const PASSWORD: &str = "correct horse battery staple";
 const OPS: &str = "ops@example.org";
 const EMAIL: &str = "jane.doe@example.com";
-
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 async fn user(gw: &TestGateway, email: &str, role: &str) {
     let (s, v) = gw
@@ -33,42 +27,8 @@ async fn user(gw: &TestGateway, email: &str, role: &str) {
     assert_eq!(s, 201, "{v}");
 }
 
-/// A signed-in browser: its session cookie and CSRF token.
-struct Session {
-    cookie: String,
-    csrf: String,
-}
-
 async fn sign_in(gw: &TestGateway, email: &str) -> Session {
-    let r = browser()
-        .post(format!("{}/portal/login", gw.base))
-        .form(&[("email", email), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303, "{email} signs in");
-    let cookie = r.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let (_, page) = get_page(gw, &cookie, "/portal").await;
-    let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field");
-    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
-    let csrf = rest[..rest.find('"').unwrap()].to_owned();
-    Session { cookie, csrf }
-}
-
-async fn get_page(gw: &TestGateway, cookie: &str, path: &str) -> (u16, String) {
-    let r = browser()
-        .get(format!("{}{path}", gw.base))
-        .header(header::COOKIE, cookie)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    signed_in(gw, email, PASSWORD).await
 }
 
 /// Posts a form with the session's token; returns status, `Location` and body.

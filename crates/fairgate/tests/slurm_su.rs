@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::portal::cookie_of;
 use common::*;
 use fairgate_sim::SimConfig;
 use fairgate_store::Store;
@@ -260,13 +261,7 @@ async fn a_jobs_sus_are_split_by_tenants_tokens_in_the_api_the_cli_and_the_csv()
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
-    let cookie = r.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = cookie_of(&r);
     let page = get(&gw, &cookie, "/portal/usage")
         .await
         .text()

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::cluster::metrics_text;
 use common::*;
 use fairgate::config::TenantDecl;
 use fairgate_sim::SimConfig;
@@ -292,5 +293,43 @@ async fn budgets_and_rate_limits_hold_units() {
     assert_eq!(r.status(), 429, "{}", r.text().await.unwrap());
     let rows = gw.wait_rows(Some("rate"), 2).await;
     assert_eq!(sum(&rows, "units"), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_large_upload_is_spooled_and_sent_whole_with_its_model_after_the_file() {
+    let sim = Sim::start(SimConfig::instant("m")).await;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let mut setup = Setup::one("m", &sim.url, 8).with(|c| c.models[0].price = PRICE);
+    setup.max_body_bytes = 8 << 20;
+    let gw = TestGateway::start(setup, &db.url).await;
+    gw.tenant("t", 1).await;
+    let (_, key) = gw.key("t", None).await;
+
+    // 6 minutes of audio, 2.9 MB: over the 1 MiB the gateway keeps in memory.
+    let audio = wav(360);
+    let (ct, body) = form(&audio, &[("model", "m")], true);
+    let r = upload(&gw, &key, "/v1/audio/transcriptions", &ct, body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    // The simulator decoded the whole file: its length is the upload's.
+    assert_eq!(v["usage"]["seconds"], 360, "{v}");
+    let rows = gw.wait_rows(Some("t"), 1).await;
+    assert_eq!(rows[0]["units"], 360, "{}", rows[0]);
+    assert_eq!(rows[0]["model"], "m");
+    let text = metrics_text(&gw).await;
+    assert!(
+        text.contains("fairgate_uploads_spooled_total{unit=\"audio_seconds\"} 1"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("spooled"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Over the body limit: refused whole, as before.
+    let (ct, body) = form(&wav(1200), &[("model", "m")], true);
+    let r = upload(&gw, &key, "/v1/audio/transcriptions", &ct, body).await;
+    assert_eq!(r.status(), 413);
     gw.shutdown().await;
 }

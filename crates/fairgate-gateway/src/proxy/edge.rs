@@ -90,6 +90,42 @@ pub(crate) async fn read_body_checked(
     read_body(body, limit).await
 }
 
+/// A `multipart/form-data` body under `max_body_bytes`, spooled to a file in the data
+/// directory once large ([`super::spool`]).
+pub(super) async fn read_upload_checked(
+    st: &AppState,
+    parts: &http::request::Parts,
+    body: Body,
+    boundary: &str,
+) -> Result<super::spool::Upload, ApiError> {
+    let limit = st.config.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        drain(body, n).await;
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    let dir = st.config.data_dir.join("uploads");
+    let upload = super::spool::read_upload(body, limit, &dir, boundary, |e| {
+        if crate::limits::is_body_timeout(&e) {
+            ApiError::RequestTimeout
+        } else {
+            ApiError::BodyRead(e.to_string())
+        }
+    })
+    .await?;
+    if matches!(upload, super::spool::Upload::Spooled { .. }) {
+        st.metrics
+            .uploads_spooled
+            .with_label_values(&[fairgate_relay::unit_of_path(parts.uri.path()).as_str()])
+            .inc();
+    }
+    Ok(upload)
+}
+
 /// The most of a refused body read and dropped before answering 413, and for how long.
 const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);

@@ -50,6 +50,7 @@ mod relay;
 mod resolve;
 mod send;
 pub(crate) mod settle;
+mod spool;
 
 use edge::{authenticate, close_after, read_body_checked, read_model_of, unknown_route};
 use operator::operator;
@@ -104,9 +105,22 @@ pub async fn generic(State(st): State<Arc<AppState>>, addr: ClientAddr, req: Req
         Err(resp) => return resp,
     };
     let (parts, body) = req.into_parts();
-    let bytes = match read_body_checked(&parts.headers, body, st.config.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => return close_after(t.fail(e)),
+    let boundary = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(fairgate_relay::form_boundary);
+    // A large form goes to disk; what is read from it is read from its skeleton.
+    let (bytes, spooled) = match boundary {
+        Some(b) => match edge::read_upload_checked(&st, &parts, body, &b).await {
+            Ok(spool::Upload::Memory(bytes)) => (bytes, None),
+            Ok(spool::Upload::Spooled { skeleton, file }) => (skeleton, Some(file)),
+            Err(e) => return close_after(t.fail(e)),
+        },
+        None => match read_body_checked(&parts.headers, body, st.config.max_body_bytes).await {
+            Ok(b) => (b, None),
+            Err(e) => return close_after(t.fail(e)),
+        },
     };
     let read = match read_model_of(&parts, &bytes) {
         Ok(r) => r,
@@ -161,7 +175,13 @@ pub async fn generic(State(st): State<Arc<AppState>>, addr: ClientAddr, req: Req
         model_not_in_body: !in_body,
         unit,
         units_estimate,
-        body,
+        // A spooled form is sent from its file; the skeleton was only for reading.
+        body: if spooled.is_some() {
+            bytes::Bytes::new()
+        } else {
+            body
+        },
+        spooled,
     };
     forward(st, t, principal, parts, plan).await
 }
@@ -227,6 +247,7 @@ async fn typed(st: Arc<AppState>, ep: Endpoint, addr: ClientAddr, req: Request) 
         unit: fairgate_types::Unit::Tokens,
         units_estimate: None,
         body,
+        spooled: None,
     };
     forward(st, t, principal, parts, plan).await
 }

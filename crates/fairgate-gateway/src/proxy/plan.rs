@@ -43,4 +43,6 @@ pub(super) struct Plan {
     pub(super) units_estimate: Option<u64>,
     /// Body to send upstream.
     pub(super) body: Bytes,
+    /// A large upload on disk, sent instead of `body` (which is then empty).
+    pub(super) spooled: Option<std::sync::Arc<super::spool::SpoolFile>>,
 }

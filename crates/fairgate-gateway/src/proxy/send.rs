@@ -131,7 +131,17 @@ pub(super) async fn send(
         attempts += 1;
         t.row.backend = Some(backend.name.clone());
         t.row.attempts = attempts;
-        let body = engine.body(plan, &backend);
+        let body = match &plan.spooled {
+            Some(f) => match super::spool::file_body(f).await {
+                Ok(b) => Outgoing::File(b, f.len),
+                Err(e) => {
+                    return Err(ApiError::Internal(format!(
+                        "could not read the spooled upload: {e}"
+                    )))
+                }
+            },
+            None => Outgoing::Bytes(engine.body(plan, &backend)),
+        };
         match attempt(
             st,
             &backend,
@@ -205,13 +215,20 @@ fn never_answered(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What one attempt sends: bytes in memory, or a spooled upload streamed from its file with
+/// its length.
+enum Outgoing {
+    Bytes(Bytes),
+    File(crate::upstream::UpBody, u64),
+}
+
 /// One attempt on one backend, up to its response head.
 async fn attempt(
     st: &AppState,
     backend: &Backend,
     parts: &http::request::Parts,
     path_q: &str,
-    body: Bytes,
+    body: Outgoing,
     served: &str,
     request_id: &str,
 ) -> Result<http::Response<Incoming>, SendError> {
@@ -222,9 +239,15 @@ async fn attempt(
     if let Some(h) = builder.headers_mut() {
         *h = upstream_headers(&parts.headers, request_id);
         backend.authorize(h);
+        if let Outgoing::File(_, len) = &body {
+            h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(*len));
+        }
     }
-    let body = Full::new(body).map_err(|never| match never {});
-    let up_req = builder.body(body.boxed()).map_err(|e| SendError {
+    let body = match body {
+        Outgoing::Bytes(b) => Full::new(b).map_err(|never| match never {}).boxed(),
+        Outgoing::File(b, _) => b,
+    };
+    let up_req = builder.body(body).map_err(|e| SendError {
         error: ApiError::Internal(e.to_string()),
         why: e.to_string(),
         retry: Retry::No,

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 pub mod cluster;
+pub mod portal;
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
