@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Also measure streamed requests.
     #[arg(long)]
     pub stream: bool,
+    /// The completion guardrail mode for every request (`off`, `log`, `block`): its cost on
+    /// the relay, streamed and not.
+    #[arg(long, default_value = "off")]
+    pub output_guard: String,
 }
 
 type LoadClient = Client<HttpConnector, Full<Bytes>>;
@@ -53,12 +57,12 @@ struct Target {
 
 /// A zero-latency simulator behind a gateway with room for every request at once, so what
 /// is measured is the gateway's own work; its warnings are shown.
-fn stack() -> StackSpec<'static> {
+fn stack(output_guard: &str) -> StackSpec<'static> {
     StackSpec {
         backend_extra: String::new(),
         model: MODEL,
         sims: vec![vec!["--instant".to_owned()]],
-        config: String::new(),
+        config: format!("[guardrails]\noutput = \"{output_guard}\"\n"),
         max_in_flight: 4096,
         gateway_log: true,
     }
@@ -160,7 +164,7 @@ async fn open_loop(
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let admin = bench_client()?;
-    let stack = process::start("bench", stack(), &admin).await?;
+    let stack = process::start("bench", stack(&a.output_guard), &admin).await?;
     let key = tenant_key(&admin, &stack.gateway, "bench", 1).await?;
     // Only the load's own connections stay open while it is measured.
     drop(admin);

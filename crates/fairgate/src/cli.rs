@@ -131,6 +131,10 @@ struct BenchCmd {
     /// Also measure streamed requests (overhead).
     #[arg(long)]
     stream: bool,
+    /// The gateway's completion guardrail mode, `off`, `log` or `block` (overhead): what
+    /// scanning answers costs.
+    #[arg(long, default_value = "off")]
+    output_guard: String,
 }
 
 #[derive(Args)]
@@ -564,6 +568,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         rate: b.rate,
                         max_tokens: b.max_tokens,
                         stream: b.stream,
+                        output_guard: b.output_guard.clone(),
                     })
                     .await
                 }

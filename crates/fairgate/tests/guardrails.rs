@@ -29,21 +29,38 @@ const CARD: &str = "4111 1111 1111 1111";
 async fn recorder() -> (String, Arc<Mutex<Vec<Value>>>) {
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
     let log = seen.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(move |Json(body): Json<Value>| {
-            let log = log.clone();
-            async move {
-                log.lock().unwrap().push(body);
-                Json(json!({
-                    "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "ok"}}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
-                }))
-            }
-        }),
-    );
+    let log2 = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/responses",
+            post(move |Json(body): Json<Value>| {
+                let log = log2.clone();
+                async move {
+                    log.lock().unwrap().push(body);
+                    Json(json!({
+                        "id": "resp_1", "object": "response", "status": "completed", "model": "m",
+                        "output": [{"type": "message", "role": "assistant",
+                                    "content": [{"type": "output_text", "text": "ok"}]}],
+                        "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}
+                    }))
+                }
+            }),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(move |Json(body): Json<Value>| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push(body);
+                    Json(json!({
+                        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": "ok"}}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+                    }))
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -670,5 +687,43 @@ async fn a_cached_answer_is_checked_again_for_a_stricter_policy() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "guardrail_pii_output", "{v}");
     assert_eq!(echoed.calls.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn relayed_surfaces_are_held_to_the_same_policy() {
+    let (url, seen) = recorder().await;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let gw = TestGateway::start(Setup::one("m", &url, 8), &db.url).await;
+    let redacting = tenant_with(&gw, "redacting", json!({"guardrails": {"pii": "redact"}})).await;
+    let blocking = tenant_with(&gw, "blocking", json!({"guardrails": {"pii": "block"}})).await;
+    let body = json!({"model": "m", "instructions": "be brief",
+                      "input": [{"role": "user", "content": [
+                          {"type": "input_text", "text": format!("write to {EMAIL}")}]}]});
+
+    // Blocked through the Responses API as through chat: the backend never sees it.
+    let r = gw.post(&blocking, "/v1/responses", body.clone()).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "guardrail_pii", "{v}");
+    assert!(
+        !v.to_string().contains(EMAIL),
+        "the value is not echoed: {v}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+
+    // Redacted: the backend gets the text without the address, the rest unchanged.
+    let r = gw.post(&redacting, "/v1/responses", body).await;
+    assert_eq!(r.status(), 200);
+    let got = seen.lock().unwrap().pop().expect("the backend was called");
+    let text = got["input"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        !text.contains(EMAIL) && text.starts_with("write to "),
+        "{text}"
+    );
+    assert_eq!(got["instructions"], "be brief");
+    assert_eq!(got["model"], "m");
+    let rows = gw.wait_rows(Some("blocking"), 1).await;
+    assert_eq!(rows[0]["error_class"], "guardrail_pii", "{}", rows[0]);
     gw.shutdown().await;
 }

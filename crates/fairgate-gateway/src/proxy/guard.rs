@@ -121,17 +121,17 @@ pub(super) fn check(
     if pii == GuardMode::Off && injection == GuardMode::Off {
         return Ok(());
     }
-    // Typed endpoints only: relayed paths (audio, rerank, ...) carry other shapes.
-    let Some(ep) = plan.endpoint else {
-        return Ok(());
-    };
+    // Relayed paths are read too when their body is JSON (`/v1/responses`, speech, images,
+    // rerank, score): a policy cannot be side-stepped by calling another surface. Forms
+    // (audio uploads) carry no prompt text to read.
     let Ok(mut body) = serde_json::from_slice::<Value>(&plan.body) else {
         return Ok(());
     };
     let mut kinds: BTreeSet<String> = BTreeSet::new();
     let mut flagged = false;
     let mut redacted = false;
-    texts(ep, &mut body, &mut |text: &mut String, from_user: bool| {
+    let param = plan.endpoint.map_or("input", param_of);
+    let mut visit = |text: &mut String, from_user: bool| {
         let f = st.guard.scan(text);
         if pii != GuardMode::Off && !f.pii.is_empty() {
             kinds.extend(f.kinds().into_iter().map(|k| k.as_str().to_owned()));
@@ -143,7 +143,11 @@ pub(super) fn check(
         if from_user && injection != GuardMode::Off && f.injection.flagged {
             flagged = true;
         }
-    });
+    };
+    match plan.endpoint {
+        Some(ep) => texts(ep, &mut body, &mut visit),
+        None => relayed_texts(&mut body, true, &mut visit),
+    }
     let tenant = t.row.tenant.clone().unwrap_or_default();
     let count = |guardrail: &str, action: &str| count(st, guardrail, &tenant, action);
     if flagged {
@@ -176,7 +180,7 @@ pub(super) fn check(
                 message: format!(
                     "the prompt contains personal data ({list}), and this tenant's guardrail policy blocks it"
                 ),
-                param: Some(param_of(ep).into()),
+                param: Some(param.into()),
                 code: "guardrail_pii",
             }));
         }
@@ -194,6 +198,30 @@ fn param_of(ep: Endpoint) -> &'static str {
         Endpoint::ChatCompletions => "messages",
         Endpoint::Completions => "prompt",
         Endpoint::Embeddings => "input",
+    }
+}
+
+/// Calls `f` on every string of a relayed JSON body but its `model` (which routes it), with
+/// whether it is the user's: all are, except what sits under `instructions` or `system` (the
+/// operator's words, for the injection heuristics).
+fn relayed_texts(v: &mut Value, user: bool, f: &mut dyn FnMut(&mut String, bool)) {
+    match v {
+        Value::String(s) => f(s, user),
+        Value::Array(items) => {
+            for it in items {
+                relayed_texts(it, user, f);
+            }
+        }
+        Value::Object(map) => {
+            for (k, it) in map.iter_mut() {
+                if k == "model" {
+                    continue;
+                }
+                let user = user && k != "instructions" && k != "system";
+                relayed_texts(it, user, f);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -245,6 +273,28 @@ fn texts(ep: Endpoint, body: &mut Value, f: &mut dyn FnMut(&mut String, bool)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relayed_bodies_are_read_whole_but_their_model() {
+        let mut resp = serde_json::json!({
+            "model": "jane@example.com",
+            "instructions": "be brief",
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+            "max_output_tokens": 5
+        });
+        let mut seen = Vec::new();
+        relayed_texts(&mut resp, true, &mut |s, user| seen.push((s.clone(), user)));
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                ("be brief".to_owned(), false),
+                ("hi".to_owned(), true),
+                ("input_text".to_owned(), true),
+                ("user".to_owned(), true),
+            ]
+        );
+    }
 
     #[test]
     fn every_prompt_string_is_visited_with_its_role() {
