@@ -5,6 +5,11 @@
 use fairgate_gateway::error::ApiError;
 use fairgate_store::StoreError;
 
+/// A refusal naming the field and why.
+pub fn bad(field: &str, msg: impl std::fmt::Display) -> ControlError {
+    ControlError::Invalid(format!("{field}: {msg}"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The request names a field or value the rules refuse; the text says which and why.

@@ -16,8 +16,8 @@ use fairgate_types::{GuardMode, GuardrailPolicy, KeyRecord, Tenant};
 use serde_json::{Map, Value};
 
 use crate::audit::{json_of, record_audit};
-use crate::keys::load_key;
-use crate::validate::bad;
+use crate::error::bad;
+use crate::lookup::load_key;
 use crate::ControlError;
 
 use GuardMode::{Block, Log, Off, Redact};

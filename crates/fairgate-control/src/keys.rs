@@ -3,7 +3,7 @@
 
 use fairgate_gateway::identity::{mint_key, mint_secret_for, NewKey as Minted};
 use fairgate_gateway::state::{directory_changed, AppState};
-use fairgate_types::{now_millis, KeyId, KeyPolicy, KeyRecord, UnixMillis};
+use fairgate_types::{now_millis, KeyPolicy, KeyRecord, UnixMillis};
 
 use crate::audit::{json_of, record_audit};
 use crate::validate::{check_key_policy, check_models, valid_email, valid_name};
@@ -30,13 +30,7 @@ pub struct KeyChange {
     pub policy: Option<KeyPolicy>,
 }
 
-/// The key, or `NotFound` naming it.
-pub async fn load_key(st: &AppState, id: &str) -> Result<KeyRecord, ControlError> {
-    st.store
-        .get_key(&KeyId(id.to_owned()))
-        .await?
-        .ok_or_else(|| ControlError::NotFound(format!("key `{id}`")))
-}
+pub use crate::lookup::load_key;
 
 /// Creates a key; the minted secret is in the returned [`Minted`], shown once.
 pub async fn create_key(

@@ -13,6 +13,7 @@ mod error;
 pub mod groups;
 pub mod guardrails;
 pub mod keys;
+mod lookup;
 pub mod passwords;
 pub mod reload;
 pub mod tenants;

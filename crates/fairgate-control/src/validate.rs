@@ -30,9 +30,7 @@ pub fn valid_weight(w: u32) -> Result<u32, ControlError> {
 /// Longest admission wait a policy may ask for: one hour.
 pub const MAX_WAIT_MS: u64 = 3_600_000;
 
-pub fn bad(field: &str, msg: impl std::fmt::Display) -> ControlError {
-    ControlError::Invalid(format!("{field}: {msg}"))
-}
+pub use crate::error::bad;
 
 pub fn check_limits(field: &str, l: &RateLimits) -> Result<(), ControlError> {
     let checks = [

@@ -1,6 +1,6 @@
 //! Operator pages: the live fair-share view ([`fair_share`]), tenants ([`tenants`]) and groups
 //! ([`groups`]): create, weight, group membership, rate limits, queueing, budgets; tenants' and
-//! keys' guardrail modes ([`guardrails`]); models' backends ([`backends`]); the audit log
+//! keys' guardrail modes ([`guardrails`], shown by [`guardrail_view`]); models' backends ([`backends`]); the audit log
 //! ([`audit`]). Every handler takes an
 //! [`Operator`](crate::session::Operator), and every change a checked [`CsrfForm`](crate::session::CsrfForm).
 //!
@@ -26,6 +26,7 @@ pub(crate) mod audit;
 pub(crate) mod backends;
 pub(crate) mod fair_share;
 pub(crate) mod groups;
+pub(crate) mod guardrail_view;
 pub(crate) mod guardrails;
 pub(crate) mod tenants;
 

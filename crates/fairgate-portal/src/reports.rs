@@ -9,7 +9,8 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{Datelike, NaiveDate};
-use fairgate_types::{now_millis, KeyRecord, Role, Tenant};
+use fairgate_control::guardrails::FIELDS;
+use fairgate_types::{now_millis, GuardrailPolicy, KeyRecord, Role, Tenant};
 use http::{header, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
@@ -398,9 +399,7 @@ pub(super) async fn tenant_page(
             "Guardrails".to_owned(),
             format!(
                 "<span data-setting=\"guardrails\">{}</span>",
-                esc(&crate::operator::guardrails::modes_text(
-                    &tenant.policy.guardrails
-                ))
+                esc(&modes_text(&tenant.policy.guardrails))
             ),
         ],
     ];
@@ -680,6 +679,18 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Percent-encodes a query value or a path segment.
 pub(super) fn urlencode(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+/// A scope's own modes in words: `pii block, injection inherit`.
+pub(crate) fn modes_text(p: &GuardrailPolicy) -> String {
+    FIELDS
+        .iter()
+        .map(|f| {
+            let m = f.get(p).map_or("inherit", |m| m.as_str());
+            format!("{} {m}", f.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ impl Place {
             Place::FairShare => "/portal/operator".to_owned(),
             Place::Tenants => "/portal/operator/tenants".to_owned(),
             Place::Tenant(n) => tenant_url(n),
-            Place::Key(id) => super::guardrails::key_url(id),
+            Place::Key(id) => super::guardrail_view::key_url(id),
         }
     }
 }
@@ -152,8 +152,8 @@ pub(super) async fn finish(
                     tenant_html(st, s, &t, Some(&rej)).await?
                 }
                 Place::Key(id) => {
-                    let k = super::guardrails::load_key(st, id).await?;
-                    super::guardrails::key_html(st, s, &k, Some(&rej)).await?
+                    let k = super::guardrail_view::load_key(st, id).await?;
+                    super::guardrail_view::key_html(st, s, &k, Some(&rej)).await?
                 }
             };
             Ok((StatusCode::BAD_REQUEST, Html(html)).into_response())
@@ -442,7 +442,7 @@ async fn tenant_html(
             "Guardrails".to_owned(),
             format!(
                 "<span data-setting=\"guardrails\">{}</span>",
-                esc(&super::guardrails::modes_text(&p.guardrails))
+                esc(&crate::reports::modes_text(&p.guardrails))
             ),
         ],
     ];
@@ -569,7 +569,7 @@ async fn tenant_html(
         r("cost", ""),
         base = esc(&base),
     ));
-    body.push_str(&super::guardrails::tenant_section(st, s, t, rej).await?);
+    body.push_str(&super::guardrail_view::tenant_section(st, s, t, rej).await?);
     Ok(page(
         &format!("Tenant {}", t.name),
         Some(&s.viewer()),
