@@ -72,15 +72,7 @@ pub enum OnHookError {
 impl ExternalGuardConfig {
     /// The bearer key, from `api_key` or `api_key_env`.
     pub fn resolve_api_key(&self) -> Result<Option<Secret>, String> {
-        match (&self.api_key, &self.api_key_env) {
-            (Some(_), Some(_)) => Err("set either api_key or api_key_env, not both".into()),
-            (Some(k), None) => Ok(Some(k.clone())),
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim()))),
-                _ => Err(format!("environment variable `{var}` is not set or empty")),
-            },
-            (None, None) => Ok(None),
-        }
+        super::sections::key_from(&self.api_key, &self.api_key_env)
     }
 
     /// Checks the hook's settings; `Err` is (field, message).

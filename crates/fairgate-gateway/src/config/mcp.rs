@@ -110,36 +110,16 @@ impl McpConfig {
 impl McpServerConfig {
     /// The token to send upstream: `api_key`, or the variable `api_key_env` names (read now).
     pub fn resolve_api_key(&self) -> Result<Option<Secret>, String> {
-        match (&self.api_key, &self.api_key_env) {
-            (Some(_), Some(_)) => Err("set either api_key or api_key_env, not both".into()),
-            (Some(k), None) => Ok(Some(k.clone())),
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim()))),
-                _ => Err(format!("environment variable `{var}` is not set or empty")),
-            },
-            (None, None) => Ok(None),
-        }
+        super::sections::key_from(&self.api_key, &self.api_key_env)
     }
 }
 
 /// An `http://` or `https://` URL with a host and no credentials; a path is expected (the
 /// server's MCP endpoint).
 fn validate_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("`{url}` must start with http:// or https://"))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("`{url}` has no host"));
-    }
-    if rest.split('/').next().is_some_and(|h| h.contains('@')) {
-        return Err("must not contain credentials (use api_key or api_key_env)".into());
-    }
-    if rest.contains('#') {
+    super::sections::validate_http_url(url)?;
+    if url.contains('#') {
         return Err(format!("`{url}` must not have a fragment"));
-    }
-    if url.parse::<http::Uri>().is_err() {
-        return Err(format!("`{url}` is not a valid URL"));
     }
     Ok(())
 }

@@ -507,15 +507,7 @@ impl BackendConfig {
             }
             return super::slurm::job_key(label).map(|k| Some(Secret::new(k)));
         }
-        match (&self.api_key, &self.api_key_env) {
-            (Some(_), Some(_)) => Err("set either api_key or api_key_env, not both".into()),
-            (Some(k), None) => Ok(Some(k.clone())),
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim()))),
-                _ => Err(format!("environment variable `{var}` is not set or empty")),
-            },
-            (None, None) => Ok(None),
-        }
+        key_from(&self.api_key, &self.api_key_env)
     }
 
     /// Checks the fields added for identity, credentials and TLS; `Err` is (field, message).
@@ -785,7 +777,25 @@ pub fn parse_discover(spec: &str) -> Result<(String, u16), String> {
     Ok((host.trim_matches(|c| c == '[' || c == ']').to_owned(), port))
 }
 
-pub fn validate_backend_url(url: &str) -> Result<(), String> {
+/// A secret given directly or by the name of an environment variable holding it (read now):
+/// backends, MCP servers and the guardrail hook take their keys the same way.
+pub(crate) fn key_from(
+    api_key: &Option<Secret>,
+    api_key_env: &Option<String>,
+) -> Result<Option<Secret>, String> {
+    match (api_key, api_key_env) {
+        (Some(_), Some(_)) => Err("set either api_key or api_key_env, not both".into()),
+        (Some(k), None) => Ok(Some(k.clone())),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim()))),
+            _ => Err(format!("environment variable `{var}` is not set or empty")),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+/// An `http://` or `https://` URL with a host and no credentials in it.
+pub(crate) fn validate_http_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -800,6 +810,12 @@ pub fn validate_backend_url(url: &str) -> Result<(), String> {
     if url.parse::<http::Uri>().is_err() {
         return Err(format!("`{url}` is not a valid URL"));
     }
+    Ok(())
+}
+
+pub fn validate_backend_url(url: &str) -> Result<(), String> {
+    validate_http_url(url)?;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
     if rest.trim_end_matches('/').contains('/') {
         return Err(format!(
             "`{url}` must be the server root (fairgate appends /v1/...), without a path"
