@@ -22,7 +22,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 use crate::harness::http::{bench_client, tenant_key};
-use crate::harness::process::{self, status_mib, StackSpec, MODEL};
+use crate::harness::process::{self, cpu_seconds, status_mib, StackSpec, FIXED_BACKEND, MODEL};
 use crate::harness::stats::rounded_index_ms;
 
 #[derive(Args, Debug, Clone)]
@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// the relay, streamed and not.
     #[arg(long, default_value = "off")]
     pub output_guard: String,
+    /// The backend: `sim` (the zero-latency simulator) or `fixed` (a minimal server with
+    /// pre-built answers, faster than the simulator, so the ratio measures the gateway).
+    pub backend: String,
 }
 
 type LoadClient = Client<HttpConnector, Full<Bytes>>;
@@ -57,11 +60,16 @@ struct Target {
 
 /// A zero-latency simulator behind a gateway with room for every request at once, so what
 /// is measured is the gateway's own work; its warnings are shown.
-fn stack(output_guard: &str) -> StackSpec<'static> {
+fn stack(output_guard: &str, backend: &str) -> StackSpec<'static> {
+    let flag = if backend == "fixed" {
+        FIXED_BACKEND
+    } else {
+        "--instant"
+    };
     StackSpec {
         backend_extra: String::new(),
         model: MODEL,
-        sims: vec![vec!["--instant".to_owned()]],
+        sims: vec![vec![flag.to_owned()]],
         config: format!("[guardrails]\noutput = \"{output_guard}\"\n"),
         max_in_flight: 4096,
         gateway_log: true,
@@ -90,13 +98,13 @@ async fn one(client: &LoadClient, t: &Target, body: &Bytes) -> bool {
     }
 }
 
-/// Closed loop: `concurrency` workers for `seconds`; returns (ok requests/s, errors).
+/// Closed loop: `concurrency` workers for `seconds`; returns (ok requests, seconds, errors).
 async fn closed_loop(
     client: &LoadClient,
     t: Arc<Target>,
     body: Bytes,
     a: &BenchArgs,
-) -> (f64, u64) {
+) -> (u64, f64, u64) {
     let ok = Arc::new(AtomicU64::new(0));
     let err = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
@@ -123,9 +131,9 @@ async fn closed_loop(
     for w in workers {
         let _ = w.await;
     }
-    let secs = started.elapsed().as_secs_f64();
     (
-        ok.load(Ordering::Relaxed) as f64 / secs,
+        ok.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
         err.load(Ordering::Relaxed),
     )
 }
@@ -164,7 +172,12 @@ async fn open_loop(
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let admin = bench_client()?;
-    let stack = process::start("bench", stack(&a.output_guard), &admin).await?;
+    if !matches!(a.backend.as_str(), "sim" | "fixed") {
+        anyhow::bail!("--backend is `sim` or `fixed`");
+    }
+    let stack = process::start("bench", stack(&a.output_guard, &a.backend), &admin).await?;
+    let (gw_pid, be_pid) = (stack.procs.gateway_pid(), stack.procs.backend_pid());
+    let cpu = |pid: Option<u32>| pid.and_then(cpu_seconds).unwrap_or(0.0);
     let key = tenant_key(&admin, &stack.gateway, "bench", 1).await?;
     // Only the load's own connections stay open while it is measured.
     drop(admin);
@@ -183,9 +196,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     });
     let modes: &[bool] = if a.stream { &[false, true] } else { &[false] };
     println!(
-        "| mode | path | closed-loop req/s | errors | open-loop rate | p50 ms | p99 ms | errors |"
+        "| mode | path | closed-loop req/s | errors | gateway CPU µs/req | backend CPU µs/req | open-loop rate | p50 ms | p99 ms | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut summary = Vec::new();
     for &stream in modes {
         let body = Bytes::from(
@@ -205,23 +218,37 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
         let mut rows = Vec::new();
         for (name, t) in [("direct", &direct), ("fairgate", &through)] {
-            let (rps, cerr) = closed_loop(&client, t.clone(), body.clone(), &a).await;
+            let (gw0, be0) = (cpu(gw_pid), cpu(be_pid));
+            let (n, secs, cerr) = closed_loop(&client, t.clone(), body.clone(), &a).await;
+            let per_req = |c0: f64, pid| 1e6 * (cpu(pid) - c0) / n.max(1) as f64;
+            let (gw_us, be_us) = (per_req(gw0, gw_pid), per_req(be0, be_pid));
+            let rps = n as f64 / secs;
             let (lat, oerr) = open_loop(&client, t.clone(), body.clone(), &a).await;
             let (p50, p99) = (rounded_index_ms(&lat, 0.50), rounded_index_ms(&lat, 0.99));
             println!(
-                "| {} | {name} | {rps:.0} | {cerr} | {} | {p50:.3} | {p99:.3} | {oerr} |",
+                "| {} | {name} | {rps:.0} | {cerr} | {gw_us:.1} | {be_us:.1} | {} | {p50:.3} | {p99:.3} | {oerr} |",
                 if stream { "stream" } else { "non-stream" },
                 a.rate
             );
-            rows.push((rps, p50, p99));
+            rows.push((rps, p50, p99, gw_us));
         }
         let (d, g) = (rows[0], rows[1]);
+        // Content chunks per streamed answer: the backend sends `max_tokens` of them.
+        let per_chunk = if stream {
+            format!(
+                ", gateway CPU {:.2} µs per content chunk",
+                g.3 / a.max_tokens.max(1) as f64
+            )
+        } else {
+            String::new()
+        };
         summary.push(format!(
-            "{}: through/direct throughput {:.1}%, added latency p50 {:.3} ms, p99 {:.3} ms",
+            "{}: through/direct throughput {:.1}%, added latency p50 {:.3} ms, p99 {:.3} ms, gateway CPU {:.1} µs per request{per_chunk}",
             if stream { "stream" } else { "non-stream" },
             100.0 * g.0 / d.0,
             g.1 - d.1,
-            g.2 - d.2
+            g.2 - d.2,
+            g.3,
         ));
     }
     println!();

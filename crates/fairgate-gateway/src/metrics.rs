@@ -12,7 +12,7 @@
 //! new ones to `_overflow`, counted in `fairgate_metrics_series_dropped_total`. Per-user figures
 //! are never labels: they come from the ledger.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,9 +130,14 @@ pub struct Family<T: MetricVecBuilder> {
     vec: MetricVec<T>,
     kinds: Vec<Kind>,
     shared: Arc<Shared>,
-    /// Hashes of the label sets this family holds (bounded by `max_series`).
-    seen: Mutex<HashSet<u64>>,
+    /// The label sets this family holds, by hash, with their series (bounded by
+    /// `max_series`): a hit hands out the series without prometheus's own lookup.
+    seen: Mutex<HashMap<u64, T::M>>,
 }
+
+/// Label values of one call, cleaned, without a heap allocation (families have at most
+/// this many labels; more would spill into a `Vec`).
+const INLINE_LABELS: usize = 4;
 
 fn family<T: MetricVecBuilder>(
     shared: &Arc<Shared>,
@@ -154,7 +159,40 @@ fn family<T: MetricVecBuilder>(
             })
             .collect(),
         shared: shared.clone(),
-        seen: Mutex::new(HashSet::new()),
+        seen: Mutex::new(HashMap::new()),
+    }
+}
+
+/// Up to [`INLINE_LABELS`] label values on the stack, more in a `Vec`.
+#[derive(Default)]
+struct Cleaned<'a> {
+    inline: [&'a str; INLINE_LABELS],
+    len: usize,
+    spill: Vec<&'a str>,
+}
+
+impl<'a> Cleaned<'a> {
+    fn push(&mut self, v: &'a str) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) if self.spill.is_empty() => {
+                *slot = v;
+                self.len += 1;
+            }
+            _ => {
+                if self.spill.is_empty() {
+                    self.spill.extend_from_slice(&self.inline);
+                }
+                self.spill.push(v);
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        if self.spill.is_empty() {
+            self.inline.get(..self.len).unwrap_or_default()
+        } else {
+            &self.spill
+        }
     }
 }
 
@@ -166,32 +204,37 @@ fn hash_of(vals: &[&str]) -> u64 {
     h.finish()
 }
 
-impl<T: MetricVecBuilder> Family<T> {
-    fn cleaned<'a>(&self, vals: &[&'a str]) -> Vec<&'a str> {
-        vals.iter()
+impl<T: MetricVecBuilder> Family<T>
+where
+    T::M: Clone,
+{
+    fn cleaned<'a>(&self, vals: &[&'a str]) -> Cleaned<'a> {
+        let mut out = Cleaned::default();
+        for (v, k) in vals
+            .iter()
             .zip(self.kinds.iter().chain(std::iter::repeat(&Kind::Code)))
-            .map(|(v, k)| self.shared.labels.clean(*k, v))
-            .collect()
+        {
+            out.push(self.shared.labels.clean(*k, v));
+        }
+        out
     }
 
     /// The series for these labels, bounded: unknown values mapped, a full family diverted
     /// to `_overflow`.
     pub fn with_label_values(&self, vals: &[&str]) -> T::M {
         let clean = self.cleaned(vals);
-        let h = hash_of(&clean);
-        let admitted = {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            seen.contains(&h) || {
-                let room = seen.len() < self.shared.labels.max_series();
-                if room {
-                    seen.insert(h);
-                }
-                room
-            }
-        };
-        if admitted {
-            return self.vec.with_label_values(&clean);
+        let clean = clean.as_slice();
+        let h = hash_of(clean);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = seen.get(&h) {
+            return m.clone();
         }
+        if seen.len() < self.shared.labels.max_series() {
+            let m = self.vec.with_label_values(clean);
+            seen.insert(h, m.clone());
+            return m;
+        }
+        drop(seen);
         self.shared.dropped.with_label_values(&[self.name]).inc();
         let overflow = vec![OVERFLOW; clean.len()];
         self.vec.with_label_values(&overflow)
@@ -200,23 +243,21 @@ impl<T: MetricVecBuilder> Family<T> {
     /// Removes a series (a backend that left); absent ones are ignored.
     pub fn remove_label_values(&self, vals: &[&str]) {
         let clean = self.cleaned(vals);
-        if self.vec.remove_label_values(&clean).is_ok() {
-            self.seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&hash_of(&clean));
+        let clean = clean.as_slice();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if self.vec.remove_label_values(clean).is_ok() {
+            seen.remove(&hash_of(clean));
         }
     }
 
     /// The series for these labels if it exists; never creates one.
     pub fn existing(&self, vals: &[&str]) -> Option<T::M> {
         let clean = self.cleaned(vals);
-        let known = self
-            .seen
+        self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&hash_of(&clean));
-        known.then(|| self.vec.with_label_values(&clean))
+            .get(&hash_of(clean.as_slice()))
+            .cloned()
     }
 
     /// Label sets held now (for tests and the cap).

@@ -185,7 +185,7 @@ impl StreamRelay {
         let mut out = BytesMut::new();
         if !self.oversize && !self.pending.is_empty() {
             let event = std::mem::take(&mut self.pending);
-            let chunk = analyze(&event, &mut self.scratch);
+            let chunk = analyze(&event, &mut self.scratch, false);
             self.account(&chunk, &mut Pushed::default());
             self.emit(&mut out, &event);
             self.pending = recycle(event);
@@ -266,7 +266,7 @@ impl StreamRelay {
     /// Accounts one complete event and, when rewriting, writes what the client gets of it.
     /// Returns whether it was forwarded.
     fn process(&mut self, event: &[u8], out: &mut BytesMut, acc: &mut Pushed) -> bool {
-        let chunk = analyze(event, &mut self.scratch);
+        let chunk = analyze(event, &mut self.scratch, self.strip_chunk_usage);
         self.account(&chunk, acc);
         let forwarded = self.rewrite(&chunk, event, out);
         self.release_large_buffers();
@@ -289,6 +289,19 @@ impl StreamRelay {
             out.extend_from_slice(event);
             return true;
         }
+        if self.strip_chunk_usage && c.usage_object && c.usage_members == 1 {
+            if let Some(from) = c.usage_span.and_then(|(at, _)| fast_usage_cut(event, at)) {
+                let to = c.usage_span.map_or(from, |(_, end)| end);
+                let (Some(head), Some(rest)) = (event.get(..from), event.get(to..)) else {
+                    return true;
+                };
+                self.line.clear();
+                self.line.extend_from_slice(head);
+                self.line.extend_from_slice(rest);
+                write_event_without_null_usage(&self.line, out);
+                return true;
+            }
+        }
         if self.strip_chunk_usage
             && c.usage_object
             && write_without_usage_objects(
@@ -301,18 +314,7 @@ impl StreamRelay {
         {
             return true;
         }
-        if memmem::find(event, USAGE_NULL).is_some() {
-            for line in lines(event) {
-                if data_value(line.content).is_some() {
-                    write_without_null_usage(line.content, out);
-                } else {
-                    out.extend_from_slice(line.content);
-                }
-                out.extend_from_slice(line.terminator);
-            }
-        } else {
-            out.extend_from_slice(event);
-        }
+        write_event_without_null_usage(event, out);
         true
     }
 
@@ -375,6 +377,11 @@ struct Chunk {
     usage: Option<Usage>,
     /// Some top-level `usage` member (not necessarily the last) is an object.
     usage_object: bool,
+    /// Top-level `usage` members (a well-formed chunk has at most one).
+    usage_members: u32,
+    /// Where the last `usage` value lies in the event, when the payload was read where it
+    /// lies (one data line): what [`fast_usage_cut`] needs to cut it without a second parse.
+    usage_span: Option<(usize, usize)>,
     error: bool,
     /// A Responses API event that ends the stream (`response.completed`, ...).
     terminal: bool,
@@ -409,8 +416,41 @@ fn payload<'a>(event: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     }
 }
 
+/// Writes `event` with compact `"usage":null` members removed from its data lines.
+fn write_event_without_null_usage(event: &[u8], out: &mut BytesMut) {
+    if memmem::find(event, USAGE_NULL).is_none() {
+        out.extend_from_slice(event);
+        return;
+    }
+    for line in lines(event) {
+        if data_value(line.content).is_some() {
+            write_without_null_usage(line.content, out);
+        } else {
+            out.extend_from_slice(line.content);
+        }
+        out.extend_from_slice(line.terminator);
+    }
+}
+
+/// The common shape of a chunk with cumulative usage, `...,"usage":{...}}`, cut without a
+/// second parse: given where the (only) top-level `usage` value starts in `event`, returns
+/// where its cut starts, the comma before its key. `None` (take the general path) unless the
+/// bytes before the value are exactly `,"usage":`, give or take whitespace around the colon.
+///
+/// Why this is safe: the parser says a top-level key that decodes to `usage` ends just before
+/// the colon. Its raw text ends in `usage"`; if the byte before that is a `"` preceded by a
+/// `,`, that quote is not inside a string (there it would be escaped, preceded by `\`), so it
+/// opens the key (whose text, decoding to `usage`, holds no unescaped quote), and the comma
+/// before it separates the key from an earlier member, outside any string.
+fn fast_usage_cut(event: &[u8], value_at: usize) -> Option<usize> {
+    let before = event.get(..value_at)?.trim_ascii_end();
+    let before = before.strip_suffix(b":")?.trim_ascii_end();
+    let before = before.strip_suffix(br#","usage""#)?;
+    Some(before.len())
+}
+
 /// Reads one event's payload and classifies it.
-fn analyze(event: &[u8], scratch: &mut Vec<u8>) -> Event {
+fn analyze(event: &[u8], scratch: &mut Vec<u8>, place_usage: bool) -> Event {
     let Some(payload) = payload(event, scratch) else {
         return Event::Other;
     };
@@ -422,7 +462,7 @@ fn analyze(event: &[u8], scratch: &mut Vec<u8>) -> Event {
         return Event::Other;
     }
     let mut de = serde_json::Deserializer::from_slice(trimmed);
-    match Seed(ChunkH)
+    match Seed(ChunkH { event, place_usage })
         .deserialize(&mut de)
         .and_then(|c| de.end().map(|()| c))
     {
@@ -431,8 +471,13 @@ fn analyze(event: &[u8], scratch: &mut Vec<u8>) -> Event {
     }
 }
 
-/// A stream chunk object.
-struct ChunkH;
+/// A stream chunk object; `event` is the whole event, to place borrowed values in it.
+struct ChunkH<'e> {
+    event: &'e [u8],
+    /// Find where `usage` lies (only when it is to be cut: reading the value's raw text
+    /// first costs a second pass over it).
+    place_usage: bool,
+}
 
 #[derive(Clone, Copy)]
 enum ChunkKey {
@@ -459,7 +504,7 @@ struct Choices {
     bearing: bool,
 }
 
-impl<'de> Handler<'de> for ChunkH {
+impl<'de> Handler<'de> for ChunkH<'_> {
     type Out = Chunk;
 
     fn scalar(self, _: Shape) -> Chunk {
@@ -470,6 +515,8 @@ impl<'de> Handler<'de> for ChunkH {
         let mut choices = None;
         let mut usage = None;
         let mut usage_object = false;
+        let mut usage_members = 0u32;
+        let mut usage_span = None;
         let mut error = false;
         let mut delta_text = false;
         let mut terminal = false;
@@ -497,9 +544,26 @@ impl<'de> Handler<'de> for ChunkH {
                     EventType::Failed => error = true,
                     EventType::Other => {}
                 },
-                ChunkKey::Usage => {
+                ChunkKey::Usage if !self.place_usage => {
                     usage = map.next_value_seed(Seed(UsageH))?;
                     usage_object |= usage.is_some();
+                    usage_members = usage_members.saturating_add(1);
+                }
+                ChunkKey::Usage => {
+                    // Borrowed raw text: where it lies, then its numbers from that text.
+                    let raw: &'de RawValue = map.next_value()?;
+                    let text = raw.get();
+                    usage = if text.starts_with('{') {
+                        let mut de = serde_json::Deserializer::from_str(text);
+                        Seed(UsageH)
+                            .deserialize(&mut de)
+                            .map_err(serde::de::Error::custom)?
+                    } else {
+                        None
+                    };
+                    usage_object |= usage.is_some();
+                    usage_members = usage_members.saturating_add(1);
+                    usage_span = span_in(self.event, text.as_bytes());
                 }
                 ChunkKey::Error => error = map.next_value_seed(Seed(ShapeOf))? != Shape::Null,
                 ChunkKey::Other => {
@@ -512,6 +576,8 @@ impl<'de> Handler<'de> for ChunkH {
             choices_empty: choices.is_some_and(|c| c.count == 0),
             usage,
             usage_object,
+            usage_members,
+            usage_span,
             error,
             terminal,
         })

@@ -108,6 +108,12 @@ pub struct SimConfig {
     /// <key>` or gets 401 `{"error":"Unauthorized"}`; `/health`, `/metrics` and the rest stay
     /// open, as in vLLM.
     pub api_key: Option<String>,
+    /// Paced fast path: when non-zero (and the config [`SimConfig::is_instant`]), each sequence
+    /// emits one token every `token_interval`, its first after a random delay in
+    /// `[0, token_interval)` (its own phase, drawn from `seed`), so token times are spread
+    /// across sequences as over a fleet of many replicas rather than in lock-step batches.
+    /// Zero (the default): tokens come as fast as they are read. Ignored by the engine path.
+    pub token_interval: Duration,
 }
 
 impl Default for SimConfig {
@@ -135,6 +141,7 @@ impl Default for SimConfig {
             startup_delay: Duration::ZERO,
             embedding_dim: 64,
             api_key: None,
+            token_interval: Duration::ZERO,
         }
     }
 }

@@ -10,9 +10,15 @@
 //! validated as on the engine path but orders nothing: permits are handed out in arrival order.
 //! LoRA requests are served without the `max_loras` residency limit (and with no load cost);
 //! they are still counted per adapter for `vllm:lora_requests_info`.
+//!
+//! With [`SimConfig::token_interval`] set, the fast path is paced: each sequence emits one
+//! token every interval on its own schedule (first token after a random phase in
+//! `[0, interval)`), a timer per token per sequence and no shared lock, so thousands of slow
+//! streams have token times spread out as over a fleet rather than in lock-step batches.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -20,7 +26,7 @@ use tokio::time::Instant;
 use crate::config::SimConfig;
 use crate::engine::{SeqClock, SeqEvent, SeqRequest};
 use crate::metrics::{FinishReason, Metrics};
-use crate::prefix_cache::PrefixCache;
+use crate::prefix_cache::{mix64, PrefixCache};
 
 /// Shared state of the fast path.
 #[derive(Debug)]
@@ -28,6 +34,11 @@ pub struct FastPath {
     slots: Arc<Semaphore>,
     cache: Mutex<PrefixCache>,
     metrics: Arc<Metrics>,
+    /// [`SimConfig::token_interval`]; zero: not paced.
+    token_interval: Duration,
+    /// Seed of the sequences' phases, and how many have been drawn.
+    seed: u64,
+    sequences: AtomicU64,
 }
 
 impl FastPath {
@@ -40,7 +51,25 @@ impl FastPath {
                 cfg.num_blocks(),
             )),
             metrics,
+            token_interval: cfg.token_interval,
+            seed: cfg.seed,
+            sequences: AtomicU64::new(0),
         }
+    }
+
+    /// The schedule of a paced sequence starting `now`: its first token after a phase drawn
+    /// uniformly from `[0, interval)`; `None` when not paced.
+    fn pace(&self, now: Instant) -> Option<Pace> {
+        if self.token_interval.is_zero() {
+            return None;
+        }
+        let n = self.sequences.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(self.token_interval.as_nanos()).unwrap_or(u64::MAX);
+        let phase = Duration::from_nanos(mix64(self.seed ^ mix64(n)) % nanos);
+        Some(Pace {
+            interval: self.token_interval,
+            due: now + phase,
+        })
     }
 
     /// Waits for a batch slot, then schedules `req` like an engine admission would.
@@ -76,6 +105,7 @@ impl FastPath {
         let kv_need = req.kv_need();
         load.kv_tokens_used.fetch_add(kv_need, Ordering::Relaxed);
         FastSeq {
+            pace: self.pace(now),
             metrics: self.metrics.clone(),
             permit,
             prompt_tokens: prompt,
@@ -102,10 +132,18 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
-/// One running fast-path sequence; yields its events synchronously. Dropping it before the
-/// end counts it as aborted with the tokens produced so far.
+/// When a paced sequence's next token is due.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    interval: Duration,
+    due: Instant,
+}
+
+/// One running fast-path sequence; yields its events synchronously (or, paced, each token at
+/// its time). Dropping it before the end counts it as aborted with the tokens produced so far.
 #[derive(Debug)]
 pub struct FastSeq {
+    pace: Option<Pace>,
     metrics: Arc<Metrics>,
     permit: Option<OwnedSemaphorePermit>,
     prompt_tokens: u64,
@@ -121,7 +159,23 @@ pub struct FastSeq {
 }
 
 impl FastSeq {
-    /// Next event, or `None` after the sequence ended.
+    /// Next event, or `None` after the sequence ended; a paced sequence's tokens wait for
+    /// their time. Cancel-safe: dropped while waiting, the token is simply not produced yet.
+    pub async fn next(&mut self) -> Option<SeqEvent> {
+        if let Some(due) = self.token_due() {
+            tokio::time::sleep_until(due).await;
+        }
+        self.next_event()
+    }
+
+    /// When the next event is a paced token, the time it is due.
+    fn token_due(&self) -> Option<Instant> {
+        let pace = self.pace?;
+        let token_next = self.started && !self.finished && self.abort_after != Some(self.generated);
+        token_next.then_some(pace.due)
+    }
+
+    /// Next event without waiting, or `None` after the sequence ended.
     pub fn next_event(&mut self) -> Option<SeqEvent> {
         if self.finished {
             return None;
@@ -138,6 +192,10 @@ impl FastSeq {
         }
         self.generated += 1;
         self.clock.on_token(&self.metrics, Instant::now());
+        if let Some(p) = &mut self.pace {
+            // A fixed schedule: a token read late does not push the later ones back.
+            p.due += p.interval;
+        }
         let last = self.generated >= self.max_tokens;
         if last {
             self.finish(FinishReason::Length);
@@ -171,5 +229,71 @@ impl FastSeq {
 impl Drop for FastSeq {
     fn drop(&mut self) {
         self.finish(FinishReason::Abort);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(max_tokens: u64) -> SeqRequest {
+        SeqRequest {
+            prompt_ids: vec![1, 2, 3],
+            max_tokens,
+            abort_after: None,
+            lora: None,
+            priority: 0,
+            arrival: Instant::now(),
+        }
+    }
+
+    /// Times (since the call) of the token events of one sequence of `max_tokens` tokens.
+    async fn token_times(fast: &FastPath, max_tokens: u64) -> Vec<Duration> {
+        let t0 = Instant::now();
+        let mut seq = fast.start(request(max_tokens)).await;
+        let mut times = Vec::new();
+        while let Some(ev) = seq.next().await {
+            if let SeqEvent::Token { .. } = ev {
+                times.push(t0.elapsed());
+            }
+        }
+        times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_tokens_are_spaced_with_their_own_phase() {
+        let interval = Duration::from_millis(100);
+        let cfg = SimConfig {
+            token_interval: interval,
+            ..SimConfig::instant("m")
+        };
+        let fast = FastPath::new(&cfg, Arc::new(Metrics::new(&cfg).unwrap()));
+        let mut phases = Vec::new();
+        for _ in 0..8 {
+            let times = token_times(&fast, 5).await;
+            assert_eq!(times.len(), 5);
+            // The timer wheel has 1 ms ticks: allow one either way.
+            let tick = Duration::from_millis(1);
+            assert!(times[0] <= interval + tick, "phase {:?}", times[0]);
+            for w in times.windows(2) {
+                let gap = w[1] - w[0];
+                assert!(
+                    gap + tick >= interval && gap <= interval + tick,
+                    "gap {gap:?}"
+                );
+            }
+            phases.push(times[0]);
+        }
+        phases.sort();
+        phases.dedup();
+        assert!(phases.len() >= 4, "phases not spread: {phases:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unpaced_tokens_come_at_once() {
+        let cfg = SimConfig::instant("m");
+        let fast = FastPath::new(&cfg, Arc::new(Metrics::new(&cfg).unwrap()));
+        let times = token_times(&fast, 5).await;
+        assert_eq!(times, vec![Duration::ZERO; 5]);
     }
 }

@@ -154,7 +154,7 @@ impl Generation {
     pub(crate) async fn next(&mut self) -> Option<SeqEvent> {
         match self {
             Generation::Engine(rx) => rx.recv().await,
-            Generation::Fast(seq) => seq.next_event(),
+            Generation::Fast(seq) => seq.next().await,
         }
     }
 }

@@ -50,6 +50,14 @@ enum Command {
     /// with `--scenario`, fair-share admission against a timed simulator, routing across
     /// simulator replicas with a prefix cache, or three `[cluster]` gateway replicas.
     Bench(BenchCmd),
+    /// The fixed-answer backend of `fairgate bench --backend fixed` (a benchmark's child).
+    #[command(hide = true)]
+    BenchBackend {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "sim-model")]
+        model: String,
+    },
 }
 
 /// `fairgate bench --scenario`: the fair-share scenarios (`all` runs those four) and the
@@ -73,6 +81,11 @@ enum BenchScenario {
     /// shares of pinned and spread tenants, over-admission, reclaim after `kill -9`,
     /// propagation of admin changes, added latency (`--seconds` per phase, default 20).
     Replicas,
+    /// `--streams` (default 8,000) slow streams open at once against a paced simulator, first
+    /// direct, then through the gateway: errors, added inter-token latency, the gateway's RSS,
+    /// fds and in-flight gauges during and after (`--seconds` per stream, default 60;
+    /// `--rate` streams opened per second, default 2,000).
+    OpenStreams,
 }
 
 #[derive(Args)]
@@ -116,15 +129,25 @@ struct BenchCmd {
     seed: u64,
     /// Seconds per closed-loop phase (overhead, default 5), of load per run (fair-share
     /// scenarios, default 25), measured per run after a warm-up (routing, default 25) or of
-    /// load per phase (replicas, default 20).
+    /// load per phase (replicas, default 20), or of each stream (open-streams, default 60).
     #[arg(long)]
     seconds: Option<u64>,
     /// Concurrent connections in the closed-loop phase (overhead).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Request rate of the open-loop latency phase (overhead).
+    /// Request rate of the open-loop latency phase (overhead); streams opened per second
+    /// (open-streams).
     #[arg(long, default_value_t = 2000)]
     rate: u64,
+    /// Streams held open at once (open-streams).
+    #[arg(long, default_value_t = 8000)]
+    streams: usize,
+    /// The simulator's interval between two tokens of a stream, ms (open-streams).
+    #[arg(long, default_value_t = 1000)]
+    token_interval_ms: u64,
+    /// Only the through-gateway phase (open-streams; no added-latency figure).
+    #[arg(long)]
+    skip_direct: bool,
     /// `max_tokens` of each request (overhead; the simulator answers with exactly this many).
     #[arg(long, default_value_t = 16)]
     max_tokens: u64,
@@ -135,6 +158,10 @@ struct BenchCmd {
     /// scanning answers costs.
     #[arg(long, default_value = "off")]
     output_guard: String,
+    /// The backend of the overhead benchmark: `sim` (the zero-latency simulator) or `fixed`
+    /// (a minimal server with pre-built answers, so the ratio is not bounded by the simulator).
+    #[arg(long, value_parser = ["sim", "fixed"], default_value = "sim")]
+    backend: String,
 }
 
 #[derive(Args)]
@@ -147,6 +174,10 @@ struct SimArgs {
     /// Zero latency everywhere (for overhead benchmarks).
     #[arg(long)]
     instant: bool,
+    /// With `--instant`: each sequence emits one token every N ms, its first after a random
+    /// delay in [0, N), so token times are spread across sequences as over a fleet.
+    #[arg(long, requires = "instant")]
+    token_interval_ms: Option<f64>,
     #[arg(long)]
     max_num_seqs: Option<usize>,
     /// KV-cache capacity in tokens.
@@ -500,6 +531,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             run_sim(args).await
         }
         Command::Admin(args) => run_admin(args).await,
+        Command::BenchBackend { listen, model } => {
+            fairgate_bench::serve_fixed_backend(listen, &model).await
+        }
         Command::Bench(b) => {
             init_logging("text");
             use crate::fairbench::Scenario as Fair;
@@ -553,6 +587,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                     .await
                 }
+                Some(BenchScenario::OpenStreams) => {
+                    fairgate_bench::openstreams::run(fairgate_bench::openstreams::OpenStreamsArgs {
+                        streams: b.streams,
+                        seconds: b.seconds.unwrap_or(60),
+                        token_interval_ms: b.token_interval_ms,
+                        ramp: b.rate,
+                        skip_direct: b.skip_direct,
+                        seed: b.seed,
+                        json: b.json.clone(),
+                    })
+                    .await
+                }
                 Some(BenchScenario::Soak) => {
                     crate::soakbench::run(crate::soakbench::SoakArgs {
                         seconds: b.seconds.unwrap_or(600),
@@ -569,6 +615,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         max_tokens: b.max_tokens,
                         stream: b.stream,
                         output_guard: b.output_guard.clone(),
+                        backend: b.backend.clone(),
                     })
                     .await
                 }
@@ -590,6 +637,9 @@ async fn run_sim(a: SimArgs) -> anyhow::Result<()> {
             ..fairgate_sim::SimConfig::default()
         }
     };
+    if let Some(v) = a.token_interval_ms {
+        c.token_interval = ms(v);
+    }
     if let Some(v) = a.max_num_seqs {
         c.max_num_seqs = v;
     }

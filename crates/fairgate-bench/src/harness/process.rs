@@ -30,6 +30,11 @@ impl Procs {
         self.children.first().and_then(Child::id)
     }
 
+    /// The pid of the first backend (simulator or fixed-answer server).
+    pub(crate) fn backend_pid(&self) -> Option<u32> {
+        self.children.get(1).and_then(Child::id)
+    }
+
     pub(crate) async fn stop(mut self) {
         for c in &mut self.children {
             let _ = c.start_kill();
@@ -93,11 +98,22 @@ pub(crate) fn ledger_path(dir: &Path) -> PathBuf {
     dir.join("bench.db")
 }
 
-/// Starts `fairgate sim` serving `model` on `port` with extra flags `args`.
+/// The flags of a "simulator" replica that is the fixed-answer server of [`super::fixed`]
+/// (`fairgate bench-backend`) instead.
+pub(crate) const FIXED_BACKEND: &str = "--fixed-backend";
+
+/// Starts `fairgate sim` serving `model` on `port` with extra flags `args`, or the fixed-answer
+/// server when `args` is just [`FIXED_BACKEND`].
 pub(crate) fn spawn_sim(model: &str, port: u16, args: &[String]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("locating the fairgate binary")?;
+    let fixed = matches!(args, [a] if a == FIXED_BACKEND);
+    let (cmd, args) = if fixed {
+        ("bench-backend", &[][..])
+    } else {
+        ("sim", args)
+    };
     Command::new(&exe)
-        .args(["sim", "--model", model, "--listen"])
+        .args([cmd, "--model", model, "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .args(args)
         .env("FAIRGATE_LOG", "warn")
@@ -246,3 +262,19 @@ pub(crate) fn status_mib(pid: u32, field: &str) -> Option<f64> {
 pub(crate) fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
+
+/// CPU time (user + system, all threads, live and exited) `pid` has used so far, in seconds;
+/// clock-tick resolution (10 ms), so compare it over runs of seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    let mut f = rest.split_whitespace();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after `state`.
+    let utime: f64 = f.nth(11)?.parse().ok()?;
+    let stime: f64 = f.next()?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS)
+}
+
+/// `sysconf(_SC_CLK_TCK)`, which is 100 on every Linux architecture fairgate builds for.
+const CLOCK_TICKS: f64 = 100.0;

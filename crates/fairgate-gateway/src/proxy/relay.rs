@@ -1,6 +1,7 @@
 //! Relay: the backend's answer back to the client. A whole answer is read (bounded) and passed
 //! through; a stream is forwarded event by event while its tokens are counted and charged.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,6 +192,9 @@ pub(super) fn openai_error_body(status: StatusCode, bytes: &[u8]) -> Option<Byte
         .flatten()
 }
 
+/// An upstream frame, the end of the body (`Ok(None)`), or no frame for the idle timeout.
+type NextFrame = Result<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>, ()>;
+
 /// State of a relayed stream; its `Drop` settles the ledger if the client went away.
 pub(super) struct Relay {
     upstream: Incoming,
@@ -205,9 +209,122 @@ pub(super) struct Relay {
     settled_at_done: bool,
     /// The completion guardrail, when this answer's output mode scans it.
     output: Option<OutputScan>,
+    /// When the last upstream frame arrived, and the timer that fires `idle` after it. The
+    /// timer is re-armed only when it fires early (a frame came in between), not per frame,
+    /// so a chunk costs no timer-wheel insert and removal.
+    last_frame: Instant,
+    idle_timer: Pin<Box<tokio::time::Sleep>>,
+    /// This model's inter-token histogram, looked up once per stream rather than per token.
+    inter_token: Option<prometheus::Histogram>,
 }
 
 impl Relay {
+    /// The next upstream frame; `Err` when none came for `idle`.
+    async fn next_frame(&mut self) -> NextFrame {
+        loop {
+            tokio::select! {
+                biased;
+                f = self.upstream.frame() => {
+                    self.last_frame = Instant::now();
+                    return Ok(f);
+                }
+                () = self.idle_timer.as_mut() => {
+                    let due = self.last_frame + self.idle;
+                    if Instant::now() >= due {
+                        return Err(());
+                    }
+                    self.idle_timer.as_mut().reset(due.into());
+                }
+            }
+        }
+    }
+
+    /// One step of the relay: what the client gets for this upstream frame (or the end of
+    /// the upstream, or an idle timeout). Sets `finished` when the answer ends here.
+    fn on_frame(&mut self, frame: NextFrame) -> Bytes {
+        match frame {
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    return Bytes::new();
+                };
+                let mut p = self.relay.push(&data);
+                self.on_push(&p);
+                if self.output.is_some() {
+                    // Before `[DONE]` settles the row: a block decides the outcome.
+                    match self.guard_output(std::mem::take(&mut p.forward), false) {
+                        Ok(b) => p.forward = b,
+                        Err(last) => return last,
+                    }
+                }
+                if let Err(why) = self.charge() {
+                    // A hard budget ran out: end the answer cleanly here. Dropping the
+                    // upstream body closes the backend connection, which stops generation.
+                    self.finished = true;
+                    let mut out = bytes::BytesMut::from(&p.forward[..]);
+                    out.extend_from_slice(&self.tail());
+                    let err = ApiError::BudgetExceeded(format!("the answer was cut off: {why}"));
+                    out.extend_from_slice(&sse_error_event(&err));
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    self.settle(Outcome::CutOff, Some("budget_exceeded"));
+                    return out.freeze();
+                }
+                if !self.settled_at_done && self.relay.saw_done() && !self.relay.error_event() {
+                    // The answer is complete at `[DONE]`. SDKs close the connection as soon
+                    // as they read it, maybe before the backend's end of stream reaches us,
+                    // so the row is settled now rather than on a poll that may not come.
+                    self.settled_at_done = true;
+                    self.settle(Outcome::Ok, None);
+                }
+                p.forward
+            }
+            Ok(None) => {
+                let mut rest = self.relay.finish();
+                if self.output.is_some() {
+                    match self.guard_output(rest, true) {
+                        Ok(b) => rest = b,
+                        Err(last) => return last,
+                    }
+                }
+                self.finished = true;
+                if self.settled_at_done {
+                    // Recorded at `[DONE]` already.
+                } else if self.relay.saw_done() && !self.relay.error_event() {
+                    self.settle(Outcome::Ok, None);
+                } else if self.relay.error_event() {
+                    self.settle(Outcome::UpstreamError, Some("upstream_stream_error"));
+                } else {
+                    self.settle(Outcome::UpstreamError, Some("upstream_truncated"));
+                }
+                rest
+            }
+            Ok(Some(Err(e))) => {
+                self.finished = true;
+                let mut out = bytes::BytesMut::from(&self.tail()[..]);
+                let model = self.tracker.row.model.clone().unwrap_or_default();
+                let err = ApiError::UpstreamStatus {
+                    model,
+                    status: 200,
+                    detail: format!(": the stream broke after it started ({e})"),
+                };
+                out.extend_from_slice(&sse_error_event(&err));
+                self.settle(Outcome::UpstreamError, Some("upstream_stream_broken"));
+                out.freeze()
+            }
+            Err(()) => {
+                self.finished = true;
+                let mut out = bytes::BytesMut::from(&self.tail()[..]);
+                let model = self.tracker.row.model.clone().unwrap_or_default();
+                let err = ApiError::UpstreamTimeout {
+                    model,
+                    timeout_ms: self.idle.as_millis() as u64,
+                };
+                out.extend_from_slice(&sse_error_event(&err));
+                self.settle(Outcome::UpstreamError, Some("upstream_idle_timeout"));
+                out.freeze()
+            }
+        }
+    }
+
     fn settle(&mut self, outcome: Outcome, error_class: Option<&str>) {
         let (usage, source) = match self.relay.usage() {
             Some(u) => (u, UsageSource::Upstream),
@@ -339,13 +456,12 @@ impl Relay {
             let now = Instant::now();
             if p.first_token {
                 self.tracker.mark_first_token();
-            } else if let (Some(prev), Some(m)) = (self.last_token, &self.tracker.row.model) {
-                self.tracker
-                    .st
-                    .metrics
-                    .inter_token
-                    .with_label_values(&[m])
-                    .observe(now.duration_since(prev).as_secs_f64() / p.new_tokens as f64);
+            } else if let Some(prev) = self.last_token {
+                let h = self.inter_token.get_or_insert_with(|| {
+                    let m = self.tracker.row.model.as_deref().unwrap_or_default();
+                    self.tracker.st.metrics.inter_token.with_label_values(&[m])
+                });
+                h.observe(now.duration_since(prev).as_secs_f64() / p.new_tokens as f64);
             }
             self.last_token = Some(now);
         }
@@ -382,105 +498,31 @@ pub(super) fn relay_stream(
     let mut out_headers = HeaderMap::new();
     copy_response_headers(&parts.headers, &mut out_headers);
     t.decorate(&mut out_headers);
+    let idle = Duration::from_millis(st.config.upstream.idle_timeout_ms);
     let state = Relay {
         upstream: body,
         relay,
         tracker: t,
-        idle: Duration::from_millis(st.config.upstream.idle_timeout_ms),
+        idle,
         completion_seen: 0,
         last_token: None,
         finished: false,
         settled_at_done: false,
         output: OutputScan::new(&st.guard, output),
+        last_frame: Instant::now(),
+        idle_timer: Box::pin(tokio::time::sleep(idle)),
+        inter_token: None,
     };
-    let s = stream::unfold(state, |mut s| async move {
-        if s.finished {
-            return None;
-        }
+    // Boxed, so each step of the stream moves a pointer rather than the whole state.
+    let s = stream::unfold(Box::new(state), |mut s| async move {
         loop {
-            match tokio::time::timeout(s.idle, s.upstream.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    let mut p = s.relay.push(&data);
-                    s.on_push(&p);
-                    if s.output.is_some() {
-                        // Before `[DONE]` settles the row: a block decides the outcome.
-                        match s.guard_output(std::mem::take(&mut p.forward), false) {
-                            Ok(b) => p.forward = b,
-                            Err(last) => return Some((Ok(last), s)),
-                        }
-                    }
-                    if let Err(why) = s.charge() {
-                        // A hard budget ran out: end the answer cleanly here. Dropping the
-                        // upstream body closes the backend connection, which stops generation.
-                        s.finished = true;
-                        let mut out = bytes::BytesMut::from(&p.forward[..]);
-                        out.extend_from_slice(&s.tail());
-                        let err =
-                            ApiError::BudgetExceeded(format!("the answer was cut off: {why}"));
-                        out.extend_from_slice(&sse_error_event(&err));
-                        out.extend_from_slice(b"data: [DONE]\n\n");
-                        s.settle(Outcome::CutOff, Some("budget_exceeded"));
-                        return Some((Ok(out.freeze()), s));
-                    }
-                    if !s.settled_at_done && s.relay.saw_done() && !s.relay.error_event() {
-                        // The answer is complete at `[DONE]`. SDKs close the connection as soon
-                        // as they read it, maybe before the backend's end of stream reaches us,
-                        // so the row is settled now rather than on a poll that may not come.
-                        s.settled_at_done = true;
-                        s.settle(Outcome::Ok, None);
-                    }
-                    if !p.forward.is_empty() {
-                        return Some((Ok::<Bytes, std::convert::Infallible>(p.forward), s));
-                    }
-                }
-                Ok(None) => {
-                    let mut rest = s.relay.finish();
-                    if s.output.is_some() {
-                        match s.guard_output(rest, true) {
-                            Ok(b) => rest = b,
-                            Err(last) => return Some((Ok(last), s)),
-                        }
-                    }
-                    s.finished = true;
-                    if s.settled_at_done {
-                        // Recorded at `[DONE]` already.
-                    } else if s.relay.saw_done() && !s.relay.error_event() {
-                        s.settle(Outcome::Ok, None);
-                    } else if s.relay.error_event() {
-                        s.settle(Outcome::UpstreamError, Some("upstream_stream_error"));
-                    } else {
-                        s.settle(Outcome::UpstreamError, Some("upstream_truncated"));
-                    }
-                    return (!rest.is_empty()).then_some((Ok(rest), s));
-                }
-                Ok(Some(Err(e))) => {
-                    s.finished = true;
-                    let mut out = bytes::BytesMut::from(&s.tail()[..]);
-                    let model = s.tracker.row.model.clone().unwrap_or_default();
-                    let err = ApiError::UpstreamStatus {
-                        model,
-                        status: 200,
-                        detail: format!(": the stream broke after it started ({e})"),
-                    };
-                    out.extend_from_slice(&sse_error_event(&err));
-                    s.settle(Outcome::UpstreamError, Some("upstream_stream_broken"));
-                    return Some((Ok(out.freeze()), s));
-                }
-                Err(_) => {
-                    s.finished = true;
-                    let mut out = bytes::BytesMut::from(&s.tail()[..]);
-                    let model = s.tracker.row.model.clone().unwrap_or_default();
-                    let err = ApiError::UpstreamTimeout {
-                        model,
-                        timeout_ms: s.idle.as_millis() as u64,
-                    };
-                    out.extend_from_slice(&sse_error_event(&err));
-                    s.settle(Outcome::UpstreamError, Some("upstream_idle_timeout"));
-                    return Some((Ok(out.freeze()), s));
-                }
+            if s.finished {
+                return None;
+            }
+            let frame = s.next_frame().await;
+            let out = s.on_frame(frame);
+            if !out.is_empty() {
+                return Some((Ok::<Bytes, std::convert::Infallible>(out), s));
             }
         }
     });

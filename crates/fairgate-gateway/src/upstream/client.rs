@@ -58,7 +58,10 @@ pub(crate) fn tls_client(connect_timeout: Duration, roots: rustls::RootCertStore
         .https_or_http()
         .enable_http1()
         .wrap_connector(conn);
+    // hyper-util expires idle connections only when the pool has a timer: without one, the
+    // sockets (and their buffers) of a burst of streams stayed open for good.
     Client::builder(TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
         .build(https)

@@ -767,12 +767,22 @@ fn multi_line_data_is_cut_only_within_a_line() {
 
 #[test]
 fn unexpected_payloads_are_forwarded_unchanged() {
-    // Invalid UTF-8 in a skipped string: the chunk is accounted, but the borrowed span parse
-    // refuses it, so nothing is cut rather than something guessed.
+    // Invalid UTF-8 in a skipped string, usage first: the chunk is accounted, but the
+    // borrowed span parse refuses it, so nothing is cut rather than something guessed.
+    let input: &[u8] =
+        b"data: {\"usage\":{\"prompt_tokens\":3},\"x\":\"\xff\",\"choices\":[{\"text\":\"a\"}]}\n\n";
+    let o = relay_opts((false, true), MAX_EVENT_BYTES, &[input]);
+    assert_eq!(o.out, input);
+    assert_eq!((o.usage, o.counted), (usage(3, 0, 0), 1));
+    // Usage last, after `,"usage":`: the parser placed the member, and the bytes before it
+    // cannot be inside a string, so the cut is certain whatever the other strings hold.
     let input: &[u8] =
         b"data: {\"x\":\"\xff\",\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":3}}\n\n";
     let o = relay_opts((false, true), MAX_EVENT_BYTES, &[input]);
-    assert_eq!(o.out, input);
+    assert_eq!(
+        o.out,
+        b"data: {\"x\":\"\xff\",\"choices\":[{\"text\":\"a\"}]}\n\n".as_slice()
+    );
     assert_eq!((o.usage, o.counted), (usage(3, 0, 0), 1));
     // Not JSON, or not an object: never touched.
     for input in [
@@ -886,4 +896,42 @@ fn responses_api_stream_usage_and_deltas() {
     // A failed response is a mid-stream error.
     let failed = "data: {\"type\":\"response.failed\",\"response\":{\"usage\":null}}\n\n";
     assert!(whole(false, failed).error);
+}
+
+#[test]
+fn usage_cut_fast_and_general_paths_agree() {
+    // The common shape takes the fast cut; an escaped key, spacing or usage first take the
+    // general path; each gives the chunk without its usage, and the usage is read.
+    for (input, expected) in [
+        (
+            "data: {\"id\":\"a\",\"choices\":[{\"text\":\"x\"}],\"usage\":{\"prompt_tokens\":3}}\n\n",
+            "data: {\"id\":\"a\",\"choices\":[{\"text\":\"x\"}]}\n\n",
+        ),
+        (
+            "data: {\"id\":\"a\",\"choices\":[{\"text\":\"x\"}],\"usage\" : {\"prompt_tokens\":3}}\n\n",
+            "data: {\"id\":\"a\",\"choices\":[{\"text\":\"x\"}]}\n\n",
+        ),
+        (
+            "data: {\"id\":\"a\",\"choices\":[{\"text\":\"x\"}],\"us\\u0061ge\":{\"prompt_tokens\":3}}\n\n",
+            "data: {\"id\":\"a\",\"choices\":[{\"text\":\"x\"}]}\n\n",
+        ),
+        (
+            "data: {\"id\":\"a\",\"choices\":[{\"text\":\"x\"}], \"usage\":{\"prompt_tokens\":3}}\n\n",
+            "data: {\"id\":\"a\",\"choices\":[{\"text\":\"x\"}]}\n\n",
+        ),
+        (
+            "data: {\"usage\":{\"prompt_tokens\":3},\"id\":\"a\",\"choices\":[{\"text\":\"x\"}]}\n\n",
+            "data: {\"id\":\"a\",\"choices\":[{\"text\":\"x\"}]}\n\n",
+        ),
+        // A string value that ends like the key does not fool the fast path.
+        (
+            "data: {\"id\":\"a,\\\"usage\",\"choices\":[{\"text\":\"x\"}],\"usage\":{\"prompt_tokens\":3}}\n\n",
+            "data: {\"id\":\"a,\\\"usage\",\"choices\":[{\"text\":\"x\"}]}\n\n",
+        ),
+    ] {
+        let o = whole_opts((false, true), input);
+        assert_eq!(text(&o.out), expected, "{input}");
+        assert_eq!((o.usage, o.counted), (usage(3, 0, 0), 1), "{input}");
+        assert_split_invariant_opts((false, true), MAX_EVENT_BYTES, input.as_bytes());
+    }
 }
