@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use crate::harness::http::{bench_client, tenant_key};
+use crate::harness::http::{bench_client, request, tenant_key, Target};
 use crate::harness::process::{self, cpu_seconds, status_mib, StackSpec, FIXED_BACKEND, MODEL};
 use crate::harness::stats::rounded_index_ms;
 
@@ -53,11 +53,6 @@ pub struct BenchArgs {
 
 type LoadClient = Client<HttpConnector, Full<Bytes>>;
 
-struct Target {
-    url: String,
-    auth: Option<String>,
-}
-
 /// A zero-latency simulator behind a gateway with room for every request at once, so what
 /// is measured is the gateway's own work; its warnings are shown.
 fn stack(output_guard: &str, backend: &str) -> StackSpec<'static> {
@@ -74,15 +69,6 @@ fn stack(output_guard: &str, backend: &str) -> StackSpec<'static> {
         max_in_flight: 4096,
         gateway_log: true,
     }
-}
-
-fn request(t: &Target, body: &Bytes) -> anyhow::Result<http::Request<Full<Bytes>>> {
-    let mut b = http::Request::post(format!("{}/v1/chat/completions", t.url))
-        .header("content-type", "application/json");
-    if let Some(a) = &t.auth {
-        b = b.header("authorization", a);
-    }
-    Ok(b.body(Full::new(body.clone()))?)
 }
 
 async fn one(client: &LoadClient, t: &Target, body: &Bytes) -> bool {

@@ -29,7 +29,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
-use crate::harness::http::{bench_client, scrape, tenant_key};
+use crate::harness::http::{bench_client, request, scrape, tenant_key, Target};
 use crate::harness::metrics::metric_sum;
 use crate::harness::process::{self, cpu_seconds, flags, open_fds, status_mib, StackSpec, MODEL};
 use crate::harness::report::{criterion, write_json};
@@ -66,11 +66,6 @@ const RELEASE_WAIT: Duration = Duration::from_secs(130);
 const FD_SLACK: usize = 8;
 
 type LoadClient = Client<HttpConnector, Full<Bytes>>;
-
-struct Target {
-    url: String,
-    auth: Option<String>,
-}
 
 /// One stream as the client saw it.
 #[derive(Default)]
@@ -145,15 +140,6 @@ fn stack(a: &OpenStreamsArgs) -> StackSpec<'static> {
         max_in_flight: a.streams + 64,
         gateway_log: true,
     }
-}
-
-fn request(t: &Target, body: &Bytes) -> anyhow::Result<http::Request<Full<Bytes>>> {
-    let mut b = http::Request::post(format!("{}/v1/chat/completions", t.url))
-        .header("content-type", "application/json");
-    if let Some(a) = &t.auth {
-        b = b.header("authorization", a);
-    }
-    Ok(b.body(Full::new(body.clone()))?)
 }
 
 /// Counts a stream as open while it lives.

@@ -4,9 +4,27 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
 use serde_json::{json, Value};
 
 use super::process::ADMIN_TOKEN;
+
+/// Where a load goes: the simulator directly, or the gateway with a tenant's key.
+pub(crate) struct Target {
+    pub(crate) url: String,
+    pub(crate) auth: Option<String>,
+}
+
+/// A chat completion POST of `body` to `t`, as the hyper load clients send it.
+pub(crate) fn request(t: &Target, body: &Bytes) -> anyhow::Result<http::Request<Full<Bytes>>> {
+    let mut b = http::Request::post(format!("{}/v1/chat/completions", t.url))
+        .header("content-type", "application/json");
+    if let Some(a) = &t.auth {
+        b = b.header("authorization", a);
+    }
+    Ok(b.body(Full::new(body.clone()))?)
+}
 
 /// The load generator's HTTP client: no Nagle delay, and enough idle connections that a
 /// closed loop of hundreds of streams does not reconnect.
