@@ -734,3 +734,63 @@ async fn a_reset_connection_is_retried_on_the_only_backend() {
     assert_eq!(failed["attempts"], 1, "{failed}");
     gw.shutdown().await;
 }
+
+/// A relaying front for `target` that counts the connections open through it.
+async fn counting_front(target: &str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = target.trim_start_matches("http://").to_owned();
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (target, open) = (target.clone(), open.clone());
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn idle_backend_connections_are_closed_after_the_pool_timeout() {
+    use std::sync::atomic::Ordering;
+    let db = fresh_db(Db::Sqlite).await.unwrap();
+    let sim = Sim::start(SimConfig::instant(MODEL)).await;
+    let (front, open) = counting_front(&sim.url).await;
+    let setup = Setup::one(MODEL, &front, 8).with(|c| {
+        // Only the requests below open connections to the backend.
+        c.routing.probe_interval_ms = 600_000;
+        c.routing.scrape_interval_ms = 600_000;
+        c.upstream.pool_idle_timeout_ms = 300;
+    });
+    let (gw, key) = gateway(&db, setup).await;
+    // Concurrent streams, so the pool ends up with several idle connections.
+    let calls = (0..4).map(|_| gw.post(&key, "/v1/chat/completions", chat(MODEL, 3, true)));
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    assert!(
+        open.load(Ordering::SeqCst) >= 1,
+        "the requests went through the front"
+    );
+    // Kept for reuse at first, then closed once idle for the pool timeout.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} idle backend connections still open after 10 s",
+            open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    gw.shutdown().await;
+}

@@ -42,6 +42,10 @@ pub fn idle_timeout_ms() -> u64 {
     120_000
 }
 
+pub fn pool_idle_timeout_ms() -> u64 {
+    60_000
+}
+
 pub fn cluster_prefix() -> String {
     "fairgate".into()
 }

@@ -561,6 +561,10 @@ pub struct UpstreamConfig {
     /// Longest gap between two body chunks from a backend before the request is failed.
     #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// How long an idle connection to a backend is kept for reuse before it is closed (a burst
+    /// of streams leaves as many idle connections, each holding a socket and its buffers).
+    #[serde(default = "defaults::pool_idle_timeout_ms")]
+    pub pool_idle_timeout_ms: u64,
     /// Ask streaming backends for cumulative usage on every chunk
     /// (`stream_options.continuous_usage_stats`, a vLLM feature), so a stream that ends early
     /// is still charged exactly. Turn off for backends that reject unknown stream options;
@@ -711,6 +715,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             connect_timeout_ms: defaults::connect_timeout_ms(),
+            pool_idle_timeout_ms: defaults::pool_idle_timeout_ms(),
             first_byte_timeout_ms: defaults::first_byte_timeout_ms(),
             idle_timeout_ms: defaults::idle_timeout_ms(),
             continuous_usage: defaults::yes(),

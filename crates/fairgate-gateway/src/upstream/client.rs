@@ -21,11 +21,14 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpBody>;
 /// Connect timeout of the clients built for backends with their own CA (set with the shared
 /// client, which comes first).
 pub(crate) static CONNECT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(2_000);
+/// `upstream.pool_idle_timeout_ms`, for the same clients.
+static POOL_IDLE_TIMEOUT_MS: AtomicU64 = AtomicU64::new(60_000);
 
 /// The client for backends: plain HTTP, or TLS trusting the system roots plus
 /// `upstream.ca_file`.
 pub fn http_client(cfg: &crate::config::UpstreamConfig) -> HttpClient {
     CONNECT_TIMEOUT_MS.store(cfg.connect_timeout_ms, Ordering::Relaxed);
+    POOL_IDLE_TIMEOUT_MS.store(cfg.pool_idle_timeout_ms.max(1), Ordering::Relaxed);
     tls_client(
         Duration::from_millis(cfg.connect_timeout_ms),
         roots(true, cfg.ca_file.as_deref()),
@@ -62,7 +65,9 @@ pub(crate) fn tls_client(connect_timeout: Duration, roots: rustls::RootCertStore
     // sockets (and their buffers) of a burst of streams stayed open for good.
     Client::builder(TokioExecutor::new())
         .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_millis(
+            POOL_IDLE_TIMEOUT_MS.load(Ordering::Relaxed),
+        ))
         .pool_max_idle_per_host(1024)
         .build(https)
 }
