@@ -10,6 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::portal::{browser, csrf_of, post_form};
 use common::*;
 use fairgate::config::{Config, SecureCookies};
 use fairgate::server::Gateway;
@@ -21,13 +22,6 @@ use tokio::sync::oneshot;
 const PASSWORD: &str = "correct horse battery staple";
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; object-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 async fn user(gw: &TestGateway, email: &str, role: &str, tenant: Option<&str>) -> String {
     let (s, v) = gw
@@ -74,29 +68,6 @@ async fn get(gw: &TestGateway, cookie: &str, path: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-async fn post_form(
-    gw: &TestGateway,
-    cookie: &str,
-    path: &str,
-    form: &[(&str, &str)],
-) -> reqwest::Response {
-    browser()
-        .post(format!("{}{path}", gw.base))
-        .header(header::COOKIE, cookie)
-        .form(form)
-        .send()
-        .await
-        .unwrap()
-}
-
-fn csrf_of(page: &str) -> String {
-    let at = page
-        .find("name=\"csrf\" value=\"")
-        .expect("page has a CSRF field");
-    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
-    rest[..rest.find('"').unwrap()].to_owned()
 }
 
 fn secret_of(page: &str) -> String {

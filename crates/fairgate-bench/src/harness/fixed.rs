@@ -1,6 +1,6 @@
-//! A minimal fixed-answer model server (`fairgate bench-backend`, hidden): the fastest backend
-//! this machine can offer, so `fairgate bench --backend fixed` measures the gateway against
-//! a ceiling set by HTTP itself rather than by the simulator's bookkeeping.
+//! A minimal fixed-answer model server (`fairgate bench-backend`, hidden): about half the
+//! simulator's CPU per request, so `fairgate bench --backend fixed` measures the gateway
+//! against a ceiling set by HTTP itself rather than by the simulator's bookkeeping.
 //!
 //! Every chat or completion request gets the same pre-built answer: a JSON body with usage,
 //! or, when the body asks `"stream":true`, `max_tokens` SSE chunks (16 if absent), a usage

@@ -79,15 +79,28 @@ pub(crate) async fn read_body_checked(
     body: Body,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
+    let body = refuse_declared_over(headers, body, limit).await?;
+    read_body(body, limit).await
+}
+
+/// A body whose `Content-Length` is over `limit` is refused before it is read (and drained,
+/// so the connection stays usable); any other body is handed back.
+async fn refuse_declared_over(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Body, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared.filter(|n| *n > limit as u64) {
-        drain(body, n).await;
-        return Err(ApiError::BodyTooLarge(limit));
+    match declared.filter(|n| *n > limit as u64) {
+        Some(n) => {
+            drain(body, n).await;
+            Err(ApiError::BodyTooLarge(limit))
+        }
+        None => Ok(body),
     }
-    read_body(body, limit).await
 }
 
 /// A `multipart/form-data` body under `max_body_bytes`, spooled to a file in the data
@@ -99,15 +112,7 @@ pub(super) async fn read_upload_checked(
     boundary: &str,
 ) -> Result<super::spool::Upload, ApiError> {
     let limit = st.config.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared.filter(|n| *n > limit as u64) {
-        drain(body, n).await;
-        return Err(ApiError::BodyTooLarge(limit));
-    }
+    let body = refuse_declared_over(&parts.headers, body, limit).await?;
     let dir = st.config.data_dir.join("uploads");
     let upload = super::spool::read_upload(body, limit, &dir, boundary, |e| {
         if crate::limits::is_body_timeout(&e) {
