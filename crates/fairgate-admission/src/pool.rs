@@ -246,8 +246,9 @@ struct Inner {
     step_ewma: u64,
     /// Start of the pool's clock, for the one-second service buckets.
     epoch: Instant,
-    /// When each tenant was last admitted, and when last admitted below its share: the
-    /// automatic headroom counts the distinct tenants of the recent past.
+    /// When each tenant was last admitted, and when, if its latest admission found nothing
+    /// else of it in flight: the automatic headroom counts such light tenants of the recent
+    /// past.
     last_admitted: HashMap<TenantId, (Instant, Option<Instant>)>,
     /// [`Headroom::Auto`]'s current size, recomputed as requests start and end.
     auto_headroom: usize,
@@ -860,9 +861,9 @@ impl Inner {
         let now = Instant::now();
         let seen = self.last_admitted.entry(tenant).or_insert((now, None));
         seen.0 = now;
-        if light {
-            seen.1 = Some(now);
-        }
+        // Only the latest admission says what the tenant looks like now: a flood's first
+        // stream finds nothing in flight too, and must not keep a slot from the flood itself.
+        seen.1 = light.then_some(now);
         self.resize_headroom();
         self.in_flight += 1;
         // Saturating: reservations come from client input (`max_tokens` up to u64::MAX).

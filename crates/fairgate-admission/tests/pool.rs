@@ -772,6 +772,26 @@ async fn automatic_headroom_appears_with_a_second_tenant() {
     refill.abort();
 }
 
+/// A tenant counts toward the automatic headroom as light only while its latest admission found
+/// nothing else of it in flight: a flood's first stream does, its next ones do not.
+#[tokio::test(start_paused = true)]
+async fn a_flood_stops_counting_as_light_once_it_holds_several_slots() {
+    let p = pool_headroom(16, Mode::Fair, Headroom::Auto);
+    let mut held = Vec::new();
+    held.push(p.admit(req("heavy", 1, HOUR)).await.unwrap());
+    held.push(p.admit(req("light", 1, HOUR)).await.unwrap());
+    // Both were admitted with nothing else in flight: two light tenants, two slots kept.
+    assert_eq!(p.state().headroom, 2);
+    for _ in 0..4 {
+        held.push(p.admit(req("heavy", 1, HOUR)).await.unwrap());
+    }
+    assert_eq!(
+        p.state().headroom,
+        1,
+        "heavy holds five slots now: only light is kept a slot for"
+    );
+}
+
 /// FIFO mode (the plain-proxy baseline) keeps no headroom.
 #[tokio::test(start_paused = true)]
 async fn fifo_keeps_no_headroom() {

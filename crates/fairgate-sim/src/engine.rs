@@ -286,7 +286,10 @@ impl Engine {
         let mut step_end: Option<tokio::time::Instant> = None;
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
-                // Idle: block until work arrives, or stop when every handle is gone.
+                // Idle: block until work arrives, or stop when every handle is gone. The
+                // next step starts when the work arrives: the catch-up below is for a busy
+                // engine's late wake-ups, not credit for the time it sat idle.
+                step_end = None;
                 match self.rx.recv().await {
                     Some(e) => self.receive(e),
                     None => return,

@@ -437,6 +437,26 @@ async fn prefix_cache_hit_shortens_ttft() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_idle_engine_starts_a_full_step_when_work_arrives() {
+    let sim = Simulator::new(SimConfig {
+        decode_step_per_seq: Duration::ZERO,
+        ..cfg()
+    });
+    let t0 = Instant::now();
+    let first = stream_chat(sim.clone(), t0, "one".into(), 2).await;
+    // Idle for less than a step: the next request's first step still lasts a whole step from
+    // its arrival (a busy engine catches up on late wake-ups; an idle one has nothing to
+    // catch up on).
+    sleep(3 * MS).await;
+    let t1 = Instant::now();
+    let second = stream_chat(sim.clone(), t1, "two".into(), 2).await;
+    assert_eq!(second.first_token, first.first_token);
+    // TTFT = prefill (20 ms + 1 ms per token) + one 10 ms decode step.
+    let prompt = usage(&second)["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(second.first_token, (30 + prompt as u32) * MS);
+}
+
+#[tokio::test(start_paused = true)]
 async fn decode_step_time_grows_with_batch_size() {
     let sim = Simulator::new(cfg());
     // One sequence alone: 10 steps of 10 ms + 2 ms × 1 between first and last token.

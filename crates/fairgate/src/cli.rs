@@ -124,6 +124,11 @@ struct BenchCmd {
     /// declared to the gateway as `engine_max_seqs` (above its `max_in_flight` of 16).
     #[arg(long)]
     engine_max_seqs: Option<usize>,
+    /// Interactive scenarios: the light tenant pauses before each request for a time drawn
+    /// uniformly from 0 to this many ms, so it arrives at any point of the engine's step as
+    /// people and editors do; 0 sends each request the moment the previous stream ends.
+    #[arg(long, default_value_t = 50.0)]
+    light_think_ms: f64,
     /// Seed of the simulator and the prompt text (scenarios only).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -552,6 +557,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         priority: b.engine_policy == "priority",
                         max_seqs: b.engine_max_seqs,
                     },
+                    light_think_ms: b.light_think_ms.max(0.0),
                 })
             };
             let routing = |workloads| {

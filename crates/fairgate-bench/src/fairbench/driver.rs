@@ -93,6 +93,13 @@ async fn worker(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
     while Instant::now() < ctx.deadline {
+        if spec.think_ms > 0.0 {
+            let pause = rng.gen_range(0.0..spec.think_ms);
+            tokio::time::sleep(Duration::from_secs_f64(pause / 1e3)).await;
+            if Instant::now() >= ctx.deadline {
+                break;
+            }
+        }
         let out_tokens = match spec.out_min {
             Some(lo) => rng.gen_range(lo..=spec.out.max(lo)),
             None => spec.out,

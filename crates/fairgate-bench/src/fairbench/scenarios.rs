@@ -27,6 +27,8 @@ pub(crate) struct TenantSpec {
     pub(crate) backlogged: bool,
     /// Part of the start ramp.
     pub(crate) ramped: bool,
+    /// Pause before each request, drawn uniformly from `0..think_ms` (0: back to back).
+    pub(crate) think_ms: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +77,7 @@ pub(crate) fn weighted_load(seconds: f64) -> Load {
         out_min: None,
         backlogged: true,
         ramped: true,
+        think_ms: 0.0,
     };
     Load {
         tenants: vec![t("w1", 1), t("w2", 2), t("w4", 4)],
@@ -84,7 +87,11 @@ pub(crate) fn weighted_load(seconds: f64) -> Load {
     }
 }
 
-pub(crate) fn interactive_load(seconds: f64) -> Load {
+/// `light_think_ms`: the light tenant's pause before each request (uniform in `0..` it). A
+/// person or an editor does not send the next request the instant the last answer ends, so
+/// its arrivals fall anywhere in the engine's step; with 0 every request leaves the moment the
+/// previous stream ended, i.e. just after the engine began its next step (the worst phase).
+pub(crate) fn interactive_load(seconds: f64, light_think_ms: f64) -> Load {
     Load {
         tenants: vec![
             TenantSpec {
@@ -96,6 +103,7 @@ pub(crate) fn interactive_load(seconds: f64) -> Load {
                 out_min: None,
                 backlogged: false,
                 ramped: false,
+                think_ms: light_think_ms,
             },
             TenantSpec {
                 name: "heavy",
@@ -106,11 +114,12 @@ pub(crate) fn interactive_load(seconds: f64) -> Load {
                 out_min: None,
                 backlogged: true,
                 ramped: true,
+                think_ms: 0.0,
             },
         ],
         seconds,
         ramp_step: service_time(512) / SLOTS as f64,
-        probe: Some((0, (seconds / 8.0).max(2.0))),
+        probe: Some((0, (seconds / 4.0).max(3.0))),
     }
 }
 
@@ -126,6 +135,7 @@ pub(crate) fn asymmetry_load(seconds: f64) -> Load {
                 out_min: None,
                 backlogged: true,
                 ramped: false,
+                think_ms: 0.0,
             },
             TenantSpec {
                 name: "b-long",
@@ -136,6 +146,7 @@ pub(crate) fn asymmetry_load(seconds: f64) -> Load {
                 out_min: None,
                 backlogged: true,
                 ramped: false,
+                think_ms: 0.0,
             },
         ],
         seconds,
@@ -146,8 +157,8 @@ pub(crate) fn asymmetry_load(seconds: f64) -> Load {
 
 /// [`interactive_load`] with heavy streams of 50–500 output tokens, so heavy streams do not
 /// end in waves.
-pub(crate) fn interactive_varied_load(seconds: f64) -> Load {
-    let mut load = interactive_load(seconds);
+pub(crate) fn interactive_varied_load(seconds: f64, light_think_ms: f64) -> Load {
+    let mut load = interactive_load(seconds, light_think_ms);
     load.tenants[1].out_min = Some(50);
     load.tenants[1].out = 500;
     load
