@@ -51,8 +51,11 @@ impl Default for CostWeights {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Headroom {
     /// Sized from what arrives: none while one tenant has the pool to itself; with several
-    /// tenants, one slot per distinct tenant recently admitted with nothing else in flight, at
-    /// least one and at most an eighth of the pool (pools under 4 slots keep none).
+    /// tenants, one slot per light tenant of the recent past (one whose latest request found
+    /// nothing else of its own in flight), but no more than such tenants are likely to have in
+    /// flight at once (their average in flight over the last few seconds plus two standard
+    /// deviations, and always one more than they hold now); at least one, at most half the
+    /// pool (pools under 4 slots keep none).
     #[default]
     Auto,
     /// A fixed number of slots (0 turns headroom off).
@@ -252,6 +255,11 @@ struct Inner {
     last_admitted: HashMap<TenantId, (Instant, Option<Instant>)>,
     /// [`Headroom::Auto`]'s current size, recomputed as requests start and end.
     auto_headroom: usize,
+    /// Requests of light tenants in flight at the last resize, and its time-weighted moving
+    /// average (over two request lifetimes, at least a second) up to `light_at`.
+    light_now: usize,
+    light_avg: f64,
+    light_at: Instant,
     /// Moving average of each tenant's completion tokens per request, for the expected
     /// length of its queued requests.
     out_ewma: HashMap<TenantId, f64>,
@@ -311,6 +319,9 @@ impl Pool {
                 epoch: Instant::now(),
                 last_admitted: HashMap::new(),
                 auto_headroom: 0,
+                light_now: 0,
+                light_avg: 0.0,
+                light_at: Instant::now(),
                 out_ewma: HashMap::new(),
                 cost_ewma: 0.0,
             }),
@@ -784,15 +795,28 @@ impl Inner {
         let now = Instant::now();
         let recent = |t: Instant| now.saturating_duration_since(t) <= window;
         self.last_admitted.retain(|_, (t, _)| recent(*t));
-        let light = self
-            .last_admitted
-            .values()
-            .filter(|(_, b)| b.is_some_and(recent))
-            .count();
+        let (mut light, mut light_now) = (0, 0);
+        for (&t, (_, b)) in &self.last_admitted {
+            if b.is_some_and(recent) {
+                light += 1;
+                light_now += self.queue.in_flight(t);
+            }
+        }
+        // Time-weighted average of the light tenants' requests in flight over a couple of
+        // request lifetimes: many chat users who each send now and then need a few slots, not
+        // one each; a group that just arrived is counted within a second or two.
+        let dt = now.saturating_duration_since(self.light_at).as_secs_f64();
+        let tau = (2.0 * self.hold_ewma_ms / 1e3).max(1.0);
+        let a = 1.0 - (-dt / tau).exp();
+        self.light_avg += a * (self.light_now as f64 - self.light_avg);
+        self.light_at = now;
+        self.light_now = light_now;
+        let likely = (self.light_avg + 2.0 * self.light_avg.sqrt()).ceil() as usize;
+        let need = likely.max(light_now + 1).min(light);
         self.auto_headroom = if cap < 4 || self.last_admitted.len() < 2 {
             0
         } else {
-            light.clamp(1, (cap / 8).max(1))
+            need.clamp(1, (cap / 2).max(1))
         };
     }
 
@@ -894,13 +918,13 @@ impl Inner {
     }
 
     fn release(&mut self, tenant: TenantId, tokens: u64, engine_slot: bool) {
-        self.resize_headroom();
         if engine_slot {
             self.engine_in_flight = self.engine_in_flight.saturating_sub(1);
         }
         self.in_flight = self.in_flight.saturating_sub(1);
         self.tokens_in_flight = self.tokens_in_flight.saturating_sub(tokens);
         self.queue.finish(tenant);
+        self.resize_headroom();
     }
 
     /// Hands free slots to waiters in queue order. Head-of-line: when the next entry does not

@@ -124,9 +124,10 @@ fn check_state(p: &Pool, cap: usize, headroom: usize) -> (usize, usize) {
 #[tokio::test(start_paused = true)]
 async fn concurrent_tenants_never_exceed_capacity_and_drain() {
     // Without headroom the pool is strictly work-conserving; with the automatic headroom it
-    // idles at most its size (one slot of four) while only tenants over their share wait.
+    // idles at most its size (at most half the pool: two slots of four) while only tenants
+    // over their share wait.
     stress(Headroom::Slots(0), 0).await;
-    stress(Headroom::Auto, 1).await;
+    stress(Headroom::Auto, 2).await;
 }
 
 async fn stress(headroom: Headroom, idle: usize) {
@@ -789,6 +790,79 @@ async fn a_flood_stops_counting_as_light_once_it_holds_several_slots() {
         p.state().headroom,
         1,
         "heavy holds five slots now: only light is kept a slot for"
+    );
+}
+
+/// Several interactive tenants, each one request at a time, are kept a slot each (up to half
+/// the pool): the flood beside them cannot take the slots they come back to.
+#[tokio::test(start_paused = true)]
+async fn several_light_tenants_are_kept_a_slot_each() {
+    let p = pool_headroom(16, Mode::Fair, Headroom::Auto);
+    let mut heavy = Vec::new();
+    for _ in 0..16 {
+        heavy.push(p.admit(req("heavy", 1, HOUR)).await.unwrap());
+    }
+    // Five chat users arrive one after another while the flood holds everything; each is let
+    // in as a heavy stream ends, and then keeps coming back.
+    let names = ["c0", "c1", "c2", "c3", "c4"];
+    let mut chats = Vec::new();
+    for name in names {
+        drop(heavy.pop());
+        chats.push(p.admit(req(name, 1, HOUR)).await.unwrap());
+    }
+    // 30 s of back-to-back requests (each finds nothing else of its tenant in flight).
+    for _ in 0..300 {
+        chats.clear();
+        for name in names {
+            chats.push(p.admit(req(name, 1, HOUR)).await.unwrap());
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(p.state().headroom, 5, "one slot per light tenant");
+    // The flood asks for more: it may not take the slots the chat users come back to.
+    let order: Order = Arc::default();
+    let refill: Vec<_> = (0..8)
+        .map(|_| waiter(&p, "heavy", 1, &order, HOUR))
+        .collect();
+    settle().await;
+    assert_eq!(p.in_flight(), 16, "11 heavy + 5 chat users");
+    chats.clear();
+    settle().await;
+    assert_eq!(
+        p.in_flight(),
+        11,
+        "the chat users' slots stay free for them while they are between requests"
+    );
+    for name in names {
+        let again = tokio::time::timeout(Duration::ZERO, p.admit(req(name, 1, HOUR))).await;
+        assert!(again.is_ok(), "{name} is admitted at once");
+    }
+    for w in refill {
+        w.abort();
+    }
+}
+
+/// Many tenants that each sent one request a while ago are not kept a slot each: the headroom
+/// follows how many of them are likely in flight at once.
+#[tokio::test(start_paused = true)]
+async fn many_occasional_light_tenants_keep_what_they_use() {
+    let p = pool_headroom(16, Mode::Fair, Headroom::Auto);
+    let _heavy = p.admit(req("heavy", 1, HOUR)).await.unwrap();
+    let names: Vec<String> = (0..12).map(|i| format!("occasional{i}")).collect();
+    // One short request each, 400 ms apart: about one in flight at any time.
+    for _ in 0..3 {
+        for name in &names {
+            let one = p.admit(req(name, 1, HOUR)).await.unwrap();
+            sleep(Duration::from_millis(50)).await;
+            drop(one);
+            sleep(Duration::from_millis(350)).await;
+        }
+    }
+    let h = p.state().headroom;
+    assert!(
+        (1..=5).contains(&h),
+        "13 light tenants (heavy's one request too), 1.1 in flight on average: headroom {h}, \
+         not one each (8, half the pool)"
     );
 }
 

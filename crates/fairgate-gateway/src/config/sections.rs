@@ -669,9 +669,9 @@ pub struct AdmissionConfig {
     pub on_limit: OnLimit,
     /// Slots per model that only tenants below their fair share may take, so an interactive
     /// user beside a flood finds one at once. Left out: sized automatically (none while one
-    /// tenant has the model to itself; otherwise one per tenant recently below its share, at
-    /// least one and at most an eighth of the model's slots). `0` turns it off. Fair mode
-    /// only.
+    /// tenant has the model to itself; otherwise one per recent light tenant, no more than
+    /// such tenants are likely to have in flight at once, at least one and at most half of the
+    /// model's slots). `0` turns it off. Fair mode only.
     #[serde(default)]
     pub headroom: Option<usize>,
     /// When a slot frees, a queued request expected to be short (its `max_tokens`, or its
