@@ -4,9 +4,9 @@
 A minimal fake vLLM in this process: 16 sequences, a fixed 20 ms to the first token and 5 ms
 per token after it, requests beyond 16 wait first come first served (vLLM's default policy);
 it has no batch step, so a request that gets a sequence starts at once. One heavy tenant keeps
-48 streams of 128 tokens open, one light tenant sends one 32-token stream at a time. The light
-tenant's TTFT is measured alone (5 s), then beside the flood (from 3 s into the flood to its
-end). Modes: `auto` (fairgate, default configuration: automatic headroom), `off` (fairgate,
+48 streams of 128 tokens open; each light tenant (`--light-tenants`, default 1) sends one
+32-token stream at a time. A light tenant's TTFT is measured alone (5 s), then the light
+tenants' beside the flood (from 3 s into the flood to its end). Modes: `auto` (fairgate, default configuration: automatic headroom), `off` (fairgate,
 `headroom = 0`), `direct` (the fake itself). fairgate gets `max_in_flight = 16`, the engine's
 sequence count.
 
@@ -94,6 +94,8 @@ async def stream(sess, url, key, tokens, ttfts):
         async for line in r.content:
             if first is None and b'"content"' in line:
                 first = time.monotonic() - t0
+        if first is None:
+            raise RuntimeError("a stream ended without a content chunk")
         ttfts.append((t0, first * 1e3))
 
 

@@ -31,7 +31,9 @@ use serde_json::{json, Value};
 
 use crate::harness::http::{bench_client, request, scrape, tenant_key, Target};
 use crate::harness::metrics::metric_sum;
-use crate::harness::process::{self, cpu_seconds, flags, open_fds, status_mib, StackSpec, MODEL};
+use crate::harness::process::{
+    self, cpu_seconds, flags, open_fds, proc_status, status_number, StackSpec, MODEL,
+};
 use crate::harness::report::{criterion, write_json};
 use crate::harness::stats::percentile;
 use crate::harness::stream::{chat_body, take_events, Rec};
@@ -95,25 +97,16 @@ struct ProcSample {
 }
 
 fn sample(pid: u32, t: f64, open: usize) -> Option<ProcSample> {
+    let status = proc_status(pid)?;
     Some(ProcSample {
         t,
-        rss_mib: status_mib(pid, "VmRSS")?,
-        anon_mib: status_mib(pid, "RssAnon").unwrap_or(f64::NAN),
+        rss_mib: status_number(&status, "VmRSS")? / 1024.0,
+        anon_mib: status_number(&status, "RssAnon").map_or(f64::NAN, |kb| kb / 1024.0),
         fds: open_fds(pid)?,
-        threads: status_count(pid, "Threads").unwrap_or(0),
+        threads: status_number(&status, "Threads").map_or(0, |n| n as usize),
         cpu_s: cpu_seconds(pid).unwrap_or(f64::NAN),
         open,
     })
-}
-
-/// A plain count field of `/proc/<pid>/status` (`Threads`).
-fn status_count(pid: u32, field: &str) -> Option<usize> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn sample_json(s: &ProcSample) -> Value {

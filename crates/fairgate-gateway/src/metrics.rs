@@ -130,9 +130,10 @@ pub struct Family<T: MetricVecBuilder> {
     vec: MetricVec<T>,
     kinds: Vec<Kind>,
     shared: Arc<Shared>,
-    /// The label sets this family holds, by hash, with their series (bounded by
-    /// `max_series`): a hit hands out the series without prometheus's own lookup.
-    seen: Mutex<HashMap<u64, T::M>>,
+    /// The label sets this family holds, by hash, with their values and series (bounded by
+    /// `max_series`): a hit hands out the series without prometheus's own lookup; the values
+    /// are compared, so two label sets with one hash never share a series.
+    seen: Mutex<HashMap<u64, Held<T::M>>>,
 }
 
 /// Label values of one call, cleaned, without a heap allocation (families have at most
@@ -160,6 +161,21 @@ fn family<T: MetricVecBuilder>(
             .collect(),
         shared: shared.clone(),
         seen: Mutex::new(HashMap::new()),
+    }
+}
+
+/// One label set a family holds: its cleaned values and its series.
+struct Held<M> {
+    values: Box<[Box<str>]>,
+    series: M,
+}
+
+impl<M: Clone> Held<M> {
+    /// The series, if these are its values.
+    fn series_for(&self, values: &[&str]) -> Option<M> {
+        let same = self.values.len() == values.len()
+            && self.values.iter().zip(values).all(|(a, b)| &**a == *b);
+        same.then(|| self.series.clone())
     }
 }
 
@@ -226,13 +242,27 @@ where
         let clean = clean.as_slice();
         let h = hash_of(clean);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = seen.get(&h) {
-            return m.clone();
-        }
-        if seen.len() < self.shared.labels.max_series() {
-            let m = self.vec.with_label_values(clean);
-            seen.insert(h, m.clone());
-            return m;
+        match seen.get(&h) {
+            Some(held) => {
+                // Another label set with this hash (never seen in practice) still gets its
+                // own series, from prometheus's lookup.
+                return held
+                    .series_for(clean)
+                    .unwrap_or_else(|| self.vec.with_label_values(clean));
+            }
+            None if seen.len() < self.shared.labels.max_series() => {
+                let series = self.vec.with_label_values(clean);
+                let values = clean.iter().map(|v| Box::from(*v)).collect();
+                seen.insert(
+                    h,
+                    Held {
+                        values,
+                        series: series.clone(),
+                    },
+                );
+                return series;
+            }
+            None => {}
         }
         drop(seen);
         self.shared.dropped.with_label_values(&[self.name]).inc();
@@ -246,18 +276,25 @@ where
         let clean = clean.as_slice();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if self.vec.remove_label_values(clean).is_ok() {
-            seen.remove(&hash_of(clean));
+            let h = hash_of(clean);
+            if seen
+                .get(&h)
+                .is_some_and(|held| held.series_for(clean).is_some())
+            {
+                seen.remove(&h);
+            }
         }
     }
 
     /// The series for these labels if it exists; never creates one.
     pub fn existing(&self, vals: &[&str]) -> Option<T::M> {
         let clean = self.cleaned(vals);
+        let clean = clean.as_slice();
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&hash_of(clean.as_slice()))
-            .cloned()
+            .get(&hash_of(clean))?
+            .series_for(clean)
     }
 
     /// Label sets held now (for tests and the cap).
@@ -866,6 +903,22 @@ mod tests {
 
     fn text(m: &Metrics) -> String {
         String::from_utf8(m.render(&Upstreams::default())).unwrap()
+    }
+
+    #[test]
+    fn a_held_series_is_handed_out_only_for_its_own_values() {
+        let held = Held {
+            values: vec![Box::from("m"), Box::from("b")].into_boxed_slice(),
+            series: 7,
+        };
+        assert_eq!(held.series_for(&["m", "b"]), Some(7));
+        assert_eq!(
+            held.series_for(&["m", "c"]),
+            None,
+            "same hash, other values"
+        );
+        assert_eq!(held.series_for(&["m"]), None);
+        assert_eq!(held.series_for(&["m", "b", "x"]), None);
     }
 
     #[test]

@@ -248,14 +248,22 @@ pub(crate) async fn start(
     }
 }
 
-/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, …) in MiB.
-pub(crate) fn status_mib(pid: u32, field: &str) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s
+/// The text of `/proc/<pid>/status`.
+pub(crate) fn proc_status(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+/// The number of a field of `/proc/<pid>/status` text (`VmRSS:  1234 kB`, `Threads: 7`).
+pub(crate) fn status_number(status: &str, field: &str) -> Option<f64> {
+    let line = status
         .lines()
         .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, …) in MiB.
+pub(crate) fn status_mib(pid: u32, field: &str) -> Option<f64> {
+    Some(status_number(&proc_status(pid)?, field)? / 1024.0)
 }
 
 /// Open file descriptors of `pid`.
